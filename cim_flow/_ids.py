@@ -1,0 +1,71 @@
+"""UUID conversions between Python values, Arrow and the kernels' uint64 words.
+
+A ``fixed_size_binary(16)`` array's data buffer viewed as ``uint64`` gives two
+words per id without a copy; the kernels key on those words.
+"""
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pyarrow as pa
+
+from ._schema import UUID_TYPE
+
+
+def to_uuid_bytes(value) -> bytes:
+    """16 bytes from a ``uuid.UUID``, 16 raw bytes or UUID text; ``ValueError`` otherwise."""
+    if isinstance(value, uuid.UUID):
+        return value.bytes
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        b = bytes(value)
+        if len(b) == 16:
+            return b
+        try:
+            return uuid.UUID(b.decode("ascii")).bytes
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"id must be 16 bytes or UUID text, got {len(b)} bytes") from None
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value).bytes
+        except ValueError:
+            raise ValueError(f"bad UUID {value!r}") from None
+    raise ValueError(f"id must be uuid.UUID, 16 bytes or UUID text, got {type(value).__name__}")
+
+
+def words_of(value) -> tuple[np.uint64, np.uint64]:
+    """The two uint64 words the kernels use for one id."""
+    w = np.frombuffer(to_uuid_bytes(value), dtype=np.uint64)
+    return w[0], w[1]
+
+
+def fsb_words(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(words (n, 2) uint64, valid bool)`` of a fixed_size_binary(16) array (no copy of the data)."""
+    n = len(arr)
+    valid = _valid_mask(arr)
+    buf = arr.buffers()[1]
+    if buf is None or n == 0:
+        return np.zeros((n, 2), np.uint64), valid
+    words = np.frombuffer(buf, dtype=np.uint64, count=2 * (arr.offset + n)).reshape(-1, 2)
+    return words[arr.offset:], valid
+
+
+def _valid_mask(arr: pa.Array) -> np.ndarray:
+    if arr.null_count == 0:
+        return np.ones(len(arr), np.bool_)
+    return arr.is_valid().to_numpy(zero_copy_only=False)
+
+
+def words_to_fsb(words: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """fixed_size_binary(16) array from ``(n, 2)`` uint64 words."""
+    words = np.ascontiguousarray(words, dtype=np.uint64)
+    n = words.shape[0]
+    mask_buf = None
+    if valid is not None and not valid.all():
+        mask_buf = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(UUID_TYPE, n, [mask_buf, pa.py_buffer(words.tobytes())],
+                                 null_count=-1 if mask_buf is not None else 0)
+
+
+def words_to_uuid(w0, w1) -> uuid.UUID:
+    return uuid.UUID(bytes=np.array([w0, w1], np.uint64).tobytes())

@@ -1,0 +1,1 @@
+"""Pure compute: numba kernels over numpy arrays and scalars only."""

@@ -1,0 +1,30 @@
+"""The one place where numba options are set.
+
+Every kernel in ``kernels/`` is decorated with :func:`jit` (or :func:`pjit` for
+``prange`` kernels).  ``cache=True`` so a restart loads machine code from
+``__pycache__`` instead of compiling again; ``nogil=True`` so the NATS service
+can run a kernel while its event loop keeps reading the socket.
+
+fastmath: we never use ``fastmath=True``.  Projection kernels use :data:`SAFE_MATH`
+(no ``nnan``/``ninf``: NaN masks must keep working).  Spatial kernels use
+:data:`EXACT_MATH` (IEEE, no contraction to FMA) because their answers must
+be *exactly* the set brute force gives in float64, boundary included.
+"""
+import numba
+
+SAFE_MATH = frozenset({"nsz", "arcp", "afn"})
+EXACT_MATH = frozenset()
+
+_COMMON = dict(cache=True, nogil=True)
+
+
+def jit(fn=None, *, fastmath=SAFE_MATH):
+    """Serial kernel with the project's JIT settings."""
+    deco = numba.njit(fastmath=set(fastmath) or False, **_COMMON)
+    return deco(fn) if fn is not None else deco
+
+
+def pjit(fn=None, *, fastmath=EXACT_MATH):
+    """Parallel (``prange``) kernel with the project's JIT settings."""
+    deco = numba.njit(parallel=True, fastmath=set(fastmath) or False, **_COMMON)
+    return deco(fn) if fn is not None else deco

@@ -1,0 +1,368 @@
+"""Projection update kernel: one call applies a whole batch of events.
+
+State is a few namedtuples of flat arrays (see ``cim_flow/_state.py`` for how
+they are allocated and grown).  Semantics (ARCHITECTURE.md):
+
+* a row whose ``seq`` is at or below the running version is *skipped*;
+  a row without ``seq`` gets ``version + 1``;
+* adding what exists updates it; removing or updating what is missing is an
+  *ignored* no-op (with a reason code), never an error;
+* removing a node removes its edges; deleting a graph removes its nodes and
+  edges; events for unknown or deleted graphs are ignored;
+* ``last_modified`` is the ``occurred_at`` of the last event applied to a graph.
+
+Nodes and edges are keyed by ``(graph index, uuid)``: the same node id in two
+graphs is two nodes.
+
+Per-graph node counts are kept in a count-sorted permutation (``order``,
+``pos``, ``lo``) updated in O(1) per node added or removed: ``order`` lists the
+live graphs by node count, descending; ``lo[c]`` is the number of graphs with
+more than ``c`` nodes, so graphs with ``a <= count <= b`` are exactly
+``order[lo[b]:lo[a-1]]``.
+"""
+from collections import namedtuple
+
+import numpy as np
+
+from ._jit import jit
+from .intern import intern, lookup
+
+# -- event type codes (cim_flow.EventType mirrors these) --------------------
+GRAPH_CREATED = 1
+GRAPH_UPDATED = 2
+GRAPH_ARCHIVED = 3
+GRAPH_DELETED = 4
+NODE_ADDED = 10
+NODE_UPDATED = 11
+NODE_MOVED = 12
+NODE_REMOVED = 13
+EDGE_ADDED = 20
+EDGE_UPDATED = 21
+EDGE_REMOVED = 23
+
+# -- per-row outcome codes ---------------------------------------------------
+APPLIED = 0
+SKIPPED = 1
+IGNORED_UNKNOWN_TYPE = 2
+IGNORED_MISSING_FIELD = 3
+IGNORED_UNKNOWN_GRAPH = 4
+IGNORED_UNKNOWN_NODE = 5
+IGNORED_UNKNOWN_EDGE = 6
+IGNORED_MISSING_ENDPOINT = 7
+IGNORED_BAD_POSITION = 8
+
+Graphs = namedtuple(
+    "Graphs",
+    "keys slots meta alive name created lastmod archived ncount ecount nhead "
+    "order pos lo touched tlist",
+)
+# Graphs.meta: [interned, live, order length, touched count]
+Nodes = namedtuple(
+    "Nodes",
+    "keys slots meta alive graph x y z haspos ntype label gnext gprev ihead dirty dlist",
+)
+# Nodes.meta: [interned, live, dirty count]
+Edges = namedtuple("Edges", "keys slots meta alive graph src dst weight etype hnext hprev")
+# Edges.meta: [interned, live]; half-edge 2e sits in src's list, 2e+1 in dst's.
+Events = namedtuple(
+    "Events",
+    "seq seq_ok kind t t_ok gid gid_ok nid nid_ok eid eid_ok sid sid_ok tid tid_ok "
+    "x y z pos_ok name ntype etype w w_ok",
+)
+
+_ZERO = np.uint64(0)
+_ONE = np.uint64(1)
+
+
+@jit
+def _touch(G, g):
+    if G.touched[g] == 0:
+        G.touched[g] = 1
+        G.tlist[G.meta[3]] = g
+        G.meta[3] += 1
+
+
+@jit
+def _dirty(N, n):
+    if N.dirty[n] == 0:
+        N.dirty[n] = 1
+        N.dlist[N.meta[2]] = n
+        N.meta[2] += 1
+
+
+@jit
+def _swap(G, p, q):
+    a = G.order[p]
+    b = G.order[q]
+    G.order[p] = b
+    G.pos[b] = p
+    G.order[q] = a
+    G.pos[a] = q
+
+
+@jit
+def _count_inc(G, g):
+    c = G.ncount[g]
+    _swap(G, G.pos[g], G.lo[c])
+    G.lo[c] += 1
+    G.ncount[g] = c + 1
+
+
+@jit
+def _count_dec(G, g):
+    c = G.ncount[g]
+    _swap(G, G.pos[g], G.lo[c - 1] - 1)
+    G.lo[c - 1] -= 1
+    G.ncount[g] = c - 1
+
+
+@jit
+def _link_half(E, N, h, n):
+    head = N.ihead[n]
+    E.hnext[h] = head
+    E.hprev[h] = -1
+    if head >= 0:
+        E.hprev[head] = h
+    N.ihead[n] = h
+
+
+@jit
+def _unlink_half(E, N, h, n):
+    p = E.hprev[h]
+    q = E.hnext[h]
+    if p >= 0:
+        E.hnext[p] = q
+    else:
+        N.ihead[n] = q
+    if q >= 0:
+        E.hprev[q] = p
+
+
+@jit
+def _remove_edge(G, N, E, e):
+    _unlink_half(E, N, 2 * e, E.src[e])
+    _unlink_half(E, N, 2 * e + 1, E.dst[e])
+    E.alive[e] = 0
+    G.ecount[E.graph[e]] -= 1
+    E.meta[1] -= 1
+
+
+@jit
+def _remove_node(G, N, E, n):
+    while N.ihead[n] >= 0:
+        _remove_edge(G, N, E, N.ihead[n] >> 1)
+    g = N.graph[n]
+    p = N.gprev[n]
+    q = N.gnext[n]
+    if p >= 0:
+        N.gnext[p] = q
+    else:
+        G.nhead[g] = q
+    if q >= 0:
+        N.gprev[q] = p
+    N.alive[n] = 0
+    _count_dec(G, g)
+    N.meta[1] -= 1
+    _dirty(N, n)
+
+
+@jit
+def _create_graph(G, g, t):
+    G.alive[g] = 1
+    G.name[g] = -1
+    G.created[g] = t
+    G.archived[g] = 0
+    G.ncount[g] = 0
+    G.ecount[g] = 0
+    G.nhead[g] = -1
+    L = G.meta[2]
+    G.order[L] = g
+    G.pos[g] = L
+    G.meta[2] = L + 1
+    G.meta[1] += 1
+
+
+@jit
+def _delete_graph(G, N, E, g):
+    while G.nhead[g] >= 0:
+        _remove_node(G, N, E, G.nhead[g])
+    # count is 0 now, so g sits in the tail block with the last element
+    L = G.meta[2] - 1
+    _swap(G, G.pos[g], L)
+    G.meta[2] = L
+    G.alive[g] = 0
+    G.meta[1] -= 1
+
+
+@jit
+def _finite3(x, y, z):
+    return np.isfinite(x) and np.isfinite(y) and np.isfinite(z)
+
+
+@jit
+def _apply_node(G, N, E, ev, i, g, k):
+    if not ev.nid_ok[i]:
+        return IGNORED_MISSING_FIELD
+    has_pos = ev.pos_ok[i]
+    if has_pos and not _finite3(ev.x[i], ev.y[i], ev.z[i]):
+        return IGNORED_BAD_POSITION
+    gg = np.uint64(g)
+    if k == NODE_ADDED:
+        n, _new = intern(N.slots, N.keys, N.meta, gg, ev.nid[i, 0], ev.nid[i, 1])
+        if N.alive[n] == 0:
+            N.alive[n] = 1
+            N.graph[n] = g
+            N.haspos[n] = 0
+            N.ntype[n] = -1
+            N.label[n] = -1
+            N.ihead[n] = -1
+            head = G.nhead[g]
+            N.gprev[n] = -1
+            N.gnext[n] = head
+            if head >= 0:
+                N.gprev[head] = n
+            G.nhead[g] = n
+            _count_inc(G, g)
+            N.meta[1] += 1
+    else:
+        n = lookup(N.slots, N.keys, gg, ev.nid[i, 0], ev.nid[i, 1])
+        if n < 0 or N.alive[n] == 0:
+            return IGNORED_UNKNOWN_NODE
+        if k == NODE_REMOVED:
+            _remove_node(G, N, E, n)
+            return APPLIED
+        if k == NODE_MOVED and not has_pos:
+            return IGNORED_MISSING_FIELD
+    if has_pos:
+        N.x[n] = ev.x[i]
+        N.y[n] = ev.y[i]
+        N.z[n] = ev.z[i]
+        N.haspos[n] = 1
+    if k != NODE_MOVED:
+        if ev.ntype[i] >= 0:
+            N.ntype[n] = ev.ntype[i]
+        if ev.name[i] >= 0:
+            N.label[n] = ev.name[i]
+    _dirty(N, n)
+    return APPLIED
+
+
+@jit
+def _apply_edge(G, N, E, ev, i, g, k):
+    if not ev.eid_ok[i]:
+        return IGNORED_MISSING_FIELD
+    gg = np.uint64(g)
+    if k == EDGE_ADDED:
+        if not (ev.sid_ok[i] and ev.tid_ok[i]):
+            return IGNORED_MISSING_FIELD
+        s = lookup(N.slots, N.keys, gg, ev.sid[i, 0], ev.sid[i, 1])
+        d = lookup(N.slots, N.keys, gg, ev.tid[i, 0], ev.tid[i, 1])
+        if s < 0 or d < 0 or N.alive[s] == 0 or N.alive[d] == 0:
+            return IGNORED_MISSING_ENDPOINT
+        e, _new = intern(E.slots, E.keys, E.meta, gg, ev.eid[i, 0], ev.eid[i, 1])
+        if E.alive[e] == 0:
+            E.alive[e] = 1
+            E.graph[e] = g
+            E.weight[e] = np.float32(np.nan)
+            E.etype[e] = -1
+            E.src[e] = s
+            E.dst[e] = d
+            _link_half(E, N, 2 * e, s)
+            _link_half(E, N, 2 * e + 1, d)
+            G.ecount[g] += 1
+            E.meta[1] += 1
+        elif E.src[e] != s or E.dst[e] != d:
+            _unlink_half(E, N, 2 * e, E.src[e])
+            _unlink_half(E, N, 2 * e + 1, E.dst[e])
+            E.src[e] = s
+            E.dst[e] = d
+            _link_half(E, N, 2 * e, s)
+            _link_half(E, N, 2 * e + 1, d)
+    else:
+        e = lookup(E.slots, E.keys, gg, ev.eid[i, 0], ev.eid[i, 1])
+        if e < 0 or E.alive[e] == 0:
+            return IGNORED_UNKNOWN_EDGE
+        if k == EDGE_REMOVED:
+            _remove_edge(G, N, E, e)
+            return APPLIED
+    if ev.w_ok[i]:
+        E.weight[e] = ev.w[i]
+    if ev.etype[i] >= 0:
+        E.etype[e] = ev.etype[i]
+    return APPLIED
+
+
+@jit
+def _apply_one(G, N, E, ev, i):
+    k = ev.kind[i]
+    if not (ev.gid_ok[i] and ev.t_ok[i]):
+        return IGNORED_MISSING_FIELD
+    t = ev.t[i]
+    if k == GRAPH_CREATED:
+        g, _new = intern(G.slots, G.keys, G.meta, ev.gid[i, 0], ev.gid[i, 1], _ZERO)
+        if G.alive[g] == 0:
+            _create_graph(G, g, t)
+        if ev.name[i] >= 0:
+            G.name[g] = ev.name[i]
+        G.lastmod[g] = t
+        _touch(G, g)
+        return APPLIED
+    if not (k == GRAPH_UPDATED or k == GRAPH_ARCHIVED or k == GRAPH_DELETED
+            or (k >= NODE_ADDED and k <= NODE_REMOVED)
+            or k == EDGE_ADDED or k == EDGE_UPDATED or k == EDGE_REMOVED):
+        return IGNORED_UNKNOWN_TYPE
+    g = lookup(G.slots, G.keys, ev.gid[i, 0], ev.gid[i, 1], _ZERO)
+    if g < 0 or G.alive[g] == 0:
+        return IGNORED_UNKNOWN_GRAPH
+    if k == GRAPH_UPDATED:
+        if ev.name[i] >= 0:
+            G.name[g] = ev.name[i]
+        r = APPLIED
+    elif k == GRAPH_ARCHIVED:
+        G.archived[g] = 1
+        r = APPLIED
+    elif k == GRAPH_DELETED:
+        _delete_graph(G, N, E, g)
+        _touch(G, g)
+        return APPLIED
+    elif k < EDGE_ADDED:
+        r = _apply_node(G, N, E, ev, i, g, k)
+    else:
+        r = _apply_edge(G, N, E, ev, i, g, k)
+    if r == APPLIED:
+        G.lastmod[g] = t
+        _touch(G, g)
+    return r
+
+
+@jit
+def apply_events(G, N, E, ev, version, status, seq_out):
+    """Apply every row of ``ev`` in order; return the new version.
+
+    ``status[i]`` gets the row's outcome code and ``seq_out[i]`` its sequence
+    (assigned as ``version + 1`` when the row has none).
+    """
+    v = np.uint64(version)
+    for i in range(ev.kind.shape[0]):
+        if ev.seq_ok[i]:
+            s = ev.seq[i]
+            if s <= v:
+                status[i] = SKIPPED
+                seq_out[i] = s
+                continue
+        else:
+            s = v + _ONE
+        v = s
+        seq_out[i] = s
+        status[i] = _apply_one(G, N, E, ev, i)
+    return v
+
+
+@jit
+def count_range(lo, order_len, a, b):
+    """``(start, stop)`` into ``order`` of graphs with ``a <= node_count <= b``."""
+    start = lo[b] if b < lo.shape[0] else 0
+    stop = order_len if a <= 0 else (lo[a - 1] if a - 1 < lo.shape[0] else 0)
+    if stop < start:
+        stop = start
+    return start, stop
