@@ -1,0 +1,292 @@
+"""The embedded engine: apply event batches, query the projections.
+
+>>> eng = Engine()
+>>> eng.apply(read_events("events.parquet"))
+>>> eng.top_graphs_by_node_count(10)
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from kernels import intern as kintern
+from kernels import projection as kp
+
+from ._ids import to_uuid_bytes, words_of, words_to_fsb
+from ._projection import ApplyResult, Projection, normalize_batch
+from ._schema import TIME_TYPE
+from ._time import from_micros, to_micros
+
+_NOT_INDEXED = -2
+
+SUMMARY_SCHEMA = pa.schema(
+    [
+        pa.field("graph_id", pa.binary(16)),
+        pa.field("name", pa.utf8()),
+        pa.field("node_count", pa.int64()),
+        pa.field("edge_count", pa.int64()),
+        pa.field("created_at", TIME_TYPE),
+        pa.field("last_modified", TIME_TYPE),
+        pa.field("archived", pa.bool_()),
+    ]
+)
+
+
+def _batches_of(data) -> Iterable[pa.RecordBatch]:
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], (pa.RecordBatch, pa.Table)):
+        data = data[0]  # the (batch, errors) pair decode_json returns
+    if isinstance(data, pa.RecordBatch):
+        return [data]
+    if isinstance(data, pa.Table):
+        return data.to_batches()
+    if isinstance(data, (list, tuple)) and all(isinstance(b, pa.RecordBatch) for b in data):
+        return list(data)
+    raise TypeError(
+        "apply() takes a pyarrow RecordBatch or Table in cim_flow.EVENT_SCHEMA "
+        f"(or what decode_json returns), got {type(data).__name__}"
+    )
+
+
+class Engine:
+    """Projections of a stream of CIM graph events, with indexed queries.
+
+    Not thread-safe: one writer; queries between applies see the state after
+    the last applied batch.
+    """
+
+    def __init__(self, capacity: int = 1024):
+        self._p = Projection(capacity)
+        # secondary indices kept beside the kernel state
+        self._name_of = np.full(self._p._gcap, _NOT_INDEXED, np.int32)  # name code indexed per graph
+        self._by_name: dict[int, set[int]] = {}
+        self._created_of = np.full(self._p._gcap, np.iinfo(np.int64).min, np.int64)
+        self._cr_t = np.empty(0, np.int64)  # sorted created_at
+        self._cr_g = np.empty(0, np.int64)  # graph index beside it
+        self._cr_stale = 0
+        self.last_touched = np.empty(0, np.int64)
+        self.last_dirty = np.empty(0, np.int64)
+        self._listeners = []
+
+    # -- write side -------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """Sequence of the last applied (or ignored) event; 0 before any."""
+        return self._p.version
+
+    def apply(self, data) -> ApplyResult:
+        """Apply a RecordBatch / Table in ``EVENT_SCHEMA`` (or ``decode_json``'s output).
+
+        Rows are applied in order; rows without ``seq`` get ``version + 1, ...``.
+        """
+        total = None
+        for batch in _batches_of(data):
+            batch = normalize_batch(batch)
+            if batch.num_rows == 0:
+                continue
+            res, touched, dirty = self._p.apply(batch)
+            self._reindex(touched)
+            self.last_touched, self.last_dirty = touched, dirty
+            for fn in self._listeners:
+                fn(touched, dirty)
+            total = res if total is None else total + res
+        if total is None:
+            total = ApplyResult(0, 0, 0, self.version)
+        return total
+
+    def _on_apply(self, fn) -> None:
+        """Register ``fn(touched_graphs, dirty_nodes)`` called after each kernel call."""
+        self._listeners.append(fn)
+
+    def _reindex(self, touched: np.ndarray) -> None:
+        G = self._p.G
+        if self._name_of.shape[0] < G.alive.shape[0]:
+            grow = G.alive.shape[0] - self._name_of.shape[0]
+            self._name_of = np.concatenate([self._name_of, np.full(grow, _NOT_INDEXED, np.int32)])
+            self._created_of = np.concatenate(
+                [self._created_of, np.full(grow, np.iinfo(np.int64).min, np.int64)])
+        if touched.size == 0:
+            return
+        alive = G.alive[touched].astype(bool)
+        # by name
+        new_name = np.where(alive, G.name[touched], _NOT_INDEXED)
+        changed = np.flatnonzero(new_name != self._name_of[touched])
+        for j in changed:
+            g = int(touched[j])
+            old = int(self._name_of[g])
+            if old != _NOT_INDEXED:
+                s = self._by_name.get(old)
+                if s is not None:
+                    s.discard(g)
+                    if not s:
+                        del self._by_name[old]
+            new = int(new_name[j])
+            if new != _NOT_INDEXED:
+                self._by_name.setdefault(new, set()).add(g)
+            self._name_of[g] = new
+        # by creation date: append new (g, created) pairs, drop stale ones lazily
+        created = np.where(alive, G.created[touched], np.iinfo(np.int64).min)
+        moved = created != self._created_of[touched]
+        if moved.any():
+            self._cr_stale += int(np.count_nonzero(self._created_of[touched[moved]] != np.iinfo(np.int64).min))
+            self._created_of[touched[moved]] = created[moved]
+            add = moved & alive
+            if add.any():
+                nt, ng = created[add], touched[add]
+                o = np.lexsort((ng, nt))
+                nt, ng = nt[o], ng[o]
+                at = np.searchsorted(self._cr_t, nt, side="right")
+                self._cr_t = np.insert(self._cr_t, at, nt)
+                self._cr_g = np.insert(self._cr_g, at, ng)
+            if self._cr_stale > 1024 and self._cr_stale > self._cr_t.size // 2:
+                keep = self._created_of[self._cr_g] == self._cr_t
+                self._cr_t, self._cr_g = self._cr_t[keep], self._cr_g[keep]
+                self._cr_stale = 0
+
+    # -- read side --------------------------------------------------------------
+    def totals(self) -> dict:
+        """Live graphs, nodes and edges (deleted graphs excluded)."""
+        return {
+            "graphs": int(self._p.G.meta[1]),
+            "nodes": int(self._p.N.meta[1]),
+            "edges": int(self._p.E.meta[1]),
+        }
+
+    def _gidx(self, graph_id) -> int:
+        w0, w1 = words_of(graph_id)
+        G = self._p.G
+        g = kintern.lookup(G.slots, G.keys, w0, w1, np.uint64(0))
+        if g < 0 or not G.alive[g]:
+            return -1
+        return int(g)
+
+    def _summary_table(self, gidx: np.ndarray) -> pa.Table:
+        G = self._p.G
+        gidx = np.asarray(gidx, np.int64)
+        return pa.Table.from_arrays(
+            [
+                words_to_fsb(G.keys[gidx, :2]),
+                self._p.strings.decode(G.name[gidx]),
+                pa.array(G.ncount[gidx], pa.int64()),
+                pa.array(G.ecount[gidx], pa.int64()),
+                pa.array(G.created[gidx], pa.int64()).cast(TIME_TYPE),
+                pa.array(G.lastmod[gidx], pa.int64()).cast(TIME_TYPE),
+                pa.array(G.archived[gidx].astype(bool)),
+            ],
+            schema=SUMMARY_SCHEMA,
+        )
+
+    def _live_graphs(self) -> np.ndarray:
+        G = self._p.G
+        return np.flatnonzero(G.alive[: G.meta[0]])
+
+    def graph_summaries(self) -> pa.Table:
+        """One row per live graph (in first-seen order)."""
+        return self._summary_table(self._live_graphs())
+
+    def graph_summary(self, graph_id) -> dict | None:
+        """The summary of one graph as a dict (``graph_id`` a ``uuid.UUID``), or None."""
+        g = self._gidx(graph_id)
+        if g < 0:
+            return None
+        G = self._p.G
+        return {
+            "graph_id": uuid.UUID(bytes=G.keys[g, :2].tobytes()),
+            "name": self._p.strings.value(int(G.name[g])),
+            "node_count": int(G.ncount[g]),
+            "edge_count": int(G.ecount[g]),
+            "created_at": from_micros(G.created[g]),
+            "last_modified": from_micros(G.lastmod[g]),
+            "archived": bool(G.archived[g]),
+        }
+
+    def graphs_by_name(self, name: str) -> pa.Table:
+        """Live graphs whose name is exactly ``name``."""
+        code = self._p.strings.get(name)
+        gs = sorted(self._by_name.get(code, ())) if code >= 0 else []
+        return self._summary_table(np.array(gs, np.int64))
+
+    def graphs_created_between(self, start, end) -> pa.Table:
+        """Live graphs with ``start <= created_at <= end``, oldest first."""
+        a, b = to_micros(start), to_micros(end)
+        i = np.searchsorted(self._cr_t, a, side="left")
+        j = np.searchsorted(self._cr_t, b, side="right")
+        t, g = self._cr_t[i:j], self._cr_g[i:j]
+        keep = self._created_of[g] == t  # drop entries of deleted / re-created graphs
+        return self._summary_table(g[keep])
+
+    def _by_count_sorted(self, gidx: np.ndarray) -> np.ndarray:
+        G = self._p.G
+        if gidx.size <= 1:
+            return gidx
+        k = G.keys[gidx]
+        # node_count descending, then graph id bytes ascending (deterministic ties)
+        be0 = k[:, 0].byteswap()
+        be1 = k[:, 1].byteswap()
+        o = np.lexsort((be1, be0, -G.ncount[gidx]))
+        return gidx[o]
+
+    def graphs_by_node_count(self, min_count: int, max_count: int) -> pa.Table:
+        """Live graphs with ``min_count <= node_count <= max_count``, most nodes first."""
+        if min_count is None:
+            min_count = 0
+        min_count, max_count = int(min_count), int(max_count)
+        if max_count < min_count or max_count < 0:
+            return self._summary_table(np.empty(0, np.int64))
+        G = self._p.G
+        start, stop = kp.count_range(G.lo, G.meta[2], max(min_count, 0), max_count)
+        return self._summary_table(self._by_count_sorted(G.order[start:stop].copy()))
+
+    def top_graphs_by_node_count(self, k: int) -> pa.Table:
+        """The ``k`` live graphs with most nodes (ties broken by graph id)."""
+        k = int(k)
+        if k < 0:
+            raise ValueError("k must be >= 0")
+        G = self._p.G
+        L = int(G.meta[2])
+        if k == 0 or L == 0:
+            return self._summary_table(np.empty(0, np.int64))
+        k = min(k, L)
+        # include every graph tied with the k-th, then break ties by id
+        ck = int(G.ncount[G.order[k - 1]])
+        _, stop = kp.count_range(G.lo, L, ck, ck)
+        cand = self._by_count_sorted(G.order[:stop].copy())
+        return self._summary_table(cand[:k])
+
+    # -- snapshot hooks -----------------------------------------------------------
+    def _rebuild_indices(self) -> None:
+        G = self._p.G
+        self._name_of = np.full(G.alive.shape[0], _NOT_INDEXED, np.int32)
+        self._created_of = np.full(G.alive.shape[0], np.iinfo(np.int64).min, np.int64)
+        self._by_name, self._cr_t, self._cr_g, self._cr_stale = {}, np.empty(0, np.int64), np.empty(0, np.int64), 0
+        self._reindex(np.arange(G.meta[0], dtype=np.int64))
+
+
+def read_events(path) -> pa.Table:
+    """Events from a Parquet file or an Arrow IPC (file or stream) file, in EVENT_SCHEMA."""
+    import os
+
+    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
+
+    path = os.fspath(path)
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head[:4] == b"PAR1":
+        table = pq.read_table(path)
+    elif head == b"ARROW1":
+        with pa.memory_map(path) as src:
+            table = ipc.open_file(src).read_all()
+    else:
+        with pa.memory_map(path) as src:
+            table = ipc.open_stream(src).read_all()
+    batches = [normalize_batch(b) for b in table.to_batches()]
+    from ._schema import EVENT_SCHEMA
+
+    return pa.Table.from_batches(batches, schema=EVENT_SCHEMA)
+
+
+def ids_to_bytes(ids) -> list[bytes]:
+    return [to_uuid_bytes(i) for i in ids]

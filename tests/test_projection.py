@@ -1,0 +1,139 @@
+"""Engine projections against the plain-Python reference, on hostile random streams."""
+import datetime as dt
+import random
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cim_flow import EVENT_SCHEMA, Engine, EventType
+from reference import RefProjection
+from streams import random_rows, rows_to_batch
+
+US = dt.timezone.utc
+
+
+def engine_summaries(eng):
+    t = eng.graph_summaries().to_pylist()
+    out = {}
+    for r in t:
+        out[r["graph_id"]] = dict(
+            name=r["name"], node_count=r["node_count"], edge_count=r["edge_count"],
+            created_at=int(pa.scalar(r["created_at"], pa.timestamp("us", "UTC")).cast(pa.int64()).as_py()),
+            last_modified=int(pa.scalar(r["last_modified"], pa.timestamp("us", "UTC")).cast(pa.int64()).as_py()),
+            archived=r["archived"],
+        )
+    return out
+
+
+def check_same(eng, ref):
+    assert eng.totals() == ref.totals()
+    assert engine_summaries(eng) == ref.summaries()
+    assert eng.version == ref.version
+    # node-count index agrees with brute force for a few ranges
+    summ = ref.summaries()
+    for a, b in [(0, 0), (1, 3), (2, 100), (0, 10**6), (5, 4)]:
+        got = {r["graph_id"] for r in eng.graphs_by_node_count(a, b).to_pylist()}
+        assert got == {g for g, s in summ.items() if a <= s["node_count"] <= b}
+    top = [r["node_count"] for r in eng.top_graphs_by_node_count(3).to_pylist()]
+    assert top == sorted((s["node_count"] for s in summ.values()), reverse=True)[:3]
+    for name in ["alpha", "beta", "gamma", "nope"]:
+        got = {r["graph_id"] for r in eng.graphs_by_name(name).to_pylist()}
+        assert got == {g for g, s in summ.items() if s["name"] == name}
+    lo, hi = 200_000, 700_000
+    got = {r["graph_id"] for r in eng.graphs_created_between(lo, hi).to_pylist()}
+    assert got == {g for g, s in summ.items() if lo <= s["created_at"] <= hi}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 400), with_seq=st.booleans(),
+       cuts=st.lists(st.integers(0, 400), max_size=6))
+def test_random_streams_match_reference(seed, n, with_seq, cuts):
+    rng = random.Random(seed)
+    rows = random_rows(rng, n, with_seq=with_seq)
+    eng, ref = Engine(capacity=4), RefProjection()
+    bounds = sorted({0, n, *[c for c in cuts if c <= n]})
+    total = [0, 0, 0]
+    for a, b in zip(bounds, bounds[1:]):
+        res = eng.apply(rows_to_batch(rows[a:b]))
+        total[0] += res.applied
+        total[1] += res.ignored
+        total[2] += res.skipped
+        ref.apply(rows[a:b])
+        check_same(eng, ref)
+    assert total == [ref.applied, ref.ignored, ref.skipped]
+
+
+def test_bigger_stream_with_growth():
+    rng = random.Random(7)
+    rows = random_rows(rng, 6000, n_graphs=30, n_nodes=300, n_edges=500, with_seq=True)
+    eng, ref = Engine(capacity=2), RefProjection()
+    for a in range(0, len(rows), 777):
+        eng.apply(rows_to_batch(rows[a:a + 777]))
+        ref.apply(rows[a:a + 777])
+    check_same(eng, ref)
+
+
+def _ev(kind, g, t, **kw):
+    r = {c: None for c in EVENT_SCHEMA.names}
+    r.update(event_type=int(kind), graph_id=g, occurred_at=t, **kw)
+    return r
+
+
+def test_semantics_by_hand():
+    g, n1, n2, e = (uuid.uuid4().bytes for _ in range(4))
+    eng = Engine()
+    rows = [
+        _ev(EventType.GraphCreated, g, 10, name="roads"),
+        _ev(EventType.NodeAdded, g, 11, node_id=n1, x=0.0, y=0.0, z=0.0),
+        _ev(EventType.NodeAdded, g, 12, node_id=n2, x=1.0, y=0.0, z=0.0),
+        _ev(EventType.EdgeAdded, g, 13, edge_id=e, source_id=n1, target_id=n2, weight=1.5),
+        # CIM's move = remove then add with the same id: a replace; the edge goes with the removal
+        _ev(EventType.NodeRemoved, g, 14, node_id=n1),
+        _ev(EventType.NodeAdded, g, 15, node_id=n1, x=5.0, y=5.0, z=5.0),
+        _ev(EventType.NodeRemoved, g, 16, node_id=uuid.uuid4().bytes),  # missing: no-op
+        _ev(EventType.NodeMoved, g, 17, node_id=n2, x=float("nan"), y=0.0, z=0.0),  # rejected
+    ]
+    res = eng.apply(rows_to_batch(rows))
+    assert (res.applied, res.ignored, res.skipped, res.version) == (6, 2, 0, 8)
+    assert [r for _, r in res.ignored_rows()] == ["unknown or removed node", "position must be 3 finite numbers"]
+    s = eng.graph_summary(uuid.UUID(bytes=g))
+    assert s["node_count"] == 2 and s["edge_count"] == 0 and s["name"] == "roads"
+    assert s["created_at"] == dt.datetime(1970, 1, 1, 0, 0, 0, 10, tzinfo=US)
+    assert s["last_modified"] == dt.datetime(1970, 1, 1, 0, 0, 0, 15, tzinfo=US)
+    assert eng.graph_summary(str(uuid.UUID(bytes=g)))["graph_id"] == uuid.UUID(bytes=g)
+    # replays at or below the version are skipped
+    res = eng.apply(rows_to_batch([dict(r, seq=3) for r in rows[:2]]))
+    assert (res.applied, res.skipped) == (0, 2)
+    # delete cascades
+    res = eng.apply(rows_to_batch([_ev(EventType.GraphDeleted, g, 20)]))
+    assert eng.totals() == {"graphs": 0, "nodes": 0, "edges": 0}
+    assert eng.graph_summary(g) is None
+
+
+def test_bad_schema_names_the_column():
+    eng = Engine()
+    with pytest.raises(ValueError, match="'x'"):
+        eng.apply(pa.table({"event_type": pa.array([1], pa.int8()), "graph_id": pa.array([b"a" * 16], pa.binary(16)),
+                            "x": pa.array(["oops"])}))
+    with pytest.raises(ValueError, match="graph_id"):
+        eng.apply(pa.table({"event_type": pa.array([1], pa.int8())}))
+    with pytest.raises(ValueError, match="nodeid"):
+        eng.apply(pa.table({"event_type": pa.array([1], pa.int8()), "graph_id": pa.array([b"a" * 16], pa.binary(16)),
+                            "nodeid": [1]}))
+    with pytest.raises(TypeError):
+        eng.apply([{"event_type": 1}])
+
+
+def test_empty_engine_queries():
+    eng = Engine()
+    assert eng.totals() == {"graphs": 0, "nodes": 0, "edges": 0}
+    assert eng.graph_summaries().num_rows == 0
+    assert eng.top_graphs_by_node_count(5).num_rows == 0
+    assert eng.graphs_by_node_count(0, 10).num_rows == 0
+    assert eng.graphs_created_between("2020-01-01T00:00:00Z", "2030-01-01T00:00:00Z").num_rows == 0
+    assert eng.graph_summary(uuid.uuid4()) is None
+    assert eng.apply(rows_to_batch([])).version == 0
