@@ -1,0 +1,33 @@
+# The two commands: `make serve` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup serve test test-slow bench loadgen clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+serve: $(STAMP)
+	$(PY) -m cim_flow serve --demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+bench: $(STAMP)
+	cd asv_benchmarks && ../$(PY) -m asv run --python=same --quick --show-stderr
+
+loadgen: $(STAMP)
+	$(PY) -m cim_flow loadgen --rate 10000 --duration 10
+
+clean:
+	rm -rf $(VENV) .cim_flow asv_benchmarks/.asv

@@ -1,0 +1,481 @@
+"""JSON wire forms of CIM graph events -> one record batch in EVENT_SCHEMA.
+
+Pure and I/O-free.  Every payload becomes a row or a :class:`DecodeError`;
+nothing raises.  The per-payload Python work is one msgspec call into a typed
+``Struct`` (validation in C) and a tuple; every column after that is built and
+checked as a whole (Arrow arrays, numpy masks), not per event.
+
+Accepted, mixed freely in one call:
+
+* externally tagged ``{"NodeAdded": {...}}`` (cim-domain-graph's serde form);
+* internally tagged ``{"type": "NodeAdded", ...}`` or ``{"event_type": ...}``;
+* the CIM envelope ``{"event_id", "event_type", "aggregate_id", "timestamp",
+  "correlation_id", "causation_id", "payload": {...}}`` (``data`` works as
+  ``payload``; the graph id comes from ``payload.graph_id``, else
+  ``aggregate_id``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import re
+import time as _time
+from typing import Annotated, NamedTuple, Sequence, Union
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kernels.hashing import hash_spans
+
+from ._schema import EVENT_ALIASES, EVENT_SCHEMA, UUID_TYPE
+from ._time import to_micros
+from ._uuid_parse import parse_uuid_strings
+
+
+class DecodeError(NamedTuple):
+    """Payload ``index`` (in the input sequence) could not be decoded, for ``reason``."""
+
+    index: int
+    reason: str
+
+
+class _IdObj(msgspec.Struct, gc=False):
+    id: str
+
+
+class _Pos(msgspec.Struct, gc=False):
+    x: float
+    y: float
+    z: float
+
+
+_Id = Union[str, _IdObj, None]
+_PosT = Union[_Pos, "tuple[float, float, float]", None]
+# epoch milliseconds must fit int64 microseconds; seq must fit uint64 (kept in int64 here)
+_MAX_MS = (2**63 - 1) // 1000
+_Ms = Annotated[int, msgspec.Meta(ge=-_MAX_MS, le=_MAX_MS)]
+_MsF = Annotated[float, msgspec.Meta(ge=-_MAX_MS, le=_MAX_MS)]
+_Time = Union[_dt.datetime, _Ms, _MsF, None]
+_Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+_Type = Union[str, dict, None]
+
+
+class _Evt(msgspec.Struct, gc=False):
+    # field order is the tuple order used by _columns(): keep _F in step
+    type: Union[str, int, None] = None
+    event_type: Union[str, int, None] = None
+    graph_id: _Id = None
+    aggregate_id: _Id = None
+    node_id: _Id = None
+    edge_id: _Id = None
+    source: _Id = None
+    source_id: _Id = None
+    target: _Id = None
+    target_id: _Id = None
+    position: _PosT = None
+    new_position: _PosT = None
+    x: Union[float, None] = None
+    y: Union[float, None] = None
+    z: Union[float, None] = None
+    name: Union[str, None] = None
+    new_name: Union[str, None] = None
+    label: Union[str, None] = None
+    weight: Union[float, None] = None
+    strength: Union[float, None] = None
+    similarity: Union[float, None] = None
+    node_type: _Type = None
+    edge_type: _Type = None
+    occurred_at: _Time = None
+    timestamp: _Time = None
+    created_at: _Time = None
+    updated_at: _Time = None
+    event_id: _Id = None
+    correlation_id: _Id = None
+    causation_id: _Id = None
+    seq: Union[_Seq, None] = None
+    metadata: msgspec.Raw = msgspec.Raw(b"")
+    payload: Union["_Evt", None] = None
+    data: Union["_Evt", None] = None
+
+
+_F = {name: i for i, name in enumerate(_Evt.__struct_fields__)}
+_ENVELOPE_KEYS = ("event_id", "correlation_id", "causation_id", "metadata", "seq")
+_TIME_FIELDS = ("occurred_at", "timestamp", "created_at", "updated_at")
+_ID_FIELDS = ("graph_id", "aggregate_id", "node_id", "edge_id", "source", "source_id",
+              "target", "target_id", "event_id", "correlation_id", "causation_id", "id")
+_POS_FIELDS = ("position", "new_position", "x", "y", "z")
+
+_DEC = msgspec.json.Decoder(_Evt)
+_DEC_EXT = msgspec.json.Decoder(dict[str, _Evt])
+_ANY = msgspec.json.Decoder()
+_EXT_KEYS = {k.encode() for k in EVENT_ALIASES}
+_ALIAS_NAMES = pa.array(list(EVENT_ALIASES), pa.utf8())
+_ALIAS_CODES = np.array([int(v) for v in EVENT_ALIASES.values()] + [0], np.int8)
+_PATH = re.compile(r"at `\$([^`]*)`")
+_SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _reason_of(exc: Exception) -> str:
+    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        return "invalid JSON"
+    msg = str(exc)
+    m = _PATH.search(msg)
+    if not m:
+        if "Expected `object`" in msg:
+            return "payload must be a JSON object"
+        return f"invalid event: {msg}"
+    segs = _SEGMENT.findall(m.group(1))
+    while segs and segs[-1] in ("id",) and len(segs) > 1:
+        segs.pop()
+    field = segs[-1] if segs else "?"
+    if field in _POS_FIELDS:
+        return "position must be 3 finite numbers"
+    if field in _ID_FIELDS:
+        return f"bad UUID in {field}"
+    if field in _TIME_FIELDS:
+        return f"bad time in {field}: expected RFC 3339 text or epoch milliseconds"
+    return f"bad value in {field}: {msg.split(' - at ')[0]}"
+
+
+def _decode_one(p: bytes) -> _Evt:
+    """One payload to an _Evt whose ``type`` holds the event name (may raise)."""
+    if p[:2] == b'{"' and p[2:p.find(b'"', 2, 64)] in _EXT_KEYS:
+        d = _DEC_EXT.decode(p)
+        if len(d) == 1:
+            ((name, e),) = d.items()
+            e.type = name
+            return e
+    e = _DEC.decode(p)
+    inner = e.payload if e.payload is not None else e.data
+    if inner is not None:  # the CIM envelope
+        if inner.type is None:
+            inner.type = e.event_type if e.event_type is not None else e.type
+        if inner.graph_id is None:
+            inner.graph_id = e.aggregate_id
+        for k in _ENVELOPE_KEYS:
+            if getattr(inner, k) is None or (k == "metadata" and not len(inner.metadata)):
+                setattr(inner, k, getattr(e, k))
+        if all(getattr(inner, t) is None for t in _TIME_FIELDS):
+            inner.timestamp = e.timestamp if e.timestamp is not None else e.occurred_at
+        return inner
+    if e.type is None and e.event_type is None:
+        # maybe an externally tagged event with whitespace before the tag
+        d = _ANY.decode(p)
+        if isinstance(d, dict) and len(d) == 1:
+            ((name, inner),) = d.items()
+            if isinstance(inner, dict):
+                if name not in EVENT_ALIASES:
+                    raise _Reject(f"unknown event type {name!r}")
+                d = _DEC_EXT.decode(p)
+                ((name, e),) = d.items()
+                e.type = name
+    return e
+
+
+class _Reject(Exception):
+    pass
+
+
+def _coalesce(cols, *names):
+    arrs = [cols[n] for n in names]
+    out = arrs[0]
+    for a in arrs[1:]:
+        if a.null_count < len(a):
+            out = pc.coalesce(out, a)
+    return out
+
+
+def _pyarray(values, typ):
+    try:
+        return pa.array(values, typ)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+
+
+def _id_strings(col) -> pa.Array:
+    arr = _pyarray(col, pa.utf8())
+    if arr is None:  # {"id": ...} objects mixed in
+        arr = pa.array([v.id if type(v) is _IdObj else v for v in col], pa.utf8())
+    return arr
+
+
+def _type_strings(col) -> pa.Array:
+    arr = _pyarray(col, pa.utf8())
+    if arr is None:  # {"Custom": "x"} style enums: keep the variant name
+        arr = pa.array(
+            [next(iter(v), None) if isinstance(v, dict) else v for v in col], pa.utf8())
+    return arr
+
+
+def _positions(col):
+    """(x, y, z float64 arrays, valid mask) from a column of _Pos / tuples / None."""
+    n = len(col)
+    lst = _pyarray(col, pa.list_(pa.float64(), 3))
+    if lst is None:
+        lst = pa.array([(v.x, v.y, v.z) if type(v) is _Pos else v for v in col],
+                       pa.list_(pa.float64(), 3))
+    valid = np.ones(n, bool) if lst.null_count == 0 else lst.is_valid().to_numpy(zero_copy_only=False)
+    flat = lst.flatten().to_numpy(zero_copy_only=False)
+    xyz = np.full((n, 3), np.nan)
+    xyz[valid] = flat.reshape(-1, 3)
+    return xyz, valid
+
+
+_NONE = type(None)
+
+
+def _time_column(col):
+    """(µs int64, valid) of one time field: datetimes, or ints/floats = epoch ms."""
+    m = len(col)
+    kinds = set(map(type, col))
+    if kinds <= {_NONE}:
+        return None
+    if kinds <= {int, _NONE}:
+        a = pa.array(col, pa.int64())
+        return (a.fill_null(0).to_numpy() * 1000,
+                np.ones(m, bool) if a.null_count == 0 else a.is_valid().to_numpy(zero_copy_only=False))
+    if kinds <= {_dt.datetime, _NONE}:
+        a = pa.array(col, pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        return (a.fill_null(0).to_numpy(),
+                np.ones(m, bool) if a.null_count == 0 else a.is_valid().to_numpy(zero_copy_only=False))
+    us = np.zeros(m, np.int64)
+    valid = np.zeros(m, bool)
+    for i, v in enumerate(col):
+        if v is None:
+            continue
+        valid[i] = True
+        if isinstance(v, _dt.datetime):
+            us[i] = to_micros(v)
+        else:
+            us[i] = int(round(v * 1000))
+    return us, valid
+
+
+def _times(cols, received):
+    """First present time field per row, as µs; ``received`` where none is."""
+    us = received.copy()
+    have = np.zeros(len(received), bool)
+    for col in cols:
+        r = _time_column(col)
+        if r is None:
+            continue
+        t, valid = r
+        use = valid & ~have
+        us[use] = t[use]
+        have |= valid
+        if have.all():
+            break
+    return us
+
+
+def _received_micros(received_at, n):
+    if received_at is None:
+        return np.full(n, _time.time_ns() // 1000, np.int64)
+    if isinstance(received_at, (list, tuple, np.ndarray)) and not isinstance(received_at, str):
+        arr = np.asarray([to_micros(v) for v in received_at] if not isinstance(received_at, np.ndarray)
+                         or received_at.dtype == object else received_at, np.int64)
+        if arr.shape != (n,):
+            raise ValueError(f"received_at has {arr.shape[0]} entries for {n} payloads")
+        return arr
+    return np.full(n, to_micros(received_at), np.int64)
+
+
+def _stable_event_ids(payloads, rows):
+    """Content-derived ids (UUID v8 from a 128-bit hash of the payload bytes)."""
+    spans = [payloads[i] for i in rows]
+    spans = [s if isinstance(s, bytes) else bytes(s) if not isinstance(s, str) else s.encode() for s in spans]
+    offsets = np.zeros(len(spans) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, spans), np.int64, len(spans)), out=offsets[1:])
+    data = np.frombuffer(b"".join(spans), np.uint8)
+    return hash_spans(data, offsets)
+
+
+def _fsb(b16: np.ndarray, valid: np.ndarray) -> pa.Array:
+    mask = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(UUID_TYPE, len(valid), [mask, pa.py_buffer(np.ascontiguousarray(b16))],
+                                 null_count=-1 if mask is not None else 0)
+
+
+def decode_json(payloads: Sequence[bytes], *, received_at=None) -> tuple[pa.RecordBatch, list[DecodeError]]:
+    """Decode one JSON event per payload into a record batch in ``EVENT_SCHEMA``.
+
+    Returns ``(batch, errors)``: one row per decodable payload (in input
+    order) and one :class:`DecodeError` per payload that could not be decoded.
+    ``received_at`` (a time, or one per payload) stands in for events that
+    carry no time; without it the decode time is used.  An event without an
+    id gets a stable one derived from its bytes (same bytes, same id).
+    """
+    n = len(payloads)
+    errors: dict[int, str] = {}
+    evts: list = []
+    idx: list[int] = []
+    was_gc = gc.isenabled()
+    gc.disable()  # the Structs are gc=False; no cycles are made here
+    try:
+        for i, p in enumerate(payloads):
+            try:
+                if type(p) is not bytes:
+                    p = p.encode() if isinstance(p, str) else bytes(p)
+                evts.append(_decode_one(p))
+                idx.append(i)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                errors[i] = _reason_of(exc)
+            except _Reject as exc:
+                errors[i] = str(exc)
+            except Exception as exc:  # never let one payload stop the others
+                errors[i] = f"invalid event: {type(exc).__name__}: {exc}"
+        received = _received_micros(received_at, n)
+        try:
+            batch, bad = _columns(evts, idx, payloads, received)
+        except Exception:  # a value no check above foresaw: isolate it, keep the rest
+            batch, bad = _columns_one_by_one(evts, idx, payloads, received)
+    finally:
+        if was_gc:
+            gc.enable()
+    errors.update(bad)
+    return batch, [DecodeError(i, errors[i]) for i in sorted(errors)]
+
+
+def _columns_one_by_one(evts, idx, payloads, received):
+    good, bad = [], {}
+    for e, i in zip(evts, idx):
+        try:
+            b, b_bad = _columns([e], [i], payloads, received)
+            good.append(b)
+            bad.update(b_bad)
+        except Exception as exc:
+            bad[i] = f"invalid event: {type(exc).__name__}: {exc}"
+    if not good:
+        return _columns([], [], payloads, received)[0], bad
+    return pa.Table.from_batches(good, schema=EVENT_SCHEMA).combine_chunks().to_batches()[0], bad
+
+
+def _columns(evts, idx, payloads, received):
+    m = len(evts)
+    if m == 0:
+        return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in EVENT_SCHEMA], schema=EVENT_SCHEMA), {}
+    astuple = msgspec.structs.astuple
+    cols_raw = list(zip(*[astuple(e) for e in evts]))
+    rows = np.asarray(idx)
+    reasons = [None] * m
+
+    def reject(mask, reason):
+        for j in np.flatnonzero(mask):
+            if reasons[j] is None:
+                reasons[j] = reason(j) if callable(reason) else reason
+
+    # event type
+    tcol = cols_raw[_F["type"]]
+    tarr = _pyarray(tcol, pa.utf8())
+    if tarr is None:  # integer codes mixed in
+        tarr = pa.array([str(v) if v is not None else None for v in tcol], pa.utf8())
+    etarr = _pyarray(cols_raw[_F["event_type"]], pa.utf8())
+    if etarr is None:
+        etarr = pa.array([str(v) if v is not None else None for v in cols_raw[_F["event_type"]]], pa.utf8())
+    names = pc.coalesce(tarr, etarr)
+    pos_in = pc.index_in(names, value_set=_ALIAS_NAMES).fill_null(len(_ALIAS_CODES) - 1).to_numpy()
+    kind = _ALIAS_CODES[pos_in].copy()
+    numeric = np.flatnonzero(kind == 0)
+    py_names = names.to_pylist() if numeric.size else None
+    for j in numeric:  # numeric codes as text, unknown names, missing type
+        nm = py_names[j]
+        if nm is not None and nm.lstrip("-").isdigit() and int(nm) in _VALID_CODES:
+            kind[j] = int(nm)
+        elif nm is None:
+            reasons[j] = "event type missing"
+        else:
+            reasons[j] = f"unknown event type {nm!r}"
+
+    ids = {}
+    for name in ("graph_id", "aggregate_id", "node_id", "edge_id", "source", "source_id",
+                 "target", "target_id", "event_id", "correlation_id", "causation_id"):
+        col = cols_raw[_F[name]]
+        ids[name] = _id_strings(col)
+    ids["graph_id"] = _coalesce(ids, "graph_id", "aggregate_id")
+    ids["source_id"] = _coalesce(ids, "source_id", "source")
+    ids["target_id"] = _coalesce(ids, "target_id", "target")
+    out_ids = {}
+    for name in ("graph_id", "node_id", "edge_id", "source_id", "target_id", "event_id",
+                 "correlation_id", "causation_id"):
+        b16, valid, bad = parse_uuid_strings(ids[name])
+        if bad.any():
+            reject(bad, f"bad UUID in {name}")
+        out_ids[name] = (b16, valid)
+    gvalid = out_ids["graph_id"][1]
+    reject(~gvalid, "graph_id missing")
+
+    # position: nested object / array, else flat x, y, z
+    pos_col = cols_raw[_F["position"]]
+    newp = cols_raw[_F["new_position"]]
+    xyz, pvalid = _positions(pos_col)
+    if newp.count(None) != m:
+        xyz2, pvalid2 = _positions(newp)
+        use = ~pvalid & pvalid2
+        xyz[use], pvalid = xyz2[use], pvalid | pvalid2
+    flat = [pa.array(cols_raw[_F[a]], pa.float64()) for a in "xyz"]
+    if any(f.null_count < m for f in flat):
+        fvalid = np.logical_and.reduce([f.is_valid().to_numpy(zero_copy_only=False) for f in flat])
+        use = ~pvalid & fvalid
+        for a, f in enumerate(flat):
+            xyz[use, a] = f.fill_null(0).to_numpy()[use]
+        pvalid = pvalid | fvalid
+    reject(pvalid & ~np.isfinite(xyz).all(axis=1), "position must be 3 finite numbers")
+
+    strcols = {k: pa.array(cols_raw[_F[k]], pa.utf8()) for k in ("name", "new_name", "label")}
+    name = _coalesce(strcols, "name", "new_name", "label")
+    wcols = {k: pa.array(cols_raw[_F[k]], pa.float64()) for k in ("weight", "strength", "similarity")}
+    weight = _coalesce(wcols, "weight", "strength", "similarity").cast(pa.float32(), safe=False)
+
+    t_us = _times([cols_raw[_F[k]] for k in _TIME_FIELDS], received[rows])
+
+    seqs = pa.array(cols_raw[_F["seq"]], pa.int64()).cast(pa.uint64())  # bounds checked by msgspec
+
+    meta = pa.array([bytes(r) or None for r in cols_raw[_F["metadata"]]], pa.large_binary())
+    try:
+        meta = meta.cast(pa.large_utf8())
+    except pa.ArrowInvalid:
+        meta = pa.array([None if b is None else b.decode("utf-8", "replace") for b in meta.to_pylist()],
+                        pa.large_utf8())
+
+    eb, ev = out_ids["event_id"]
+    if not ev.all():
+        missing = np.flatnonzero(~ev)
+        eb = eb.copy()
+        eb[missing] = _stable_event_ids(payloads, rows[missing])
+        ev = np.ones(m, bool)
+
+    if reasons.count(None) == m:
+        keep, bad = None, {}
+    else:
+        keep = np.array([r is None for r in reasons], bool)
+        bad = {int(rows[j]): reasons[j] for j in range(m) if reasons[j] is not None}
+    arrays = [
+        seqs,
+        _fsb(eb, ev),
+        pa.array(kind, pa.int8()),
+        pa.array(t_us, pa.int64()).cast(EVENT_SCHEMA.field("occurred_at").type),
+        _fsb(*out_ids["graph_id"]),
+        _fsb(*out_ids["node_id"]),
+        _fsb(*out_ids["edge_id"]),
+        _fsb(*out_ids["source_id"]),
+        _fsb(*out_ids["target_id"]),
+        pa.array(xyz[:, 0], mask=~pvalid),
+        pa.array(xyz[:, 1], mask=~pvalid),
+        pa.array(xyz[:, 2], mask=~pvalid),
+        name,
+        _type_strings(cols_raw[_F["node_type"]]).dictionary_encode(),
+        _type_strings(cols_raw[_F["edge_type"]]).dictionary_encode(),
+        weight,
+        meta,
+        _fsb(*out_ids["correlation_id"]),
+        _fsb(*out_ids["causation_id"]),
+    ]
+    batch = pa.RecordBatch.from_arrays(arrays, schema=EVENT_SCHEMA)
+    if keep is not None:
+        batch = batch.filter(pa.array(keep))
+    return batch, bad
+
+
+_VALID_CODES = {1, 2, 3, 4, 10, 11, 12, 13, 20, 21, 23}
