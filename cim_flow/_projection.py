@@ -18,9 +18,11 @@ from ._ids import fsb_words
 from ._schema import EVENT_SCHEMA
 from ._strings import StringPool
 
-# field -> (dtype, fill, scale, trailing shape)
+# field -> (dtype, fill, scale, trailing shape); every field is entity-indexed.
+# Layout chosen for memory: 10M nodes + 20M edges must fit well under 2 GB.
 _GRAPH_FIELDS = {
-    "keys": (np.uint64, 0, 1, (3,)),
+    "keys": (np.uint64, 0, 1, (2,)),
+    "owner": (np.int32, 0, 1, ()),
     "alive": (np.uint8, 0, 1, ()),
     "name": (np.int32, -1, 1, ()),
     "created": (np.int64, 0, 1, ()),
@@ -28,38 +30,33 @@ _GRAPH_FIELDS = {
     "archived": (np.uint8, 0, 1, ()),
     "ncount": (np.int64, 0, 1, ()),
     "ecount": (np.int64, 0, 1, ()),
-    "nhead": (np.int64, -1, 1, ()),
-    "order": (np.int64, -1, 1, ()),
-    "pos": (np.int64, -1, 1, ()),
+    "nhead": (np.int32, -1, 1, ()),
+    "order": (np.int32, -1, 1, ()),
+    "pos": (np.int32, -1, 1, ()),
     "touched": (np.uint8, 0, 1, ()),
-    "tlist": (np.int64, 0, 1, ()),
 }
-_NODE_FIELDS = {
-    "keys": (np.uint64, 0, 1, (3,)),
+_NODE_FIELDS = {  # 63 bytes a node, plus ~6 in the hash table
+    "keys": (np.uint64, 0, 1, (2,)),
+    "graph": (np.int32, -1, 1, ()),
     "alive": (np.uint8, 0, 1, ()),
-    "graph": (np.int64, -1, 1, ()),
     "x": (np.float64, np.nan, 1, ()),
     "y": (np.float64, np.nan, 1, ()),
     "z": (np.float64, np.nan, 1, ()),
-    "haspos": (np.uint8, 0, 1, ()),
-    "ntype": (np.int32, -1, 1, ()),
+    "ntype": (np.int16, -1, 1, ()),
     "label": (np.int32, -1, 1, ()),
-    "gnext": (np.int64, -1, 1, ()),
-    "gprev": (np.int64, -1, 1, ()),
-    "ihead": (np.int64, -1, 1, ()),
-    "dirty": (np.uint8, 0, 1, ()),
-    "dlist": (np.int64, 0, 1, ()),
+    "gnext": (np.int32, -1, 1, ()),
+    "gprev": (np.int32, -1, 1, ()),
+    "ihead": (np.int32, -1, 1, ()),
 }
-_EDGE_FIELDS = {
-    "keys": (np.uint64, 0, 1, (3,)),
-    "alive": (np.uint8, 0, 1, ()),
-    "graph": (np.int64, -1, 1, ()),
-    "src": (np.int64, -1, 1, ()),
-    "dst": (np.int64, -1, 1, ()),
+_EDGE_FIELDS = {  # 50 bytes an edge, plus ~6 in the hash table
+    "keys": (np.uint64, 0, 1, (2,)),
+    "graph": (np.int32, -1, 1, ()),
+    "src": (np.int32, -1, 1, ()),
+    "dst": (np.int32, -1, 1, ()),
     "weight": (np.float32, np.nan, 1, ()),
-    "etype": (np.int32, -1, 1, ()),
-    "hnext": (np.int64, -1, 2, ()),
-    "hprev": (np.int64, -1, 2, ()),
+    "etype": (np.int16, -1, 1, ()),
+    "hnext": (np.int32, -1, 2, ()),
+    "hprev": (np.int32, -1, 2, ()),
 }
 _META_LEN = {"Graphs": 4, "Nodes": 3, "Edges": 2}
 
@@ -81,24 +78,32 @@ def _alloc(fields, cap):
     }
 
 
-def _grow_arrays(arrays, fields, new_cap):
-    out = {}
+def _grow_fields(d, fields, new_cap):
+    """Grow every field of ``d`` in place, one array at a time (peak = state + one field)."""
     for name, (dtype, fill, scale, shape) in fields.items():
-        old = arrays[name]
-        new = np.full((new_cap * scale,) + shape, fill, dtype)
-        new[: old.shape[0]] = old
-        out[name] = new
-    return out
+        old = d[name]
+        new = np.empty((new_cap * scale,) + shape, dtype)
+        k = old.shape[0]
+        new[:k] = old
+        new[k:] = fill
+        d[name] = new
+        del old
 
 
-def _new_slots(keys, n, cap):
-    slots = np.full(2 * cap, -1, np.int64)
-    return kintern.rehash(keys, n, slots)
+def _slots_for(cap):
+    size = 16
+    while size * kintern.MAX_LOAD < cap:
+        size *= 2
+    return size
+
+
+def _new_slots(keys, owner, n, cap):
+    return kintern.rehash(keys, owner, n, np.full(_slots_for(cap), -1, np.int32))
 
 
 def _next_cap(need, cap):
     while cap < need:
-        cap *= 2
+        cap = max(cap + 16, int(cap * 1.5))
     return cap
 
 
@@ -169,7 +174,7 @@ def _valid(arr):
     return arr.is_valid().to_numpy(zero_copy_only=False)
 
 
-def events_of(batch: pa.RecordBatch, strings: StringPool) -> kp.Events:
+def events_of(batch: pa.RecordBatch, strings: StringPool, types: StringPool) -> kp.Events:
     """Kernel view of a normalised batch (ids are zero-copy views)."""
     c = batch.column
     gid, gid_ok = fsb_words(c("graph_id"))
@@ -191,8 +196,8 @@ def events_of(batch: pa.RecordBatch, strings: StringPool) -> kp.Events:
         x=_num(x, np.float64, np.nan), y=_num(y, np.float64, np.nan),
         z=_num(z, np.float64, np.nan), pos_ok=pos_ok,
         name=strings.encode(c("name")),
-        ntype=strings.encode(c("node_type")),
-        etype=strings.encode(c("edge_type")),
+        ntype=types.encode(c("node_type")),
+        etype=types.encode(c("edge_type")),
         w=_num(c("weight"), np.float32, np.nan),
         w_ok=_valid(c("weight")),
     )
@@ -201,75 +206,80 @@ def events_of(batch: pa.RecordBatch, strings: StringPool) -> kp.Events:
 class Projection:
     """Columnar projection of graphs, nodes and edges."""
 
-    def __init__(self, capacity: int = 1024):
-        cap = 1 << max(4, int(capacity - 1).bit_length())
-        self.strings = StringPool()
+    def __init__(self, capacity: int = 1024, *, node_capacity: int | None = None,
+                 edge_capacity: int | None = None):
+        self.strings = StringPool()  # graph names, node labels
+        self.types = StringPool()  # node and edge types (int16 codes)
         self.version = 0
-        self._gcap = self._ncap = self._ecap = cap
-        g = _alloc(_GRAPH_FIELDS, cap)
-        g["slots"] = np.full(2 * cap, -1, np.int64)
-        g["meta"] = np.zeros(_META_LEN["Graphs"], np.int64)
-        g["lo"] = np.zeros(cap + 2, np.int64)
-        self.G = kp.Graphs(**g)
-        n = _alloc(_NODE_FIELDS, cap)
-        n["slots"] = np.full(2 * cap, -1, np.int64)
-        n["meta"] = np.zeros(_META_LEN["Nodes"], np.int64)
-        self.N = kp.Nodes(**n)
-        e = _alloc(_EDGE_FIELDS, cap)
-        e["slots"] = np.full(2 * cap, -1, np.int64)
-        e["meta"] = np.zeros(_META_LEN["Edges"], np.int64)
-        self.E = kp.Edges(**e)
+        gcap = max(16, int(capacity))
+        ncap = max(16, int(node_capacity or capacity))
+        ecap = max(16, int(edge_capacity or capacity))
+        self._caps = [gcap, ncap, ecap]
+        self.G = kp.Graphs(**self._fresh(_GRAPH_FIELDS, gcap, 4),
+                           lo=np.zeros(16, np.int64), tlist=np.zeros(1, np.int32))
+        self.N = kp.Nodes(**self._fresh(_NODE_FIELDS, ncap, 3), dlist=np.zeros(1, np.int32))
+        self.E = kp.Edges(**self._fresh(_EDGE_FIELDS, ecap, 2))
+
+    @staticmethod
+    def _fresh(fields, cap, meta_len):
+        d = _alloc(fields, cap)
+        d["slots"] = np.full(_slots_for(cap), -1, np.int32)
+        d["meta"] = np.zeros(meta_len, np.int64)
+        return d
 
     # -- capacity -----------------------------------------------------------
+    def _grow(self, attr, which, fields, cls, rows):
+        """Grow one entity kind, releasing each old array as its copy is made."""
+        need = int(getattr(self, attr).meta[0]) + rows
+        if need <= self._caps[which]:
+            return
+        cap = _next_cap(need, self._caps[which])
+        d = getattr(self, attr)._asdict()
+        setattr(self, attr, None)  # d now holds the only references
+        _grow_fields(d, fields, cap)
+        owner = d["owner"] if "owner" in d else d["graph"]
+        d["slots"] = None
+        d["slots"] = _new_slots(d["keys"], owner, int(d["meta"][0]), cap)
+        self._caps[which] = cap
+        setattr(self, attr, cls(**d))
+
     def reserve(self, rows: int) -> None:
         """Make room for ``rows`` more events of any kind (no growth inside kernels)."""
-        G, N, E = self.G, self.N, self.E
-        need = int(G.meta[0]) + rows
-        if need > self._gcap:
-            cap = _next_cap(need, self._gcap)
-            d = _grow_arrays(G._asdict(), _GRAPH_FIELDS, cap)
-            d["slots"] = _new_slots(d["keys"], int(G.meta[0]), cap)
-            d["meta"], d["lo"] = G.meta, G.lo
-            self.G, self._gcap = kp.Graphs(**d), cap
-        need = int(N.meta[0]) + rows
-        if need > self._ncap:
-            cap = _next_cap(need, self._ncap)
-            d = _grow_arrays(N._asdict(), _NODE_FIELDS, cap)
-            d["slots"] = _new_slots(d["keys"], int(N.meta[0]), cap)
-            d["meta"] = N.meta
-            self.N, self._ncap = kp.Nodes(**d), cap
-            lo = np.zeros(cap + 2, np.int64)
-            lo[: self.G.lo.shape[0]] = self.G.lo
-            self.G = self.G._replace(lo=lo)
-        need = int(E.meta[0]) + rows
-        if need > self._ecap:
-            cap = _next_cap(need, self._ecap)
-            d = _grow_arrays(E._asdict(), _EDGE_FIELDS, cap)
-            d["slots"] = _new_slots(d["keys"], int(E.meta[0]), cap)
-            d["meta"] = E.meta
-            self.E, self._ecap = kp.Edges(**d), cap
+        self._grow("G", 0, _GRAPH_FIELDS, kp.Graphs, rows)
+        self._grow("N", 1, _NODE_FIELDS, kp.Nodes, rows)
+        self._grow("E", 2, _EDGE_FIELDS, kp.Edges, rows)
+        # lo[c] is needed for every count a graph can reach in this batch
+        G = self.G
+        top = int(G.ncount[G.order[0]]) if G.meta[2] > 0 else 0
+        if G.lo.shape[0] < top + rows + 2:
+            lo = np.zeros(max(2 * G.lo.shape[0], top + rows + 2), np.int64)
+            lo[: G.lo.shape[0]] = G.lo
+            self.G = G._replace(lo=lo)
 
     # -- the hook -------------------------------------------------------------
     def apply(self, batch: pa.RecordBatch) -> tuple[ApplyResult, np.ndarray, np.ndarray]:
         """Apply one normalised batch.
 
-        Returns the result, the graph indices it touched and the node indices
-        whose position or liveness changed (both reset for the next batch).
+        Returns the result, the graph indices it touched (each once) and the
+        node indices whose position or liveness changed (each once).
         """
         n = batch.num_rows
-        ev = events_of(batch, self.strings)
+        ev = events_of(batch, self.strings, self.types)
+        if len(self.types) > np.iinfo(np.int16).max:
+            raise ValueError("more than 32767 distinct node/edge types")
         self.reserve(n)
+        self.G = self.G._replace(tlist=np.empty(n, np.int32))
+        self.N = self.N._replace(dlist=np.empty(n, np.int32))
         status = np.empty(n, np.int8)
         seq = np.empty(n, np.uint64)
         self.version = int(kp.apply_events(self.G, self.N, self.E, ev, np.uint64(self.version), status, seq))
         counts = np.bincount(np.minimum(status, 2), minlength=3)
         res = ApplyResult(int(counts[0]), int(counts[2]), int(counts[1]), self.version, status, seq)
         G, N = self.G, self.N
-        touched = G.tlist[: G.meta[3]].copy()
+        touched = G.tlist[: G.meta[3]].astype(np.int64)
         G.touched[touched] = 0
         G.meta[3] = 0
-        dirty = N.dlist[: N.meta[2]].copy()
-        N.dirty[dirty] = 0
+        dirty = np.unique(N.dlist[: N.meta[2]]).astype(np.int64)
         N.meta[2] = 0
         return res, touched, dirty
 
@@ -279,7 +289,8 @@ class Projection:
         return {
             "version": self.version,
             "strings": self.strings.values(),
-            "caps": (self._gcap, self._ncap, self._ecap),
+            "types": self.types.values(),
+            "caps": tuple(self._caps),
             "G": self.G._asdict(),
             "N": self.N._asdict(),
             "E": self.E._asdict(),
@@ -288,7 +299,8 @@ class Projection:
     def load_state(self, st: dict) -> None:
         self.version = int(st["version"])
         self.strings = StringPool(st["strings"])
-        self._gcap, self._ncap, self._ecap = st["caps"]
+        self.types = StringPool(st["types"])
+        self._caps = list(st["caps"])
         self.G = kp.Graphs(**st["G"])
         self.N = kp.Nodes(**st["N"])
         self.E = kp.Edges(**st["E"])

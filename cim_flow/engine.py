@@ -57,12 +57,15 @@ class Engine:
     the last applied batch.
     """
 
-    def __init__(self, capacity: int = 1024):
-        self._p = Projection(capacity)
+    def __init__(self, capacity: int = 1024, *, node_capacity: int | None = None,
+                 edge_capacity: int | None = None):
+        """``capacity`` (graphs) and ``node_capacity`` / ``edge_capacity`` pre-size the
+        arrays (like ``list.reserve``); they grow by 1.5x as needed anyway."""
+        self._p = Projection(capacity, node_capacity=node_capacity, edge_capacity=edge_capacity)
         # secondary indices kept beside the kernel state
-        self._name_of = np.full(self._p._gcap, _NOT_INDEXED, np.int32)  # name code indexed per graph
+        self._name_of = np.full(self._p._caps[0], _NOT_INDEXED, np.int32)  # name code indexed per graph
         self._by_name: dict[int, set[int]] = {}
-        self._created_of = np.full(self._p._gcap, np.iinfo(np.int64).min, np.int64)
+        self._created_of = np.full(self._p._caps[0], np.iinfo(np.int64).min, np.int64)
         self._cr_t = np.empty(0, np.int64)  # sorted created_at
         self._cr_g = np.empty(0, np.int64)  # graph index beside it
         self._cr_stale = 0
@@ -157,7 +160,7 @@ class Engine:
     def _gidx(self, graph_id) -> int:
         w0, w1 = words_of(graph_id)
         G = self._p.G
-        g = kintern.lookup(G.slots, G.keys, w0, w1, np.uint64(0))
+        g = kintern.lookup(G.slots, G.keys, G.owner, 0, w0, w1)
         if g < 0 or not G.alive[g]:
             return -1
         return int(g)
@@ -167,7 +170,7 @@ class Engine:
         gidx = np.asarray(gidx, np.int64)
         return pa.Table.from_arrays(
             [
-                words_to_fsb(G.keys[gidx, :2]),
+                words_to_fsb(G.keys[gidx]),
                 self._p.strings.decode(G.name[gidx]),
                 pa.array(G.ncount[gidx], pa.int64()),
                 pa.array(G.ecount[gidx], pa.int64()),
@@ -193,7 +196,7 @@ class Engine:
             return None
         G = self._p.G
         return {
-            "graph_id": uuid.UUID(bytes=G.keys[g, :2].tobytes()),
+            "graph_id": uuid.UUID(bytes=G.keys[g].tobytes()),
             "name": self._p.strings.value(int(G.name[g])),
             "node_count": int(G.ncount[g]),
             "edge_count": int(G.ecount[g]),

@@ -1,18 +1,21 @@
-"""Interning of fixed-width keys (three uint64 words) into dense indices.
+"""Interning of ``(owner, uuid)`` keys into dense int32 indices.
 
-Open addressing with linear probing.  The table holds entity indices
-(``-1`` = empty slot); the keys themselves live in the entity's ``keys``
-array ``(capacity, 3)``, so a rehash only moves ``int64`` slot values.
+Open addressing with linear probing over an int32 slot table (``-1`` =
+empty).  The keys live in the entity's own arrays: two uint64 words of the
+UUID in ``keys (capacity, 2)`` and the owning graph's index in ``owner``
+(all zeros for graphs themselves), so a rehash only moves int32 slots.
 An index, once given to a key, is never reused for another key: removal is
-an ``alive`` flag of the owner, never a hash-table delete (no tombstones).
+the owner's ``alive`` flag, never a hash-table delete (no tombstones).
 
-Callers keep the load factor at or below 1/2 by calling :func:`rehash` into a
-bigger table *before* a batch (the capacity needed is known from the batch
-size), so the insert path never grows anything.
+Callers keep the load factor at or below :data:`MAX_LOAD` by calling
+:func:`rehash` into a bigger table *before* a batch (the room needed is known
+from the batch size), so the insert path never grows anything.
 """
 import numpy as np
 
 from ._jit import jit
+
+MAX_LOAD = 0.7
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -30,35 +33,35 @@ def _mix(h):
 
 
 @jit
-def hash3(k0, k1, k2):
+def hash_key(g, k0, k1):
     h = _mix(k0 + _G)
     h = _mix(h ^ (k1 + _G))
-    return _mix(h ^ (k2 + _G))
+    return _mix(h ^ (np.uint64(g) + _G))
 
 
 @jit
-def lookup(slots, keys, k0, k1, k2):
-    """Index of key ``(k0, k1, k2)`` or ``-1``."""
+def lookup(slots, keys, owner, g, k0, k1):
+    """Index of key ``(g, k0, k1)`` or ``-1``."""
     mask = np.uint64(slots.shape[0] - 1)
-    s = hash3(k0, k1, k2) & mask
+    s = hash_key(g, k0, k1) & mask
     while True:
         i = slots[s]
         if i < 0:
             return -1
-        if keys[i, 0] == k0 and keys[i, 1] == k1 and keys[i, 2] == k2:
+        if keys[i, 0] == k0 and keys[i, 1] == k1 and owner[i] == g:
             return i
         s = (s + np.uint64(1)) & mask
 
 
 @jit
-def intern(slots, keys, meta, k0, k1, k2):
+def intern(slots, keys, owner, meta, g, k0, k1):
     """Index of the key, adding it with index ``meta[0]`` when new.
 
     ``meta[0]`` is the number of interned keys.  The table must have room
     (see module doc).  Returns ``(index, is_new)``.
     """
     mask = np.uint64(slots.shape[0] - 1)
-    s = hash3(k0, k1, k2) & mask
+    s = hash_key(g, k0, k1) & mask
     while True:
         i = slots[s]
         if i < 0:
@@ -66,20 +69,20 @@ def intern(slots, keys, meta, k0, k1, k2):
             meta[0] = i + 1
             keys[i, 0] = k0
             keys[i, 1] = k1
-            keys[i, 2] = k2
+            owner[i] = g
             slots[s] = i
             return i, True
-        if keys[i, 0] == k0 and keys[i, 1] == k1 and keys[i, 2] == k2:
+        if keys[i, 0] == k0 and keys[i, 1] == k1 and owner[i] == g:
             return i, False
         s = (s + np.uint64(1)) & mask
 
 
 @jit
-def rehash(keys, n, new_slots):
+def rehash(keys, owner, n, new_slots):
     """Fill ``new_slots`` (all ``-1``, power-of-two size) with keys ``0..n-1``."""
     mask = np.uint64(new_slots.shape[0] - 1)
     for i in range(n):
-        s = hash3(keys[i, 0], keys[i, 1], keys[i, 2]) & mask
+        s = hash_key(owner[i], keys[i, 0], keys[i, 1]) & mask
         while new_slots[s] >= 0:
             s = (s + np.uint64(1)) & mask
         new_slots[s] = i
@@ -87,9 +90,9 @@ def rehash(keys, n, new_slots):
 
 
 @jit
-def lookup_many(slots, keys, q):
-    """Vectorised :func:`lookup` over ``q`` ``(m, 3)``."""
+def lookup_many(slots, keys, owner, g, q):
+    """Vectorised :func:`lookup` of ``q (m, 2)`` uint64 words, owner ``g[j]``."""
     out = np.empty(q.shape[0], np.int64)
     for j in range(q.shape[0]):
-        out[j] = lookup(slots, keys, q[j, 0], q[j, 1], q[j, 2])
+        out[j] = lookup(slots, keys, owner, g[j], q[j, 0], q[j, 1])
     return out

@@ -53,24 +53,26 @@ IGNORED_BAD_POSITION = 8
 
 Graphs = namedtuple(
     "Graphs",
-    "keys slots meta alive name created lastmod archived ncount ecount nhead "
+    "keys owner slots meta alive name created lastmod archived ncount ecount nhead "
     "order pos lo touched tlist",
 )
-# Graphs.meta: [interned, live, order length, touched count]
+# Graphs.meta: [interned, live, order length, touched count]; owner is all 0.
+# tlist is sized per batch (a graph enters it once per batch: touched flag).
 Nodes = namedtuple(
     "Nodes",
-    "keys slots meta alive graph x y z haspos ntype label gnext gprev ihead dirty dlist",
+    "keys graph slots meta alive x y z ntype label gnext gprev ihead dlist",
 )
-# Nodes.meta: [interned, live, dirty count]
-Edges = namedtuple("Edges", "keys slots meta alive graph src dst weight etype hnext hprev")
-# Edges.meta: [interned, live]; half-edge 2e sits in src's list, 2e+1 in dst's.
+# Nodes.meta: [interned, live, dlist count]; x is NaN when a node has no position.
+# dlist (per batch, may repeat a node) logs nodes whose position or liveness changed.
+Edges = namedtuple("Edges", "keys graph slots meta src dst weight etype hnext hprev")
+# Edges.meta: [interned, live]; src < 0 means removed.
+# Half-edge 2e sits in src's incident list, 2e+1 in dst's.
 Events = namedtuple(
     "Events",
     "seq seq_ok kind t t_ok gid gid_ok nid nid_ok eid eid_ok sid sid_ok tid tid_ok "
     "x y z pos_ok name ntype etype w w_ok",
 )
 
-_ZERO = np.uint64(0)
 _ONE = np.uint64(1)
 
 
@@ -84,10 +86,8 @@ def _touch(G, g):
 
 @jit
 def _dirty(N, n):
-    if N.dirty[n] == 0:
-        N.dirty[n] = 1
-        N.dlist[N.meta[2]] = n
-        N.meta[2] += 1
+    N.dlist[N.meta[2]] = n
+    N.meta[2] += 1
 
 
 @jit
@@ -142,7 +142,7 @@ def _unlink_half(E, N, h, n):
 def _remove_edge(G, N, E, e):
     _unlink_half(E, N, 2 * e, E.src[e])
     _unlink_half(E, N, 2 * e + 1, E.dst[e])
-    E.alive[e] = 0
+    E.src[e] = -1
     G.ecount[E.graph[e]] -= 1
     E.meta[1] -= 1
 
@@ -206,13 +206,11 @@ def _apply_node(G, N, E, ev, i, g, k):
     has_pos = ev.pos_ok[i]
     if has_pos and not _finite3(ev.x[i], ev.y[i], ev.z[i]):
         return IGNORED_BAD_POSITION
-    gg = np.uint64(g)
     if k == NODE_ADDED:
-        n, _new = intern(N.slots, N.keys, N.meta, gg, ev.nid[i, 0], ev.nid[i, 1])
+        n, _new = intern(N.slots, N.keys, N.graph, N.meta, g, ev.nid[i, 0], ev.nid[i, 1])
         if N.alive[n] == 0:
             N.alive[n] = 1
-            N.graph[n] = g
-            N.haspos[n] = 0
+            N.x[n] = np.nan
             N.ntype[n] = -1
             N.label[n] = -1
             N.ihead[n] = -1
@@ -225,7 +223,7 @@ def _apply_node(G, N, E, ev, i, g, k):
             _count_inc(G, g)
             N.meta[1] += 1
     else:
-        n = lookup(N.slots, N.keys, gg, ev.nid[i, 0], ev.nid[i, 1])
+        n = lookup(N.slots, N.keys, N.graph, g, ev.nid[i, 0], ev.nid[i, 1])
         if n < 0 or N.alive[n] == 0:
             return IGNORED_UNKNOWN_NODE
         if k == NODE_REMOVED:
@@ -237,7 +235,6 @@ def _apply_node(G, N, E, ev, i, g, k):
         N.x[n] = ev.x[i]
         N.y[n] = ev.y[i]
         N.z[n] = ev.z[i]
-        N.haspos[n] = 1
     if k != NODE_MOVED:
         if ev.ntype[i] >= 0:
             N.ntype[n] = ev.ntype[i]
@@ -251,18 +248,15 @@ def _apply_node(G, N, E, ev, i, g, k):
 def _apply_edge(G, N, E, ev, i, g, k):
     if not ev.eid_ok[i]:
         return IGNORED_MISSING_FIELD
-    gg = np.uint64(g)
     if k == EDGE_ADDED:
         if not (ev.sid_ok[i] and ev.tid_ok[i]):
             return IGNORED_MISSING_FIELD
-        s = lookup(N.slots, N.keys, gg, ev.sid[i, 0], ev.sid[i, 1])
-        d = lookup(N.slots, N.keys, gg, ev.tid[i, 0], ev.tid[i, 1])
+        s = lookup(N.slots, N.keys, N.graph, g, ev.sid[i, 0], ev.sid[i, 1])
+        d = lookup(N.slots, N.keys, N.graph, g, ev.tid[i, 0], ev.tid[i, 1])
         if s < 0 or d < 0 or N.alive[s] == 0 or N.alive[d] == 0:
             return IGNORED_MISSING_ENDPOINT
-        e, _new = intern(E.slots, E.keys, E.meta, gg, ev.eid[i, 0], ev.eid[i, 1])
-        if E.alive[e] == 0:
-            E.alive[e] = 1
-            E.graph[e] = g
+        e, _new = intern(E.slots, E.keys, E.graph, E.meta, g, ev.eid[i, 0], ev.eid[i, 1])
+        if E.src[e] < 0:
             E.weight[e] = np.float32(np.nan)
             E.etype[e] = -1
             E.src[e] = s
@@ -279,8 +273,8 @@ def _apply_edge(G, N, E, ev, i, g, k):
             _link_half(E, N, 2 * e, s)
             _link_half(E, N, 2 * e + 1, d)
     else:
-        e = lookup(E.slots, E.keys, gg, ev.eid[i, 0], ev.eid[i, 1])
-        if e < 0 or E.alive[e] == 0:
+        e = lookup(E.slots, E.keys, E.graph, g, ev.eid[i, 0], ev.eid[i, 1])
+        if e < 0 or E.src[e] < 0:
             return IGNORED_UNKNOWN_EDGE
         if k == EDGE_REMOVED:
             _remove_edge(G, N, E, e)
@@ -299,7 +293,7 @@ def _apply_one(G, N, E, ev, i):
         return IGNORED_MISSING_FIELD
     t = ev.t[i]
     if k == GRAPH_CREATED:
-        g, _new = intern(G.slots, G.keys, G.meta, ev.gid[i, 0], ev.gid[i, 1], _ZERO)
+        g, _new = intern(G.slots, G.keys, G.owner, G.meta, 0, ev.gid[i, 0], ev.gid[i, 1])
         if G.alive[g] == 0:
             _create_graph(G, g, t)
         if ev.name[i] >= 0:
@@ -311,7 +305,7 @@ def _apply_one(G, N, E, ev, i):
             or (k >= NODE_ADDED and k <= NODE_REMOVED)
             or k == EDGE_ADDED or k == EDGE_UPDATED or k == EDGE_REMOVED):
         return IGNORED_UNKNOWN_TYPE
-    g = lookup(G.slots, G.keys, ev.gid[i, 0], ev.gid[i, 1], _ZERO)
+    g = lookup(G.slots, G.keys, G.owner, 0, ev.gid[i, 0], ev.gid[i, 1])
     if g < 0 or G.alive[g] == 0:
         return IGNORED_UNKNOWN_GRAPH
     if k == GRAPH_UPDATED:
