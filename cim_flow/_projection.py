@@ -39,9 +39,7 @@ _NODE_FIELDS = {  # 63 bytes a node, plus ~6 in the hash table
     "keys": (np.uint64, 0, 1, (2,)),
     "graph": (np.int32, -1, 1, ()),
     "alive": (np.uint8, 0, 1, ()),
-    "x": (np.float64, np.nan, 1, ()),
-    "y": (np.float64, np.nan, 1, ()),
-    "z": (np.float64, np.nan, 1, ()),
+    "pos": (np.float64, np.nan, 1, (3,)),
     "ntype": (np.int16, -1, 1, ()),
     "label": (np.int32, -1, 1, ()),
     "gnext": (np.int32, -1, 1, ()),
@@ -162,28 +160,42 @@ def normalize_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(cols, schema=EVENT_SCHEMA)
 
 
+def _ro(a):
+    """C-contiguous and read-only: one numba type per column whatever the batch
+    (zero-copy Arrow views are read-only, filled copies are not; mixing them would
+    compile a new specialisation of the kernel mid-stream)."""
+    a = np.ascontiguousarray(a)
+    a.flags.writeable = False
+    return a
+
+
 def _num(arr, dtype, fill):
     if arr.null_count:
         arr = arr.fill_null(fill)
-    return np.ascontiguousarray(arr.to_numpy(zero_copy_only=False), dtype=dtype)
+    return _ro(arr.to_numpy(zero_copy_only=False).astype(dtype, copy=False))
 
 
 def _valid(arr):
     if arr.null_count == 0:
-        return np.ones(len(arr), np.bool_)
-    return arr.is_valid().to_numpy(zero_copy_only=False)
+        return _ro(np.ones(len(arr), np.bool_))
+    return _ro(arr.is_valid().to_numpy(zero_copy_only=False))
+
+
+def _ids(arr):
+    w, ok = fsb_words(arr)
+    return _ro(w), _ro(ok)
 
 
 def events_of(batch: pa.RecordBatch, strings: StringPool, types: StringPool) -> kp.Events:
     """Kernel view of a normalised batch (ids are zero-copy views)."""
     c = batch.column
-    gid, gid_ok = fsb_words(c("graph_id"))
-    nid, nid_ok = fsb_words(c("node_id"))
-    eid, eid_ok = fsb_words(c("edge_id"))
-    sid, sid_ok = fsb_words(c("source_id"))
-    tid, tid_ok = fsb_words(c("target_id"))
+    gid, gid_ok = _ids(c("graph_id"))
+    nid, nid_ok = _ids(c("node_id"))
+    eid, eid_ok = _ids(c("edge_id"))
+    sid, sid_ok = _ids(c("source_id"))
+    tid, tid_ok = _ids(c("target_id"))
     x, y, z = c("x"), c("y"), c("z")
-    pos_ok = _valid(x) & _valid(y) & _valid(z)
+    pos_ok = _ro(_valid(x) & _valid(y) & _valid(z))
     t = c("occurred_at")
     return kp.Events(
         seq=_num(c("seq"), np.uint64, 0),
@@ -195,9 +207,9 @@ def events_of(batch: pa.RecordBatch, strings: StringPool, types: StringPool) -> 
         sid=sid, sid_ok=sid_ok, tid=tid, tid_ok=tid_ok,
         x=_num(x, np.float64, np.nan), y=_num(y, np.float64, np.nan),
         z=_num(z, np.float64, np.nan), pos_ok=pos_ok,
-        name=strings.encode(c("name")),
-        ntype=types.encode(c("node_type")),
-        etype=types.encode(c("edge_type")),
+        name=_ro(strings.encode(c("name"))),
+        ntype=_ro(types.encode(c("node_type"))),
+        etype=_ro(types.encode(c("edge_type"))),
         w=_num(c("weight"), np.float32, np.nan),
         w_ok=_valid(c("weight")),
     )
@@ -261,7 +273,7 @@ class Projection:
         """Apply one normalised batch.
 
         Returns the result, the graph indices it touched (each once) and the
-        node indices whose position or liveness changed (each once).
+        node indices whose position or liveness changed (a node may repeat).
         """
         n = batch.num_rows
         ev = events_of(batch, self.strings, self.types)
@@ -279,7 +291,7 @@ class Projection:
         touched = G.tlist[: G.meta[3]].astype(np.int64)
         G.touched[touched] = 0
         G.meta[3] = 0
-        dirty = np.unique(N.dlist[: N.meta[2]]).astype(np.int64)
+        dirty = N.dlist[: N.meta[2]].astype(np.int64)
         N.meta[2] = 0
         return res, touched, dirty
 

@@ -18,9 +18,25 @@ EXACT_MATH = frozenset()
 _COMMON = dict(cache=True, nogil=True)
 
 
-def jit(fn=None, *, fastmath=SAFE_MATH):
-    """Serial kernel with the project's JIT settings."""
-    deco = numba.njit(fastmath=set(fastmath) or False, **_COMMON)
+def jit(fn=None, *, fastmath=SAFE_MATH, nrt=True, inline=False):
+    """Serial kernel with the project's JIT settings.
+
+    ``nrt=False`` compiles without Numba's reference counting.  For kernels
+    that allocate nothing and take the state namedtuples (~90 arrays): with
+    reference counting every call and branch increfs/decrefs those arrays,
+    measured at ~430 ns an event on the 2-core machine; without it, ~2 ns.
+    Such a kernel must not create arrays (numba then refuses to compile it).
+
+    ``inline=True`` inlines at Numba-IR level, for per-event helpers that take
+    the state tuples: a real call passes every array struct by value
+    (~650 scalars), measured at ~150 ns a call.
+    """
+    opts = dict(_COMMON)
+    if not nrt:
+        opts["_nrt"] = False
+    if inline:
+        opts["inline"] = "always"
+    deco = numba.njit(fastmath=set(fastmath) or False, **opts)
     return deco(fn) if fn is not None else deco
 
 

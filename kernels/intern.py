@@ -25,21 +25,21 @@ _S27 = np.uint64(27)
 _S31 = np.uint64(31)
 
 
-@jit
+@jit(nrt=False)
 def _mix(h):
     h = (h ^ (h >> _S30)) * _M1
     h = (h ^ (h >> _S27)) * _M2
     return h ^ (h >> _S31)
 
 
-@jit
+@jit(nrt=False)
 def hash_key(g, k0, k1):
     h = _mix(k0 + _G)
     h = _mix(h ^ (k1 + _G))
     return _mix(h ^ (np.uint64(g) + _G))
 
 
-@jit
+@jit(nrt=False)
 def lookup(slots, keys, owner, g, k0, k1):
     """Index of key ``(g, k0, k1)`` or ``-1``."""
     mask = np.uint64(slots.shape[0] - 1)
@@ -53,7 +53,7 @@ def lookup(slots, keys, owner, g, k0, k1):
         s = (s + np.uint64(1)) & mask
 
 
-@jit
+@jit(nrt=False)
 def intern(slots, keys, owner, meta, g, k0, k1):
     """Index of the key, adding it with index ``meta[0]`` when new.
 
@@ -77,7 +77,7 @@ def intern(slots, keys, owner, meta, g, k0, k1):
         s = (s + np.uint64(1)) & mask
 
 
-@jit
+@jit(nrt=False)
 def rehash(keys, owner, n, new_slots):
     """Fill ``new_slots`` (all ``-1``, power-of-two size) with keys ``0..n-1``."""
     mask = np.uint64(new_slots.shape[0] - 1)

@@ -60,9 +60,9 @@ Graphs = namedtuple(
 # tlist is sized per batch (a graph enters it once per batch: touched flag).
 Nodes = namedtuple(
     "Nodes",
-    "keys graph slots meta alive x y z ntype label gnext gprev ihead dlist",
+    "keys graph slots meta alive pos ntype label gnext gprev ihead dlist",
 )
-# Nodes.meta: [interned, live, dlist count]; x is NaN when a node has no position.
+# Nodes.meta: [interned, live, dlist count]; pos (cap, 3) is NaN when a node has no position.
 # dlist (per batch, may repeat a node) logs nodes whose position or liveness changed.
 Edges = namedtuple("Edges", "keys graph slots meta src dst weight etype hnext hprev")
 # Edges.meta: [interned, live]; src < 0 means removed.
@@ -76,7 +76,7 @@ Events = namedtuple(
 _ONE = np.uint64(1)
 
 
-@jit
+@jit(nrt=False)
 def _touch(G, g):
     if G.touched[g] == 0:
         G.touched[g] = 1
@@ -84,13 +84,13 @@ def _touch(G, g):
         G.meta[3] += 1
 
 
-@jit
+@jit(nrt=False)
 def _dirty(N, n):
     N.dlist[N.meta[2]] = n
     N.meta[2] += 1
 
 
-@jit
+@jit(nrt=False)
 def _swap(G, p, q):
     a = G.order[p]
     b = G.order[q]
@@ -100,7 +100,7 @@ def _swap(G, p, q):
     G.pos[a] = q
 
 
-@jit
+@jit(nrt=False)
 def _count_inc(G, g):
     c = G.ncount[g]
     _swap(G, G.pos[g], G.lo[c])
@@ -108,7 +108,7 @@ def _count_inc(G, g):
     G.ncount[g] = c + 1
 
 
-@jit
+@jit(nrt=False)
 def _count_dec(G, g):
     c = G.ncount[g]
     _swap(G, G.pos[g], G.lo[c - 1] - 1)
@@ -116,7 +116,7 @@ def _count_dec(G, g):
     G.ncount[g] = c - 1
 
 
-@jit
+@jit(nrt=False)
 def _link_half(E, N, h, n):
     head = N.ihead[n]
     E.hnext[h] = head
@@ -126,7 +126,7 @@ def _link_half(E, N, h, n):
     N.ihead[n] = h
 
 
-@jit
+@jit(nrt=False)
 def _unlink_half(E, N, h, n):
     p = E.hprev[h]
     q = E.hnext[h]
@@ -138,7 +138,7 @@ def _unlink_half(E, N, h, n):
         E.hprev[q] = p
 
 
-@jit
+@jit(nrt=False)
 def _remove_edge(G, N, E, e):
     _unlink_half(E, N, 2 * e, E.src[e])
     _unlink_half(E, N, 2 * e + 1, E.dst[e])
@@ -147,7 +147,7 @@ def _remove_edge(G, N, E, e):
     E.meta[1] -= 1
 
 
-@jit
+@jit(nrt=False)
 def _remove_node(G, N, E, n):
     while N.ihead[n] >= 0:
         _remove_edge(G, N, E, N.ihead[n] >> 1)
@@ -166,7 +166,7 @@ def _remove_node(G, N, E, n):
     _dirty(N, n)
 
 
-@jit
+@jit(nrt=False)
 def _create_graph(G, g, t):
     G.alive[g] = 1
     G.name[g] = -1
@@ -182,7 +182,7 @@ def _create_graph(G, g, t):
     G.meta[1] += 1
 
 
-@jit
+@jit(nrt=False)
 def _delete_graph(G, N, E, g):
     while G.nhead[g] >= 0:
         _remove_node(G, N, E, G.nhead[g])
@@ -194,12 +194,12 @@ def _delete_graph(G, N, E, g):
     G.meta[1] -= 1
 
 
-@jit
+@jit(nrt=False)
 def _finite3(x, y, z):
     return np.isfinite(x) and np.isfinite(y) and np.isfinite(z)
 
 
-@jit
+@jit(nrt=False, inline=True)
 def _apply_node(G, N, E, ev, i, g, k):
     if not ev.nid_ok[i]:
         return IGNORED_MISSING_FIELD
@@ -210,7 +210,9 @@ def _apply_node(G, N, E, ev, i, g, k):
         n, _new = intern(N.slots, N.keys, N.graph, N.meta, g, ev.nid[i, 0], ev.nid[i, 1])
         if N.alive[n] == 0:
             N.alive[n] = 1
-            N.x[n] = np.nan
+            N.pos[n, 0] = np.nan
+            N.pos[n, 1] = np.nan
+            N.pos[n, 2] = np.nan
             N.ntype[n] = -1
             N.label[n] = -1
             N.ihead[n] = -1
@@ -232,9 +234,9 @@ def _apply_node(G, N, E, ev, i, g, k):
         if k == NODE_MOVED and not has_pos:
             return IGNORED_MISSING_FIELD
     if has_pos:
-        N.x[n] = ev.x[i]
-        N.y[n] = ev.y[i]
-        N.z[n] = ev.z[i]
+        N.pos[n, 0] = ev.x[i]
+        N.pos[n, 1] = ev.y[i]
+        N.pos[n, 2] = ev.z[i]
     if k != NODE_MOVED:
         if ev.ntype[i] >= 0:
             N.ntype[n] = ev.ntype[i]
@@ -244,7 +246,7 @@ def _apply_node(G, N, E, ev, i, g, k):
     return APPLIED
 
 
-@jit
+@jit(nrt=False, inline=True)
 def _apply_edge(G, N, E, ev, i, g, k):
     if not ev.eid_ok[i]:
         return IGNORED_MISSING_FIELD
@@ -286,7 +288,7 @@ def _apply_edge(G, N, E, ev, i, g, k):
     return APPLIED
 
 
-@jit
+@jit(nrt=False, inline=True)
 def _apply_one(G, N, E, ev, i):
     k = ev.kind[i]
     if not (ev.gid_ok[i] and ev.t_ok[i]):
@@ -329,7 +331,7 @@ def _apply_one(G, N, E, ev, i):
     return r
 
 
-@jit
+@jit(nrt=False)
 def apply_events(G, N, E, ev, version, status, seq_out):
     """Apply every row of ``ev`` in order; return the new version.
 
@@ -352,7 +354,7 @@ def apply_events(G, N, E, ev, version, status, seq_out):
     return v
 
 
-@jit
+@jit(nrt=False)
 def count_range(lo, order_len, a, b):
     """``(start, stop)`` into ``order`` of graphs with ``a <= node_count <= b``."""
     start = lo[b] if b < lo.shape[0] else 0

@@ -20,6 +20,8 @@ class RefProjection:
         self.graphs = {}  # gid -> dict(name, created_at, last_modified, archived)
         self.nodes = {}  # (gid, nid) -> dict(pos, label, node_type)
         self.edges = {}  # (gid, eid) -> dict(src, dst, weight, edge_type)
+        self.adj = {}  # (gid, nid) -> set of (gid, eid) touching it
+        self.members = {}  # gid -> set of (gid, nid)
         self.applied = self.ignored = self.skipped = 0
 
     def apply(self, rows):
@@ -42,6 +44,7 @@ class RefProjection:
         if k == GRAPH_CREATED:
             if g not in self.graphs:
                 self.graphs[g] = dict(name=None, created_at=t, last_modified=t, archived=False)
+                self.members[g] = set()
             if r.get("name") is not None:
                 self.graphs[g]["name"] = r["name"]
             self.graphs[g]["last_modified"] = t
@@ -58,10 +61,10 @@ class RefProjection:
             gr["archived"] = True
         elif k == GRAPH_DELETED:
             del self.graphs[g]
-            for key in [key for key in self.nodes if key[0] == g]:
+            for key in self.members.pop(g):
                 del self.nodes[key]
-            for key in [key for key in self.edges if key[0] == g]:
-                del self.edges[key]
+                for ek in self.adj.pop(key):
+                    self.edges.pop(ek, None)
             return True
         elif k in (NODE_ADDED, NODE_UPDATED, NODE_MOVED, NODE_REMOVED):
             if not self._node(r, g, k):
@@ -83,15 +86,22 @@ class RefProjection:
                 return False
         key = (g, nid)
         if k == NODE_ADDED:
-            node = self.nodes.setdefault(key, dict(pos=None, label=None, node_type=None))
+            node = self.nodes.get(key)
+            if node is None:
+                node = self.nodes[key] = dict(pos=None, label=None, node_type=None)
+                self.adj[key] = set()
+                self.members[g].add(key)
         else:
             node = self.nodes.get(key)
             if node is None:
                 return False
             if k == NODE_REMOVED:
                 del self.nodes[key]
-                for ek in [ek for ek, e in self.edges.items() if ek[0] == g and nid in (e["src"], e["dst"])]:
-                    del self.edges[ek]
+                self.members[g].discard(key)
+                for ek in self.adj.pop(key):
+                    e = self.edges.pop(ek)
+                    self.adj.get((g, e["src"]), set()).discard(ek)
+                    self.adj.get((g, e["dst"]), set()).discard(ek)
                 return True
             if k == NODE_MOVED and pos is None:
                 return False
@@ -115,14 +125,23 @@ class RefProjection:
                 return False
             if (g, s) not in self.nodes or (g, d) not in self.nodes:
                 return False
-            e = self.edges.setdefault(key, dict(weight=None, edge_type=None))
+            e = self.edges.get(key)
+            if e is None:
+                e = self.edges[key] = dict(weight=None, edge_type=None)
+            else:
+                self.adj[(g, e["src"])].discard(key)
+                self.adj[(g, e["dst"])].discard(key)
             e["src"], e["dst"] = s, d
+            self.adj[(g, s)].add(key)
+            self.adj[(g, d)].add(key)
         else:
             e = self.edges.get(key)
             if e is None:
                 return False
             if k == EDGE_REMOVED:
                 del self.edges[key]
+                self.adj[(g, e["src"])].discard(key)
+                self.adj[(g, e["dst"])].discard(key)
                 return True
         if r.get("weight") is not None:
             e["weight"] = r["weight"]
@@ -133,11 +152,14 @@ class RefProjection:
     # -- views ---------------------------------------------------------------
     def summaries(self) -> dict:
         out = {}
+        ecount = {}
+        for (g, _e) in self.edges:
+            ecount[g] = ecount.get(g, 0) + 1
         for g, gr in self.graphs.items():
             out[g] = dict(
                 name=gr["name"],
-                node_count=sum(1 for key in self.nodes if key[0] == g),
-                edge_count=sum(1 for key in self.edges if key[0] == g),
+                node_count=len(self.members[g]),
+                edge_count=ecount.get(g, 0),
                 created_at=gr["created_at"],
                 last_modified=gr["last_modified"],
                 archived=gr["archived"],
