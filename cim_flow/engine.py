@@ -18,6 +18,8 @@ from kernels import projection as kp
 from ._ids import to_uuid_bytes, words_of, words_to_fsb
 from ._projection import ApplyResult, Projection, normalize_batch
 from ._schema import TIME_TYPE
+from ._spatial import SpatialIndex
+from kernels import spatial as ks
 from ._time import from_micros, to_micros
 
 _NOT_INDEXED = -2
@@ -69,6 +71,7 @@ class Engine:
         self._cr_t = np.empty(0, np.int64)  # sorted created_at
         self._cr_g = np.empty(0, np.int64)  # graph index beside it
         self._cr_stale = 0
+        self._spatial = SpatialIndex()
         self.last_touched = np.empty(0, np.int64)
         self.last_dirty = np.empty(0, np.int64)
         self._listeners = []
@@ -91,6 +94,7 @@ class Engine:
                 continue
             res, touched, dirty = self._p.apply(batch)
             self._reindex(touched)
+            self._spatial.update(self._p.N, dirty)
             self.last_touched, self.last_dirty = touched, dirty
             for fn in self._listeners:
                 fn(touched, dirty)
@@ -258,6 +262,79 @@ class Engine:
         cand = self._by_count_sorted(G.order[:stop].copy())
         return self._summary_table(cand[:k])
 
+    # -- spatial queries ----------------------------------------------------------
+    def _gsel(self, graph_id) -> int:
+        """Graph filter for the kernels: -1 for none; -2 (matches nothing) for an unknown graph."""
+        if graph_id is None:
+            return -1
+        g = self._gidx(graph_id)
+        return g if g >= 0 else -2
+
+    def _grids(self):
+        self._spatial.ready(self._p.N)
+        return self._spatial.main, self._spatial.delta
+
+    def _node_table(self, query, nodes, dist=None) -> pa.Table:
+        N, G = self._p.N, self._p.G
+        nodes = np.asarray(nodes, np.int64)
+        cols = {
+            "query": pa.array(np.asarray(query, np.int64)),
+            "node_id": words_to_fsb(N.keys[nodes]),
+            "graph_id": words_to_fsb(G.keys[N.graph[nodes]]),
+        }
+        if dist is not None:
+            cols["distance"] = pa.array(np.asarray(dist, np.float64))
+        return pa.table(cols)
+
+    def nodes_within(self, centers, radius, *, graph_id=None, return_distance=False, sort=False,
+                     count_only=False):
+        """Live nodes within ``radius`` (boundary included) of each center.
+
+        ``centers``: (n, 3) array-like or one point; ``radius``: scalar or one per center.
+        Returns a table (``query``, ``node_id``, ``graph_id`` [, ``distance``]) grouped by
+        query in query order (by distance within a query when ``sort``), or with
+        ``count_only`` an int64 array of counts per center.
+        """
+        if count_only and (return_distance or sort):
+            raise ValueError("count_only cannot be combined with return_distance or sort")
+        c = _centers(centers)
+        r = _radii(radius, c.shape[0])
+        gsel = self._gsel(graph_id)
+        main, delta = self._grids()
+        counts = ks.radius_count(main, delta, c, r, gsel)
+        if count_only:
+            return counts
+        offsets = np.zeros(c.shape[0] + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        idx, d2 = ks.radius_fill(main, delta, c, r, gsel, offsets, bool(sort))
+        query = np.repeat(np.arange(c.shape[0]), counts)
+        return self._node_table(query, idx, np.sqrt(d2) if return_distance else None)
+
+    def nearest(self, centers, k, *, graph_id=None) -> pa.Table:
+        """The ``k`` nearest live nodes to each center (fewer when fewer exist), nearest first."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        c = _centers(centers)
+        gsel = self._gsel(graph_id)
+        main, delta = self._grids()
+        k = int(min(k, max(1, int(self._p.N.meta[1]))))
+        counts, idx, d2 = ks.knn(main, delta, c, k, gsel)
+        mask = np.arange(k)[None, :] < counts[:, None]
+        query = np.repeat(np.arange(c.shape[0]), counts)
+        return self._node_table(query, idx[mask], np.sqrt(d2[mask]))
+
+    def nodes_in_box(self, lo, hi, *, graph_id=None) -> pa.Table:
+        """Live nodes with ``lo <= position <= hi`` on every axis."""
+        lo = _point(lo, "lo")
+        hi = _point(hi, "hi")
+        if (lo > hi).any():
+            raise ValueError("box lo must be <= hi on every axis")
+        gsel = self._gsel(graph_id)
+        main, delta = self._grids()
+        idx = ks.box_query(main, delta, lo, hi, gsel)
+        t = self._node_table(np.zeros(idx.size, np.int64), idx)
+        return t.drop_columns(["query"])
+
     # -- snapshot hooks -----------------------------------------------------------
     def _rebuild_indices(self) -> None:
         G = self._p.G
@@ -265,6 +342,48 @@ class Engine:
         self._created_of = np.full(G.alive.shape[0], np.iinfo(np.int64).min, np.int64)
         self._by_name, self._cr_t, self._cr_g, self._cr_stale = {}, np.empty(0, np.int64), np.empty(0, np.int64), 0
         self._reindex(np.arange(G.meta[0], dtype=np.int64))
+
+
+def _centers(centers) -> np.ndarray:
+    try:
+        c = np.asarray(centers, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("centers must be numbers: one (x, y, z) or an (n, 3) array") from None
+    if c.ndim == 1:
+        c = c.reshape(1, -1)
+    if c.ndim != 2 or c.shape[1] != 3:
+        raise ValueError(f"centers must have shape (3,) or (n, 3), got {np.shape(centers)}")
+    if not np.isfinite(c).all():
+        raise ValueError("centers must be finite (no NaN or inf)")
+    return np.ascontiguousarray(c)
+
+
+def _radii(radius, n) -> np.ndarray:
+    try:
+        r = np.asarray(radius, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("radius must be a number or one number per center") from None
+    if r.ndim == 0:
+        r = np.full(n, float(r))
+    if r.shape != (n,):
+        raise ValueError(f"radius must be a scalar or have one value per center ({n}), got shape {r.shape}")
+    if not np.isfinite(r).all():
+        raise ValueError("radius must be finite (no NaN or inf)")
+    if (r < 0).any():
+        raise ValueError("radius must be >= 0")
+    return np.ascontiguousarray(r)
+
+
+def _point(p, name) -> np.ndarray:
+    try:
+        a = np.asarray(p, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be 3 numbers") from None
+    if a.shape != (3,):
+        raise ValueError(f"{name} must be 3 numbers, got shape {np.shape(p)}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} must be finite")
+    return a
 
 
 def read_events(path) -> pa.Table:

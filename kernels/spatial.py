@@ -1,0 +1,509 @@
+"""Spatial index kernels: a hashed uniform grid in CSR layout, and batched queries.
+
+Build (:func:`grid_build`): every point's cell ``floor((p - origin) / h)`` is
+clamped to ``[0, 2**21)`` per axis and packed into one uint64 key; occupied
+cells are interned in an open-addressing table; a counting sort lays points
+out cell by cell (``pts``, ``idx``, ``grp`` are the points, their node
+indices and graph indices in that order, so a cell is one contiguous run).
+Clamping keeps answers exact: points far outside share the boundary cells,
+which every query that can reach them also visits.
+
+Queries read two grids, the *main* one (entries may be ``stale``: that node
+moved or died since the build) and a small *delta* grid over nodes changed
+since, rebuilt every batch.  All distance tests are squared float64 distances
+against ``r * r``, computed exactly as brute force does (no fastmath), so
+answers equal brute force's set, boundary included.
+
+Variable-length results are built count -> offsets -> fill, both passes in
+parallel over queries.
+"""
+from collections import namedtuple
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit, pjit, EXACT_MATH
+
+Grid = namedtuple("Grid", "origin h tkeys tstart tcount pts idx grp stale cells")
+# origin (3,), h (1,): cell size; tkeys/tstart/tcount: cell table (key EMPTY = free);
+# pts (m, 3), idx (m,) node index, grp (m,) graph index, stale (m,) uint8;
+# cells: slot numbers of the occupied cells (for whole-grid scans).
+
+EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
+_LIM = 2097151  # 2**21 - 1
+_B21 = np.uint64(21)
+_B42 = np.uint64(42)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _cell(v, o, inv_h):
+    c = np.floor((v - o) * inv_h)
+    if c < 0.0:
+        return 0
+    if c > _LIM:
+        return _LIM
+    return int(c)
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _key(ix, iy, iz):
+    return (np.uint64(ix) << _B42) | (np.uint64(iy) << _B21) | np.uint64(iz)
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _slot_hash(k, mask):
+    h = (k ^ (k >> _S30)) * _M1
+    h = (h ^ (h >> _S27)) * _M2
+    return (h ^ (h >> _S31)) & mask
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _find(tkeys, k):
+    mask = np.uint64(tkeys.shape[0] - 1)
+    s = _slot_hash(k, mask)
+    while True:
+        t = tkeys[s]
+        if t == k:
+            return np.int64(s)
+        if t == EMPTY:
+            return np.int64(-1)
+        s = (s + np.uint64(1)) & mask
+
+
+@jit(fastmath=EXACT_MATH)
+def grid_build(pos, nodes, graph_of, origin, h):
+    """Grid over ``pos[nodes]`` (rows of an (N, 3) array) with cell size ``h``."""
+    m = nodes.shape[0]
+    inv_h = 1.0 / h
+    size = 16
+    while size < 2 * m:
+        size *= 2
+    tkeys = np.full(size, EMPTY, np.uint64)
+    tcount = np.zeros(size, np.int32)
+    slot_of = np.empty(m, np.int64)
+    mask = np.uint64(size - 1)
+    ncells = 0
+    for j in range(m):
+        n = nodes[j]
+        k = _key(_cell(pos[n, 0], origin[0], inv_h), _cell(pos[n, 1], origin[1], inv_h),
+                 _cell(pos[n, 2], origin[2], inv_h))
+        s = _slot_hash(k, mask)
+        while True:
+            t = tkeys[s]
+            if t == k:
+                break
+            if t == EMPTY:
+                tkeys[s] = k
+                ncells += 1
+                break
+            s = (s + np.uint64(1)) & mask
+        slot_of[j] = s
+        tcount[s] += 1
+    tstart = np.zeros(size, np.int32)
+    cells = np.empty(ncells, np.int32)
+    acc = 0
+    c = 0
+    for s in range(size):
+        if tcount[s] > 0:
+            tstart[s] = acc
+            acc += tcount[s]
+            cells[c] = s
+            c += 1
+    fill = tstart.copy()
+    pts = np.empty((m, 3), np.float64)
+    idx = np.empty(m, np.int32)
+    grp = np.empty(m, np.int32)
+    for j in range(m):
+        s = slot_of[j]
+        q = fill[s]
+        fill[s] = q + 1
+        n = nodes[j]
+        pts[q, 0] = pos[n, 0]
+        pts[q, 1] = pos[n, 1]
+        pts[q, 2] = pos[n, 2]
+        idx[q] = n
+        grp[q] = graph_of[n]
+    return tkeys, tstart, tcount, pts, idx, grp, cells
+
+
+@jit(fastmath=EXACT_MATH)
+def occupancy(pos, nodes, origin, h, sample):
+    """Mean points per occupied cell for cell size ``h`` over ``pos[nodes[sample]]``."""
+    m = sample.shape[0]
+    if m == 0:
+        return 0.0
+    size = 16
+    while size < 2 * m:
+        size *= 2
+    tkeys = np.full(size, EMPTY, np.uint64)
+    mask = np.uint64(size - 1)
+    inv_h = 1.0 / h
+    ncells = 0
+    for j in range(m):
+        n = nodes[sample[j]]
+        k = _key(_cell(pos[n, 0], origin[0], inv_h), _cell(pos[n, 1], origin[1], inv_h),
+                 _cell(pos[n, 2], origin[2], inv_h))
+        s = _slot_hash(k, mask)
+        while True:
+            t = tkeys[s]
+            if t == k:
+                break
+            if t == EMPTY:
+                tkeys[s] = k
+                ncells += 1
+                break
+            s = (s + np.uint64(1)) & mask
+    return m / ncells
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def mark_stale(where, stale, nodes):
+    """Nodes changed: their main-grid entries become stale; returns how many newly."""
+    k = 0
+    for j in range(nodes.shape[0]):
+        w = where[nodes[j]]
+        if w >= 0:
+            stale[w] = 1
+            where[nodes[j]] = -2
+            k += 1
+        elif w == -1:
+            where[nodes[j]] = -2
+    return k
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def set_where(where, idx):
+    for q in range(idx.shape[0]):
+        where[idx[q]] = q
+
+
+# ---------------------------------------------------------------------------
+# per-query scans.  mode: 0 count, 1 fill indices (+ squared distances)
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _scan_run(pts, idx, grp, stale, use_stale, start, cnt, cx, cy, cz, r2, gsel,
+              mode, out_i, out_d, w):
+    for q in range(start, start + cnt):
+        if use_stale and stale[q] != 0:
+            continue
+        if gsel != -1 and grp[q] != gsel:
+            continue
+        dx = pts[q, 0] - cx
+        dy = pts[q, 1] - cy
+        dz = pts[q, 2] - cz
+        d2 = dx * dx + dy * dy + dz * dz
+        if d2 <= r2:
+            if mode == 1:
+                out_i[w] = idx[q]
+                out_d[w] = d2
+            w += 1
+    return w
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _radius_one(g, use_stale, cx, cy, cz, r, gsel, mode, out_i, out_d, w):
+    if g.pts.shape[0] == 0:
+        return w
+    o = g.origin
+    h = g.h[0]
+    inv_h = 1.0 / h
+    r2 = r * r
+    # pad the cell range by a few ulps: a point at distance exactly r along an axis
+    # may round to the far side of fl(c + r); the distance test stays exact.
+    rp = r + (abs(cx) + abs(cy) + abs(cz) + r) * 1e-12
+    x0 = _cell(cx - rp, o[0], inv_h)
+    x1 = _cell(cx + rp, o[0], inv_h)
+    y0 = _cell(cy - rp, o[1], inv_h)
+    y1 = _cell(cy + rp, o[1], inv_h)
+    z0 = _cell(cz - rp, o[2], inv_h)
+    z1 = _cell(cz + rp, o[2], inv_h)
+    # float: (2**21)**3 cells would overflow int64
+    ncube = float(x1 - x0 + 1) * float(y1 - y0 + 1) * float(z1 - z0 + 1)
+    if ncube > g.cells.shape[0]:
+        # fewer occupied cells than cells in the query cube: visit occupied cells
+        for c in range(g.cells.shape[0]):
+            s = g.cells[c]
+            k = g.tkeys[s]
+            ix = np.int64(k >> _B42)
+            iy = np.int64((k >> _B21) & np.uint64(_LIM))
+            iz = np.int64(k & np.uint64(_LIM))
+            if ix < x0 or ix > x1 or iy < y0 or iy > y1 or iz < z0 or iz > z1:
+                continue
+            w = _scan_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s], g.tcount[s],
+                          cx, cy, cz, r2, gsel, mode, out_i, out_d, w)
+        return w
+    for ix in range(x0, x1 + 1):
+        for iy in range(y0, y1 + 1):
+            for iz in range(z0, z1 + 1):
+                s = _find(g.tkeys, _key(ix, iy, iz))
+                if s >= 0:
+                    w = _scan_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s], g.tcount[s],
+                                  cx, cy, cz, r2, gsel, mode, out_i, out_d, w)
+    return w
+
+
+@pjit
+def radius_count(main, delta, centers, radii, gsel):
+    n = centers.shape[0]
+    counts = np.zeros(n, np.int64)
+    dummy_i = np.empty(0, np.int64)
+    dummy_d = np.empty(0, np.float64)
+    for j in prange(n):
+        w = _radius_one(main, True, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
+                        0, dummy_i, dummy_d, 0)
+        w = _radius_one(delta, False, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
+                        0, dummy_i, dummy_d, w)
+        counts[j] = w
+    return counts
+
+
+@pjit
+def radius_fill(main, delta, centers, radii, gsel, offsets, want_sort):
+    n = centers.shape[0]
+    total = offsets[n]
+    out_i = np.empty(total, np.int64)
+    out_d = np.empty(total, np.float64)
+    for j in prange(n):
+        a = offsets[j]
+        w = _radius_one(main, True, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
+                        1, out_i, out_d, a)
+        w = _radius_one(delta, False, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
+                        1, out_i, out_d, w)
+        if want_sort and w - a > 1:
+            order = np.argsort(out_d[a:w], kind="mergesort")
+            si = out_i[a:w][order]
+            sd = out_d[a:w][order]
+            out_i[a:w] = si
+            out_d[a:w] = sd
+    return out_i, out_d
+
+
+# --- k nearest neighbours ----------------------------------------------------
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _heap_push(hd, hi, size, k, d2, i):
+    """Max-heap of the k smallest (hd[0] is the largest kept). Returns new size."""
+    if size < k:
+        p = size
+        size += 1
+        hd[p] = d2
+        hi[p] = i
+        while p > 0:
+            parent = (p - 1) >> 1
+            if hd[parent] < hd[p] or (hd[parent] == hd[p] and hi[parent] < hi[p]):
+                hd[parent], hd[p] = hd[p], hd[parent]
+                hi[parent], hi[p] = hi[p], hi[parent]
+                p = parent
+            else:
+                break
+        return size
+    if d2 > hd[0] or (d2 == hd[0] and i >= hi[0]):
+        return size
+    hd[0] = d2
+    hi[0] = i
+    p = 0
+    while True:
+        l = 2 * p + 1
+        r = l + 1
+        m = p
+        if l < size and (hd[l] > hd[m] or (hd[l] == hd[m] and hi[l] > hi[m])):
+            m = l
+        if r < size and (hd[r] > hd[m] or (hd[r] == hd[m] and hi[r] > hi[m])):
+            m = r
+        if m == p:
+            break
+        hd[m], hd[p] = hd[p], hd[m]
+        hi[m], hi[p] = hi[p], hi[m]
+        p = m
+    return size
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _knn_run(pts, idx, grp, stale, use_stale, start, cnt, cx, cy, cz, gsel, hd, hi, size, k):
+    for q in range(start, start + cnt):
+        if use_stale and stale[q] != 0:
+            continue
+        if gsel != -1 and grp[q] != gsel:
+            continue
+        dx = pts[q, 0] - cx
+        dy = pts[q, 1] - cy
+        dz = pts[q, 2] - cz
+        size = _heap_push(hd, hi, size, k, dx * dx + dy * dy + dz * dz, idx[q])
+    return size
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _knn_grid(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k):
+    if g.pts.shape[0] == 0:
+        return size
+    o = g.origin
+    h = g.h[0]
+    inv_h = 1.0 / h
+    qx = _cell(cx, o[0], inv_h)
+    qy = _cell(cy, o[1], inv_h)
+    qz = _cell(cz, o[2], inv_h)
+    ncells = g.cells.shape[0]
+    visited = 0
+    s_ring = 0
+    while True:
+        # cells at Chebyshev distance s_ring from the query's (clamped) cell
+        x0 = max(qx - s_ring, 0)
+        x1 = min(qx + s_ring, _LIM)
+        y0 = max(qy - s_ring, 0)
+        y1 = min(qy + s_ring, _LIM)
+        z0 = max(qz - s_ring, 0)
+        z1 = min(qz + s_ring, _LIM)
+        for ix in range(x0, x1 + 1):
+            edge_x = ix == qx - s_ring or ix == qx + s_ring
+            for iy in range(y0, y1 + 1):
+                edge_y = edge_x or iy == qy - s_ring or iy == qy + s_ring
+                if edge_y:
+                    for iz in range(z0, z1 + 1):
+                        s = _find(g.tkeys, _key(ix, iy, iz))
+                        visited += 1
+                        if s >= 0:
+                            size = _knn_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s],
+                                            g.tcount[s], cx, cy, cz, gsel, hd, hi, size, k)
+                else:
+                    for iz in (qz - s_ring, qz + s_ring):
+                        if iz < 0 or iz > _LIM:
+                            continue
+                        s = _find(g.tkeys, _key(ix, iy, iz))
+                        visited += 1
+                        if s >= 0:
+                            size = _knn_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s],
+                                            g.tcount[s], cx, cy, cz, gsel, hd, hi, size, k)
+        if x0 == 0 and y0 == 0 and z0 == 0 and x1 == _LIM and y1 == _LIM and z1 == _LIM:
+            return size
+        # any point in ring s_ring+1 or beyond is at least s_ring * h away from the query
+        # (the query lies in its own cell; clamped cells only ever get closer).
+        if size == k:
+            lb = (s_ring - 1e-6) * h  # a hair below the exact bound: cell rounding
+            if lb * lb > hd[0] and _inside(cx, cy, cz, o, h):
+                return size
+        if visited > ncells:
+            # sparse neighbourhood: finish by visiting every occupied cell once
+            size = _knn_all_cells(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k,
+                                  qx, qy, qz, s_ring)
+            return size
+        s_ring += 1
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _inside(cx, cy, cz, o, h):
+    # the ring bound only holds when the query cell is not clamped
+    lim = (_LIM + 1) * h
+    return (cx - o[0] >= 0.0 and cy - o[1] >= 0.0 and cz - o[2] >= 0.0
+            and cx - o[0] < lim and cy - o[1] < lim and cz - o[2] < lim)
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _knn_all_cells(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k, qx, qy, qz, done):
+    for c in range(g.cells.shape[0]):
+        s = g.cells[c]
+        key = g.tkeys[s]
+        ix = np.int64(key >> _B42)
+        iy = np.int64((key >> _B21) & np.uint64(_LIM))
+        iz = np.int64(key & np.uint64(_LIM))
+        if abs(ix - qx) <= done and abs(iy - qy) <= done and abs(iz - qz) <= done:
+            continue  # already visited in the rings
+        size = _knn_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s], g.tcount[s],
+                        cx, cy, cz, gsel, hd, hi, size, k)
+    return size
+
+
+@pjit
+def knn(main, delta, centers, k, gsel):
+    """``(counts, idx (n, k), d2 (n, k))``: per query the up-to-k nearest, ascending."""
+    n = centers.shape[0]
+    out_i = np.full((n, k), -1, np.int64)
+    out_d = np.full((n, k), np.inf)
+    counts = np.zeros(n, np.int64)
+    for j in prange(n):
+        hd = np.empty(k, np.float64)
+        hi = np.empty(k, np.int64)
+        size = _knn_grid(main, True, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, 0, k)
+        size = _knn_grid(delta, False, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, size, k)
+        order = np.argsort(hd[:size], kind="mergesort")
+        # ties at equal distance: order by node index for determinism
+        sd = hd[:size][order]
+        si = hi[:size][order]
+        a = 0
+        while a < size:
+            b = a + 1
+            while b < size and sd[b] == sd[a]:
+                b += 1
+            if b - a > 1:
+                si[a:b] = np.sort(si[a:b])
+            a = b
+        out_i[j, :size] = si
+        out_d[j, :size] = sd
+        counts[j] = size
+    return counts, out_i, out_d
+
+
+# --- boxes -------------------------------------------------------------------
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _box_run(pts, idx, grp, stale, use_stale, start, cnt, lo, hi, gsel, mode, out_i, w):
+    for q in range(start, start + cnt):
+        if use_stale and stale[q] != 0:
+            continue
+        if gsel != -1 and grp[q] != gsel:
+            continue
+        if (lo[0] <= pts[q, 0] <= hi[0] and lo[1] <= pts[q, 1] <= hi[1]
+                and lo[2] <= pts[q, 2] <= hi[2]):
+            if mode == 1:
+                out_i[w] = idx[q]
+            w += 1
+    return w
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _box_grid(g, use_stale, lo, hi, gsel, mode, out_i, w):
+    if g.pts.shape[0] == 0:
+        return w
+    o = g.origin
+    inv_h = 1.0 / g.h[0]
+    x0 = _cell(lo[0], o[0], inv_h)
+    x1 = _cell(hi[0], o[0], inv_h)
+    y0 = _cell(lo[1], o[1], inv_h)
+    y1 = _cell(hi[1], o[1], inv_h)
+    z0 = _cell(lo[2], o[2], inv_h)
+    z1 = _cell(hi[2], o[2], inv_h)
+    if float(x1 - x0 + 1) * float(y1 - y0 + 1) * float(z1 - z0 + 1) > g.cells.shape[0]:
+        for c in range(g.cells.shape[0]):
+            s = g.cells[c]
+            key = g.tkeys[s]
+            ix = np.int64(key >> _B42)
+            iy = np.int64((key >> _B21) & np.uint64(_LIM))
+            iz = np.int64(key & np.uint64(_LIM))
+            if ix < x0 or ix > x1 or iy < y0 or iy > y1 or iz < z0 or iz > z1:
+                continue
+            w = _box_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s], g.tcount[s],
+                         lo, hi, gsel, mode, out_i, w)
+        return w
+    for ix in range(x0, x1 + 1):
+        for iy in range(y0, y1 + 1):
+            for iz in range(z0, z1 + 1):
+                s = _find(g.tkeys, _key(ix, iy, iz))
+                if s >= 0:
+                    w = _box_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s], g.tcount[s],
+                                 lo, hi, gsel, mode, out_i, w)
+    return w
+
+
+@jit
+def box_query(main, delta, lo, hi, gsel):
+    dummy = np.empty(0, np.int64)
+    n = _box_grid(main, True, lo, hi, gsel, 0, dummy, 0)
+    n = _box_grid(delta, False, lo, hi, gsel, 0, dummy, n)
+    out = np.empty(n, np.int64)
+    w = _box_grid(main, True, lo, hi, gsel, 1, out, 0)
+    _box_grid(delta, False, lo, hi, gsel, 1, out, w)
+    return out

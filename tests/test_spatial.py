@@ -1,0 +1,258 @@
+"""Spatial queries vs brute force (tests/reference.py) and scipy's cKDTree."""
+import random
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.spatial import cKDTree
+
+from cim_flow import EVENT_SCHEMA, Engine, EventType
+from reference import RefProjection, brute_box, brute_knn, brute_radius
+from streams import random_rows, rows_to_batch
+
+
+def _ev(kind, g, t, **kw):
+    r = {c: None for c in EVENT_SCHEMA.names}
+    r.update(event_type=int(kind), graph_id=g, occurred_at=t, **kw)
+    return r
+
+
+def engine_with_points(points, n_graphs=1, seed=0):
+    """Engine holding one node per point; returns (engine, node ids, graph ids per point)."""
+    rng = np.random.default_rng(seed)
+    gids = [uuid.UUID(int=int(rng.integers(1, 2**62)) * 7 + i).bytes for i in range(n_graphs)]
+    rows = [_ev(EventType.GraphCreated, g, 1) for g in gids]
+    nids, owner = [], []
+    for i, p in enumerate(points):
+        nid = uuid.UUID(int=i + 1).bytes
+        g = gids[i % n_graphs]
+        rows.append(_ev(EventType.NodeAdded, g, 2, node_id=nid, x=float(p[0]), y=float(p[1]), z=float(p[2])))
+        nids.append(nid)
+        owner.append(g)
+    eng = Engine()
+    eng.apply(rows_to_batch(rows))
+    return eng, nids, owner
+
+
+def result_sets(table, n_queries):
+    out = [set() for _ in range(n_queries)]
+    for q, nid in zip(table.column("query").to_pylist(), table.column("node_id").to_pylist()):
+        out[q].add(nid)
+    return out
+
+
+def uniform(n, seed=0):
+    return np.random.default_rng(seed).uniform(0, 100, size=(n, 3))
+
+
+def clustered(n, seed=0, k=20):
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 1000, size=(k, 3))
+    return centres[rng.integers(0, k, n)] + rng.normal(0, 2.0, size=(n, 3))
+
+
+@pytest.mark.parametrize("data", ["uniform", "clustered"])
+@pytest.mark.parametrize("radius_scale", [0.1, 1.0, 3.0, 10.0])
+def test_radius_matches_ckdtree_and_brute(data, radius_scale):
+    pts = uniform(3000) if data == "uniform" else clustered(3000)
+    eng, nids, _ = engine_with_points(pts)
+    tree = cKDTree(pts)
+    spacing = float(np.median(tree.query(pts, k=2)[0][:, 1]))
+    r = radius_scale * spacing
+    rng = np.random.default_rng(1)
+    centers = np.vstack([pts[rng.integers(0, len(pts), 40)] + rng.normal(0, spacing, (40, 3)),
+                         rng.uniform(pts.min(0) - 5, pts.max(0) + 5, (10, 3))])
+    t = eng.nodes_within(centers, r, return_distance=True)
+    got = result_sets(t, len(centers))
+    for j, c in enumerate(centers):
+        want = {nids[i] for i in tree.query_ball_point(c, r)}
+        assert got[j] == want
+        if j < 5:
+            assert got[j] == {nids[i] for i in brute_radius(pts.tolist(), c, r)}
+    counts = eng.nodes_within(centers, r, count_only=True)
+    assert counts.tolist() == [len(s) for s in got]
+    # distances are exact and grouped by query
+    q = t.column("query").to_numpy()
+    assert (np.diff(q) >= 0).all()
+    d = t.column("distance").to_numpy()
+    assert (d <= r).all()
+
+
+def test_sorted_and_per_center_radius():
+    pts = uniform(2000, 3)
+    eng, nids, _ = engine_with_points(pts)
+    centers = pts[:20]
+    radii = np.linspace(0.5, 8, 20)
+    t = eng.nodes_within(centers, radii, sort=True, return_distance=True)
+    q = t.column("query").to_numpy()
+    d = t.column("distance").to_numpy()
+    for j in range(20):
+        dj = d[q == j]
+        assert (np.diff(dj) >= 0).all()
+        want = np.sort(np.sqrt(((pts - centers[j]) ** 2).sum(1)))
+        want = want[want <= radii[j]]
+        np.testing.assert_allclose(dj, want)
+    # sort without return_distance gives no distance column but the same order
+    t2 = eng.nodes_within(centers, radii, sort=True)
+    assert "distance" not in t2.column_names
+    assert t2.column("node_id").to_pylist() == t.column("node_id").to_pylist()
+
+
+def test_boundary_points_included():
+    pts = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 3], [1.5, 0, 0]], float)
+    eng, nids, _ = engine_with_points(pts)
+    got = result_sets(eng.nodes_within([0, 0, 0], 1.0), 1)[0]
+    assert got == {nids[0], nids[1]}
+    got = result_sets(eng.nodes_within([0, 0, 0], 2.0), 1)[0]
+    assert got == {nids[0], nids[1], nids[2], nids[4]}
+    assert eng.nodes_within([0, 0, 0], 0.0, count_only=True).tolist() == [1]
+    # lattice with radius equal to the spacing: all 6 neighbours + itself
+    g = np.array([[x, y, z] for x in range(5) for y in range(5) for z in range(5)], float) * 0.1
+    eng, nids, _ = engine_with_points(g)
+    c = g[62]
+    want = {nids[i] for i in brute_radius(g.tolist(), c, 0.1)}
+    assert result_sets(eng.nodes_within(c, 0.1), 1)[0] == want
+
+
+def test_duplicates_one_point_empty_and_huge_radius():
+    eng = Engine()
+    assert eng.nodes_within([0, 0, 0], 5.0).num_rows == 0
+    assert eng.nearest([0, 0, 0], 3).num_rows == 0
+    assert eng.nodes_in_box([0, 0, 0], [1, 1, 1]).num_rows == 0
+    eng, nids, _ = engine_with_points(np.array([[1.0, 2.0, 3.0]]))
+    assert eng.nearest([[0, 0, 0], [5, 5, 5]], 4).num_rows == 2
+    pts = np.repeat(np.array([[5.0, 5.0, 5.0]]), 10, axis=0)
+    eng, nids, _ = engine_with_points(pts)
+    assert eng.nodes_within([5, 5, 5], 0.0, count_only=True).tolist() == [10]
+    pts = uniform(500, 9)
+    eng, nids, _ = engine_with_points(pts)
+    assert eng.nodes_within([50, 50, 50], 1e9, count_only=True).tolist() == [500]
+    assert eng.nodes_within([1e12, -1e12, 0], 1e13, count_only=True).tolist() == [500]
+
+
+@pytest.mark.parametrize("data", ["uniform", "clustered"])
+def test_knn_matches_brute(data):
+    pts = uniform(2000, 4) if data == "uniform" else clustered(2000, 4)
+    eng, nids, _ = engine_with_points(pts)
+    rng = np.random.default_rng(5)
+    centers = np.vstack([pts[:10] + 0.01, rng.uniform(-2000, 3000, (5, 3))])
+    for k in (1, 7, 30):
+        t = eng.nearest(centers, k)
+        q = t.column("query").to_numpy()
+        d = t.column("distance").to_numpy()
+        tree_d, _ = cKDTree(pts).query(centers, k=k)
+        tree_d = tree_d.reshape(len(centers), -1)
+        for j, c in enumerate(centers):
+            dj = d[q == j]
+            assert len(dj) == k
+            np.testing.assert_allclose(dj, brute_knn(pts.tolist(), c, k), rtol=0, atol=1e-9)
+            np.testing.assert_allclose(dj, tree_d[j], rtol=1e-12)
+
+
+def test_box_matches_brute():
+    pts = clustered(3000, 6)
+    eng, nids, _ = engine_with_points(pts)
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        a, b = rng.uniform(pts.min(0), pts.max(0), (2, 3))
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        t = eng.nodes_in_box(lo, hi)
+        assert set(t.column("node_id").to_pylist()) == {nids[i] for i in brute_box(pts.tolist(), lo, hi)}
+    lo = pts[0]
+    assert nids[0] in set(eng.nodes_in_box(lo, lo).column("node_id").to_pylist())
+
+
+def test_graph_filter():
+    pts = uniform(1200, 8)
+    eng, nids, owner = engine_with_points(pts, n_graphs=3)
+    g = owner[1]
+    t = eng.nodes_within(pts[:30], 10.0, graph_id=g)
+    assert set(t.column("graph_id").to_pylist()) <= {g}
+    got = result_sets(t, 30)
+    for j in range(30):
+        want = {nids[i] for i in range(len(pts)) if owner[i] == g and ((pts[i] - pts[j]) ** 2).sum() <= 100.0}
+        assert got[j] == want
+    t = eng.nearest(pts[:5], 4, graph_id=uuid.UUID(bytes=g))
+    assert set(t.column("graph_id").to_pylist()) == {g}
+    assert eng.nodes_within(pts[:5], 10.0, graph_id=uuid.uuid4()).num_rows == 0
+    assert eng.nodes_in_box([0, 0, 0], [100, 100, 100], graph_id=g).num_rows == sum(1 for o in owner if o == g)
+
+
+def test_bad_input():
+    eng, _, _ = engine_with_points(uniform(10))
+    for bad in ([np.nan, 0, 0], [[0, 0]], "abc", [[0, 0, np.inf]]):
+        with pytest.raises(ValueError):
+            eng.nodes_within(bad, 1.0)
+    for r in (-1.0, np.nan, np.inf, [1.0, 2.0]):
+        with pytest.raises(ValueError):
+            eng.nodes_within([0, 0, 0], r)
+    for k in (0, -3, 1.5, True):
+        with pytest.raises(ValueError):
+            eng.nearest([0, 0, 0], k)
+    with pytest.raises(ValueError):
+        eng.nodes_in_box([1, 1, 1], [0, 0, 0])
+    with pytest.raises(ValueError):
+        eng.nodes_within([0, 0, 0], 1.0, count_only=True, sort=True)
+
+
+def _check_against_reference(eng, ref, rng):
+    pts = ref.positioned_nodes()
+    if not pts:
+        assert eng.nodes_within([0, 0, 0], 100.0, count_only=True).tolist() == [0]
+        return
+    coords = [p for _, _, p in pts]
+    keys = [(g, n) for g, n, _ in pts]
+    centers = np.array(coords[: 5]) + rng.normal(0, 1, (min(5, len(coords)), 3))
+    for r in (0.5, 2.0, 6.0):
+        t = eng.nodes_within(centers, r)
+        got = [set() for _ in centers]
+        for q, g, n in zip(t.column("query").to_pylist(), t.column("graph_id").to_pylist(),
+                           t.column("node_id").to_pylist()):
+            got[q].add((g, n))
+        for j, c in enumerate(centers):
+            assert got[j] == {keys[i] for i in brute_radius(coords, c, r)}
+    t = eng.nearest(centers, 3)
+    d = t.column("distance").to_numpy()
+    q = t.column("query").to_numpy()
+    for j, c in enumerate(centers):
+        np.testing.assert_allclose(d[q == j], brute_knn(coords, c, 3), atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), batches=st.integers(1, 8))
+def test_moves_and_removals_stream(seed, batches):
+    """After every batch of a random stream (adds, moves, removes, graph deletes) the
+    spatial answers equal brute force over the reference projection's nodes."""
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
+    eng, ref = Engine(), RefProjection()
+    eng._spatial.rebuild_fraction = rng.choice([0.0, 0.05, 10.0])  # exercise rebuild and delta paths
+    for _ in range(batches):
+        rows = random_rows(rng, rng.randrange(1, 150), n_graphs=3, n_nodes=40, n_edges=10)
+        eng.apply(rows_to_batch(rows))
+        ref.apply(rows)
+        _check_against_reference(eng, ref, nrng)
+
+
+def test_incremental_moves_keep_exact_many_batches():
+    rng = np.random.default_rng(11)
+    pts = uniform(5000, 11)
+    eng, nids, owner = engine_with_points(pts)
+    eng.nodes_within([0, 0, 0], 1.0)  # build the index
+    builds = eng._spatial.builds
+    cur = pts.copy()
+    for b in range(12):
+        moved = rng.choice(len(pts), 50, replace=False)
+        cur[moved] += rng.normal(0, 5, (50, 3))
+        rows = [_ev(EventType.NodeMoved, owner[i], 10 + b, node_id=nids[i], x=float(cur[i, 0]),
+                    y=float(cur[i, 1]), z=float(cur[i, 2])) for i in moved]
+        eng.apply(rows_to_batch(rows))
+        centers = cur[moved[:5]]
+        got = result_sets(eng.nodes_within(centers, 4.0), 5)
+        tree = cKDTree(cur)
+        for j, c in enumerate(centers):
+            assert got[j] == {nids[i] for i in tree.query_ball_point(c, 4.0)}
+    assert eng._spatial.builds == builds  # served from main + delta, no full rebuild
