@@ -80,7 +80,14 @@ class SpatialIndex:
     @staticmethod
     def _grid(pos, nodes, graph, origin, h):
         origin = np.ascontiguousarray(origin, np.float64)
-        tkeys, tstart, tcount, pts, idx, grp, cells = ks.grid_build(pos, nodes, graph, origin, float(h))
+        size = 16
+        while size < 4 * nodes.shape[0] / TARGET_OCCUPANCY:
+            size *= 2
+        while True:
+            tkeys, tstart, tcount, pts, idx, grp, cells = ks.grid_build(pos, nodes, graph, origin, float(h), size)
+            if tcount[0] != -1:
+                break
+            size *= 4
         return ks.Grid(origin=origin, h=np.array([h]), tkeys=tkeys, tstart=tstart, tcount=tcount,
                        pts=pts, idx=idx, grp=grp, stale=np.zeros(pts.shape[0], np.uint8), cells=cells)
 

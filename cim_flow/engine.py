@@ -297,18 +297,36 @@ class Engine:
         """
         if count_only and (return_distance or sort):
             raise ValueError("count_only cannot be combined with return_distance or sort")
+        offsets, idx, d2 = self.radius_csr(centers, radius, graph_id=graph_id, sort=sort,
+                                           count_only=count_only)
+        if count_only:
+            return np.diff(offsets)
+        query = np.repeat(np.arange(offsets.shape[0] - 1), np.diff(offsets))
+        return self._node_table(query, idx, np.sqrt(d2) if return_distance else None)
+
+    def radius_csr(self, centers, radius, *, graph_id=None, sort=False, count_only=False):
+        """Low-level radius query: ``(offsets, node_index, squared_distance)`` in CSR form.
+
+        Node indices are the engine's dense node numbers (see :meth:`node_ids`);
+        query ``j``'s answers are ``node_index[offsets[j]:offsets[j + 1]]``.  No
+        per-answer Python objects: this is what the table API wraps.
+        """
         c = _centers(centers)
         r = _radii(radius, c.shape[0])
         gsel = self._gsel(graph_id)
         main, delta = self._grids()
-        counts = ks.radius_count(main, delta, c, r, gsel)
-        if count_only:
-            return counts
+        few = c.shape[0] <= _SERIAL_BELOW
+        counts = (ks.radius_count_serial if few else ks.radius_count)(main, delta, c, r, gsel)
         offsets = np.zeros(c.shape[0] + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
-        idx, d2 = ks.radius_fill(main, delta, c, r, gsel, offsets, bool(sort))
-        query = np.repeat(np.arange(c.shape[0]), counts)
-        return self._node_table(query, idx, np.sqrt(d2) if return_distance else None)
+        if count_only:
+            return offsets, None, None
+        idx, d2 = (ks.radius_fill_serial if few else ks.radius_fill)(main, delta, c, r, gsel, offsets, bool(sort))
+        return offsets, idx, d2
+
+    def node_ids(self, node_index) -> pa.Array:
+        """``fixed_size_binary(16)`` node ids for dense node indices."""
+        return words_to_fsb(self._p.N.keys[np.asarray(node_index, np.int64)])
 
     def nearest(self, centers, k, *, graph_id=None) -> pa.Table:
         """The ``k`` nearest live nodes to each center (fewer when fewer exist), nearest first."""
@@ -318,7 +336,7 @@ class Engine:
         gsel = self._gsel(graph_id)
         main, delta = self._grids()
         k = int(min(k, max(1, int(self._p.N.meta[1]))))
-        counts, idx, d2 = ks.knn(main, delta, c, k, gsel)
+        counts, idx, d2 = (ks.knn_serial if c.shape[0] <= _SERIAL_BELOW else ks.knn)(main, delta, c, k, gsel)
         mask = np.arange(k)[None, :] < counts[:, None]
         query = np.repeat(np.arange(c.shape[0]), counts)
         return self._node_table(query, idx[mask], np.sqrt(d2[mask]))
@@ -342,6 +360,9 @@ class Engine:
         self._created_of = np.full(G.alive.shape[0], np.iinfo(np.int64).min, np.int64)
         self._by_name, self._cr_t, self._cr_g, self._cr_stale = {}, np.empty(0, np.int64), np.empty(0, np.int64), 0
         self._reindex(np.arange(G.meta[0], dtype=np.int64))
+
+
+_SERIAL_BELOW = 16  # query batches this small run on the calling thread
 
 
 def _centers(centers) -> np.ndarray:

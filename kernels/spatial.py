@@ -76,13 +76,18 @@ def _find(tkeys, k):
 
 
 @jit(fastmath=EXACT_MATH)
-def grid_build(pos, nodes, graph_of, origin, h):
-    """Grid over ``pos[nodes]`` (rows of an (N, 3) array) with cell size ``h``."""
+def grid_build(pos, nodes, graph_of, origin, h, table_size):
+    """Grid over ``pos[nodes]`` (rows of an (N, 3) array) with cell size ``h``.
+
+    ``table_size`` (power of two) should be about 4x the expected occupied
+    cells; when more than half of it fills up the build stops and returns an
+    empty ``cells`` array with ``tcount[0] == -1``: call again with a bigger table.
+    Cells are laid out in row-major key order (x, then y, then z), so cells
+    that are neighbours along z are neighbours in memory.
+    """
     m = nodes.shape[0]
     inv_h = 1.0 / h
-    size = 16
-    while size < 2 * m:
-        size *= 2
+    size = table_size
     tkeys = np.full(size, EMPTY, np.uint64)
     tcount = np.zeros(size, np.int32)
     slot_of = np.empty(m, np.int64)
@@ -102,18 +107,27 @@ def grid_build(pos, nodes, graph_of, origin, h):
                 ncells += 1
                 break
             s = (s + np.uint64(1)) & mask
+        if 2 * ncells > size:
+            tcount[0] = -1
+            return (tkeys, tcount, tcount, np.empty((0, 3), np.float64), np.empty(0, np.int32),
+                    np.empty(0, np.int32), np.empty(0, np.int32))
         slot_of[j] = s
         tcount[s] += 1
+    ordered = np.empty(ncells, np.uint64)
+    c = 0
+    for s in range(size):
+        if tkeys[s] != EMPTY:
+            ordered[c] = tkeys[s]
+            c += 1
+    ordered.sort()
     tstart = np.zeros(size, np.int32)
     cells = np.empty(ncells, np.int32)
     acc = 0
-    c = 0
-    for s in range(size):
-        if tcount[s] > 0:
-            tstart[s] = acc
-            acc += tcount[s]
-            cells[c] = s
-            c += 1
+    for c in range(ncells):
+        s = _find(tkeys, ordered[c])
+        cells[c] = s
+        tstart[s] = acc
+        acc += tcount[s]
     fill = tstart.copy()
     pts = np.empty((m, 3), np.float64)
     idx = np.empty(m, np.int32)
@@ -247,39 +261,73 @@ def _radius_one(g, use_stale, cx, cy, cz, r, gsel, mode, out_i, out_d, w):
     return w
 
 
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _count_q(main, delta, centers, radii, gsel, no_i, no_d, j):
+    w = _radius_one(main, True, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
+                    0, no_i, no_d, 0)
+    return _radius_one(delta, False, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
+                       0, no_i, no_d, w)
+
+
+@jit(fastmath=EXACT_MATH)
+def _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j):
+    a = offsets[j]
+    w = _radius_one(main, True, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
+                    1, out_i, out_d, a)
+    w = _radius_one(delta, False, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
+                    1, out_i, out_d, w)
+    if want_sort and w - a > 1:
+        order = np.argsort(out_d[a:w], kind="mergesort")
+        si = out_i[a:w][order]
+        sd = out_d[a:w][order]
+        out_i[a:w] = si
+        out_d[a:w] = sd
+
+
+
+# Parallel versions for batches of queries, serial ones for a handful (a parallel
+# launch costs tens of microseconds on this class of machine).  Each is its own
+# Python function: numba's disk cache keys on the function, not on the flags, so
+# one function compiled twice could load the other variant's machine code.
+
+
 @pjit
 def radius_count(main, delta, centers, radii, gsel):
-    n = centers.shape[0]
-    counts = np.zeros(n, np.int64)
-    dummy_i = np.empty(0, np.int64)
-    dummy_d = np.empty(0, np.float64)
-    for j in prange(n):
-        w = _radius_one(main, True, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
-                        0, dummy_i, dummy_d, 0)
-        w = _radius_one(delta, False, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
-                        0, dummy_i, dummy_d, w)
-        counts[j] = w
+    counts = np.zeros(centers.shape[0], np.int64)
+    no_i = np.empty(0, np.int64)
+    no_d = np.empty(0, np.float64)
+    for j in prange(centers.shape[0]):
+        counts[j] = _count_q(main, delta, centers, radii, gsel, no_i, no_d, j)
+    return counts
+
+
+@jit(fastmath=EXACT_MATH)
+def radius_count_serial(main, delta, centers, radii, gsel):
+    counts = np.zeros(centers.shape[0], np.int64)
+    no_i = np.empty(0, np.int64)
+    no_d = np.empty(0, np.float64)
+    for j in range(centers.shape[0]):
+        counts[j] = _count_q(main, delta, centers, radii, gsel, no_i, no_d, j)
     return counts
 
 
 @pjit
 def radius_fill(main, delta, centers, radii, gsel, offsets, want_sort):
     n = centers.shape[0]
-    total = offsets[n]
-    out_i = np.empty(total, np.int64)
-    out_d = np.empty(total, np.float64)
+    out_i = np.empty(offsets[n], np.int64)
+    out_d = np.empty(offsets[n], np.float64)
     for j in prange(n):
-        a = offsets[j]
-        w = _radius_one(main, True, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
-                        1, out_i, out_d, a)
-        w = _radius_one(delta, False, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
-                        1, out_i, out_d, w)
-        if want_sort and w - a > 1:
-            order = np.argsort(out_d[a:w], kind="mergesort")
-            si = out_i[a:w][order]
-            sd = out_d[a:w][order]
-            out_i[a:w] = si
-            out_d[a:w] = sd
+        _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j)
+    return out_i, out_d
+
+
+@jit(fastmath=EXACT_MATH)
+def radius_fill_serial(main, delta, centers, radii, gsel, offsets, want_sort):
+    n = centers.shape[0]
+    out_i = np.empty(offsets[n], np.int64)
+    out_d = np.empty(offsets[n], np.float64)
+    for j in range(n):
+        _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j)
     return out_i, out_d
 
 
@@ -380,11 +428,13 @@ def _knn_grid(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k):
                                             g.tcount[s], cx, cy, cz, gsel, hd, hi, size, k)
         if x0 == 0 and y0 == 0 and z0 == 0 and x1 == _LIM and y1 == _LIM and z1 == _LIM:
             return size
-        # any point in ring s_ring+1 or beyond is at least s_ring * h away from the query
-        # (the query lies in its own cell; clamped cells only ever get closer).
+        # Any point in ring s_ring+1 or beyond is at least s_ring * h away from the
+        # query: along the axis where its cell index differs by s_ring+1, a whole
+        # s_ring cells lie between.  Clamping (query or point outside the grid's
+        # range) only puts the real positions further apart, so this holds too.
         if size == k:
             lb = (s_ring - 1e-6) * h  # a hair below the exact bound: cell rounding
-            if lb * lb > hd[0] and _inside(cx, cy, cz, o, h):
+            if lb * lb > hd[0]:
                 return size
         if visited > ncells:
             # sparse neighbourhood: finish by visiting every occupied cell once
@@ -392,14 +442,6 @@ def _knn_grid(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k):
                                   qx, qy, qz, s_ring)
             return size
         s_ring += 1
-
-
-@jit(nrt=False, fastmath=EXACT_MATH)
-def _inside(cx, cy, cz, o, h):
-    # the ring bound only holds when the query cell is not clamped
-    lim = (_LIM + 1) * h
-    return (cx - o[0] >= 0.0 and cy - o[1] >= 0.0 and cz - o[2] >= 0.0
-            and cx - o[0] < lim and cy - o[1] < lim and cz - o[2] < lim)
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
@@ -417,6 +459,28 @@ def _knn_all_cells(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k, qx, qy, qz, 
     return size
 
 
+@jit(fastmath=EXACT_MATH)
+def _knn_q(main, delta, centers, k, gsel, out_i, out_d, j):
+    hd = np.empty(k, np.float64)
+    hi = np.empty(k, np.int64)
+    size = _knn_grid(main, True, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, 0, k)
+    size = _knn_grid(delta, False, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, size, k)
+    order = np.argsort(hd[:size], kind="mergesort")
+    sd = hd[:size][order]
+    si = hi[:size][order]
+    a = 0
+    while a < size:  # ties at equal distance: by node index, for determinism
+        b = a + 1
+        while b < size and sd[b] == sd[a]:
+            b += 1
+        if b - a > 1:
+            si[a:b] = np.sort(si[a:b])
+        a = b
+    out_i[j, :size] = si
+    out_d[j, :size] = sd
+    return size
+
+
 @pjit
 def knn(main, delta, centers, k, gsel):
     """``(counts, idx (n, k), d2 (n, k))``: per query the up-to-k nearest, ascending."""
@@ -425,25 +489,18 @@ def knn(main, delta, centers, k, gsel):
     out_d = np.full((n, k), np.inf)
     counts = np.zeros(n, np.int64)
     for j in prange(n):
-        hd = np.empty(k, np.float64)
-        hi = np.empty(k, np.int64)
-        size = _knn_grid(main, True, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, 0, k)
-        size = _knn_grid(delta, False, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, size, k)
-        order = np.argsort(hd[:size], kind="mergesort")
-        # ties at equal distance: order by node index for determinism
-        sd = hd[:size][order]
-        si = hi[:size][order]
-        a = 0
-        while a < size:
-            b = a + 1
-            while b < size and sd[b] == sd[a]:
-                b += 1
-            if b - a > 1:
-                si[a:b] = np.sort(si[a:b])
-            a = b
-        out_i[j, :size] = si
-        out_d[j, :size] = sd
-        counts[j] = size
+        counts[j] = _knn_q(main, delta, centers, k, gsel, out_i, out_d, j)
+    return counts, out_i, out_d
+
+
+@jit(fastmath=EXACT_MATH)
+def knn_serial(main, delta, centers, k, gsel):
+    n = centers.shape[0]
+    out_i = np.full((n, k), -1, np.int64)
+    out_d = np.full((n, k), np.inf)
+    counts = np.zeros(n, np.int64)
+    for j in range(n):
+        counts[j] = _knn_q(main, delta, centers, k, gsel, out_i, out_d, j)
     return counts, out_i, out_d
 
 

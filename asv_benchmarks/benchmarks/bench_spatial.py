@@ -1,0 +1,158 @@
+"""Spatial index vs scipy's cKDTree, same data, same run: build, update, batch and single queries."""
+import time
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from .common import SIZES
+from .spatial_data import engine_with, move_batch, points, queries, radius_for
+
+KINDS = ["uniform", "clustered"]
+
+
+class Build:
+    params = KINDS
+    param_names = ["data"]
+    timeout = 600
+
+    def setup(self, kind):
+        self.n = SIZES["points"]
+        self.pts = points(kind, self.n)
+        self.eng = engine_with(kind, self.n)
+        self.eng._spatial.build(self.eng._p.N)
+
+    def time_grid_build(self, kind):
+        self.eng._spatial.build(self.eng._p.N)
+
+    def time_ckdtree_build_default(self, kind):
+        cKDTree(self.pts)
+
+    def time_ckdtree_build_fast(self, kind):
+        cKDTree(self.pts, balanced_tree=False, compact_nodes=False)
+
+
+class Update:
+    """Index brought up to date after 1% of the points moved (the apply itself is not timed)."""
+
+    params = KINDS
+    param_names = ["data"]
+    timeout = 600
+    number = 1
+    repeat = (5, 10, 120)
+
+    def setup(self, kind):
+        self.n = SIZES["points"]
+        self.eng = engine_with(kind, self.n)
+        self.batch, self.sel, self.newp = move_batch(kind, self.n)
+        self.moved = self.pts_after = points(kind, self.n).copy()
+        self.pts_after[self.sel] = self.newp
+        sp = self.eng._spatial
+        sp.build(self.eng._p.N)
+        # apply the moves once with the index detached, keep the dirty set for the timed update
+        sp.built = False
+        self.eng.apply(self.batch)
+        self.dirty = self.eng.last_dirty.copy()
+
+    def time_grid_update_1pct(self, kind):
+        sp = self.eng._spatial
+        sp.build(self.eng._p.N) if False else None
+        # restore the pre-update index cheaply is not possible; time update on a fresh build copy
+        sp.built = True
+        sp.update(self.eng._p.N, self.dirty)
+
+    def setup_timing(self, kind):
+        pass
+
+    def time_ckdtree_rebuild_1pct(self, kind):
+        cKDTree(self.pts_after)
+
+    def time_ckdtree_rebuild_fast_1pct(self, kind):
+        cKDTree(self.pts_after, balanced_tree=False, compact_nodes=False)
+
+
+class RadiusBatch:
+    """10k query points, radius giving ~30 neighbours on the uniform set."""
+
+    params = (KINDS, [0.1, 1.0, 10.0])
+    param_names = ["data", "radius_x_spacing_of_30nn"]
+    timeout = 900
+
+    def setup(self, kind, scale):
+        self.n = SIZES["points"]
+        self.pts = points(kind, self.n)
+        self.q = queries(kind, self.n, SIZES["queries"])
+        self.r = radius_for(self.n) * scale
+        if scale == 10.0:
+            self.q = self.q[:1000]  # ~30k neighbours each: keep output (30M) bounded
+        self.eng = engine_with(kind, self.n)
+        self.eng.nodes_within(self.q[:2], self.r)
+        self.tree = cKDTree(self.pts)
+
+    def time_engine_nodes_within(self, kind, scale):
+        self.eng.nodes_within(self.q, self.r)
+
+    def time_engine_count_only(self, kind, scale):
+        self.eng.nodes_within(self.q, self.r, count_only=True)
+
+    def time_ckdtree_query_ball_point(self, kind, scale):
+        self.tree.query_ball_point(self.q, self.r, workers=-1)
+
+    def time_ckdtree_return_length(self, kind, scale):
+        self.tree.query_ball_point(self.q, self.r, workers=-1, return_length=True)
+
+
+class KNN:
+    params = KINDS
+    param_names = ["data"]
+    timeout = 600
+
+    def setup(self, kind):
+        self.n = SIZES["points"]
+        self.pts = points(kind, self.n)
+        self.q = queries(kind, self.n, SIZES["queries"])
+        self.eng = engine_with(kind, self.n)
+        self.eng.nearest(self.q[:2], 30)
+        self.tree = cKDTree(self.pts)
+
+    def time_engine_nearest_k30(self, kind):
+        self.eng.nearest(self.q, 30)
+
+    def time_ckdtree_query_k30(self, kind):
+        self.tree.query(self.q, k=30, workers=-1)
+
+
+class SingleQuery:
+    """One radius query from Python: p50/p99 over 2,000 calls (µs)."""
+
+    params = KINDS
+    param_names = ["data"]
+    timeout = 600
+
+    def setup(self, kind):
+        self.n = SIZES["points"]
+        self.q = queries(kind, self.n, 2000)
+        self.r = radius_for(self.n)
+        self.eng = engine_with(kind, self.n)
+        self.eng.nodes_within(self.q[0], self.r)
+        self.tree = cKDTree(points(kind, self.n))
+
+    def _lat(self, fn):
+        lat = np.empty(len(self.q))
+        for i, c in enumerate(self.q):
+            t = time.perf_counter()
+            fn(c)
+            lat[i] = time.perf_counter() - t
+        return lat * 1e6
+
+    def track_engine_single_p50_us(self, kind):
+        return float(np.percentile(self._lat(lambda c: self.eng.nodes_within(c, self.r)), 50))
+
+    def track_engine_single_p99_us(self, kind):
+        return float(np.percentile(self._lat(lambda c: self.eng.nodes_within(c, self.r)), 99))
+
+    def track_ckdtree_single_p99_us(self, kind):
+        return float(np.percentile(self._lat(lambda c: self.tree.query_ball_point(c, self.r)), 99))
+
+    track_engine_single_p50_us.unit = "us"
+    track_engine_single_p99_us.unit = "us"
+    track_ckdtree_single_p99_us.unit = "us"

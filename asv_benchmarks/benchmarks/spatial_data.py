@@ -1,0 +1,66 @@
+"""Seeded spatial datasets: 1M uniform points in [0,100]^3 and 1M in ~200 Gaussian clusters."""
+import functools
+
+import numpy as np
+
+from cim_flow import Engine
+
+from .datasets import T0, _batch
+
+
+@functools.lru_cache(maxsize=4)
+def points(kind, n, seed=0):
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":
+        return rng.uniform(0, 100, size=(n, 3))
+    centres = rng.uniform(0, 100, size=(200, 3))
+    return centres[rng.integers(0, 200, n)] + rng.normal(0, 1.0, size=(n, 3))
+
+
+@functools.lru_cache(maxsize=4)
+def queries(kind, n_points, n_queries, seed=1):
+    rng = np.random.default_rng(seed)
+    p = points(kind, n_points)
+    return p[rng.integers(0, n_points, n_queries)] + rng.normal(0, 0.5, size=(n_queries, 3))
+
+
+def radius_for(n_points, neighbours=30):
+    """Radius giving ~`neighbours` neighbours on the uniform set (density n / 100^3)."""
+    density = n_points / 100.0 ** 3
+    return float(np.cbrt(neighbours / (4.0 / 3.0 * np.pi * density)))
+
+
+def node_batches(kind, n, chunk=262_144, n_graphs=200):
+    p = points(kind, n)
+    rng = np.random.default_rng(2)
+    gids = rng.integers(1, 2**63, size=(n_graphs, 2), dtype=np.uint64)
+    out = [_batch(np.full(n_graphs, 1), T0 + np.arange(n_graphs), gids)]
+    for a in range(0, n, chunk):
+        m = min(chunk, n - a)
+        idx = np.arange(a, a + m, dtype=np.uint64)
+        nid = np.stack([idx + np.uint64(1), np.full(m, 5, np.uint64)], axis=1)
+        out.append(_batch(np.full(m, 10), T0 + idx.astype(np.int64), gids[np.arange(a, a + m) % n_graphs],
+                          nid=(nid, np.ones(m, bool)), xyz=(p[a:a + m], np.ones(m, bool))))
+    return out
+
+
+def move_batch(kind, n, frac=0.01, seed=3, n_graphs=200):
+    """NodeMoved for `frac` of the nodes (small jitter), and the moved positions."""
+    rng = np.random.default_rng(seed)
+    p = points(kind, n)
+    m = int(n * frac)
+    sel = rng.choice(n, m, replace=False)
+    newp = p[sel] + rng.normal(0, 0.5, size=(m, 3))
+    gids = np.random.default_rng(2).integers(1, 2**63, size=(n_graphs, 2), dtype=np.uint64)
+    nid = np.stack([sel.astype(np.uint64) + np.uint64(1), np.full(m, 5, np.uint64)], axis=1)
+    b = _batch(np.full(m, 12), T0 + n + np.arange(m), gids[sel % n_graphs], nid=(nid, np.ones(m, bool)),
+               xyz=(newp, np.ones(m, bool)))
+    return b, sel, newp
+
+
+@functools.lru_cache(maxsize=2)
+def engine_with(kind, n):
+    eng = Engine(capacity=256, node_capacity=n + 16)
+    for b in node_batches(kind, n):
+        eng.apply(b)
+    return eng
