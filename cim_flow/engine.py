@@ -103,6 +103,28 @@ class Engine:
             total = ApplyResult(0, 0, 0, self.version)
         return total
 
+    def _apply_at(self, data, seq: int) -> ApplyResult:
+        """Apply every row of ``data`` as the one stream message at sequence ``seq``.
+
+        Used for Arrow batch messages consumed from JetStream: the rows share the
+        message's sequence.  Nothing is applied when ``seq <= version``
+        (redelivery); afterwards the version is ``seq``.
+        """
+        batches = [normalize_batch(b) for b in _batches_of(data)]
+        n = sum(b.num_rows for b in batches)
+        if seq <= self.version:
+            return ApplyResult(0, 0, n, self.version, np.full(n, 1, np.int8), np.full(n, seq, np.uint64))
+        batches = [b.set_column(0, "seq", pa.nulls(b.num_rows, pa.uint64())) for b in batches]
+        res = self.apply(batches)
+        self._p.version = int(seq)
+        res.version = int(seq)
+        return res
+
+    def _advance_to(self, seq: int) -> None:
+        """Move the version to ``seq`` (events up to it were consumed, some dead-lettered)."""
+        if seq > self._p.version:
+            self._p.version = int(seq)
+
     def _on_apply(self, fn) -> None:
         """Register ``fn(touched_graphs, dirty_nodes)`` called after each kernel call."""
         self._listeners.append(fn)

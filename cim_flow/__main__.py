@@ -1,0 +1,124 @@
+"""Command line: ``python -m cim_flow serve | loadgen``.
+
+Every flag falls back to a ``CIM_FLOW_*`` environment variable
+(``--nats-url`` -> ``CIM_FLOW_NATS_URL``, ``--demo-rate`` -> ``CIM_FLOW_DEMO_RATE`` ...).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import ssl
+import sys
+
+
+def _env(name, default=None, cast=str):
+    v = os.environ.get("CIM_FLOW_" + name.upper().replace("-", "_"))
+    if v is None:
+        return default
+    if cast is bool:
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    return cast(v)
+
+
+def _serve_parser(sub):
+    p = sub.add_parser("serve", help="run the NATS service",
+                       description="Run cim_flow as a NATS service: ingest graph events, answer queries.")
+    p.add_argument("--nats-url", default=_env("nats_url"),
+                   help="connect to this NATS server; without it an embedded nats-server (JetStream on, "
+                        "127.0.0.1 only) is started and stopped with the service [CIM_FLOW_NATS_URL]")
+    p.add_argument("--config", default=_env("config"),
+                   help="TOML file with [event_processing], [query_cache], [nats], [jetstream], [queries], "
+                        "[snapshots] sections (see examples/production.toml) [CIM_FLOW_CONFIG]")
+    p.add_argument("--data-dir", default=_env("data_dir", ".cim_flow"),
+                   help="where the embedded server keeps JetStream data [CIM_FLOW_DATA_DIR, ./.cim_flow]")
+    p.add_argument("--port", type=int, default=_env("port", 4222, int),
+                   help="embedded server port; 0 picks a free one [CIM_FLOW_PORT, 4222]")
+    p.add_argument("--no-jetstream", action="store_true", default=_env("no_jetstream", False, bool),
+                   help="consume core NATS subjects directly instead of the JetStream stream")
+    p.add_argument("--demo", action="store_true", default=_env("demo", False, bool),
+                   help="also publish synthetic CIM events and print a status line [CIM_FLOW_DEMO]")
+    p.add_argument("--demo-rate", type=float, default=_env("demo_rate", 5000.0, float),
+                   help="demo events per second [CIM_FLOW_DEMO_RATE, 5000]")
+    p.add_argument("--status-interval", type=float, default=_env("status_interval", 5.0, float),
+                   help="seconds between status lines; 0 for none [5]")
+    p.add_argument("--user", default=_env("user"), help="NATS user [CIM_FLOW_USER]")
+    p.add_argument("--password", default=_env("password"), help="NATS password [CIM_FLOW_PASSWORD]")
+    p.add_argument("--token", default=_env("token"), help="NATS token [CIM_FLOW_TOKEN]")
+    p.add_argument("--creds", default=_env("creds"), help="NATS credentials file [CIM_FLOW_CREDS]")
+    p.add_argument("--tls-ca", default=_env("tls_ca"), help="CA file for TLS [CIM_FLOW_TLS_CA]")
+    p.add_argument("--tls-cert", default=_env("tls_cert"), help="client certificate [CIM_FLOW_TLS_CERT]")
+    p.add_argument("--tls-key", default=_env("tls_key"), help="client key [CIM_FLOW_TLS_KEY]")
+    return p
+
+
+def _connect_options(args, cfg) -> dict:
+    n = cfg.nats
+    opts = {"connect_timeout": n.connection_timeout}
+    user = args.user or n.user
+    password = args.password or n.password
+    token = args.token or n.token
+    creds = args.creds or n.credentials
+    if user:
+        opts["user"], opts["password"] = user, password
+    if token:
+        opts["token"] = token
+    if creds:
+        opts["user_credentials"] = creds
+    ca, cert, key = args.tls_ca or n.tls_ca, args.tls_cert or n.tls_cert, args.tls_key or n.tls_key
+    if ca or cert:
+        ctx = ssl.create_default_context(cafile=ca or None)
+        if cert:
+            ctx.load_cert_chain(cert, key or None)
+        opts["tls"] = ctx
+    return opts
+
+
+def cmd_serve(args) -> int:
+    from ._config import Config, ConfigError
+    from .service import Service
+
+    try:
+        cfg = Config.from_toml(args.config) if args.config else Config()
+    except ConfigError as exc:
+        print(f"cim_flow: config error: {exc}", file=sys.stderr)
+        return 2
+    svc = Service(cfg, nats_url=args.nats_url, port=args.port, data_dir=args.data_dir,
+                  jetstream=False if args.no_jetstream else None, demo=args.demo, demo_rate=args.demo_rate,
+                  status_interval=args.status_interval, connect_options=_connect_options(args, cfg))
+    try:
+        _run(svc.run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _run(coro):
+    try:
+        import uvloop  # noqa: F401
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cim_flow", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _serve_parser(sub)
+    from ._loadgen import add_parser as add_loadgen
+
+    add_loadgen(sub, _env)
+    args = ap.parse_args(argv)
+    if args.cmd == "serve":
+        return cmd_serve(args)
+    if args.cmd == "loadgen":
+        from ._loadgen import cmd_loadgen
+
+        return cmd_loadgen(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Service configuration: the seed guide's TOML sections, validated.
+
+Unknown sections or keys and bad values are a :class:`ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass, field
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    pass
+
+
+_DUR = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(us|µs|ms|s|m|h)?\s*$")
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)?\s*$", re.I)
+_DUR_UNIT = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE_UNIT = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30,
+              "tb": 10**12, "tib": 2**40, None: 1}
+
+
+def duration(value, key) -> float:
+    """Seconds from ``"10ms"``, ``"5s"``, ``"2m"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration like '10ms', got {value!r}")
+    if isinstance(value, (int, float)):
+        s = float(value)
+    else:
+        m = _DUR.match(str(value))
+        if not m:
+            raise ConfigError(f"{key}: expected a duration like '10ms' or '5s', got {value!r}")
+        s = float(m.group(1)) * _DUR_UNIT[m.group(2)]
+    if s < 0:
+        raise ConfigError(f"{key}: must not be negative")
+    return s
+
+
+def size(value, key) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size like '64KB', got {value!r}")
+    if isinstance(value, int):
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ConfigError(f"{key}: expected a size like '64KB' or '8GB', got {value!r}")
+    unit = m.group(2).lower() if m.group(2) else None
+    return int(float(m.group(1)) * _SIZE_UNIT[unit])
+
+
+@dataclass
+class EventProcessing:
+    batch_size: int = 1000
+    batch_timeout: float = 0.002
+    max_concurrent_batches: int = 1
+    enable_adaptive_batching: bool = True
+    min_batch_size: int = 10
+    max_batch_size: int = 65536
+    target_latency: float = 0.005
+
+
+@dataclass
+class QueryCache:
+    enabled: bool = True
+    max_entries: int = 10000
+    ttl_seconds: float = 300.0
+    cache_key_prefix: str = "cim:query:"
+    warm_cache_on_startup: bool = False
+    warm_cache_queries: list = field(default_factory=list)
+
+
+@dataclass
+class Nats:
+    url: str = ""
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    credentials: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    connection_timeout: float = 5.0
+    min_connections: int = 1
+    max_connections: int = 2
+    idle_timeout: float = 300.0
+    write_buffer_size: int = 65536
+    read_buffer_size: int = 65536
+    pending_size: int = 8 * 2**20
+
+
+@dataclass
+class JetStream:
+    enabled: bool = True
+    stream: str = "CIM_GRAPH_EVENTS"
+    subjects: list = field(default_factory=lambda: ["event.graph.>"])
+    durable: str = "cim_flow"
+    duplicate_window: float = 120.0
+    storage: str = "file"
+    store_dir: str = ""
+    max_memory_store: int = 0
+    max_file_store: int = 0
+    pull_batch: int = 4096
+    sync_interval: float = 0.0
+    compression: str = "none"
+    max_outstanding_catchup: int = 0
+
+
+@dataclass
+class Queries:
+    default_limit: int = 10000
+    max_limit: int = 1_000_000
+    min_version_timeout: float = 5.0
+
+
+@dataclass
+class Snapshots:
+    enabled: bool = True
+    every_events: int = 1_000_000
+    every_seconds: float = 300.0
+    keep: int = 3
+
+
+@dataclass
+class Config:
+    event_processing: EventProcessing = field(default_factory=EventProcessing)
+    query_cache: QueryCache = field(default_factory=QueryCache)
+    nats: Nats = field(default_factory=Nats)
+    jetstream: JetStream = field(default_factory=JetStream)
+    queries: Queries = field(default_factory=Queries)
+    snapshots: Snapshots = field(default_factory=Snapshots)
+
+    @classmethod
+    def from_toml(cls, path) -> "Config":
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        cfg = cls()
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        for sec, values in data.items():
+            if sec not in sections:
+                raise ConfigError(f"unknown section [{sec}] (known: {', '.join(sections)})")
+            if not isinstance(values, dict):
+                raise ConfigError(f"[{sec}] must be a table")
+            target = getattr(cfg, sec)
+            fields = {f.name: f for f in dataclasses.fields(target)}
+            for key, value in values.items():
+                name = f"{sec}.{key}"
+                if key not in fields:
+                    raise ConfigError(f"unknown key {name} (known: {', '.join(fields)})")
+                setattr(target, key, _coerce(name, fields[key], getattr(target, key), value))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        ep = self.event_processing
+        for k in ("batch_size", "min_batch_size", "max_batch_size", "max_concurrent_batches"):
+            if getattr(ep, k) < 1:
+                raise ConfigError(f"event_processing.{k} must be >= 1")
+        if ep.min_batch_size > ep.max_batch_size:
+            raise ConfigError("event_processing.min_batch_size must be <= max_batch_size")
+        if not ep.min_batch_size <= ep.batch_size <= ep.max_batch_size:
+            raise ConfigError("event_processing.batch_size must lie in [min_batch_size, max_batch_size]")
+        if ep.batch_timeout <= 0:
+            raise ConfigError("event_processing.batch_timeout must be > 0")
+        if self.query_cache.max_entries < 0:
+            raise ConfigError("query_cache.max_entries must be >= 0")
+        if self.query_cache.ttl_seconds < 0:
+            raise ConfigError("query_cache.ttl_seconds must be >= 0")
+        if self.jetstream.storage not in ("file", "memory"):
+            raise ConfigError("jetstream.storage must be 'file' or 'memory'")
+        if self.queries.default_limit < 1:
+            raise ConfigError("queries.default_limit must be >= 1")
+
+
+_DURATION_KEYS = {"batch_timeout", "target_latency", "connection_timeout", "idle_timeout",
+                  "duplicate_window", "sync_interval", "min_version_timeout", "every_seconds"}
+_SIZE_KEYS = {"write_buffer_size", "read_buffer_size", "pending_size", "max_memory_store",
+              "max_file_store", "max_outstanding_catchup"}
+
+
+def _coerce(name, f, default, value):
+    key = name.split(".")[-1]
+    if key in _DURATION_KEYS:
+        return duration(value, name)
+    if key in _SIZE_KEYS:
+        return size(value, name)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return value
+    return value

@@ -1,0 +1,250 @@
+"""``python -m cim_flow loadgen``: open-loop load against a running service.
+
+Events (and queries) are sent on a fixed schedule; every latency is measured
+from the *scheduled* time, so a stall in the service or in this client shows
+up instead of being hidden by a slower sender (coordinated omission).
+
+Event-to-applied latency: the service publishes ``projection.graph.summary.updated``
+after every batch with ``events_total`` (events consumed so far); event ``i`` is
+applied at the first update whose total passes ``i``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+
+import nats
+
+from ._demo import SyntheticEvents
+
+_dec = msgspec.json.Decoder()
+
+
+def add_parser(sub, env):
+    p = sub.add_parser("loadgen", help="open-loop load generator with latency report",
+                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--nats-url", default=env("nats_url"),
+                   help="service's NATS server; without it a service is started for the run [CIM_FLOW_NATS_URL]")
+    p.add_argument("--rate", type=float, default=env("rate", 10000.0, float), help="events per second [10000]")
+    p.add_argument("--duration", type=float, default=env("duration", 10.0, float), help="seconds [10]")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--json", action="store_true", help="one JSON event per message (default)")
+    mode.add_argument("--arrow-batch", type=int, default=0, metavar="N",
+                      help="N events per message, as an Arrow IPC stream on event.graph.batch")
+    p.add_argument("--query-rate", type=float, default=env("query_rate", 0.0, float),
+                   help="radius queries per second alongside the events [0]")
+    p.add_argument("--report", default=env("report", "loadgen-report.json"), help="JSON report file")
+    p.add_argument("--plot", default=env("plot", "loadgen-latency.html"),
+                   help="latency-over-time plot (HTML with SVG)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _pct(a) -> dict:
+    a = np.asarray(a, np.float64)
+    if a.size == 0:
+        return {"count": 0}
+    q = np.percentile(a, [50, 99, 99.9])
+    return {"count": int(a.size), "p50_ms": q[0] * 1e3, "p99_ms": q[1] * 1e3, "p999_ms": q[2] * 1e3,
+            "max_ms": float(a.max()) * 1e3, "mean_ms": float(a.mean()) * 1e3}
+
+
+def _make_messages(n_events: int, arrow_batch: int, seed: int):
+    gen = SyntheticEvents(seed, max_graphs=200, nodes_per_graph=2000)
+    events = [gen.next() for _ in range(n_events)]
+    if not arrow_batch:
+        return [(s, {"Nats-Msg-Id": eid}, d) for s, eid, d in events], 1
+    from ._decode import decode_json
+
+    msgs = []
+    for a in range(0, n_events, arrow_batch):
+        batch, _ = decode_json([d for _, _, d in events[a:a + arrow_batch]])
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as w:
+            w.write_batch(batch)
+        msgs.append(("event.graph.batch", {"Nats-Msg-Id": f"lg-{seed}-{a}"}, sink.getvalue().to_pybytes()))
+    return msgs, arrow_batch
+
+
+async def run_load(url: str, rate: float, duration: float, arrow_batch: int = 0, query_rate: float = 0.0,
+                   progress: bool = True, seed: int = 0) -> dict:
+    n_events = int(rate * duration)
+    msgs, per_msg = _make_messages(n_events, arrow_batch, seed)
+    nc = await nats.connect(url, name="cim_flow-loadgen", pending_size=64 * 2**20)
+    qnc = await nats.connect(url, name="cim_flow-loadgen-q") if query_rate else None
+    stats = _dec.decode((await nc.request("query.graph.stats", b"{}", timeout=10)).data)
+    base = (stats["events_applied"] + stats["events_ignored"] + stats["events_skipped"]
+            + stats["events_dead_lettered"])
+    updates_t, updates_n = [], []
+
+    async def on_update(msg):
+        body = _dec.decode(msg.data)
+        updates_t.append(time.perf_counter())
+        updates_n.append(body.get("events_total", 0) - base)
+
+    await nc.subscribe("projection.graph.summary.updated", cb=on_update)
+    await nc.flush()
+    # per message: scheduled time of its last event
+    n_msgs = len(msgs)
+    last_event = np.minimum((np.arange(n_msgs) + 1) * per_msg, n_events) - 1
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n_events, unit="ev", desc="loadgen", smoothing=0.1)
+        except ImportError:
+            bar = None
+    q_lat, q_err = [], 0
+    q_tasks = []
+    centres = np.random.default_rng(seed).uniform(0, 1000, (1024, 3))
+
+    async def one_query(i, sched):
+        nonlocal q_err
+        c = centres[i % len(centres)].tolist()
+        try:
+            r = await qnc.request("query.graph.nodes_in_radius",
+                                  msgspec.json.encode({"center": c, "radius": 25.0, "limit": 100}), timeout=5)
+            if b'"error"' in r.data[:20]:
+                q_err += 1
+        except Exception:
+            q_err += 1
+            return
+        q_lat.append(time.perf_counter() - sched)
+
+    t0 = time.perf_counter() + 0.05
+    sent = 0
+    q_sent = 0
+    n_queries = int(query_rate * duration)
+    while sent < n_msgs or q_sent < n_queries:
+        now = time.perf_counter()
+        due = min(n_msgs, int(np.searchsorted(last_event, (now - t0) * rate, side="right")))
+        while sent < due:
+            s, h, d = msgs[sent]
+            await nc.publish(s, d, headers=h)
+            sent += 1
+        if query_rate:
+            q_due = min(n_queries, int((now - t0) * query_rate))
+            while q_sent < q_due:
+                q_tasks.append(asyncio.create_task(one_query(q_sent, t0 + q_sent / query_rate)))
+                q_sent += 1
+        if bar is not None:
+            bar.n = int(min(n_events, last_event[sent - 1] + 1)) if sent else 0
+            bar.refresh()
+        await asyncio.sleep(0.0005)
+    send_end = time.perf_counter()
+    await nc.flush()
+    # wait for the service to catch up (bounded)
+    deadline = time.perf_counter() + max(10.0, duration)
+    while (not updates_n or updates_n[-1] < n_events) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    if q_tasks:
+        await asyncio.gather(*q_tasks, return_exceptions=True)
+    if bar is not None:
+        bar.close()
+    ut = np.asarray(updates_t)
+    un = np.asarray(updates_n)
+    sched = t0 + np.arange(n_events) / rate
+    # event i is applied at the first update with total > i
+    idx = np.searchsorted(np.maximum.accumulate(un) if un.size else un, np.arange(n_events) + 1, side="left")
+    applied = idx < un.size
+    lat = ut[idx[applied]] - sched[applied] if un.size else np.zeros(0)
+    done_t = ut[idx[applied]].max() if applied.any() else send_end
+    await nc.drain()
+    if qnc is not None:
+        await qnc.drain()
+    return {
+        "mode": f"arrow-batch {arrow_batch}" if arrow_batch else "json",
+        "rate_target": rate, "duration_s": duration, "events": n_events, "messages": n_msgs,
+        "events_applied": int(applied.sum()), "events_lost_or_late": int((~applied).sum()),
+        "throughput_events_per_s": float(applied.sum() / max(done_t - t0, 1e-9)),
+        "send_rate_events_per_s": float(n_events / max(send_end - t0, 1e-9)),
+        "event_to_applied": _pct(lat),
+        "queries": {"rate_target": query_rate, "errors": q_err, **_pct(q_lat)},
+        "timeline": {"t": (sched[applied] - t0).tolist()[:: max(1, int(applied.sum() // 5000))],
+                     "latency_ms": (lat * 1e3).tolist()[:: max(1, int(applied.sum() // 5000))]},
+    }
+
+
+def write_plot(report: dict, path: str) -> None:
+    """Latency over time as a self-contained HTML page with an SVG scatter plot."""
+    t = np.asarray(report["timeline"]["t"])
+    y = np.asarray(report["timeline"]["latency_ms"])
+    w, h, pad = 900, 360, 50
+    tmax = float(t.max()) if t.size else 1.0
+    ymax = float(np.percentile(y, 99.9)) * 1.1 if y.size else 1.0
+    pts = "".join(f'<circle cx="{pad + (a / tmax) * (w - 2 * pad):.1f}" cy="{h - pad - min(b, ymax) / ymax * (h - 2 * pad):.1f}" r="1.2"/>'
+                  for a, b in zip(t, y))
+    e = report["event_to_applied"]
+    title = (f"cim_flow loadgen ({report['mode']}, {report['rate_target']:,.0f} ev/s target): "
+             f"p50 {e.get('p50_ms', 0):.2f} ms, p99 {e.get('p99_ms', 0):.2f} ms, max {e.get('max_ms', 0):.2f} ms")
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">'
+           f'<rect width="{w}" height="{h}" fill="white"/>'
+           f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="black"/>'
+           f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="black"/>'
+           f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle">time since start (s), 0 to {tmax:.1f}</text>'
+           f'<text x="14" y="{h / 2}" transform="rotate(-90 14 {h / 2})" text-anchor="middle">'
+           f'event-to-applied latency (ms), 0 to {ymax:.2f}</text>'
+           f'<g fill="steelblue">{pts}</g></svg>')
+    with open(path, "w") as fh:
+        fh.write(f"<!doctype html><meta charset=utf-8><title>cim_flow loadgen</title>"
+                 f"<h3>{title}</h3>{svg}<pre>{json.dumps({k: v for k, v in report.items() if k != 'timeline'}, indent=2)}</pre>")
+
+
+def _start_service(tmp: str):
+    proc = subprocess.Popen([sys.executable, "-m", "cim_flow", "serve", "--port", "0", "--data-dir", tmp,
+                             "--status-interval", "0"], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.match(r"cim_flow ready (\S+)", line)
+        if m:
+            return proc, m.group(1)
+    proc.kill()
+    raise RuntimeError("the service did not become ready")
+
+
+def cmd_loadgen(args) -> int:
+    from .__main__ import _run
+
+    proc = None
+    tmp = None
+    url = args.nats_url
+    if not url:
+        tmp = tempfile.TemporaryDirectory(prefix="cim_flow_loadgen_")
+        proc, url = _start_service(tmp.name)
+    try:
+        report = _run(run_load(url, args.rate, args.duration, args.arrow_batch, args.query_rate,
+                               progress=not args.no_progress and sys.stderr.isatty(), seed=args.seed))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+            tmp.cleanup()
+    e, q = report["event_to_applied"], report["queries"]
+    print(f"events: {report['events_applied']:,}/{report['events']:,} applied, "
+          f"throughput {report['throughput_events_per_s']:,.0f} events/s ({report['mode']})")
+    if e.get("count"):
+        print(f"event-to-applied: p50 {e['p50_ms']:.2f} ms  p99 {e['p99_ms']:.2f} ms  "
+              f"p99.9 {e['p999_ms']:.2f} ms  max {e['max_ms']:.2f} ms")
+    if q.get("count"):
+        print(f"queries: {q['count']:,} ok, {q['errors']} errors; p50 {q['p50_ms']:.2f} ms  "
+              f"p99 {q['p99_ms']:.2f} ms  p99.9 {q['p999_ms']:.2f} ms  max {q['max_ms']:.2f} ms")
+    with open(args.report, "w") as fh:
+        json.dump(report, fh, indent=2)
+    write_plot(report, args.plot)
+    print(f"report: {args.report}  plot: {args.plot}")
+    return 0 if report["events_lost_or_late"] == 0 else 1

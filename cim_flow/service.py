@@ -1,0 +1,501 @@
+"""The NATS service: JetStream (or core NATS) ingest in micro-batches, request/reply
+queries as a NATS micro service named ``cim_flow``, results and dead letters out.
+
+Layers: decoding is :mod:`cim_flow._decode` (pure), query handling is
+:mod:`cim_flow._queries` (pure); this module owns connections, subscriptions,
+batching, acks and the life cycle.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import signal
+import sys
+import time
+import uuid
+from collections import deque
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from . import __version__
+from ._config import Config
+from ._decode import decode_json
+from ._natsserver import NatsServer
+from ._projection import normalize_batch
+from ._queries import (ARROW_MIME, HANDLERS, QueryCache, QueryError, encode_answer, error_reply,
+                       parse_request)
+from .engine import Engine
+
+BATCH_SUBJECT = "event.graph.batch"
+UPDATES_SUBJECT = "projection.graph.summary.updated"
+DLQ_SUBJECT = "dlq.graph"
+QUERY_PREFIX = "query.graph."
+_json = msgspec.json.Encoder()
+
+
+def _stream_seq(reply: str) -> int:
+    """Stream sequence from a JetStream ack subject (v1 and v2 token layouts)."""
+    t = reply.split(".")
+    if len(t) == 9:
+        return int(t[5])
+    return int(t[-5])
+
+
+class LatencyWindow:
+    """The last ``size`` latencies (seconds) in a ring; percentiles on demand."""
+
+    def __init__(self, size: int = 65536):
+        self.buf = np.zeros(size)
+        self.n = 0
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, np.float64)[-self.buf.size:]
+        i = self.n % self.buf.size
+        k = values.size
+        first = min(k, self.buf.size - i)
+        self.buf[i:i + first] = values[:first]
+        self.buf[: k - first] = values[first:]
+        self.n += k
+
+    def percentiles(self, qs=(50, 99, 99.9)) -> list[float]:
+        m = min(self.n, self.buf.size)
+        if m == 0:
+            return [0.0 for _ in qs]
+        return [float(v) for v in np.percentile(self.buf[:m], qs)]
+
+
+class Service:
+    def __init__(self, config: Config | None = None, *, nats_url: str | None = None, port: int = 4222,
+                 data_dir: str = ".cim_flow", jetstream: bool | None = None, engine: Engine | None = None,
+                 demo: bool = False, demo_rate: float = 5000.0, status_interval: float = 5.0,
+                 out=None, connect_options: dict | None = None):
+        self.config = config or Config()
+        self.nats_url = nats_url or self.config.nats.url or None
+        self.port = port
+        self.data_dir = data_dir
+        self.jetstream = self.config.jetstream.enabled if jetstream is None else jetstream
+        self.engine = engine or Engine()
+        self.demo = demo
+        self.demo_rate = demo_rate
+        self.status_interval = status_interval
+        self.out = out or sys.stdout
+        self.connect_options = connect_options or {}
+        ep = self.config.event_processing
+        self.batch_size = ep.batch_size
+        self.cache = QueryCache(self.config.query_cache.max_entries, self.config.query_cache.ttl_seconds,
+                                self.config.query_cache.enabled)
+        self.limits = {"default": self.config.queries.default_limit, "max": self.config.queries.max_limit}
+        self.server: NatsServer | None = None
+        self.nc = self.qnc = None
+        self._pending: list = []
+        self._pending_t: list = []
+        self._has_data = asyncio.Event()
+        self._full = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._applied_cond = asyncio.Condition()
+        self._pulls: deque = deque()
+        self._tasks: list = []
+        self._touched: set = set()
+        self.latency = LatencyWindow()
+        self.counters = dict(events_applied=0, events_ignored=0, events_skipped=0, events_dead_lettered=0,
+                             batches=0, queries=0, query_errors=0, messages=0)
+        self.started = time.time()
+        self.connected = False
+        self.url = None
+        self.engine._on_apply(lambda touched, dirty: self._touched.update(touched.tolist()))
+
+    # -- life cycle -------------------------------------------------------------
+    def _log(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    async def start(self) -> str:
+        warm_kernels()
+        if not self.nats_url:
+            self.server = NatsServer(port=self.port, store_dir=f"{self.data_dir}/jetstream",
+                                     jetstream=True).start()
+            self.url = self.server.url
+        else:
+            self.url = self.nats_url
+        opts = dict(self.connect_options)
+        opts.setdefault("max_reconnect_attempts", -1)
+        opts.setdefault("reconnect_time_wait", 0.5)
+        pending = self.config.nats.pending_size
+        self.nc = await nats.connect(self.url, name="cim_flow-ingest", pending_size=pending,
+                                     disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
+                                     **opts)
+        self.qnc = await nats.connect(self.url, name="cim_flow-query", **opts)
+        self.connected = True
+        await self._start_queries()
+        if self.jetstream:
+            await self._start_jetstream()
+        else:
+            for subj in self.config.jetstream.subjects:
+                await self.nc.subscribe(subj, cb=self._on_msg, pending_msgs_limit=1_000_000,
+                                        pending_bytes_limit=1 << 30)
+        self._tasks.append(asyncio.create_task(self._batch_loop()))
+        if self.status_interval:
+            self._tasks.append(asyncio.create_task(self._status_loop()))
+        if self.demo:
+            from ._demo import demo_publisher
+            self._tasks.append(asyncio.create_task(demo_publisher(self.url, self.demo_rate, self._stop)))
+        return self.url
+
+    async def _disconnected(self):
+        self.connected = False
+
+    async def _reconnected(self):
+        self.connected = True
+        if self.jetstream:
+            self._pulls.clear()
+            await self._pull()
+
+    async def _start_jetstream(self):
+        js_cfg = self.config.jetstream
+        self.js = self.nc.jetstream()
+        storage = StorageType.FILE if js_cfg.storage == "file" else StorageType.MEMORY
+        cfg = StreamConfig(name=js_cfg.stream, subjects=list(js_cfg.subjects), storage=storage,
+                           duplicate_window=js_cfg.duplicate_window)
+        try:
+            await self.js.stream_info(js_cfg.stream)
+        except nats.js.errors.NotFoundError:
+            await self.js.add_stream(cfg)
+        # the engine's version is the checkpoint: the durable always restarts right after it
+        try:
+            await self.js.delete_consumer(js_cfg.stream, js_cfg.durable)
+        except nats.js.errors.NotFoundError:
+            pass
+        await self.js.add_consumer(js_cfg.stream, ConsumerConfig(
+            durable_name=js_cfg.durable, ack_policy=AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.engine.version + 1,
+            max_ack_pending=-1, ack_wait=60, max_waiting=64, filter_subject=None))
+        self._inbox = self.nc.new_inbox()
+        await self.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=1_000_000,
+                                pending_bytes_limit=1 << 30)
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{js_cfg.stream}.{js_cfg.durable}"
+        await self._pull()
+
+    async def _pull(self):
+        """Keep about two pull batches requested (pull requests on a plain subscription)."""
+        b = self.config.jetstream.pull_batch
+        while sum(self._pulls) < b:
+            self._pulls.append(b)
+            req = _json.encode({"batch": b, "expires": 2_000_000_000})
+            await self.nc.publish(self._next_subject, req, reply=self._inbox)
+
+    async def _on_msg(self, msg):
+        if self.jetstream and msg.subject == self._inbox:
+            # a status message: the front pull request ended (timeout, no messages, ...)
+            if self._pulls:
+                self._pulls.popleft()
+            if not self._pending:
+                await self._pull()
+            return
+        if self.jetstream and self._pulls:
+            self._pulls[0] -= 1
+            if self._pulls[0] <= 0:
+                self._pulls.popleft()
+        self._pending.append(msg)
+        self._pending_t.append(time.time())
+        if len(self._pending) == 1:
+            self._has_data.set()
+        if len(self._pending) >= self.batch_size:
+            self._full.set()
+
+    async def _batch_loop(self):
+        timeout = self.config.event_processing.batch_timeout
+        while True:
+            if not self._pending:
+                self._has_data.clear()
+                waiter = asyncio.ensure_future(self._has_data.wait())
+                stopper = asyncio.ensure_future(self._stop.wait())
+                await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                if self._stop.is_set() and not self._pending:
+                    return
+            deadline = self._pending_t[0] + timeout if self._pending_t else time.time()
+            while len(self._pending) < self.batch_size and not self._stop.is_set():
+                left = deadline - time.time()
+                if left <= 0:
+                    break
+                self._full.clear()
+                try:
+                    await asyncio.wait_for(self._full.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            msgs, times = self._pending, self._pending_t
+            self._pending, self._pending_t = [], []
+            try:
+                await self._process(msgs, times)
+            except Exception as exc:  # never let one batch kill the service
+                self._log(f"cim_flow: batch failed: {type(exc).__name__}: {exc}")
+            if self.jetstream and self.connected:
+                await self._pull()
+
+    async def _dead_letter(self, msg, reason: str, seq=None):
+        self.counters["events_dead_lettered"] += 1
+        headers = {"Cim-Error": reason[:1000], "Cim-Subject": msg.subject}
+        if seq is not None:
+            headers["Cim-Seq"] = str(seq)
+        await self.nc.publish(DLQ_SUBJECT, msg.data, headers=headers)
+
+    async def _process(self, msgs, times):
+        eng = self.engine
+        js = self.jetstream
+        self._touched = set()
+        run, run_t = [], []
+        for m, t in zip(msgs, times):
+            if m.subject == BATCH_SUBJECT:
+                await self._apply_json(run, run_t)
+                run, run_t = [], []
+                await self._apply_arrow(m)
+            else:
+                run.append(m)
+                run_t.append(t)
+        await self._apply_json(run, run_t)
+        done = time.time()
+        self.latency.add(done - np.asarray(times))
+        self.counters["batches"] += 1
+        self.counters["messages"] += len(msgs)
+        if js and msgs:
+            last = msgs[-1]
+            eng._advance_to(_stream_seq(last.reply))
+            await self.nc.publish(last.reply, b"+ACK")
+        self._adapt()
+        await self._publish_updates()
+        async with self._applied_cond:
+            self._applied_cond.notify_all()
+
+    def _count(self, res):
+        self.counters["events_applied"] += res.applied
+        self.counters["events_ignored"] += res.ignored
+        self.counters["events_skipped"] += res.skipped
+
+    async def _apply_json(self, msgs, times):
+        if not msgs:
+            return
+        payloads = [m.data for m in msgs]
+        recv = (np.asarray(times) * 1e6).astype(np.int64)
+        batch, errors = decode_json(payloads, received_at=recv)
+        seqs = np.array([_stream_seq(m.reply) for m in msgs], np.uint64) if self.jetstream else None
+        if errors:
+            bad = np.zeros(len(msgs), bool)
+            for e in errors:
+                bad[e.index] = True
+                await self._dead_letter(msgs[e.index], e.reason, None if seqs is None else int(seqs[e.index]))
+            keep = ~bad
+        else:
+            keep = None
+        if seqs is not None and batch.num_rows:
+            s = seqs if keep is None else seqs[keep]
+            batch = batch.set_column(0, "seq", pa.array(s, pa.uint64()))
+        if batch.num_rows:
+            self._count(self.engine.apply(batch))
+
+    async def _apply_arrow(self, msg):
+        try:
+            with pa.ipc.open_stream(pa.py_buffer(msg.data)) as reader:
+                table = reader.read_all()
+            batches = [normalize_batch(b) for b in table.to_batches()]
+        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OSError) as exc:
+            await self._dead_letter(msg, f"bad Arrow batch: {exc}")
+            return
+        if self.jetstream:
+            res = self.engine._apply_at(batches, _stream_seq(msg.reply))
+        else:
+            res = self.engine.apply(batches)
+        self._count(res)
+
+    def _adapt(self):
+        ep = self.config.event_processing
+        if not ep.enable_adaptive_batching or self.latency.n < 64:
+            return
+        p99 = self.latency.percentiles((99,))[0]
+        if p99 > ep.target_latency:
+            self.batch_size = max(ep.min_batch_size, int(self.batch_size * 0.8))
+        elif p99 < ep.target_latency / 2:
+            self.batch_size = min(ep.max_batch_size, int(self.batch_size * 1.25) + 1)
+
+    async def _publish_updates(self):
+        if not self._touched:
+            return
+        eng = self.engine
+        G = eng._p.G
+        gidx = np.array(sorted(self._touched), np.int64)
+        live = gidx[G.alive[gidx].astype(bool)]
+        dead = gidx[~G.alive[gidx].astype(bool)]
+        from ._queries import _rows
+        body = {"version": eng.version, "events_total": self.events_total(),
+                "graphs": _rows(eng._summary_table(live)),
+                "deleted": [str(uuid.UUID(bytes=G.keys[g].tobytes())) for g in dead]}
+        data = _json.encode(body)
+        msg_id = f"summary-{eng.version}"
+        await self.nc.publish(UPDATES_SUBJECT, data, headers={"Nats-Msg-Id": msg_id})
+
+    def events_total(self) -> int:
+        c = self.counters
+        return c["events_applied"] + c["events_ignored"] + c["events_skipped"] + c["events_dead_lettered"]
+
+    # -- queries ------------------------------------------------------------------
+    async def _start_queries(self):
+        from nats.micro import add_service
+
+        self.svc = await add_service(self.qnc, name="cim_flow", version=__version__,
+                                     description="cim_flow graph projections and spatial queries")
+        for name in HANDLERS:
+            await self.svc.add_endpoint(name=name, subject=QUERY_PREFIX + name, handler=self._handler(name))
+
+    def _handler(self, name):
+        fn = HANDLERS[name]
+
+        async def handle(req):
+            self.counters["queries"] += 1
+            try:
+                body = parse_request(req.data)
+                minv = body.get("min_version")
+                if minv is not None:
+                    if isinstance(minv, bool) or not isinstance(minv, int) or minv < 0:
+                        raise QueryError("bad_request", "min_version must be an integer >= 0")
+                    await self._wait_version(minv, body.get("timeout_ms"))
+                arrow = (req.headers or {}).get("Accept") == ARROW_MIME
+                version = self.engine.version
+                key = (name, req.data, arrow, version)
+                hit = self.cache.get(key) if name != "stats" else None
+                if hit is None:
+                    if name == "stats":
+                        ans = fn(self.engine, body, self.limits, self.stats)
+                    else:
+                        ans = fn(self.engine, body, self.limits)
+                    hit = encode_answer(ans, version, arrow)
+                    if name != "stats":
+                        self.cache.put(key, hit)
+                data, headers = hit
+                await req.respond(data, headers=headers)
+            except QueryError as exc:
+                self.counters["query_errors"] += 1
+                await req.respond(error_reply(exc.code, exc.message, self.engine.version))
+            except ValueError as exc:
+                self.counters["query_errors"] += 1
+                await req.respond(error_reply("bad_request", str(exc), self.engine.version))
+            except Exception as exc:  # a bug must not silence the reply
+                self.counters["query_errors"] += 1
+                await req.respond(error_reply("internal", f"{type(exc).__name__}: {exc}", self.engine.version))
+
+        return handle
+
+    async def _wait_version(self, v: int, timeout_ms=None):
+        if self.engine.version >= v:
+            return
+        t = self.config.queries.min_version_timeout if timeout_ms is None else float(timeout_ms) / 1000
+        try:
+            async with self._applied_cond:
+                await asyncio.wait_for(self._applied_cond.wait_for(lambda: self.engine.version >= v), t)
+        except asyncio.TimeoutError:
+            raise QueryError("timeout", f"version {v} not applied within {t:g}s "
+                             f"(at {self.engine.version})") from None
+
+    def stats(self) -> dict:
+        p50, p99, p999 = self.latency.percentiles()
+        c = self.counters
+        return {
+            "version": self.engine.version,
+            "events_applied": c["events_applied"], "events_ignored": c["events_ignored"],
+            "events_skipped": c["events_skipped"], "events_dead_lettered": c["events_dead_lettered"],
+            "batches": c["batches"], "batch_size": self.batch_size,
+            "latency_ms": {"p50": p50 * 1e3, "p99": p99 * 1e3, "p999": p999 * 1e3},
+            "queries": c["queries"], "query_errors": c["query_errors"],
+            "cache_hits": self.cache.hits, "cache_misses": self.cache.misses, "cache_entries": len(self.cache),
+            "uptime_s": time.time() - self.started, "connected": self.connected,
+            "jetstream": self.jetstream,
+        }
+
+    async def _status_loop(self):
+        last_n, last_t = 0, time.time()
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.status_interval)
+                return
+            except asyncio.TimeoutError:
+                pass
+            now = time.time()
+            n = self.events_total()
+            rate = (n - last_n) / (now - last_t)
+            last_n, last_t = n, now
+            p99 = self.latency.percentiles((99,))[0] * 1e3
+            t = self.engine.totals()
+            state = "" if self.connected else " DISCONNECTED"
+            self._log(f"cim_flow {rate:,.0f} events/s  p99 {p99:.2f} ms  graphs {t['graphs']:,}  "
+                      f"nodes {t['nodes']:,}  edges {t['edges']:,}  batch {self.batch_size}  "
+                      f"version {self.engine.version}{state}")
+
+    # -- stop -------------------------------------------------------------------------
+    def request_stop(self):
+        self._stop.set()
+        self._has_data.set()
+        self._full.set()
+
+    async def stop(self):
+        self.request_stop()
+        for t in self._tasks:
+            try:
+                await asyncio.wait_for(t, 10)
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                t.cancel()
+        for c in (self.qnc, self.nc):
+            if c is not None and not c.is_closed:
+                try:
+                    await c.drain()
+                except Exception:
+                    await c.close()
+        if self.server is not None:
+            self.server.stop()
+
+    async def run(self):
+        """Start, print the ready line, serve until SIGINT/SIGTERM, stop cleanly."""
+        url = await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+        self._log(f"cim_flow ready {url}")
+        await self._stop.wait()
+        await self.stop()
+        self._log("cim_flow stopped")
+
+
+def warm_kernels() -> None:
+    """Compile (or load from numba's cache) every kernel before reporting ready."""
+    rng = np.random.default_rng(0)
+    eng = Engine(capacity=16)
+    g = uuid.uuid4().bytes
+    nodes = [uuid.UUID(int=i + 1).bytes for i in range(40)]
+    rows = [dict(event_type=1, graph_id=g, occurred_at=1, name="warm")]
+    for i, n in enumerate(nodes):
+        p = rng.uniform(0, 10, 3)
+        rows.append(dict(event_type=10, graph_id=g, occurred_at=2, node_id=n, x=p[0], y=p[1], z=p[2], name="n"))
+    rows.append(dict(event_type=20, graph_id=g, occurred_at=3, edge_id=nodes[0], source_id=nodes[0],
+                     target_id=nodes[1], weight=1.0))
+    rows.append(dict(event_type=12, graph_id=g, occurred_at=4, node_id=nodes[2], x=1.0, y=1.0, z=1.0))
+    rows.append(dict(event_type=13, graph_id=g, occurred_at=5, node_id=nodes[3]))
+    from ._schema import EVENT_SCHEMA
+    cols = {f.name: pa.array([r.get(f.name) for r in rows], f.type if f.name != "occurred_at" else pa.int64())
+            for f in EVENT_SCHEMA if not pa.types.is_dictionary(f.type)}
+    cols["occurred_at"] = cols["occurred_at"].cast(EVENT_SCHEMA.field("occurred_at").type)
+    eng.apply(pa.table(cols))
+    for q in (rng.uniform(0, 10, (1, 3)), rng.uniform(0, 10, (64, 3))):
+        eng.nodes_within(q, 2.0, return_distance=True, sort=True)
+        eng.nearest(q, 3)
+    eng.nodes_in_box([0, 0, 0], [5, 5, 5])
+    eng.apply(pa.table({k: v for k, v in cols.items()}).slice(0, 3))  # incremental index update
+    eng.nodes_within(rng.uniform(0, 10, (1, 3)), 2.0)
+    decode_json([json.dumps({"type": "NodeAdded", "graph_id": str(uuid.UUID(bytes=g)),
+                             "node_id": str(uuid.uuid4()), "position": [1, 2, 3]}).encode()])
+
