@@ -187,6 +187,18 @@ def _coalesce(cols, *names):
     return out
 
 
+def _first_present(cols_raw, names, typ, m):
+    """Arrow column of the first non-null of several alternative fields (absent ones skipped)."""
+    out = None
+    for n in names:
+        col = cols_raw[_F[n]]
+        if col.count(None) == m:
+            continue
+        arr = pa.array(col, typ)
+        out = arr if out is None else pc.coalesce(out, arr)
+    return out if out is not None else pa.nulls(m, typ)
+
+
 def _pyarray(values, typ):
     try:
         return pa.array(values, typ)
@@ -207,6 +219,12 @@ def _type_strings(col) -> pa.Array:
         arr = pa.array(
             [next(iter(v), None) if isinstance(v, dict) else v for v in col], pa.utf8())
     return arr
+
+
+def _types(col, m):
+    if col.count(None) == m:
+        return pa.DictionaryArray.from_arrays(pa.nulls(m, pa.int32()), pa.array([], pa.utf8()))
+    return _type_strings(col).dictionary_encode()
 
 
 def _positions(col):
@@ -388,21 +406,34 @@ def _columns(evts, idx, payloads, received):
         else:
             reasons[j] = f"unknown event type {nm!r}"
 
-    ids = {}
+    # every id column parsed in one vectorised pass (fixed costs add up on small batches)
+    id_cols = {}
     for name in ("graph_id", "aggregate_id", "node_id", "edge_id", "source", "source_id",
                  "target", "target_id", "event_id", "correlation_id", "causation_id"):
         col = cols_raw[_F[name]]
-        ids[name] = _id_strings(col)
-    ids["graph_id"] = _coalesce(ids, "graph_id", "aggregate_id")
-    ids["source_id"] = _coalesce(ids, "source_id", "source")
-    ids["target_id"] = _coalesce(ids, "target_id", "target")
-    out_ids = {}
-    for name in ("graph_id", "node_id", "edge_id", "source_id", "target_id", "event_id",
-                 "correlation_id", "causation_id"):
-        b16, valid, bad = parse_uuid_strings(ids[name])
-        if bad.any():
-            reject(bad, f"bad UUID in {name}")
-        out_ids[name] = (b16, valid)
+        id_cols[name] = None if col.count(None) == m else col
+    pairs = {"graph_id": ("graph_id", "aggregate_id"), "node_id": ("node_id",), "edge_id": ("edge_id",),
+             "source_id": ("source_id", "source"), "target_id": ("target_id", "target"),
+             "event_id": ("event_id",), "correlation_id": ("correlation_id",),
+             "causation_id": ("causation_id",)}
+    present, arrays_in = [], []
+    for out_name, srcs in pairs.items():
+        got = [_id_strings(id_cols[n]) for n in srcs if id_cols[n] is not None]
+        if not got:
+            continue
+        arr = got[0]
+        for other in got[1:]:
+            arr = pc.coalesce(arr, other)
+        present.append(out_name)
+        arrays_in.append(arr)
+    out_ids = {name: (np.zeros((m, 16), np.uint8), np.zeros(m, bool)) for name in pairs}
+    if present:
+        b16, valid, bad = parse_uuid_strings(pa.concat_arrays(arrays_in))
+        for k, name in enumerate(present):
+            sl = slice(k * m, (k + 1) * m)
+            if bad[sl].any():
+                reject(bad[sl], f"bad UUID in {name}")
+            out_ids[name] = (b16[sl], valid[sl])
     gvalid = out_ids["graph_id"][1]
     reject(~gvalid, "graph_id missing")
 
@@ -414,25 +445,26 @@ def _columns(evts, idx, payloads, received):
         xyz2, pvalid2 = _positions(newp)
         use = ~pvalid & pvalid2
         xyz[use], pvalid = xyz2[use], pvalid | pvalid2
-    flat = [pa.array(cols_raw[_F[a]], pa.float64()) for a in "xyz"]
-    if any(f.null_count < m for f in flat):
-        fvalid = np.logical_and.reduce([f.is_valid().to_numpy(zero_copy_only=False) for f in flat])
+    flat_cols = [cols_raw[_F[a]] for a in "xyz"]
+    if any(c.count(None) != m for c in flat_cols):
+        flat = [pa.array(c, pa.float64()) for c in flat_cols]
+        fvalid = np.logical_and.reduce([f.is_valid().to_numpy(zero_copy_only=False) for f in flat])  # noqa
         use = ~pvalid & fvalid
         for a, f in enumerate(flat):
             xyz[use, a] = f.fill_null(0).to_numpy()[use]
         pvalid = pvalid | fvalid
     reject(pvalid & ~np.isfinite(xyz).all(axis=1), "position must be 3 finite numbers")
 
-    strcols = {k: pa.array(cols_raw[_F[k]], pa.utf8()) for k in ("name", "new_name", "label")}
-    name = _coalesce(strcols, "name", "new_name", "label")
-    wcols = {k: pa.array(cols_raw[_F[k]], pa.float64()) for k in ("weight", "strength", "similarity")}
-    weight = _coalesce(wcols, "weight", "strength", "similarity").cast(pa.float32(), safe=False)
+    name = _first_present(cols_raw, ("name", "new_name", "label"), pa.utf8(), m)
+    weight = _first_present(cols_raw, ("weight", "strength", "similarity"), pa.float64(), m).cast(
+        pa.float32(), safe=False)
 
     t_us = _times([cols_raw[_F[k]] for k in _TIME_FIELDS], received[rows])
 
     seqs = pa.array(cols_raw[_F["seq"]], pa.int64()).cast(pa.uint64())  # bounds checked by msgspec
 
-    meta = pa.array([bytes(r) or None for r in cols_raw[_F["metadata"]]], pa.large_binary())
+    mcol = cols_raw[_F["metadata"]]
+    meta = pa.array([bytes(r) or None for r in mcol] if any(map(len, mcol)) else [None] * m, pa.large_binary())
     try:
         meta = meta.cast(pa.large_utf8())
     except pa.ArrowInvalid:
@@ -465,8 +497,8 @@ def _columns(evts, idx, payloads, received):
         pa.array(xyz[:, 1], mask=~pvalid),
         pa.array(xyz[:, 2], mask=~pvalid),
         name,
-        _type_strings(cols_raw[_F["node_type"]]).dictionary_encode(),
-        _type_strings(cols_raw[_F["edge_type"]]).dictionary_encode(),
+        _types(cols_raw[_F["node_type"]], m),
+        _types(cols_raw[_F["edge_type"]], m),
         weight,
         meta,
         _fsb(*out_ids["correlation_id"]),

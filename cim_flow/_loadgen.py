@@ -47,7 +47,9 @@ def add_parser(sub, env):
     p.add_argument("--plot", default=env("plot", "loadgen-latency.html"),
                    help="latency-over-time plot (HTML with SVG)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="event generator seed; default random, so re-runs get fresh Nats-Msg-Ids "
+                        "(JetStream drops repeats within its duplicate window)")
     return p
 
 
@@ -78,7 +80,9 @@ def _make_messages(n_events: int, arrow_batch: int, seed: int):
 
 
 async def run_load(url: str, rate: float, duration: float, arrow_batch: int = 0, query_rate: float = 0.0,
-                   progress: bool = True, seed: int = 0) -> dict:
+                   progress: bool = True, seed: int | None = None) -> dict:
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
     n_events = int(rate * duration)
     msgs, per_msg = _make_messages(n_events, arrow_batch, seed)
     nc = await nats.connect(url, name="cim_flow-loadgen", pending_size=64 * 2**20)

@@ -1,0 +1,145 @@
+"""The command line, the config file, the examples and the load generator, for real."""
+import json
+import os
+import pathlib
+import runpy
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cim_flow._config import Config, ConfigError
+from natsutil import request
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_example_config_loads():
+    cfg = Config.from_toml(ROOT / "examples" / "production.toml")
+    assert cfg.event_processing.batch_timeout == pytest.approx(0.002)
+    assert cfg.jetstream.duplicate_window == pytest.approx(120.0)
+    assert cfg.nats.pending_size == 8_000_000
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"event_processing": {"batch_sise": 10}}, "event_processing.batch_sise"),
+    ({"evnt_processing": {}}, "evnt_processing"),
+    ({"event_processing": {"batch_timeout": "soon"}}, "event_processing.batch_timeout"),
+    ({"event_processing": {"batch_size": "many"}}, "event_processing.batch_size"),
+    ({"event_processing": {"min_batch_size": 100, "max_batch_size": 10}}, "min_batch_size"),
+    ({"query_cache": {"enabled": "yes"}}, "query_cache.enabled"),
+    ({"nats": {"pending_size": "lots"}}, "nats.pending_size"),
+    ({"jetstream": {"storage": "tape"}}, "jetstream.storage"),
+])
+def test_config_errors_name_the_key(data, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        Config.from_dict(data)
+
+
+def _spawn(args, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.Popen([sys.executable, "-m", "cim_flow", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT)
+
+
+def _wait_ready(proc, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("cim_flow ready "):
+            return line.split()[-1]
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"no ready line: {proc.stderr.read()[-3000:]}")
+
+
+def test_serve_embedded_ready_and_sigterm(tmp_path):
+    proc = _spawn(["serve", "--port", "0", "--data-dir", str(tmp_path), "--status-interval", "0"])
+    url = _wait_ready(proc)
+    assert url.startswith("nats://127.0.0.1:")
+    stats = request(url, "query.graph.stats")
+    assert stats["version"] == 0 and stats["jetstream"] is True
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "cim_flow stopped" in out
+    assert (tmp_path / "jetstream").exists()
+
+
+def test_serve_external_no_jetstream_env_flags(nats_server):
+    proc = _spawn(["serve", "--status-interval", "0"],
+                  env={"CIM_FLOW_NATS_URL": nats_server.url, "CIM_FLOW_NO_JETSTREAM": "1"})
+    url = _wait_ready(proc)
+    assert url == nats_server.url
+    try:
+        import asyncio
+        import uuid
+
+        import nats
+
+        g = str(uuid.uuid4())
+
+        async def go():
+            nc = await nats.connect(url)
+            await nc.publish("event.graph.graph.created",
+                             json.dumps({"type": "GraphCreated", "graph_id": g, "occurred_at": 1}).encode())
+            await nc.flush()
+            await nc.close()
+
+        asyncio.run(go())
+        for _ in range(100):
+            r = request(url, "query.graph.summary", {"graph_id": g})
+            if "error" not in r:
+                break
+            time.sleep(0.05)
+        assert r["graph_id"] == g
+        assert request(url, "query.graph.stats")["jetstream"] is False
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+
+
+def test_bad_config_file_exits_clearly(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[event_processing]\nbatch_sise = 3\n")
+    proc = _spawn(["serve", "--config", str(p), "--port", "0"])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "event_processing.batch_sise" in err
+
+
+def test_help_explains_flags():
+    out = subprocess.run([sys.executable, "-m", "cim_flow", "serve", "--help"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT).stdout
+    for flag in ("--nats-url", "--config", "--data-dir", "--port", "--demo", "--demo-rate", "--no-jetstream"):
+        assert flag in out
+
+
+def test_publisher_and_query_client_examples(nats_server, service):
+    pub = runpy.run_path(str(ROOT / "examples" / "publish_events.py"))
+    seq = pub["main"](["--nats-url", nats_server.url, "--events", "600"])
+    assert seq > 0
+    cli = runpy.run_path(str(ROOT / "examples" / "query_client.py"))
+    out = cli["main"](["--nats-url", nats_server.url, "--min-version", str(seq)])
+    assert out["stats"]["version"] >= seq
+    assert out["top"]["graphs"]
+    assert out["summary"]["node_count"] == out["top"]["graphs"][0]["node_count"]
+
+
+def test_loadgen_against_running_service(nats_server, service, tmp_path):
+    report, plot = tmp_path / "r.json", tmp_path / "p.html"
+    proc = subprocess.run([sys.executable, "-m", "cim_flow", "loadgen", "--nats-url", nats_server.url,
+                           "--rate", "2000", "--duration", "2", "--query-rate", "50", "--no-progress",
+                           "--report", str(report), "--plot", str(plot)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = json.loads(report.read_text())
+    assert r["events_applied"] == r["events"] == 4000
+    assert r["event_to_applied"]["p99_ms"] > 0
+    assert r["queries"]["count"] > 50 and r["queries"]["errors"] == 0
+    assert "<svg" in plot.read_text()

@@ -1,0 +1,247 @@
+"""The NATS service against a real nats-server: ingest in every wire form, queries,
+dead letters, Arrow in and out, min_version, the micro service, results out."""
+import asyncio
+import json
+import math
+import random
+import uuid
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import nats
+from cim_flow import decode_json
+from natsutil import js_publish, request, request_raw, run
+from reference import RefProjection, brute_knn, brute_radius
+
+T0 = 1_714_564_800_000
+
+
+def _node_events(g, n, rng, form):
+    """GraphCreated + n NodeAdded in one wire form; returns (payload list, {node_id: pos})."""
+    out = [(f"event.graph.graph.created",
+            json.dumps({"type": "GraphCreated", "event_id": str(uuid.uuid4()), "graph_id": g,
+                        "name": f"svc-{form}", "occurred_at": T0}).encode())]
+    pos = {}
+    for i in range(n):
+        nid = str(uuid.uuid4())
+        p = [rng.uniform(0, 10) for _ in range(3)]
+        pos[nid] = p
+        f = {"event_id": str(uuid.uuid4()), "graph_id": g, "node_id": nid, "position": p, "occurred_at": T0 + i}
+        if form == "external":
+            body = {"NodeAdded": f}
+        elif form == "internal":
+            body = {"type": "NodeCreated", **f}
+        else:
+            body = {"event_id": f.pop("event_id"), "event_type": "NodeAdded", "aggregate_id": g,
+                    "timestamp": T0 + i, "payload": {"node_id": nid, "position": {"x": p[0], "y": p[1], "z": p[2]}}}
+        out.append(("event.graph.node.created", json.dumps(body).encode()))
+    return out, pos
+
+
+def _publish(url, events):
+    return js_publish(url, [(s, d, {"Nats-Msg-Id": str(uuid.uuid4())}) for s, d in events])
+
+
+@pytest.mark.parametrize("form", ["external", "internal", "envelope"])
+def test_wire_forms_over_jetstream_match_reference(nats_server, service, form):
+    rng = random.Random({"external": 1, "internal": 2, "envelope": 3}[form])
+    g = str(uuid.uuid4())
+    events, pos = _node_events(g, 25, rng, form)
+    nids = list(pos)
+    # an edge, a move, a removal (cascade), in mixed forms
+    e = str(uuid.uuid4())
+    events.append(("event.graph.edge.created", json.dumps({"EdgeConnected": {
+        "graph_id": {"id": g}, "edge_id": e, "source": nids[0], "target": nids[1], "occurred_at": T0 + 100}}).encode()))
+    events.append(("event.graph.node.moved", json.dumps({"type": "NodeMoved", "graph_id": g, "node_id": nids[2],
+                                                        "new_position": [1, 1, 1], "occurred_at": T0 + 101}).encode()))
+    events.append(("event.graph.node.removed", json.dumps({"type": "NodeRemoved", "graph_id": g, "node_id": nids[0],
+                                                          "occurred_at": T0 + 102}).encode()))
+    seq = _publish(nats_server.url, events)
+    reply = request(nats_server.url, "query.graph.summary", {"graph_id": g, "min_version": seq})
+    ref = RefProjection()
+    batch, errors = decode_json([d for _, d in events])
+    assert not errors
+    rows = batch.to_pylist()
+    for r in rows:
+        r["occurred_at"] = int(r["occurred_at"].timestamp() * 1e6)
+    ref.apply(rows)
+    want = ref.summaries()[uuid.UUID(g).bytes]
+    assert reply["version"] >= seq
+    assert reply["graph_id"] == g
+    assert (reply["node_count"], reply["edge_count"], reply["name"]) == (want["node_count"], 0, f"svc-{form}")
+    assert reply["node_count"] == 24
+    assert reply["created_at"] == "2024-05-01T12:00:00Z"
+
+
+def test_dead_letters_and_neighbours_applied(nats_server, service):
+    async def go():
+        nc = await nats.connect(nats_server.url)
+        got = []
+        sub = await nc.subscribe("dlq.graph")
+        await nc.flush()
+        g = str(uuid.uuid4())
+        js = nc.jetstream()
+        await js.publish("event.graph.graph.created", json.dumps(
+            {"type": "GraphCreated", "graph_id": g, "occurred_at": T0}).encode())
+        await js.publish("event.graph.node.created", b"{not json")
+        await js.publish("event.graph.node.created", json.dumps(
+            {"type": "NodeAdded", "graph_id": g, "node_id": "nope"}).encode())
+        ack = await js.publish("event.graph.node.created", json.dumps(
+            {"type": "NodeAdded", "graph_id": g, "node_id": str(uuid.uuid4()), "position": [0, 0, 0],
+             "occurred_at": T0}).encode())
+        for _ in range(2):
+            got.append(await sub.next_msg(timeout=10))
+        r = await nc.request("query.graph.summary", msgspec.json.encode({"graph_id": g, "min_version": ack.seq}),
+                             timeout=10)
+        await nc.close()
+        return got, msgspec.json.decode(r.data)
+
+    got, summary = run(go())
+    reasons = sorted(m.headers["Cim-Error"] for m in got)
+    assert reasons == ["bad UUID in node_id", "invalid JSON"]
+    assert {m.data for m in got} >= {b"{not json"}
+    assert all(m.headers["Cim-Subject"] == "event.graph.node.created" for m in got)
+    assert summary["node_count"] == 1
+    stats = request(nats_server.url, "query.graph.stats")
+    assert stats["events_dead_lettered"] >= 2
+
+
+def test_spatial_queries_over_nats(nats_server, service):
+    rng = random.Random(5)
+    g = str(uuid.uuid4())
+    events, pos = _node_events(g, 60, rng, "internal")
+    seq = _publish(nats_server.url, events)
+    pts = list(pos.values())
+    ids = list(pos)
+    c = [5.0, 5.0, 5.0]
+    r = request(nats_server.url, "query.graph.nodes_in_radius",
+                {"center": c, "radius": 3.0, "graph_id": g, "with_distance": True, "sort": True, "min_version": seq})
+    want = {ids[i] for i in brute_radius(pts, c, 3.0)}
+    assert {n["node_id"] for n in r["nodes"]} == want
+    assert all(n["graph_id"] == g for n in r["nodes"])
+    d = [n["distance"] for n in r["nodes"]]
+    assert d == sorted(d) and all(x <= 3.0 for x in d)
+    # several centers, grouped per center
+    cs = [[1, 1, 1], [9, 9, 9]]
+    r = request(nats_server.url, "query.graph.nodes_in_radius", {"centers": cs, "radius": 4.0, "graph_id": g})
+    assert [{n["node_id"] for n in res["nodes"]} for res in r["results"]] == \
+        [{ids[i] for i in brute_radius(pts, cc, 4.0)} for cc in cs]
+    r = request(nats_server.url, "query.graph.knn", {"center": c, "k": 5, "graph_id": g})
+    assert [round(n["distance"], 9) for n in r["nodes"]] == [round(x, 9) for x in brute_knn(pts, c, 5)]
+    r = request(nats_server.url, "query.graph.nodes_in_box", {"lo": [0, 0, 0], "hi": [5, 5, 5], "graph_id": g})
+    assert {n["node_id"] for n in r["nodes"]} == {ids[i] for i, p in enumerate(pts) if all(0 <= v <= 5 for v in p)}
+    # limit caps and says so
+    r = request(nats_server.url, "query.graph.nodes_in_radius", {"center": c, "radius": 100, "graph_id": g, "limit": 7})
+    assert len(r["nodes"]) == 7 and r["truncated"] is True and r["count"] == 60
+
+
+def test_arrow_batch_in_and_arrow_reply(nats_server, service):
+    rng = random.Random(9)
+    g = str(uuid.uuid4())
+    events, pos = _node_events(g, 40, rng, "external")
+    batch, errors = decode_json([d for _, d in events])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as w:
+        w.write_batch(batch)
+    seq = js_publish(nats_server.url, [("event.graph.batch", sink.getvalue().to_pybytes(), None)])
+    r = request(nats_server.url, "query.graph.summary", {"graph_id": g, "min_version": seq})
+    assert r["node_count"] == 40
+    msg = request_raw(nats_server.url, "query.graph.nodes_in_radius", {"center": [5, 5, 5], "radius": 100,
+                                                                       "graph_id": g},
+                      headers={"Accept": "application/vnd.apache.arrow.stream"})
+    t = pa.ipc.open_stream(msg.data).read_all()
+    assert t.num_rows == 40
+    assert set(t.column_names) >= {"node_id", "graph_id"}
+    assert {uuid.UUID(bytes=b).hex for b in t.column("node_id").to_pylist()} == {uuid.UUID(n).hex for n in pos}
+    assert int(t.schema.metadata[b"version"]) >= seq
+    # a bad Arrow message is dead-lettered, not fatal
+    js_publish(nats_server.url, [("event.graph.batch", b"not arrow", None)])
+    assert request(nats_server.url, "query.graph.summary", {"graph_id": g})["node_count"] == 40
+
+
+@pytest.mark.parametrize("subject,body,code", [
+    ("query.graph.summary", b"{oops", "bad_request"),
+    ("query.graph.summary", b"{}", "bad_request"),
+    ("query.graph.summary", {"graph_id": "not-a-uuid"}, "bad_request"),
+    ("query.graph.summary", {"graph_id": str(uuid.uuid4())}, "not_found"),
+    ("query.graph.nodes_in_radius", {"center": [0, 0, 0], "radius": -1}, "bad_request"),
+    ("query.graph.nodes_in_radius", {"center": [0, 0], "radius": 1}, "bad_request"),
+    ("query.graph.nodes_in_radius", b'{"center": [NaN, 0, 0], "radius": 1}', "bad_request"),
+    ("query.graph.nodes_in_radius", {"center": [0, 0, 0], "radius": 1, "graph_id": str(uuid.uuid4())}, "not_found"),
+    ("query.graph.knn", {"center": [0, 0, 0], "k": 0}, "bad_request"),
+    ("query.graph.knn", {"center": [0, 0, 0]}, "bad_request"),
+    ("query.graph.nodes_in_box", {"lo": [1, 1, 1], "hi": [0, 0, 0]}, "bad_request"),
+    ("query.graph.graphs", {"offset": -1}, "bad_request"),
+    ("query.graph.stats", {"min_version": 10**15, "timeout_ms": 50}, "timeout"),
+])
+def test_bad_requests_get_error_replies(nats_server, service, subject, body, code):
+    r = request(nats_server.url, subject, body)
+    assert r["error"]["code"] == code, r
+    assert r["error"]["message"]
+    assert "version" in r
+
+
+def test_graphs_listing_and_filters(nats_server, service):
+    rng = random.Random(3)
+    g = str(uuid.uuid4())
+    events, _ = _node_events(g, 12, rng, "internal")
+    events[0] = ("event.graph.graph.created", json.dumps({"type": "GraphCreated", "graph_id": g,
+                                                          "name": "listing-unique", "occurred_at": T0}).encode())
+    seq = _publish(nats_server.url, events)
+    r = request(nats_server.url, "query.graph.graphs", {"name": "listing-unique", "min_version": seq})
+    assert [x["graph_id"] for x in r["graphs"]] == [g] and r["total"] == 1
+    r = request(nats_server.url, "query.graph.graphs", {"node_count_between": [12, 12]})
+    assert g in {x["graph_id"] for x in r["graphs"]}
+    r = request(nats_server.url, "query.graph.graphs", {"top_by_node_count": 1000})
+    counts = [x["node_count"] for x in r["graphs"]]
+    assert counts == sorted(counts, reverse=True)
+    r = request(nats_server.url, "query.graph.graphs", {"created_between": ["2024-05-01T00:00:00Z", "2024-05-02T00:00:00Z"],
+                                                         "limit": 2, "offset": 0})
+    assert len(r["graphs"]) <= 2 and r["total"] >= 1
+    assert r["truncated"] == (r["total"] > 2)
+
+
+def test_stats_cache_and_micro_service(nats_server, service):
+    q = {"center": [5, 5, 5], "radius": 1.0}
+    s0 = request(nats_server.url, "query.graph.stats")
+    request(nats_server.url, "query.graph.nodes_in_radius", q)
+    request(nats_server.url, "query.graph.nodes_in_radius", q)
+    s1 = request(nats_server.url, "query.graph.stats")
+    assert s1["cache_hits"] >= s0["cache_hits"] + 1
+    for k in ("graphs", "nodes", "edges", "version", "events_applied", "events_ignored", "events_skipped",
+              "events_dead_lettered", "batches", "batch_size", "latency_ms", "queries", "cache_hits",
+              "cache_misses", "uptime_s"):
+        assert k in s1, k
+    assert set(s1["latency_ms"]) == {"p50", "p99", "p999"}
+    info = request(nats_server.url, "$SRV.INFO.cim_flow")
+    assert info["name"] == "cim_flow"
+    subjects = {e["subject"] for e in info["endpoints"]}
+    assert {"query.graph.summary", "query.graph.graphs", "query.graph.stats", "query.graph.nodes_in_radius",
+            "query.graph.knn", "query.graph.nodes_in_box"} <= subjects
+    ping = request(nats_server.url, "$SRV.PING.cim_flow")
+    assert ping["name"] == "cim_flow"
+
+
+def test_updates_published(nats_server, service):
+    async def go():
+        nc = await nats.connect(nats_server.url)
+        sub = await nc.subscribe("projection.graph.summary.updated")
+        await nc.flush()
+        g = str(uuid.uuid4())
+        await nc.jetstream().publish("event.graph.graph.created", json.dumps(
+            {"type": "GraphCreated", "graph_id": g, "name": "upd", "occurred_at": T0}).encode())
+        for _ in range(50):
+            m = await sub.next_msg(timeout=10)
+            body = msgspec.json.decode(m.data)
+            if any(x["graph_id"] == g for x in body["graphs"]):
+                await nc.close()
+                return m, body
+        await nc.close()
+        raise AssertionError("no update for the graph")
+
+    m, body = run(go())
+    assert body["version"] >= 1
+    assert m.headers["Nats-Msg-Id"] == f"summary-{body['version']}"
