@@ -81,7 +81,7 @@ def mixed_stream(n_events, batch_size, seed=0, n_graphs=1000):
     return batches
 
 
-def bulk_graph(n_nodes, n_edges, n_graphs=10_000, chunk=262_144, seed=1):
+def bulk_graph(n_nodes, n_edges, n_graphs=10_000, chunk=65_536, seed=1):
     """Yield batches building ``n_graphs`` graphs, ``n_nodes`` nodes and ``n_edges`` live edges."""
     rng = np.random.default_rng(seed)
     gids = _ids(rng, n_graphs)
