@@ -102,6 +102,58 @@ def _run(coro):
         return asyncio.run(coro)
 
 
+def cmd_snapshot(args) -> int:
+    import json
+
+    import nats
+
+    async def go():
+        nc = await nats.connect(args.nats_url)
+        try:
+            msg = await nc.request("cmd.cim_flow.snapshot", b"{}", timeout=args.timeout)
+        finally:
+            await nc.close()
+        return json.loads(msg.data)
+
+    reply = _run(go())
+    print(json.dumps(reply))
+    return 1 if "error" in reply else 0
+
+
+def cmd_replay(args) -> int:
+    """Rebuild projections from the stream into a snapshot file, without serving queries."""
+    import tempfile
+
+    from ._config import Config, ConfigError
+    from ._snapshot import snapshot_path, write_snapshot
+    from .engine import Engine
+    from .service import Service
+
+    try:
+        cfg = Config.from_toml(args.config) if args.config else Config()
+    except ConfigError as exc:
+        print(f"cim_flow: config error: {exc}", file=sys.stderr)
+        return 2
+    cfg.jetstream.durable = "cim_flow_replay"
+    eng = Engine()
+    eng._advance_to(max(0, args.from_seq - 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        svc = Service(cfg, nats_url=args.nats_url, data_dir=tmp, engine=eng, status_interval=0,
+                      queries=False, snapshots=False, out=sys.stderr)
+
+        async def go():
+            await svc.start()
+            await svc.js.delete_consumer(cfg.jetstream.stream, cfg.jetstream.durable)
+            svc.request_stop()
+            await svc.stop()
+
+        _run(go())
+    out = args.to or snapshot_path(os.path.join(args.data_dir, "snapshots"), eng.version)
+    write_snapshot(eng, out)
+    print(f"cim_flow: replayed to version {eng.version}; snapshot {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cim_flow", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,9 +162,22 @@ def main(argv=None) -> int:
     from ._loadgen import add_parser as add_loadgen
 
     add_loadgen(sub, _env)
+    p = sub.add_parser("snapshot", help="ask a running service to write a snapshot now")
+    p.add_argument("--nats-url", default=_env("nats_url", "nats://127.0.0.1:4222"))
+    p.add_argument("--timeout", type=float, default=60.0)
+    p = sub.add_parser("replay", help="rebuild projections from the JetStream stream into a snapshot (offline)")
+    p.add_argument("--nats-url", default=_env("nats_url", "nats://127.0.0.1:4222"))
+    p.add_argument("--from-seq", type=int, default=1, help="first stream sequence to apply [1]")
+    p.add_argument("--to", default=None, help="snapshot file to write [DATA_DIR/snapshots/snapshot-<version>.arrow]")
+    p.add_argument("--data-dir", default=_env("data_dir", ".cim_flow"))
+    p.add_argument("--config", default=_env("config"))
     args = ap.parse_args(argv)
     if args.cmd == "serve":
         return cmd_serve(args)
+    if args.cmd == "snapshot":
+        return cmd_snapshot(args)
+    if args.cmd == "replay":
+        return cmd_replay(args)
     if args.cmd == "loadgen":
         from ._loadgen import cmd_loadgen
 

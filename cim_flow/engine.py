@@ -376,7 +376,21 @@ class Engine:
         return t.drop_columns(["query"])
 
     # -- snapshot hooks -----------------------------------------------------------
+    def snapshot(self, path) -> str:
+        """Write every projection array and the version to an Arrow IPC file, atomically."""
+        from ._snapshot import write_snapshot
+
+        return write_snapshot(self, str(path))
+
+    @classmethod
+    def from_snapshot(cls, path) -> "Engine":
+        """An engine restored from :meth:`snapshot`'s file (checksums verified)."""
+        from ._snapshot import load_engine
+
+        return load_engine(str(path))
+
     def _rebuild_indices(self) -> None:
+        self._spatial = SpatialIndex()
         G = self._p.G
         self._name_of = np.full(G.alive.shape[0], _NOT_INDEXED, np.int32)
         self._created_of = np.full(G.alive.shape[0], np.iinfo(np.int64).min, np.int64)

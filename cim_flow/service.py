@@ -36,6 +36,7 @@ BATCH_SUBJECT = "event.graph.batch"
 UPDATES_SUBJECT = "projection.graph.summary.updated"
 DLQ_SUBJECT = "dlq.graph"
 QUERY_PREFIX = "query.graph."
+SNAPSHOT_SUBJECT = "cmd.cim_flow.snapshot"
 _json = msgspec.json.Encoder()
 
 
@@ -74,13 +75,20 @@ class Service:
     def __init__(self, config: Config | None = None, *, nats_url: str | None = None, port: int = 4222,
                  data_dir: str = ".cim_flow", jetstream: bool | None = None, engine: Engine | None = None,
                  demo: bool = False, demo_rate: float = 5000.0, status_interval: float = 5.0,
-                 out=None, connect_options: dict | None = None):
+                 out=None, connect_options: dict | None = None, queries: bool = True,
+                 snapshots: bool | None = None):
         self.config = config or Config()
         self.nats_url = nats_url or self.config.nats.url or None
         self.port = port
         self.data_dir = data_dir
         self.jetstream = self.config.jetstream.enabled if jetstream is None else jetstream
         self.engine = engine or Engine()
+        self._own_engine = engine is None
+        self.serve_queries = queries
+        self.snapshots = self.config.snapshots.enabled if snapshots is None else snapshots
+        self.snapshot_dir = f"{data_dir}/snapshots"
+        self._snap_version = 0
+        self._snap_time = time.time()
         self.demo = demo
         self.demo_rate = demo_rate
         self.status_interval = status_interval
@@ -108,7 +116,10 @@ class Service:
         self.started = time.time()
         self.connected = False
         self.url = None
-        self.engine._on_apply(lambda touched, dirty: self._touched.update(touched.tolist()))
+        self.engine._on_apply(self._note_touched)
+
+    def _note_touched(self, touched, dirty):
+        self._touched.update(touched.tolist())
 
     # -- life cycle -------------------------------------------------------------
     def _log(self, line: str) -> None:
@@ -116,6 +127,15 @@ class Service:
 
     async def start(self) -> str:
         warm_kernels()
+        if self.snapshots and self._own_engine:
+            from ._snapshot import load_latest
+
+            eng, path = load_latest(self.snapshot_dir, log=self._log)
+            if eng is not None:
+                self.engine = eng
+                self.engine._on_apply(self._note_touched)
+                self._log(f"cim_flow: loaded snapshot {path} (version {eng.version})")
+            self._snap_version = self.engine.version
         if not self.nats_url:
             self.server = NatsServer(port=self.port, store_dir=f"{self.data_dir}/jetstream",
                                      jetstream=True).start()
@@ -131,7 +151,8 @@ class Service:
                                      **opts)
         self.qnc = await nats.connect(self.url, name="cim_flow-query", **opts)
         self.connected = True
-        await self._start_queries()
+        if self.serve_queries:
+            await self._start_queries()
         if self.jetstream:
             await self._start_jetstream()
         else:
@@ -141,10 +162,47 @@ class Service:
         self._tasks.append(asyncio.create_task(self._batch_loop()))
         if self.status_interval:
             self._tasks.append(asyncio.create_task(self._status_loop()))
+        if self.jetstream:
+            await self._catch_up()
         if self.demo:
             from ._demo import demo_publisher
             self._tasks.append(asyncio.create_task(demo_publisher(self.url, self.demo_rate, self._stop)))
         return self.url
+
+    async def _catch_up(self):
+        """Replay the stream up to its last sequence at start, before reporting ready."""
+        info = await self.js.stream_info(self.config.jetstream.stream)
+        target = info.state.last_seq
+        start_v = self.engine.version
+        if target <= start_v:
+            return
+        self._log(f"cim_flow: replaying {target - start_v:,} events (from seq {start_v + 1} to {target})")
+        bar = None
+        if hasattr(self.out, "isatty") and self.out.isatty():
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(total=target - start_v, unit="ev", desc="replay", file=self.out)
+            except ImportError:
+                bar = None
+        t0 = last_log = time.time()
+        while self.engine.version < target and not self._stop.is_set():
+            await asyncio.sleep(0.05)
+            now = time.time()
+            done = self.engine.version - start_v
+            if bar is not None:
+                bar.n = done
+                bar.refresh()
+            elif now - last_log >= 2.0:
+                rate = done / max(now - t0, 1e-9)
+                eta = (target - self.engine.version) / max(rate, 1e-9)
+                self._log(f"cim_flow: replay {done:,}/{target - start_v:,} events, {rate:,.0f}/s, eta {eta:.0f}s")
+                last_log = now
+        if bar is not None:
+            bar.close()
+        dt = time.time() - t0
+        self._log(f"cim_flow: replayed {self.engine.version - start_v:,} events in {dt:.2f}s "
+                  f"({(self.engine.version - start_v) / max(dt, 1e-9):,.0f}/s)")
 
     async def _disconnected(self):
         self.connected = False
@@ -270,8 +328,30 @@ class Service:
             await self.nc.publish(last.reply, b"+ACK")
         self._adapt()
         await self._publish_updates()
+        self._maybe_snapshot()
         async with self._applied_cond:
             self._applied_cond.notify_all()
+
+    def _maybe_snapshot(self, force: bool = False):
+        if not self.snapshots:
+            return None
+        sc = self.config.snapshots
+        v = self.engine.version
+        if v <= self._snap_version and not force:
+            return None
+        due = force or v - self._snap_version >= sc.every_events or time.time() - self._snap_time >= sc.every_seconds
+        if not due:
+            return None
+        return self.write_snapshot()
+
+    def write_snapshot(self) -> str:
+        from ._snapshot import prune, snapshot_path, write_snapshot
+
+        path = write_snapshot(self.engine, snapshot_path(self.snapshot_dir, self.engine.version))
+        prune(self.snapshot_dir, self.config.snapshots.keep)
+        self._snap_version = self.engine.version
+        self._snap_time = time.time()
+        return path
 
     def _count(self, res):
         self.counters["events_applied"] += res.applied
@@ -363,6 +443,18 @@ class Service:
                                      description="cim_flow graph projections and spatial queries")
         for name in HANDLERS:
             await self.svc.add_endpoint(name=name, subject=QUERY_PREFIX + name, handler=self._handler(name))
+        await self.svc.add_endpoint(name="snapshot", subject=SNAPSHOT_SUBJECT, handler=self._snapshot_handler)
+
+    async def _snapshot_handler(self, req):
+        try:
+            if not self.snapshots:
+                raise QueryError("disabled", "snapshots are disabled ([snapshots] enabled = false)")
+            path = self.write_snapshot()
+            await req.respond(_json.encode({"version": self.engine.version, "path": path}))
+        except QueryError as exc:
+            await req.respond(error_reply(exc.code, exc.message, self.engine.version))
+        except Exception as exc:
+            await req.respond(error_reply("internal", f"{type(exc).__name__}: {exc}", self.engine.version))
 
     def _handler(self, name):
         fn = HANDLERS[name]
@@ -460,6 +552,10 @@ class Service:
                 await asyncio.wait_for(t, 10)
             except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 t.cancel()
+        try:
+            self._maybe_snapshot(force=True)
+        except Exception as exc:
+            self._log(f"cim_flow: snapshot at shutdown failed: {exc}")
         for c in (self.qnc, self.nc):
             if c is not None and not c.is_closed:
                 try:

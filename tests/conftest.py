@@ -57,12 +57,13 @@ class RunningService:
 
 
 @pytest.fixture(scope="module")
-def service(nats_server):
+def service(nats_server, tmp_path_factory):
     from cim_flow._config import Config
     from cim_flow.service import Service
 
     cfg = Config.from_dict({"event_processing": {"batch_timeout": "2ms", "batch_size": 500},
                             "jetstream": {"storage": "memory"}})
-    rs = RunningService(Service(cfg, nats_url=nats_server.url, status_interval=0)).start()
+    rs = RunningService(Service(cfg, nats_url=nats_server.url, status_interval=0,
+                                data_dir=str(tmp_path_factory.mktemp("svc")))).start()
     yield rs.svc
     rs.stop()

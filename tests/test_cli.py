@@ -70,8 +70,8 @@ def test_serve_embedded_ready_and_sigterm(tmp_path):
     assert (tmp_path / "jetstream").exists()
 
 
-def test_serve_external_no_jetstream_env_flags(nats_server):
-    proc = _spawn(["serve", "--status-interval", "0"],
+def test_serve_external_no_jetstream_env_flags(nats_server, tmp_path):
+    proc = _spawn(["serve", "--status-interval", "0", "--data-dir", str(tmp_path)],
                   env={"CIM_FLOW_NATS_URL": nats_server.url, "CIM_FLOW_NO_JETSTREAM": "1"})
     url = _wait_ready(proc)
     assert url == nats_server.url
@@ -107,7 +107,7 @@ def test_serve_external_no_jetstream_env_flags(nats_server):
 def test_bad_config_file_exits_clearly(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text("[event_processing]\nbatch_sise = 3\n")
-    proc = _spawn(["serve", "--config", str(p), "--port", "0"])
+    proc = _spawn(["serve", "--config", str(p), "--port", "0", "--data-dir", str(tmp_path)])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "event_processing.batch_sise" in err
