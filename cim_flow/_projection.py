@@ -14,8 +14,9 @@ import pyarrow as pa
 from kernels import intern as kintern
 from kernels import projection as kp
 
-from ._ids import fsb_words
-from ._schema import EVENT_SCHEMA
+from ._ids import fsb_words, words_to_fsb
+from ._schema import EVENT_SCHEMA, UUID_TYPE
+from ._uuid_parse import parse_uuid_strings
 from ._strings import StringPool
 
 # field -> (dtype, fill, scale, trailing shape); every field is entity-indexed.
@@ -149,6 +150,8 @@ def normalize_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
             cols.append(pa.nulls(n, f.type))
             continue
         arr = batch.column(f.name)
+        if f.type.equals(UUID_TYPE) and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            arr = _uuid_text_column(f.name, arr)
         if not arr.type.equals(f.type):
             try:
                 arr = arr.cast(f.type, safe=True)
@@ -158,6 +161,14 @@ def normalize_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
                 ) from None
         cols.append(arr)
     return pa.RecordBatch.from_arrays(cols, schema=EVENT_SCHEMA)
+
+
+def _uuid_text_column(name, arr):
+    b16, valid, bad = parse_uuid_strings(arr)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"column {name!r}: row {row} is not a UUID ({arr[row].as_py()!r})")
+    return words_to_fsb(b16.view(np.uint64).reshape(-1, 2), valid)
 
 
 def _ro(a):

@@ -137,3 +137,15 @@ def test_empty_engine_queries():
     assert eng.graphs_created_between("2020-01-01T00:00:00Z", "2030-01-01T00:00:00Z").num_rows == 0
     assert eng.graph_summary(uuid.uuid4()) is None
     assert eng.apply(rows_to_batch([])).version == 0
+
+
+def test_friendly_inputs_uuid_text_python_values():
+    g, n = uuid.uuid4(), uuid.uuid4()
+    eng = Engine()
+    res = eng.apply(pa.table({"event_type": [1, 10], "graph_id": [str(g), str(g)], "node_id": [None, str(n)],
+                              "occurred_at": [dt.datetime(2024, 1, 1, tzinfo=US)] * 2,
+                              "x": [None, 1], "y": [None, 2], "z": [None, 3]}))
+    assert (res.applied, eng.totals()["nodes"]) == (2, 1)
+    assert eng.graph_summary(g)["created_at"] == dt.datetime(2024, 1, 1, tzinfo=US)
+    with pytest.raises(ValueError, match="'node_id': row 1"):
+        eng.apply(pa.table({"event_type": [10, 10], "graph_id": [str(g)] * 2, "node_id": [str(n), "nope"]}))
