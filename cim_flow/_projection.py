@@ -292,7 +292,10 @@ class Projection:
             raise ValueError("more than 32767 distinct node/edge types")
         self.reserve(n)
         self.G = self.G._replace(tlist=np.empty(n, np.int32))
-        self.N = self.N._replace(dlist=np.empty(n, np.int32))
+        # the changed-node log takes one entry per node event plus one per node a graph
+        # deletion cascades to (at most every node live now or added in this batch):
+        # 2n + live.  np.empty commits no pages until they are written.
+        self.N = self.N._replace(dlist=np.empty(2 * n + int(self.N.meta[1]) + 1, np.int32))
         status = np.empty(n, np.int8)
         seq = np.empty(n, np.uint64)
         self.version = int(kp.apply_events(self.G, self.N, self.E, ev, np.uint64(self.version), status, seq))

@@ -256,3 +256,22 @@ def test_incremental_moves_keep_exact_many_batches():
         for j, c in enumerate(centers):
             assert got[j] == {nids[i] for i in tree.query_ball_point(c, 4.0)}
     assert eng._spatial.builds == builds  # served from main + delta, no full rebuild
+
+
+def test_graph_delete_cascade_larger_than_batch_updates_index():
+    """One GraphDeleted row removes many nodes: every one must leave the spatial index
+    (regression: the per-batch changed-node log was sized by rows and overflowed)."""
+    from cim_flow import EventType
+
+    pts = uniform(300, 21)
+    eng, nids, owner = engine_with_points(pts, n_graphs=2)
+    assert eng.nodes_within([50, 50, 50], 1e6, count_only=True).tolist() == [300]
+    g0 = owner[0]
+    new_node = uuid.uuid4().bytes
+    rows = [_ev(EventType.GraphDeleted, g0, 9),
+            _ev(EventType.NodeAdded, owner[1], 10, node_id=new_node, x=1.0, y=1.0, z=1.0)]
+    eng.apply(rows_to_batch(rows))
+    t = eng.nodes_within([50, 50, 50], 1e6)
+    assert t.num_rows == 151
+    assert set(t.column("graph_id").to_pylist()) == {owner[1]}
+    assert new_node in set(t.column("node_id").to_pylist())
