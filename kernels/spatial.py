@@ -433,8 +433,24 @@ def _knn_grid(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k):
         # s_ring cells lie between.  Clamping (query or point outside the grid's
         # range) only puts the real positions further apart, so this holds too.
         if size == k:
-            lb = (s_ring - 1e-6) * h  # a hair below the exact bound: cell rounding
-            if lb * lb > hd[0]:
+            # distance from the query to the nearest face of the visited cube of cells;
+            # clamped cells (index 0 or _LIM) extend to infinity, so their faces don't count
+            lb = np.inf
+            if qx - s_ring > 0:
+                lb = min(lb, cx - (o[0] + (qx - s_ring) * h))
+            if qx + s_ring < _LIM:
+                lb = min(lb, o[0] + (qx + s_ring + 1) * h - cx)
+            if qy - s_ring > 0:
+                lb = min(lb, cy - (o[1] + (qy - s_ring) * h))
+            if qy + s_ring < _LIM:
+                lb = min(lb, o[1] + (qy + s_ring + 1) * h - cy)
+            if qz - s_ring > 0:
+                lb = min(lb, cz - (o[2] + (qz - s_ring) * h))
+            if qz + s_ring < _LIM:
+                lb = min(lb, o[2] + (qz + s_ring + 1) * h - cz)
+            lb = max(lb, (s_ring - 1e-6) * h)  # never looser than the plain ring bound
+            lb -= 1e-9 * (abs(cx) + abs(cy) + abs(cz) + h)  # a hair below: cell rounding
+            if lb > 0.0 and lb * lb > hd[0]:
                 return size
         if visited > ncells:
             # sparse neighbourhood: finish by visiting every occupied cell once
