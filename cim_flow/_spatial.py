@@ -58,14 +58,10 @@ class SpatialIndex:
 
     # -- build ------------------------------------------------------------------
     def build(self, N) -> None:
-        n_int = int(N.meta[0])
-        alive = N.alive[:n_int].astype(bool)
         pos = N.pos
-        live = np.flatnonzero(alive & ~np.isnan(pos[:n_int, 0]))
+        live, lo, hi = ks.live_points(N.alive, pos, int(N.meta[0]))
         self.where = np.full(N.alive.shape[0], -1, np.int32)
         if live.size:
-            p = pos[live]
-            lo, hi = p.min(axis=0), p.max(axis=0)
             h = choose_cell_size(pos, live, lo, hi)
             self.main = self._grid(pos, live, N.graph, lo, h)
             ks.set_where(self.where, self.main.idx)
@@ -121,7 +117,7 @@ class SpatialIndex:
             else:
                 p = N.pos[live]
                 origin = p.min(axis=0)
-                h = choose_cell_size(N.pos, live, origin, p.max(axis=0))
+                h = choose_cell_size(N.pos, live, origin, p.max(axis=0))  # delta without a main grid
             self.delta = self._grid(N.pos, live, N.graph, origin, h)
         del before
 

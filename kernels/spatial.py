@@ -146,6 +146,26 @@ def grid_build(pos, nodes, graph_of, origin, h, table_size):
 
 
 @jit(fastmath=EXACT_MATH)
+def live_points(alive, pos, n):
+    """Indices of live nodes with a position among the first ``n``, and their bounding box."""
+    out = np.empty(n, np.int64)
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    m = 0
+    for i in range(n):
+        if alive[i] != 0 and not np.isnan(pos[i, 0]):
+            out[m] = i
+            m += 1
+            for a in range(3):
+                v = pos[i, a]
+                if v < lo[a]:
+                    lo[a] = v
+                if v > hi[a]:
+                    hi[a] = v
+    return out[:m], lo, hi
+
+
+@jit(fastmath=EXACT_MATH)
 def occupancy(pos, nodes, origin, h, sample):
     """Mean points per occupied cell for cell size ``h`` over ``pos[nodes[sample]]``."""
     m = sample.shape[0]
