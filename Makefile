@@ -24,7 +24,8 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
 bench: $(STAMP)
-	cd asv_benchmarks && ../$(PY) -m asv run --python=same --quick --show-stderr
+	cd asv_benchmarks && ../$(PY) -m asv machine --yes >/dev/null && \
+		../$(PY) -m asv run --python=same --quick --show-stderr $(ASV_ARGS)
 
 loadgen: $(STAMP)
 	$(PY) -m cim_flow loadgen --rate 10000 --duration 10

@@ -41,27 +41,22 @@ class Update:
     repeat = (5, 10, 120)
 
     def setup(self, kind):
+        # asv runs setup before every sample: a fresh index, then the moves applied with
+        # the index detached, so the timed call is exactly the index update.
         self.n = SIZES["points"]
         self.eng = engine_with(kind, self.n)
         self.batch, self.sel, self.newp = move_batch(kind, self.n)
-        self.moved = self.pts_after = points(kind, self.n).copy()
+        self.pts_after = points(kind, self.n).copy()
         self.pts_after[self.sel] = self.newp
         sp = self.eng._spatial
         sp.build(self.eng._p.N)
-        # apply the moves once with the index detached, keep the dirty set for the timed update
         sp.built = False
         self.eng.apply(self.batch)
         self.dirty = self.eng.last_dirty.copy()
+        sp.built = True
 
     def time_grid_update_1pct(self, kind):
-        sp = self.eng._spatial
-        sp.build(self.eng._p.N) if False else None
-        # restore the pre-update index cheaply is not possible; time update on a fresh build copy
-        sp.built = True
-        sp.update(self.eng._p.N, self.dirty)
-
-    def setup_timing(self, kind):
-        pass
+        self.eng._spatial.update(self.eng._p.N, self.dirty)
 
     def time_ckdtree_rebuild_1pct(self, kind):
         cKDTree(self.pts_after)
@@ -90,6 +85,10 @@ class RadiusBatch:
 
     def time_engine_nodes_within(self, kind, scale):
         self.eng.nodes_within(self.q, self.r)
+
+    def time_engine_radius_csr(self, kind, scale):
+        # node indices in CSR form: the like-for-like peer of cKDTree's index lists
+        self.eng.radius_csr(self.q, self.r)
 
     def time_engine_count_only(self, kind, scale):
         self.eng.nodes_within(self.q, self.r, count_only=True)
