@@ -63,7 +63,8 @@ def words_to_fsb(words: np.ndarray, valid: np.ndarray | None = None) -> pa.Array
     mask_buf = None
     if valid is not None and not valid.all():
         mask_buf = pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.Array.from_buffers(UUID_TYPE, n, [mask_buf, pa.py_buffer(words.tobytes())],
+    # zero-copy: the Arrow buffer keeps a reference to the numpy array
+    return pa.Array.from_buffers(UUID_TYPE, n, [mask_buf, pa.py_buffer(words)],
                                  null_count=-1 if mask_buf is not None else 0)
 
 

@@ -299,14 +299,12 @@ class Engine:
     def _node_table(self, query, nodes, dist=None) -> pa.Table:
         N, G = self._p.N, self._p.G
         nodes = np.asarray(nodes, np.int64)
-        cols = {
-            "query": pa.array(np.asarray(query, np.int64)),
-            "node_id": words_to_fsb(N.keys[nodes]),
-            "graph_id": words_to_fsb(G.keys[N.graph[nodes]]),
-        }
-        if dist is not None:
-            cols["distance"] = pa.array(np.asarray(dist, np.float64))
-        return pa.table(cols)
+        arrays = [pa.array(np.asarray(query, np.int64)), words_to_fsb(N.keys[nodes]),
+                  words_to_fsb(G.keys[N.graph[nodes]])]
+        if dist is None:
+            return pa.Table.from_arrays(arrays, schema=_NODE_SCHEMA)
+        arrays.append(pa.array(np.asarray(dist, np.float64)))
+        return pa.Table.from_arrays(arrays, schema=_NODE_SCHEMA_D)
 
     def nodes_within(self, centers, radius, *, graph_id=None, return_distance=False, sort=False,
                      count_only=False):
@@ -337,6 +335,8 @@ class Engine:
         r = _radii(radius, c.shape[0])
         gsel = self._gsel(graph_id)
         main, delta = self._grids()
+        if c.shape[0] <= _SERIAL_BELOW and not count_only:
+            return ks.radius_small(main, delta, c, r, gsel, bool(sort))
         few = c.shape[0] <= _SERIAL_BELOW
         counts = (ks.radius_count_serial if few else ks.radius_count)(main, delta, c, r, gsel)
         offsets = np.zeros(c.shape[0] + 1, np.int64)
@@ -399,6 +399,8 @@ class Engine:
 
 
 _SERIAL_BELOW = 16  # query batches this small run on the calling thread
+_NODE_SCHEMA = pa.schema([("query", pa.int64()), ("node_id", pa.binary(16)), ("graph_id", pa.binary(16))])
+_NODE_SCHEMA_D = _NODE_SCHEMA.append(pa.field("distance", pa.float64()))
 
 
 def _centers(centers) -> np.ndarray:

@@ -351,6 +351,33 @@ def radius_fill_serial(main, delta, centers, radii, gsel, offsets, want_sort):
     return out_i, out_d
 
 
+@jit(fastmath=EXACT_MATH)
+def radius_small(main, delta, centers, radii, gsel, want_sort):
+    """Count and fill in one call, for a handful of queries (one dispatch, not two):
+    ``(offsets, idx, d2)``; the output buffer grows as needed."""
+    n = centers.shape[0]
+    offsets = np.zeros(n + 1, np.int64)
+    cap = 256
+    out_i = np.empty(cap, np.int64)
+    out_d = np.empty(cap, np.float64)
+    no_i = np.empty(0, np.int64)
+    no_d = np.empty(0, np.float64)
+    for j in range(n):
+        need = offsets[j] + _count_q(main, delta, centers, radii, gsel, no_i, no_d, j)
+        if need > cap:
+            while cap < need:
+                cap *= 2
+            ni = np.empty(cap, np.int64)
+            nd = np.empty(cap, np.float64)
+            ni[: offsets[j]] = out_i[: offsets[j]]
+            nd[: offsets[j]] = out_d[: offsets[j]]
+            out_i = ni
+            out_d = nd
+        offsets[j + 1] = need
+        _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j)
+    return offsets, out_i[: offsets[n]], out_d[: offsets[n]]
+
+
 # --- k nearest neighbours ----------------------------------------------------
 
 @jit(nrt=False, fastmath=EXACT_MATH)
