@@ -63,6 +63,32 @@ def _slot_hash(k, mask):
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
+def _point_key(pos, n, origin, inv_h):
+    return _key(_cell(pos[n, 0], origin[0], inv_h), _cell(pos[n, 1], origin[1], inv_h),
+                _cell(pos[n, 2], origin[2], inv_h))
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _decode(k):
+    """Cell coordinates ``(ix, iy, iz)`` of a packed key."""
+    return (np.int64(k >> _B42), np.int64((k >> _B21) & np.uint64(_LIM)), np.int64(k & np.uint64(_LIM)))
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _insert(tkeys, k, mask):
+    """Slot of key ``k`` in the cell table, claiming an empty one; ``(slot, is_new)``."""
+    s = _slot_hash(k, mask)
+    while True:
+        t = tkeys[s]
+        if t == k:
+            return s, False
+        if t == EMPTY:
+            tkeys[s] = k
+            return s, True
+        s = (s + np.uint64(1)) & mask
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
 def _find(tkeys, k):
     mask = np.uint64(tkeys.shape[0] - 1)
     s = _slot_hash(k, mask)
@@ -94,19 +120,8 @@ def grid_build(pos, nodes, graph_of, origin, h, table_size):
     mask = np.uint64(size - 1)
     ncells = 0
     for j in range(m):
-        n = nodes[j]
-        k = _key(_cell(pos[n, 0], origin[0], inv_h), _cell(pos[n, 1], origin[1], inv_h),
-                 _cell(pos[n, 2], origin[2], inv_h))
-        s = _slot_hash(k, mask)
-        while True:
-            t = tkeys[s]
-            if t == k:
-                break
-            if t == EMPTY:
-                tkeys[s] = k
-                ncells += 1
-                break
-            s = (s + np.uint64(1)) & mask
+        s, new = _insert(tkeys, _point_key(pos, nodes[j], origin, inv_h), mask)
+        ncells += new
         if 2 * ncells > size:
             tcount[0] = -1
             return (tkeys, tcount, tcount, np.empty((0, 3), np.float64), np.empty(0, np.int32),
@@ -179,19 +194,8 @@ def occupancy(pos, nodes, origin, h, sample):
     inv_h = 1.0 / h
     ncells = 0
     for j in range(m):
-        n = nodes[sample[j]]
-        k = _key(_cell(pos[n, 0], origin[0], inv_h), _cell(pos[n, 1], origin[1], inv_h),
-                 _cell(pos[n, 2], origin[2], inv_h))
-        s = _slot_hash(k, mask)
-        while True:
-            t = tkeys[s]
-            if t == k:
-                break
-            if t == EMPTY:
-                tkeys[s] = k
-                ncells += 1
-                break
-            s = (s + np.uint64(1)) & mask
+        _s, new = _insert(tkeys, _point_key(pos, nodes[sample[j]], origin, inv_h), mask)
+        ncells += new
     return m / ncells
 
 
@@ -262,10 +266,7 @@ def _radius_one(g, use_stale, cx, cy, cz, r, gsel, mode, out_i, out_d, w):
         # fewer occupied cells than cells in the query cube: visit occupied cells
         for c in range(g.cells.shape[0]):
             s = g.cells[c]
-            k = g.tkeys[s]
-            ix = np.int64(k >> _B42)
-            iy = np.int64((k >> _B21) & np.uint64(_LIM))
-            iz = np.int64(k & np.uint64(_LIM))
+            ix, iy, iz = _decode(g.tkeys[s])
             if ix < x0 or ix > x1 or iy < y0 or iy > y1 or iz < z0 or iz > z1:
                 continue
             w = _scan_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s], g.tcount[s],
@@ -511,10 +512,7 @@ def _knn_grid(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k):
 def _knn_all_cells(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k, qx, qy, qz, done):
     for c in range(g.cells.shape[0]):
         s = g.cells[c]
-        key = g.tkeys[s]
-        ix = np.int64(key >> _B42)
-        iy = np.int64((key >> _B21) & np.uint64(_LIM))
-        iz = np.int64(key & np.uint64(_LIM))
+        ix, iy, iz = _decode(g.tkeys[s])
         if abs(ix - qx) <= done and abs(iy - qy) <= done and abs(iz - qz) <= done:
             continue  # already visited in the rings
         size = _knn_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s], g.tcount[s],
@@ -599,10 +597,7 @@ def _box_grid(g, use_stale, lo, hi, gsel, mode, out_i, w):
     if float(x1 - x0 + 1) * float(y1 - y0 + 1) * float(z1 - z0 + 1) > g.cells.shape[0]:
         for c in range(g.cells.shape[0]):
             s = g.cells[c]
-            key = g.tkeys[s]
-            ix = np.int64(key >> _B42)
-            iy = np.int64((key >> _B21) & np.uint64(_LIM))
-            iz = np.int64(key & np.uint64(_LIM))
+            ix, iy, iz = _decode(g.tkeys[s])
             if ix < x0 or ix > x1 or iy < y0 or iy > y1 or iz < z0 or iz > z1:
                 continue
             w = _box_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s], g.tcount[s],
