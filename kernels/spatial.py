@@ -62,19 +62,19 @@ def _slot_hash(k, mask):
     return (h ^ (h >> _S31)) & mask
 
 
-@jit(nrt=False, fastmath=EXACT_MATH)
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _point_key(pos, n, origin, inv_h):
     return _key(_cell(pos[n, 0], origin[0], inv_h), _cell(pos[n, 1], origin[1], inv_h),
                 _cell(pos[n, 2], origin[2], inv_h))
 
 
-@jit(nrt=False, fastmath=EXACT_MATH)
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _decode(k):
     """Cell coordinates ``(ix, iy, iz)`` of a packed key."""
     return (np.int64(k >> _B42), np.int64((k >> _B21) & np.uint64(_LIM)), np.int64(k & np.uint64(_LIM)))
 
 
-@jit(nrt=False, fastmath=EXACT_MATH)
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _insert(tkeys, k, mask):
     """Slot of key ``k`` in the cell table, claiming an empty one; ``(slot, is_new)``."""
     s = _slot_hash(k, mask)
