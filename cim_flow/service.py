@@ -215,6 +215,10 @@ class Service:
         self.connected = True
         if self.jetstream:
             self._pulls.clear()
+            try:
+                await self._reset_consumer()
+            except Exception as exc:  # the stream may still be recovering: pulls retry below
+                self._log(f"cim_flow: consumer reset after reconnect failed: {exc}")
             await self._pull()
 
     async def _start_jetstream(self):
@@ -227,7 +231,22 @@ class Service:
             await self.js.stream_info(js_cfg.stream)
         except nats.js.errors.NotFoundError:
             await self.js.add_stream(cfg)
-        # the engine's version is the checkpoint: the durable always restarts right after it
+        await self._reset_consumer()
+        self._inbox = self.nc.new_inbox()
+        await self.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=1_000_000,
+                                pending_bytes_limit=1 << 30)
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{js_cfg.stream}.{js_cfg.durable}"
+        await self._pull()
+
+    async def _reset_consumer(self):
+        """(Re)create the durable consumer right after the engine's version.
+
+        The version is the checkpoint: on start and after a reconnect the consumer
+        resumes at version + 1, so messages that were in flight when the connection
+        dropped come back at once instead of after ack_wait; any repeat is skipped
+        by its seq.
+        """
+        js_cfg = self.config.jetstream
         try:
             await self.js.delete_consumer(js_cfg.stream, js_cfg.durable)
         except nats.js.errors.NotFoundError:
@@ -236,11 +255,6 @@ class Service:
             durable_name=js_cfg.durable, ack_policy=AckPolicy.ALL,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.engine.version + 1,
             max_ack_pending=-1, ack_wait=60, max_waiting=64, filter_subject=None))
-        self._inbox = self.nc.new_inbox()
-        await self.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=1_000_000,
-                                pending_bytes_limit=1 << 30)
-        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{js_cfg.stream}.{js_cfg.durable}"
-        await self._pull()
 
     async def _pull(self):
         """Keep about two pull batches requested (pull requests on a plain subscription)."""
