@@ -67,6 +67,3 @@ def words_to_fsb(words: np.ndarray, valid: np.ndarray | None = None) -> pa.Array
     return pa.Array.from_buffers(UUID_TYPE, n, [mask_buf, pa.py_buffer(words)],
                                  null_count=-1 if mask_buf is not None else 0)
 
-
-def words_to_uuid(w0, w1) -> uuid.UUID:
-    return uuid.UUID(bytes=np.array([w0, w1], np.uint64).tobytes())

@@ -15,7 +15,7 @@ import pyarrow as pa
 from kernels import intern as kintern
 from kernels import projection as kp
 
-from ._ids import to_uuid_bytes, words_of, words_to_fsb
+from ._ids import words_of, words_to_fsb
 from ._projection import ApplyResult, Projection, normalize_batch
 from ._schema import TIME_TYPE
 from ._spatial import SpatialIndex
@@ -468,6 +468,3 @@ def read_events(path) -> pa.Table:
 
     return pa.Table.from_batches(batches, schema=EVENT_SCHEMA)
 
-
-def ids_to_bytes(ids) -> list[bytes]:
-    return [to_uuid_bytes(i) for i in ids]

@@ -87,12 +87,3 @@ def rehash(keys, owner, n, new_slots):
             s = (s + np.uint64(1)) & mask
         new_slots[s] = i
     return new_slots
-
-
-@jit
-def lookup_many(slots, keys, owner, g, q):
-    """Vectorised :func:`lookup` of ``q (m, 2)`` uint64 words, owner ``g[j]``."""
-    out = np.empty(q.shape[0], np.int64)
-    for j in range(q.shape[0]):
-        out[j] = lookup(slots, keys, owner, g[j], q[j, 0], q[j, 1])
-    return out

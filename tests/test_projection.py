@@ -3,7 +3,6 @@ import datetime as dt
 import random
 import uuid
 
-import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -1,13 +1,10 @@
 """The NATS service against a real nats-server: ingest in every wire form, queries,
 dead letters, Arrow in and out, min_version, the micro service, results out."""
-import asyncio
 import json
-import math
 import random
 import uuid
 
 import msgspec
-import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -21,7 +18,7 @@ T0 = 1_714_564_800_000
 
 def _node_events(g, n, rng, form):
     """GraphCreated + n NodeAdded in one wire form; returns (payload list, {node_id: pos})."""
-    out = [(f"event.graph.graph.created",
+    out = [("event.graph.graph.created",
             json.dumps({"type": "GraphCreated", "event_id": str(uuid.uuid4()), "graph_id": g,
                         "name": f"svc-{form}", "occurred_at": T0}).encode())]
     pos = {}
