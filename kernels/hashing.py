@@ -2,22 +2,11 @@
 import numpy as np
 
 from ._jit import jit
+from .intern import _mix
 
 _P = np.uint64(0x100000001B3)
 _S1 = np.uint64(0xCBF29CE484222325)
 _S2 = np.uint64(0x84222325CBF29CE4)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
-
-
-@jit
-def _fin(h):
-    h = (h ^ (h >> _S30)) * _M1
-    h = (h ^ (h >> _S27)) * _M2
-    return h ^ (h >> _S31)
 
 
 @jit
@@ -35,8 +24,8 @@ def hash_spans(data, offsets):
             b = np.uint64(data[j])
             h1 = (h1 ^ b) * _P
             h2 = (h2 ^ (b + np.uint64(0x9E))) * _P
-        out[i, 0] = _fin(h1 ^ np.uint64(offsets[i + 1] - offsets[i]))
-        out[i, 1] = _fin(h2)
+        out[i, 0] = _mix(h1 ^ np.uint64(offsets[i + 1] - offsets[i]))
+        out[i, 1] = _mix(h2)
     b16 = out.view(np.uint8).reshape(n, 16)
     for i in range(n):
         b16[i, 6] = (b16[i, 6] & np.uint8(0x0F)) | np.uint8(0x80)

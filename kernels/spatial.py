@@ -22,7 +22,8 @@ from collections import namedtuple
 import numpy as np
 from numba import prange
 
-from ._jit import jit, pjit, EXACT_MATH
+from ._jit import EXACT_MATH, jit, pjit
+from .intern import _mix
 
 Grid = namedtuple("Grid", "origin h tkeys tstart tcount pts idx grp stale cells")
 # origin (3,), h (1,): cell size; tkeys/tstart/tcount: cell table (key EMPTY = free);
@@ -33,11 +34,6 @@ EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
 _LIM = 2097151  # 2**21 - 1
 _B21 = np.uint64(21)
 _B42 = np.uint64(42)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
@@ -57,9 +53,7 @@ def _key(ix, iy, iz):
 
 @jit(nrt=False, fastmath=EXACT_MATH)
 def _slot_hash(k, mask):
-    h = (k ^ (k >> _S30)) * _M1
-    h = (h ^ (h >> _S27)) * _M2
-    return (h ^ (h >> _S31)) & mask
+    return _mix(k) & mask
 
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
