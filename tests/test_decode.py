@@ -270,3 +270,38 @@ def test_fuzz_hypothesis_json_shapes(values):
     payloads = [json.dumps(v).encode() for v in values]
     batch, errors = decode_json(payloads, received_at=0)
     assert batch.num_rows + len(errors) == len(payloads)
+
+
+def test_batch_path_equals_payload_by_payload():
+    """Batches of 64+ take the one-call msgspec path; rows must equal decoding one by one."""
+    rng = random.Random(8)
+    payloads = []
+    for i in range(300):
+        f = {"graph_id": str(G), "node_id": str(uuid.UUID(int=i + 1)), "position": [rng.random(), 1, 2],
+             "occurred_at": T_MS + i, "label": f"n{i}", "metadata": {"i": i}}
+        form = i % 3
+        if form == 0:
+            payloads.append(enc({"type": "NodeAdded", **f}))
+        elif form == 1:
+            payloads.append(enc({"NodeCreated": f}))
+        else:
+            g = f.pop("graph_id")
+            payloads.append(enc({"event_type": "NodeAdded", "aggregate_id": g, "timestamp": T_MS + i,
+                                 "event_id": str(uuid.UUID(int=10**6 + i)), "payload": f}))
+    batch, errors = decode_json(payloads, received_at=0)
+    assert errors == []
+    one_by_one = [decode_json([p], received_at=0)[0].to_pylist()[0] for p in payloads]
+    assert batch.to_pylist() == one_by_one
+    # one bad payload anywhere: the batch path is abandoned, errors still exact
+    bad = payloads[:150] + [b'{"type": "NodeAdded", "graph_id": 5}'] + payloads[150:]
+    batch, errors = decode_json(bad, received_at=0)
+    assert [(e.index, e.reason) for e in errors] == [(150, "bad UUID in graph_id")]
+    assert batch.to_pylist() == one_by_one
+    # a payload with its own newline (pretty-printed) also falls back safely
+    pretty = payloads[:100] + [json.dumps(json.loads(payloads[100]), indent=2).encode()] + payloads[101:]
+    rows = decode_json(pretty, received_at=0)[0].to_pylist()
+    assert rows[:100] + rows[101:] == one_by_one[:100] + one_by_one[101:]
+    # that payload's bytes differ, so its derived id and raw metadata text do too
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("event_id", "metadata")}  # noqa: E731
+    assert strip(rows[100]) == strip(one_by_one[100])
+    assert json.loads(rows[100]["metadata"]) == {"i": 100}
