@@ -74,14 +74,22 @@ def _connect_options(args, cfg) -> dict:
     return opts
 
 
-def cmd_serve(args) -> int:
+def _load_config(args):
+    """The config file's settings (defaults without one); None after printing the error."""
     from ._config import Config, ConfigError
-    from .service import Service
 
     try:
-        cfg = Config.from_toml(args.config) if args.config else Config()
+        return Config.from_toml(args.config) if args.config else Config()
     except ConfigError as exc:
         print(f"cim_flow: config error: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_serve(args) -> int:
+    from .service import Service
+
+    cfg = _load_config(args)
+    if cfg is None:
         return 2
     svc = Service(cfg, nats_url=args.nats_url, port=args.port, data_dir=args.data_dir,
                   jetstream=False if args.no_jetstream else None, demo=args.demo, demo_rate=args.demo_rate,
@@ -124,15 +132,12 @@ def cmd_replay(args) -> int:
     """Rebuild projections from the stream into a snapshot file, without serving queries."""
     import tempfile
 
-    from ._config import Config, ConfigError
     from ._snapshot import snapshot_path, write_snapshot
     from .engine import Engine
     from .service import Service
 
-    try:
-        cfg = Config.from_toml(args.config) if args.config else Config()
-    except ConfigError as exc:
-        print(f"cim_flow: config error: {exc}", file=sys.stderr)
+    cfg = _load_config(args)
+    if cfg is None:
         return 2
     cfg.jetstream.durable = "cim_flow_replay"
     eng = Engine()

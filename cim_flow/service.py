@@ -27,7 +27,7 @@ from ._config import Config
 from ._decode import decode_json
 from ._natsserver import NatsServer
 from ._projection import normalize_batch
-from ._queries import (ARROW_MIME, HANDLERS, QueryCache, QueryError, encode_answer, error_reply,
+from ._queries import (ARROW_MIME, HANDLERS, QueryCache, QueryError, _rows, encode_answer, error_reply,
                        parse_request)
 from .engine import Engine
 
@@ -440,7 +440,6 @@ class Service:
         gidx = np.array(sorted(self._touched), np.int64)
         live = gidx[G.alive[gidx].astype(bool)]
         dead = gidx[~G.alive[gidx].astype(bool)]
-        from ._queries import _rows
         body = {"version": eng.version, "events_total": self.events_total(),
                 "graphs": _rows(eng._summary_table(live)),
                 "deleted": [str(uuid.UUID(bytes=G.keys[g].tobytes())) for g in dead]}

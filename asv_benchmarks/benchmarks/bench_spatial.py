@@ -10,15 +10,22 @@ from .spatial_data import engine_with, move_batch, points, queries, radius_for
 KINDS = ["uniform", "clustered"]
 
 
+def _load(bench, kind, n_queries=0):
+    """The shared (cached) dataset, engine and query points for one benchmark class."""
+    bench.n = SIZES["points"]
+    bench.pts = points(kind, bench.n)
+    bench.eng = engine_with(kind, bench.n)
+    if n_queries:
+        bench.q = queries(kind, bench.n, n_queries)
+
+
 class Build:
     params = KINDS
     param_names = ["data"]
     timeout = 600
 
     def setup(self, kind):
-        self.n = SIZES["points"]
-        self.pts = points(kind, self.n)
-        self.eng = engine_with(kind, self.n)
+        _load(self, kind)
         self.eng._spatial.build(self.eng._p.N)
 
     def time_grid_build(self, kind):
@@ -73,13 +80,10 @@ class RadiusBatch:
     timeout = 900
 
     def setup(self, kind, scale):
-        self.n = SIZES["points"]
-        self.pts = points(kind, self.n)
-        self.q = queries(kind, self.n, SIZES["queries"])
+        _load(self, kind, SIZES["queries"])
         self.r = radius_for(self.n) * scale
         if scale == 10.0:
             self.q = self.q[:1000]  # ~30k neighbours each: keep output (30M) bounded
-        self.eng = engine_with(kind, self.n)
         self.eng.nodes_within(self.q[:2], self.r)
         self.tree = cKDTree(self.pts)
 
@@ -106,10 +110,7 @@ class KNN:
     timeout = 600
 
     def setup(self, kind):
-        self.n = SIZES["points"]
-        self.pts = points(kind, self.n)
-        self.q = queries(kind, self.n, SIZES["queries"])
-        self.eng = engine_with(kind, self.n)
+        _load(self, kind, SIZES["queries"])
         self.eng.nearest(self.q[:2], 30)
         self.tree = cKDTree(self.pts)
 
@@ -128,12 +129,10 @@ class SingleQuery:
     timeout = 600
 
     def setup(self, kind):
-        self.n = SIZES["points"]
-        self.q = queries(kind, self.n, 2000)
+        _load(self, kind, 2000)
         self.r = radius_for(self.n)
-        self.eng = engine_with(kind, self.n)
         self.eng.nodes_within(self.q[0], self.r)
-        self.tree = cKDTree(points(kind, self.n))
+        self.tree = cKDTree(self.pts)
 
     def _lat(self, fn):
         lat = np.empty(len(self.q))
