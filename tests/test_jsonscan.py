@@ -1,0 +1,151 @@
+"""The compiled JSON scanner (decode fast path) against the general msgspec path and
+against Python's own float parsing: whatever it accepts must come out identical."""
+import json
+import random
+import struct
+import sys
+import uuid
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cim_flow import decode_json
+from cim_flow._decode import _decode_general
+from kernels import jsonscan
+
+from test_decode import SEEDS, _mutate
+
+G = str(uuid.UUID("11111111-2222-4333-8444-555555555555"))
+N = str(uuid.UUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"))
+
+
+def parse(strings):
+    data = [s.encode() for s in strings]
+    offs = np.zeros(len(data) + 1, np.int64)
+    offs[1:] = np.cumsum([len(d) for d in data])
+    out = np.zeros(len(data))
+    ok = np.zeros(len(data), bool)
+    bits = np.zeros(1, np.uint64)
+    jsonscan.parse_floats(np.frombuffer(b"".join(data), np.uint8), offs, out, ok, bits, bits.view(np.float64))
+    return out, ok
+
+
+def bits_of(x):
+    return struct.pack("<d", x)
+
+
+def check_floats(strings, min_ok=0.0):
+    out, ok = parse(strings)
+    for s, v, good in zip(strings, out, ok):
+        if good:
+            want = float(s) if any(c in s for c in ".eE") else float(int(s))
+            assert bits_of(v) == bits_of(want), (s, v, want)
+    assert ok.mean() >= min_ok
+
+
+def test_float_reprs_round_trip_exactly():
+    rng = np.random.default_rng(1)
+    vals = np.concatenate([rng.random(20000) * 100, rng.normal(0, 1e6, 5000),
+                           np.exp(rng.uniform(-700, 700, 20000)), rng.integers(-2**62, 2**62, 2000) / 7])
+    strings = [repr(float(v)) for v in vals] + [repr(-float(v)) for v in vals[:3000]]
+    check_floats(strings, min_ok=0.99)
+
+
+def test_float_random_decimal_strings():
+    rng = random.Random(2)
+    strings = []
+    for _ in range(30000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randrange(1, 20))).lstrip("0") or "0"
+        k = rng.randrange(0, len(digits) + 1)
+        s = digits[:k] + ("." + digits[k:] if k < len(digits) else "")
+        s = s if not s.startswith(".") else "0" + s
+        if rng.random() < 0.5:
+            s += f"e{rng.randrange(-330, 310)}"
+        strings.append(("-" if rng.random() < 0.3 else "") + s)
+    check_floats(strings, min_ok=0.9)
+
+
+def test_float_edge_cases():
+    cases = ["0", "-0", "0.0", "-0.0", "1", "9007199254740992", "9007199254740993", "9007199254740995",
+             "1e23", "8.98846567431158e307", "1.7976931348623157e308", "2.2250738585072014e-308",
+             "0.1", "0.3", "123456789012345678e-5", "1e-22", "1e22", "4.35679e-10", "7.2057594037927933e16",
+             "3.0517578125e-05", "2.9802322387695312e-08", "1.00000000000000011102230246251565404236316680908203125"]
+    check_floats(cases)
+    out, ok = parse(["-0", "-0.0"])
+    assert bits_of(out[0]) == bits_of(0.0) and bits_of(out[1]) == bits_of(-0.0)  # as msgspec does
+    _, ok = parse(["1e400", "4.9e-324", "01", "1.", ".5", "-", "1e", "1.5e+"])
+    assert not ok.any()
+
+
+def same(payloads):
+    b1, e1 = decode_json(payloads, received_at=0)
+    b2, e2 = _decode_general(payloads, 0)
+    assert e1 == e2
+    assert b1.schema.equals(b2.schema)
+    for name in b1.schema.names:
+        assert b1.column(name).to_pylist() == b2.column(name).to_pylist(), name
+    return b1, e1
+
+
+def test_scanner_equals_general_path_on_fuzzed_payloads():
+    rng = random.Random(3)
+    payloads = []
+    for _ in range(4000):
+        if rng.random() < 0.05:
+            payloads.append(bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40))))
+        else:
+            payloads.append(_mutate(rng, rng.choice(SEEDS)))
+    payloads += SEEDS * 20
+    rng.shuffle(payloads)
+    batch, errors = same(payloads)
+    assert batch.num_rows > 100 and errors
+
+
+def test_scanner_handles_every_common_shape():
+    """Rows the scanner takes (status 0) and rows it hands on, in one call, in order."""
+    ev = str(uuid.uuid4())
+    payloads = [
+        json.dumps({"type": "GraphCreated", "graph_id": G, "name": "g", "created_at": "2024-05-01T12:00:00+02:00"}),
+        json.dumps({"NodeAdded": {"graph_id": {"id": G}, "node_id": N, "position": {"z": 3, "x": 1, "y": 2.5},
+                                  "node_type": "T", "metadata": {"a": [1, {"b": None}], "c": "\u00e9"}}}),
+        json.dumps({"event_type": "NodeMoved", "aggregate_id": G, "timestamp": 1714564800123, "event_id": ev,
+                    "correlation_id": ev, "metadata": {"m": 1}, "seq": 7,
+                    "data": {"node_id": N, "new_position": [1e-3, -2E2, 0]}}),
+        json.dumps({"type": "NodeUpdated", "graph_id": G, "node_id": N, "x": 1, "y": 2, "z": 3, "label": "a b",
+                    "unknown": [True, False, None, {"k": "\\n\""}], "weight": None}),
+        json.dumps({"type": "EdgeAdded", "graph_id": G, "edge_id": N, "source": N, "target_id": N,
+                    "strength": 0.25, "edge_type": "E", "occurred_at": "2024-05-01 12:00:00.5z"}),
+        json.dumps({"type": "NodeAdded", "graph_id": G, "node_id": N, "name": "caf\u00e9"}, ensure_ascii=False),
+        json.dumps({"type": "NodeAdded", "graph_id": G, "node_id": N.upper()}),
+        json.dumps({"type": "node.created", "graph_id": G, "node_id": N, "position": [1, 2, 3]}, indent=2),
+        '{"type": "NodeAdded", "graph_id": "%s", "type": "NodeRemoved", "node_id": "%s"}' % (G, N),
+        json.dumps({"type": 10, "graph_id": G}),
+        json.dumps({"type": "GraphCreated", "graph_id": G, "timestamp": 1714564800123.5}),
+        json.dumps({"event_type": "GraphCreated", "aggregate_id": G, "payload": {"graph_id": G, "payload": {}}}),
+    ]
+    payloads = [p.encode() for p in payloads]
+    same(payloads)
+    for p in payloads:
+        same([p])
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6) | st.sampled_from([G, N, "NodeAdded", "EdgeRemoved", "2024-05-01T12:00:00Z"]),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(
+        ["type", "event_type", "graph_id", "aggregate_id", "node_id", "source", "target_id", "position",
+         "new_position", "payload", "data", "NodeAdded", "id", "x", "y", "z", "weight", "name", "label",
+         "timestamp", "occurred_at", "metadata", "seq", "event_id", "node_type"]), c, max_size=6),
+    max_leaves=16)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(json_values, min_size=1, max_size=6))
+def test_scanner_equals_general_path_hypothesis(values):
+    same([json.dumps(v).encode() for v in values])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__]))
