@@ -365,6 +365,7 @@ def decode_json(payloads: Sequence[bytes], *, received_at=None) -> tuple[pa.Reco
 
 
 _KW = jsonscan.keyword_table(EVENT_ALIASES)
+_TS_TYPE = EVENT_SCHEMA.field("occurred_at").type
 
 
 def _utf8_from_spans(buf, spans, present, col, typ):
@@ -440,10 +441,10 @@ def _decode_scanned_rows(payloads, buf, offs, sel, received, kind, oid, oidp, tu
 
     meta = _utf8_from_spans(buf, spans, spp, 3, pa.large_utf8())
     arrays = [
-        pa.array(seq, pa.int64(), mask=None if seqp.all() else ~seqp).cast(pa.uint64()),
+        pa.array(seq.view(np.uint64), mask=None if seqp.all() else ~seqp),
         fsb(5),
         pa.array(kind, pa.int8()),
-        pa.array(t_us, pa.int64()).cast(EVENT_SCHEMA.field("occurred_at").type),
+        pa.Array.from_buffers(_TS_TYPE, m, [None, pa.py_buffer(np.ascontiguousarray(t_us, np.int64))]),
         fsb(0), fsb(1), fsb(2), fsb(3), fsb(4),
         col(xyz[:, 0], xyzp), col(xyz[:, 1], xyzp), col(xyz[:, 2], xyzp),
         _utf8_from_spans(buf, spans, spp, 0, pa.utf8()),
@@ -451,7 +452,7 @@ def _decode_scanned_rows(payloads, buf, offs, sel, received, kind, oid, oidp, tu
         if spp[:, 1].any() else _types([None] * m, m),
         _utf8_from_spans(buf, spans, spp, 2, pa.utf8()).dictionary_encode()
         if spp[:, 2].any() else _types([None] * m, m),
-        col(wgt, wgtp).cast(pa.float32(), safe=False),
+        col(wgt.astype(np.float32), wgtp),
         meta,
         fsb(6), fsb(7),
     ]
