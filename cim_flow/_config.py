@@ -106,6 +106,7 @@ class JetStream:
     max_memory_store: int = 0
     max_file_store: int = 0
     pull_batch: int = 4096
+    raw_consumer: bool = True
     sync_interval: float = 0.0
     compression: str = "none"
     max_outstanding_catchup: int = 0

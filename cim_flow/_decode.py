@@ -360,7 +360,9 @@ def decode_json(payloads: Sequence[bytes], *, received_at=None) -> tuple[pa.Reco
         except TypeError:
             joined = None
         if joined is not None:
-            return _decode_scanned(payloads, joined, _received_micros(received_at, n))
+            lens = np.array([len(p) for p in payloads], np.int64)
+            ends = np.cumsum(lens)
+            return _decode_scanned(joined, ends - lens, ends, _received_micros(received_at, n))
     return _decode_general(payloads, received_at)
 
 
@@ -379,12 +381,19 @@ def _utf8_from_spans(buf, spans, present, col, typ):
                                  null_count=-1 if mask is not None else 0)
 
 
-def _decode_scanned(payloads, joined, received):
+def decode_spans(buf: bytes, starts: np.ndarray, ends: np.ndarray, *, received_at=None
+                 ) -> tuple[pa.RecordBatch, list[DecodeError]]:
+    """:func:`decode_json` of the payloads ``buf[starts[i]:ends[i]]`` without copying them
+    out first (the NATS consumer hands over socket reads this way)."""
+    starts = np.ascontiguousarray(starts, np.int64)
+    ends = np.ascontiguousarray(ends, np.int64)
+    return _decode_scanned(buf, starts, ends, _received_micros(received_at, len(starts)))
+
+
+def _decode_scanned(joined, starts, ends, received):
     """The compiled scanner for every payload it fully understands; the general path
     (which also names every error) for the rest; rows back in input order."""
-    n = len(payloads)
-    offs = np.zeros(n + 1, np.int64)
-    np.cumsum(np.array([len(p) for p in payloads], np.int64), out=offs[1:])
+    n = len(starts)
     buf = np.frombuffer(joined, np.uint8)
     status = np.empty(n, np.uint8)
     kind = np.empty(n, np.int8)
@@ -400,31 +409,32 @@ def _decode_scanned(payloads, joined, received):
     xyzp = np.zeros(n, bool)
     wgt = np.zeros(n)
     wgtp = np.zeros(n, bool)
-    jsonscan.scan(buf, offs, *_KW, status, kind, oid, oidp, tus, tusp, seq, seqp,
+    jsonscan.scan(buf, starts, ends, *_KW, status, kind, oid, oidp, tus, tusp, seq, seqp,
                   spans, spp, xyz, xyzp, wgt, wgtp, jsonscan.new_scratch())
     ok = status == 0
-    if not ok.all():
-        slow = np.flatnonzero(~ok)
-        sel = np.flatnonzero(ok)
-        if sel.size == 0:
-            return _decode_general(payloads, received)
-        fast = _decode_scanned_rows(payloads, buf, offs, sel, received, kind, oid, oidp, tus, tusp,
-                                    seq, seqp, spans, spp, xyz, xyzp, wgt, wgtp)
-        sb, serr = _decode_general([payloads[i] for i in slow], received[slow])
-        errors = [DecodeError(int(slow[e.index]), e.reason) for e in serr]
-        bad = np.zeros(slow.size, bool)
-        bad[[e.index for e in serr]] = True
-        rows = np.concatenate([sel, slow[~bad]])
-        table = pa.Table.from_batches([fast, sb], schema=EVENT_SCHEMA).combine_chunks()
-        table = table.take(pa.array(np.argsort(rows, kind="stable")))
-        batches = table.combine_chunks().to_batches()
-        batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=EVENT_SCHEMA)
-        return batch, errors
-    return _decode_scanned_rows(payloads, buf, offs, None, received, kind, oid, oidp, tus, tusp,
-                                seq, seqp, spans, spp, xyz, xyzp, wgt, wgtp), []
+    if ok.all():
+        return _decode_scanned_rows(buf, None, received, kind, oid, oidp, tus, tusp,
+                                    seq, seqp, spans, spp, xyz, xyzp, wgt, wgtp), []
+    slow = np.flatnonzero(~ok)
+    slow_payloads = [joined[starts[i]:ends[i]] for i in slow]
+    sel = np.flatnonzero(ok)
+    if sel.size == 0:
+        return _decode_general(slow_payloads, received)
+    fast = _decode_scanned_rows(buf, sel, received, kind, oid, oidp, tus, tusp,
+                                seq, seqp, spans, spp, xyz, xyzp, wgt, wgtp)
+    sb, serr = _decode_general(slow_payloads, received[slow])
+    errors = [DecodeError(int(slow[e.index]), e.reason) for e in serr]
+    bad = np.zeros(slow.size, bool)
+    bad[[e.index for e in serr]] = True
+    rows = np.concatenate([sel, slow[~bad]])
+    table = pa.Table.from_batches([fast, sb], schema=EVENT_SCHEMA).combine_chunks()
+    table = table.take(pa.array(np.argsort(rows, kind="stable")))
+    batches = table.combine_chunks().to_batches()
+    batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=EVENT_SCHEMA)
+    return batch, errors
 
 
-def _decode_scanned_rows(payloads, buf, offs, sel, received, kind, oid, oidp, tus, tusp, seq, seqp,
+def _decode_scanned_rows(buf, sel, received, kind, oid, oidp, tus, tusp, seq, seqp,
                          spans, spp, xyz, xyzp, wgt, wgtp):
     if sel is not None:
         kind, tus, tusp, seq, seqp, spans, spp, xyz, xyzp, wgt, wgtp, received = (

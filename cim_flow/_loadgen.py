@@ -47,6 +47,9 @@ def add_parser(sub, env):
     p.add_argument("--plot", default=env("plot", "loadgen-latency.html"),
                    help="latency-over-time plot (HTML with SVG)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--replay", type=int, default=0, metavar="N",
+                   help="instead of live load: fill a fresh stream with N JSON events, then time a "
+                        "service catching up on them (replay rate and start-to-ready)")
     p.add_argument("--seed", type=int, default=None,
                    help="event generator seed; default random, so re-runs get fresh Nats-Msg-Ids "
                         "(JetStream drops repeats within its duplicate window)")
@@ -206,6 +209,54 @@ def write_plot(report: dict, path: str) -> None:
                  f"<h3>{title}</h3>{svg}<pre>{json.dumps({k: v for k, v in report.items() if k != 'timeline'}, indent=2)}</pre>")
 
 
+async def run_replay(n_events: int, seed: int | None = None, arrow_batch: int = 0) -> dict:
+    """Fill a fresh JetStream stream with ``n_events`` (service not running), then start a
+    service on it and time its catch-up (every event applied before ready)."""
+    from nats.js.api import StorageType, StreamConfig
+
+    from ._config import Config
+    from ._natsserver import NatsServer
+    from .service import Service
+
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    cfg = Config()
+    msgs, per_msg = _make_messages(n_events, arrow_batch, seed)
+    with tempfile.TemporaryDirectory(prefix="cim_flow_replay_") as tmp:
+        server = NatsServer(port=0, store_dir=f"{tmp}/jetstream", jetstream=True).start()
+        try:
+            nc = await nats.connect(server.url, pending_size=64 * 2**20)
+            js = nc.jetstream()
+            await js.add_stream(StreamConfig(name=cfg.jetstream.stream, subjects=list(cfg.jetstream.subjects),
+                                             storage=StorageType.FILE,
+                                             duplicate_window=cfg.jetstream.duplicate_window))
+            t0 = time.perf_counter()
+            for i, (subj, hdr, data) in enumerate(msgs):
+                await nc.publish(subj, data, headers=hdr)
+                if i % 5000 == 4999:
+                    await nc.flush()
+            await nc.flush()
+            while (await js.stream_info(cfg.jetstream.stream)).state.messages < len(msgs):
+                await asyncio.sleep(0.05)
+            fill_s = time.perf_counter() - t0
+            await nc.close()
+            svc = Service(cfg, nats_url=server.url, data_dir=tmp, queries=False, snapshots=False,
+                          status_interval=0, out=open(os.devnull, "w"))
+            t0 = time.perf_counter()
+            await svc.start()
+            ready_s = time.perf_counter() - t0
+            applied = svc.events_total()
+            replay = svc.catch_up_stats
+            svc.request_stop()
+            await svc.stop()
+        finally:
+            server.stop()
+    return {"mode": "replay-arrow" if arrow_batch else "replay-json", "events": n_events, "messages": len(msgs),
+            "events_applied": applied, "fill_s": fill_s, "start_to_ready_s": ready_s,
+            "replay_s": replay[1], "replay_events_per_s": replay[0] / max(replay[1], 1e-9) * per_msg,
+            "seed": seed}
+
+
 def _start_service(tmp: str):
     proc = subprocess.Popen([sys.executable, "-m", "cim_flow", "serve", "--port", "0", "--data-dir", tmp,
                              "--status-interval", "0"], stdout=subprocess.PIPE, text=True)
@@ -224,6 +275,15 @@ def _start_service(tmp: str):
 def cmd_loadgen(args) -> int:
     from .__main__ import _run
 
+    if args.replay:
+        r = _run(run_replay(args.replay, args.seed, args.arrow_batch))
+        print(f"replay: {r['events_applied']:,}/{r['events']:,} events ({r['messages']:,} messages) "
+              f"caught up in {r['replay_s']:.2f} s = {r['replay_events_per_s']:,.0f} events/s; "
+              f"start to ready {r['start_to_ready_s']:.2f} s (stream filled in {r['fill_s']:.1f} s)")
+        with open(args.report, "w") as fh:
+            json.dump(r, fh, indent=2)
+        print(f"report: {args.report}")
+        return 0 if r["events_applied"] == r["events"] else 1
     proc = None
     tmp = None
     url = args.nats_url

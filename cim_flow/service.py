@@ -23,6 +23,7 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from . import __version__
+from . import _wire
 from ._config import Config
 from ._decode import decode_json
 from ._natsserver import NatsServer
@@ -115,6 +116,10 @@ class Service:
         self.started = time.time()
         self.connected = False
         self.url = None
+        self.raw: _wire.RawConnection | None = None  # the consumer's inbox, off nats-py (see _wire)
+        self._resume_lock = asyncio.Lock()
+        self.raw_wanted = False
+        self.catch_up_stats = (0, 0.0)  # (stream messages, seconds) replayed before ready
         self.engine._on_apply(self._note_touched)
 
     def _note_touched(self, touched, dirty):
@@ -177,6 +182,7 @@ class Service:
         info = await self.js.stream_info(self.config.jetstream.stream)
         target = info.state.last_seq
         start_v = self.engine.version
+        self.catch_up_stats = (0, 0.0)
         if target <= start_v:
             return
         self._log(f"cim_flow: replaying {target - start_v:,} events (from seq {start_v + 1} to {target})")
@@ -204,6 +210,7 @@ class Service:
         if bar is not None:
             bar.close()
         dt = time.time() - t0
+        self.catch_up_stats = (self.engine.version - start_v, dt)
         self._log(f"cim_flow: replayed {self.engine.version - start_v:,} events in {dt:.2f}s "
                   f"({(self.engine.version - start_v) / max(dt, 1e-9):,.0f}/s)")
 
@@ -211,14 +218,82 @@ class Service:
         self.connected = False
 
     async def _reconnected(self):
-        self.connected = True
         if self.jetstream:
+            await self._resume()
+        else:
+            self.connected = True
+
+    async def _resume(self):
+        """After any connection came back: restart the consumer at version + 1 and pull."""
+        async with self._resume_lock:
+            if self.raw_wanted and (self.raw is None or self.raw.closed):
+                return  # the raw connection's own reconnect loop resumes when it is back
+            if not self.nc.is_connected:
+                return  # nats-py's reconnected callback resumes
             self._pulls.clear()
             try:
                 await self._reset_consumer()
             except Exception as exc:  # the stream may still be recovering: pulls retry below
                 self._log(f"cim_flow: consumer reset after reconnect failed: {exc}")
+            self.connected = True
             await self._pull()
+
+    # -- the consumer's inbox on a raw connection ------------------------------------
+    async def _raw_connect(self):
+        o = self.connect_options
+        conn = _wire.RawConnection(self._on_raw, self._raw_lost, name="cim_flow-consumer")
+        await conn.connect(self.url, user=o.get("user"), password=o.get("password"), token=o.get("token"))
+        conn.subscribe(self._inbox)
+        await conn.flush()
+        self.raw = conn
+
+    def _raw_lost(self, exc):
+        self.connected = False
+        if not self._stop.is_set():
+            self._tasks.append(asyncio.ensure_future(self._raw_reconnect()))
+
+    async def _raw_reconnect(self):
+        wait = 0.1
+        while not self._stop.is_set():
+            try:
+                await self._raw_connect()
+            except (OSError, ConnectionError, asyncio.TimeoutError):
+                try:
+                    await asyncio.wait_for(self._stop.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+                wait = min(2.0, wait * 2)
+                continue
+            await self._resume()
+            return
+
+    def _on_raw(self, msgs):
+        """Messages of one socket read (in order): status frames end pull requests."""
+        inbox = self._inbox
+        pulls = self._pulls
+        pending = self._pending
+        ended = False
+        k0 = len(pending)
+        for m in msgs:
+            if m.subject == inbox:
+                if pulls:
+                    pulls.popleft()
+                ended = True
+                continue
+            if pulls:
+                pulls[0] -= 1
+                if pulls[0] <= 0:
+                    pulls.popleft()
+            pending.append(m)
+        k = len(pending) - k0
+        if k:
+            self._pending_t.extend([time.time()] * k)
+            if k0 == 0:
+                self._has_data.set()
+            if len(pending) >= self.batch_size:
+                self._full.set()
+        elif ended and not pending:
+            self._tasks.append(asyncio.ensure_future(self._pull()))
 
     async def _start_jetstream(self):
         js_cfg = self.config.jetstream
@@ -232,9 +307,13 @@ class Service:
             await self.js.add_stream(cfg)
         await self._reset_consumer()
         self._inbox = self.nc.new_inbox()
-        await self.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=1_000_000,
-                                pending_bytes_limit=1 << 30)
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{js_cfg.stream}.{js_cfg.durable}"
+        self.raw_wanted = js_cfg.raw_consumer and _wire.usable(self.url, self.connect_options)
+        if self.raw_wanted:
+            await self._raw_connect()
+        else:
+            await self.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=1_000_000,
+                                    pending_bytes_limit=1 << 30)
         await self._pull()
 
     async def _reset_consumer(self):
@@ -572,6 +651,8 @@ class Service:
             self._maybe_snapshot(force=True)
         except Exception as exc:
             self._log(f"cim_flow: snapshot at shutdown failed: {exc}")
+        if self.raw is not None:
+            self.raw.close()
         for c in (self.qnc, self.nc):
             if c is not None and not c.is_closed:
                 try:

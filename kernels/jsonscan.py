@@ -828,9 +828,9 @@ def _put_id(idb, idp, out_b, out_p, r, o, lv, k):
 
 
 @jit(nrt=False)
-def scan(buf, offs, kw, kwo, kwc, slots, status, kind, oid, oidp, tus, tusp, seq, seqp,
+def scan(buf, starts, ends, kw, kwo, kwc, slots, status, kind, oid, oidp, tus, tusp, seq, seqp,
          spans, spp, xyz, xyzp, wgt, wgtp, scratch):
-    """Scan payload r = buf[offs[r]:offs[r+1]] for every r; status[r] = 0 when the row was
+    """Scan payload r = buf[starts[r]:ends[r]] for every r; status[r] = 0 when the row was
     extracted completely, 1 when it must go through the general decoder.
 
     Outputs per row: ``kind`` (event code), ``oid[k, r]``/``oidp[k, r]`` the ids (k:
@@ -841,11 +841,11 @@ def scan(buf, offs, kw, kwo, kwc, slots, status, kind, oid, oidp, tus, tusp, seq
     reference counting, ~10x faster per helper call).
     """
     tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp, stack, bits, fview = scratch
-    n = offs.shape[0] - 1
+    n = starts.shape[0]
     for r in range(n):
         status[r] = 1
-        start = offs[r]
-        end = offs[r + 1]
+        start = starts[r]
+        end = ends[r]
         tcode[:] = -1
         idp[:] = False
         sp[:] = False
