@@ -56,15 +56,54 @@ def _iso(v):
     return v
 
 
+_HEXDIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+_UUID_POS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+
+
+def uuid_texts(arr: pa.Array) -> list:
+    """Canonical UUID text for a fixed_size_binary(16) array (None for nulls), vectorised."""
+    n = len(arr)
+    if n == 0:
+        return []
+    raw = np.frombuffer(arr.buffers()[1], np.uint8, count=16 * n, offset=16 * arr.offset).reshape(n, 16)
+    out = np.full((n, 36), ord("-"), np.uint8)
+    nib = np.empty((n, 32), np.uint8)
+    nib[:, 0::2] = raw >> 4
+    nib[:, 1::2] = raw & 15
+    out[:, _UUID_POS] = _HEXDIGITS[nib]
+    texts = out.view("S36").ravel().tolist()
+    texts = [t.decode() for t in texts]
+    if arr.null_count:
+        texts = [t if ok else None for t, ok in zip(texts, arr.is_valid().to_pylist())]
+    return texts
+
+
+def iso_texts(arr: pa.Array) -> list:
+    """RFC 3339 text (UTC, 'Z'; microseconds only when not zero, like isoformat) per timestamp."""
+    us = arr.cast(pa.int64()).fill_null(0).to_numpy()
+    t = us.astype("datetime64[us]")
+    whole = us % 1_000_000 == 0
+    s_us = np.datetime_as_string(t, unit="us")
+    s_s = np.datetime_as_string(t, unit="s")
+    texts = [(a if w else b) + "Z" for a, b, w in zip(s_s.tolist(), s_us.tolist(), whole.tolist())]
+    if arr.null_count:
+        texts = [t if ok else None for t, ok in zip(texts, arr.is_valid().to_pylist())]
+    return texts
+
+
 def _rows(table: pa.Table) -> list[dict]:
-    rows = table.to_pylist()
-    for r in rows:
-        for k, v in r.items():
-            if k in ("graph_id", "node_id"):
-                r[k] = _uuid_text(v)
-            elif isinstance(v, _dt.datetime):
-                r[k] = _iso(v)
-    return rows
+    """JSON-ready rows: ids as UUID text, times as RFC 3339 text (column-wise conversion)."""
+    cols = []
+    for name, col in zip(table.column_names, table.columns):
+        arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        if name in ("graph_id", "node_id", "edge_id") and arr.type == pa.binary(16):
+            cols.append(uuid_texts(arr))
+        elif pa.types.is_timestamp(arr.type):
+            cols.append(iso_texts(arr))
+        else:
+            cols.append(arr.to_pylist())
+    names = table.column_names
+    return [dict(zip(names, vals)) for vals in zip(*cols)]
 
 
 def _require(req, key):

@@ -5,9 +5,10 @@ of Python per delivered JetStream message (protocol parsing, a header dict
 built character by character, a Msg object, a callback coroutine), which
 capped the service near 24k events/s however fast decoding and applying were.
 This connection does one job: it holds the pull consumer's inbox
-subscription, parses every complete ``MSG``/``HMSG`` frame of a socket read in
-one loop, and hands the whole list to the service synchronously — a few
-hundred nanoseconds of Python a message.  Everything else (JetStream
+subscription, frames every socket read in one compiled call
+(:mod:`kernels.natsframes`) and hands the service a :class:`Block` — spans of
+subject, reply and payload in the received bytes, the stream sequences, no
+per-message Python object.  The decoder then reads the payloads in place.  Everything else (JetStream
 management, acks, queries, dead letters, updates) stays on nats-py.
 
 It speaks plain TCP with optional user/password or token (from the URL);
@@ -18,24 +19,74 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from urllib.parse import unquote, urlsplit
+
+import numpy as np
+
+from kernels import natsframes
 
 from . import __version__
 
 _CRLF = b"\r\n"
 
 
-class RawMsg:
-    """One delivered message: ``subject``, ``reply`` (str), ``data`` (bytes), ``headers``
-    (the raw header block, or None)."""
+class Block:
+    """Messages in arrival order as spans of one buffer (no per-message objects).
 
-    __slots__ = ("subject", "reply", "data", "headers")
+    ``kind``: 0 an event message, 1 an Arrow batch message, 2 a pull status;
+    ``seq``: JetStream stream sequence (0 when not from JetStream); ``t``:
+    receive time (seconds since the epoch) per message.
+    """
 
-    def __init__(self, subject, reply, data, headers=None):
-        self.subject = subject
-        self.reply = reply
-        self.data = data
-        self.headers = headers
+    __slots__ = ("buf", "ss", "se", "rs", "re", "ds", "de", "seq", "kind", "t")
+
+    def __init__(self, buf, ss, se, rs, re, ds, de, seq, kind, t):
+        self.buf, self.ss, self.se, self.rs, self.re = buf, ss, se, rs, re
+        self.ds, self.de, self.seq, self.kind, self.t = ds, de, seq, kind, t
+
+    def __len__(self) -> int:
+        return self.ds.shape[0]
+
+    def data(self, i: int) -> bytes:
+        return self.buf[self.ds[i]:self.de[i]]
+
+    def subject(self, i: int) -> str:
+        return self.buf[self.ss[i]:self.se[i]].decode()
+
+    def reply(self, i: int) -> str:
+        return self.buf[self.rs[i]:self.re[i]].decode()
+
+    def select(self, mask) -> Block:
+        return Block(self.buf, *(a[mask] for a in (self.ss, self.se, self.rs, self.re, self.ds, self.de,
+                                                   self.seq, self.kind, self.t)))
+
+    @staticmethod
+    def concat(blocks: list) -> Block:
+        if len(blocks) == 1:
+            return blocks[0]
+        shift = np.zeros(len(blocks), np.int64)
+        np.cumsum([len(b.buf) for b in blocks[:-1]], out=shift[1:])
+        spans = [np.concatenate([getattr(b, f) + o for b, o in zip(blocks, shift)])
+                 for f in ("ss", "se", "rs", "re", "ds", "de")]
+        rest = [np.concatenate([getattr(b, f) for b in blocks]) for f in ("seq", "kind", "t")]
+        return Block(b"".join(b.buf for b in blocks), *spans, *rest)
+
+    @staticmethod
+    def from_msgs(msgs, times, batch_subject: str, seq_of=None) -> Block:
+        """A block of nats-py messages (the path for TLS, credentials and core NATS)."""
+        parts, spans, o = [], [], 0
+        for m in msgs:
+            sb, rb = m.subject.encode(), (m.reply or "").encode()
+            parts += (sb, rb, m.data)
+            spans.append((o, o + len(sb), o + len(sb), o + len(sb) + len(rb),
+                          o + len(sb) + len(rb), o + len(sb) + len(rb) + len(m.data)))
+            o += len(sb) + len(rb) + len(m.data)
+        a = np.array(spans, np.int64).reshape(-1, 6)
+        seq = np.array([seq_of(m.reply) if seq_of and m.reply else 0 for m in msgs], np.int64)
+        kind = np.array([1 if m.subject == batch_subject else 0 for m in msgs], np.int8)
+        return Block(b"".join(parts), *(a[:, k].copy() for k in range(6)), seq, kind,
+                     np.asarray(times, np.float64))
 
 
 def usable(url: str, connect_options: dict) -> bool:
@@ -50,33 +101,32 @@ def usable(url: str, connect_options: dict) -> bool:
 class _Protocol(asyncio.Protocol):
     def __init__(self, conn: RawConnection):
         self.conn = conn
-        self.buf = bytearray()
+        self.rest = b""
 
     def connection_made(self, transport):
         self.conn.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        if buf:
-            buf += data
-            b = bytes(buf)
-        else:
-            b = data
+        b = self.rest + data if self.rest else data
         pos = self.conn._frames(b)
-        if pos == len(b):
-            buf.clear()
-        else:
-            self.buf = bytearray(b[pos:])
+        self.rest = b[pos:] if pos < len(b) else b""
 
     def connection_lost(self, exc):
         self.conn._lost(exc)
 
 
 class RawConnection:
-    """One NATS connection with subscriptions delivered as lists of :class:`RawMsg`."""
+    """One NATS connection; its subscriptions' messages are delivered as :class:`Block`\\ s."""
 
-    def __init__(self, on_msgs, on_lost=None, *, name="cim_flow-raw"):
-        self.on_msgs = on_msgs
+    def __init__(self, on_block, on_lost=None, *, inbox: str = "", batch_subject: str = "",
+                 name="cim_flow-raw", capacity: int = 8192):
+        self.on_block = on_block
+        self._inbox_b = np.frombuffer(inbox.encode(), np.uint8)
+        self._batch_b = np.frombuffer(batch_subject.encode(), np.uint8)
+        i64 = np.int64
+        self._out = ([np.empty(capacity, i64) for _ in range(7)] + [np.empty(capacity, np.int8)]
+                     + [np.empty(256, i64), np.empty(256, i64)])
+        self._counts = np.zeros(2, i64)
         self.on_lost = on_lost
         self.name = name
         self.transport = None
@@ -156,61 +206,45 @@ class RawConnection:
 
     def _frames(self, b: bytes) -> int:
         """Parse every complete frame in ``b``; deliver messages; return the bytes consumed."""
+        arr = np.frombuffer(b, np.uint8)
         pos = 0
-        n = len(b)
-        out = []
-        find = b.find
-        while pos < n:
-            eol = find(_CRLF, pos)
-            if eol < 0:
-                break
-            c = b[pos]
-            if c == 77 or c == 72:  # MSG / HMSG
-                parts = b[pos:eol].split(b" ")
-                start = eol + 2
-                if c == 77:
-                    if len(parts) == 5:
-                        subj, reply, size = parts[1], parts[3], int(parts[4])
-                    else:
-                        subj, reply, size = parts[1], b"", int(parts[3])
-                    end = start + size
-                    if end + 2 > n:
-                        break
-                    out.append(RawMsg(subj.decode(), reply.decode(), b[start:end]))
-                else:
-                    if len(parts) == 6:
-                        subj, reply, hsize, size = parts[1], parts[3], int(parts[4]), int(parts[5])
-                    else:
-                        subj, reply, hsize, size = parts[1], b"", int(parts[3]), int(parts[4])
-                    end = start + size
-                    if end + 2 > n:
-                        break
-                    out.append(RawMsg(subj.decode(), reply.decode(), b[start + hsize:end],
-                                      b[start:start + hsize]))
-                pos = end + 2
-                continue
-            line = b[pos:eol]
-            pos = eol + 2
-            if line == b"PING":
-                self._write(b"PONG\r\n")
-            elif line == b"PONG":
-                if self._waiters:
-                    f = self._waiters.pop(0)
-                    if not f.done():
-                        f.set_result(True)
-            elif line.startswith(b"INFO"):
-                if self._info_fut is not None and not self._info_fut.done():
-                    try:
-                        self._info_fut.set_result(json.loads(line[5:]))
-                    except ValueError as exc:
-                        self._info_fut.set_exception(ConnectionError(f"bad INFO: {exc}"))
-            elif line.startswith(b"-ERR"):
-                self.error = line[5:].decode(errors="replace").strip().strip("'")
-                for f in self._waiters:
-                    if not f.done():
-                        f.set_exception(ConnectionError(self.error))
-                self._waiters.clear()
-            # +OK and anything else: nothing to do
-        if out:
-            self.on_msgs(out)
-        return pos
+        now = time.time()
+        while True:
+            o = self._out
+            end = natsframes.frames(arr, pos, self._inbox_b, self._batch_b, *o, self._counts)
+            if end < 0:
+                self.error = "malformed frame from server"
+                self.transport.close()
+                return len(b)
+            m, c = int(self._counts[0]), int(self._counts[1])
+            if m:
+                ss, se, rs, re, ds, de, seq, kind = (a[:m].copy() for a in o[:8])
+                self.on_block(Block(b, ss, se, rs, re, ds, de, seq, kind, np.full(m, now)))
+            for k in range(c):
+                self._control(b[o[8][k]:o[9][k]])
+            full = m == o[0].shape[0] or c == o[8].shape[0]
+            if not full or end == pos:
+                return end
+            pos = end
+
+    def _control(self, line: bytes) -> None:
+        if line == b"PING":
+            self._write(b"PONG\r\n")
+        elif line == b"PONG":
+            if self._waiters:
+                f = self._waiters.pop(0)
+                if not f.done():
+                    f.set_result(True)
+        elif line.startswith(b"INFO"):
+            if self._info_fut is not None and not self._info_fut.done():
+                try:
+                    self._info_fut.set_result(json.loads(line[5:]))
+                except ValueError as exc:
+                    self._info_fut.set_exception(ConnectionError(f"bad INFO: {exc}"))
+        elif line.startswith(b"-ERR"):
+            self.error = line[5:].decode(errors="replace").strip().strip("'")
+            for f in self._waiters:
+                if not f.done():
+                    f.set_exception(ConnectionError(self.error))
+            self._waiters.clear()
+        # +OK and anything else: nothing to do

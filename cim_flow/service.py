@@ -25,7 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from . import __version__
 from . import _wire
 from ._config import Config
-from ._decode import decode_json
+from ._decode import decode_json, decode_spans
 from ._natsserver import NatsServer
 from ._projection import normalize_batch
 from ._queries import (ARROW_MIME, HANDLERS, QueryCache, QueryError, _rows, encode_answer, error_reply,
@@ -101,8 +101,10 @@ class Service:
         self.limits = {"default": self.config.queries.default_limit, "max": self.config.queries.max_limit}
         self.server: NatsServer | None = None
         self.nc = self.qnc = None
+        # what arrived and is not applied yet: raw-connection Blocks and nats-py Msgs, in order
         self._pending: list = []
-        self._pending_t: list = []
+        self._pending_n = 0
+        self._pending_t0 = 0.0
         self._has_data = asyncio.Event()
         self._full = asyncio.Event()
         self._stop = asyncio.Event()
@@ -241,7 +243,8 @@ class Service:
     # -- the consumer's inbox on a raw connection ------------------------------------
     async def _raw_connect(self):
         o = self.connect_options
-        conn = _wire.RawConnection(self._on_raw, self._raw_lost, name="cim_flow-consumer")
+        conn = _wire.RawConnection(self._on_block, self._raw_lost, inbox=self._inbox,
+                                   batch_subject=BATCH_SUBJECT, name="cim_flow-consumer")
         await conn.connect(self.url, user=o.get("user"), password=o.get("password"), token=o.get("token"))
         conn.subscribe(self._inbox)
         await conn.flush()
@@ -267,33 +270,53 @@ class Service:
             await self._resume()
             return
 
-    def _on_raw(self, msgs):
-        """Messages of one socket read (in order): status frames end pull requests."""
-        inbox = self._inbox
+    def _on_block(self, block: _wire.Block):
+        """The messages of one socket read: pull statuses end pull requests, the rest wait."""
         pulls = self._pulls
-        pending = self._pending
-        ended = False
-        k0 = len(pending)
-        for m in msgs:
-            if m.subject == inbox:
-                if pulls:
-                    pulls.popleft()
-                ended = True
-                continue
-            if pulls:
-                pulls[0] -= 1
+        kind = block.kind
+        status = np.flatnonzero(kind == 2)
+        prev = 0
+        for i in [*status.tolist(), len(block)]:
+            k = i - prev  # data messages before this status
+            while k and pulls:
+                take = min(k, pulls[0])
+                pulls[0] -= take
+                k -= take
                 if pulls[0] <= 0:
                     pulls.popleft()
-            pending.append(m)
-        k = len(pending) - k0
-        if k:
-            self._pending_t.extend([time.time()] * k)
-            if k0 == 0:
-                self._has_data.set()
-            if len(pending) >= self.batch_size:
-                self._full.set()
-        elif ended and not pending:
+            if i < len(block) and pulls:
+                pulls.popleft()
+            prev = i + 1
+        if status.size:
+            block = block.select(kind != 2)
+        if len(block):
+            self._add_pending(block, len(block), float(block.t[0]))
+        elif status.size and not self._pending:
             self._tasks.append(asyncio.ensure_future(self._pull()))
+
+    def _add_pending(self, item, n: int, t: float):
+        if not self._pending:
+            self._pending_t0 = t
+            self._has_data.set()
+        self._pending.append(item)
+        self._pending_n += n
+        if self._pending_n >= self.batch_size:
+            self._full.set()
+
+    def _take_pending(self) -> _wire.Block | None:
+        items, self._pending, self._pending_n = self._pending, [], 0
+        blocks, msgs = [], []
+        for it in items + [None]:
+            if isinstance(it, _wire.Block) or it is None:
+                if msgs:
+                    blocks.append(_wire.Block.from_msgs([m for m, _ in msgs], [t for _, t in msgs],
+                                                        BATCH_SUBJECT, _stream_seq if self.jetstream else None))
+                    msgs = []
+                if it is not None:
+                    blocks.append(it)
+            else:
+                msgs.append(it)
+        return _wire.Block.concat(blocks) if blocks else None
 
     async def _start_jetstream(self):
         js_cfg = self.config.jetstream
@@ -354,12 +377,7 @@ class Service:
             self._pulls[0] -= 1
             if self._pulls[0] <= 0:
                 self._pulls.popleft()
-        self._pending.append(msg)
-        self._pending_t.append(time.time())
-        if len(self._pending) == 1:
-            self._has_data.set()
-        if len(self._pending) >= self.batch_size:
-            self._full.set()
+        self._add_pending((msg, time.time()), 1, time.time())
 
     async def _batch_loop(self):
         timeout = self.config.event_processing.batch_timeout
@@ -373,8 +391,8 @@ class Service:
                 stopper.cancel()
                 if self._stop.is_set() and not self._pending:
                     return
-            deadline = self._pending_t[0] + timeout if self._pending_t else time.time()
-            while len(self._pending) < self.batch_size and not self._stop.is_set():
+            deadline = self._pending_t0 + timeout if self._pending else time.time()
+            while self._pending_n < self.batch_size and not self._stop.is_set():
                 left = deadline - time.time()
                 if left <= 0:
                     break
@@ -383,45 +401,39 @@ class Service:
                     await asyncio.wait_for(self._full.wait(), left)
                 except asyncio.TimeoutError:
                     break
-            msgs, times = self._pending, self._pending_t
-            self._pending, self._pending_t = [], []
-            self._closed_full = len(msgs) >= self.batch_size
+            self._closed_full = self._pending_n >= self.batch_size
+            block = self._take_pending()
             try:
-                await self._process(msgs, times)
+                if block is not None:
+                    await self._process(block)
             except Exception as exc:  # never let one batch kill the service
                 self._log(f"cim_flow: batch failed: {type(exc).__name__}: {exc}")
             if self.jetstream and self.connected:
                 await self._pull()
 
-    async def _dead_letter(self, msg, reason: str, seq=None):
+    async def _dead_letter(self, subject: str, data: bytes, reason: str, seq=None):
         self.counters["events_dead_lettered"] += 1
-        headers = {"Cim-Error": reason[:1000], "Cim-Subject": msg.subject}
-        if seq is not None:
+        headers = {"Cim-Error": reason[:1000], "Cim-Subject": subject}
+        if seq:
             headers["Cim-Seq"] = str(seq)
-        await self.nc.publish(DLQ_SUBJECT, msg.data, headers=headers)
+        await self.nc.publish(DLQ_SUBJECT, data, headers=headers)
 
-    async def _process(self, msgs, times):
+    async def _process(self, block: _wire.Block):
         eng = self.engine
-        js = self.jetstream
+        n = len(block)
         self._touched = set()
-        run, run_t = [], []
-        for m, t in zip(msgs, times):
-            if m.subject == BATCH_SUBJECT:
-                await self._apply_json(run, run_t)
-                run, run_t = [], []
-                await self._apply_arrow(m)
-            else:
-                run.append(m)
-                run_t.append(t)
-        await self._apply_json(run, run_t)
-        done = time.time()
-        self.latency.add(done - np.asarray(times))
+        a = 0
+        for i in [*np.flatnonzero(block.kind == 1).tolist(), n]:  # Arrow messages split JSON runs
+            await self._apply_json(block, a, i)
+            if i < n:
+                await self._apply_arrow(block, i)
+            a = i + 1
+        self.latency.add(time.time() - block.t)
         self.counters["batches"] += 1
-        self.counters["messages"] += len(msgs)
-        if js and msgs:
-            last = msgs[-1]
-            eng._advance_to(_stream_seq(last.reply))
-            await self.nc.publish(last.reply, b"+ACK")
+        self.counters["messages"] += n
+        if self.jetstream and n:
+            eng._advance_to(int(block.seq[n - 1]))
+            await self.nc.publish(block.reply(n - 1), b"+ACK")
         self._adapt()
         await self._publish_updates()
         self._maybe_snapshot()
@@ -454,37 +466,37 @@ class Service:
         self.counters["events_ignored"] += res.ignored
         self.counters["events_skipped"] += res.skipped
 
-    async def _apply_json(self, msgs, times):
-        if not msgs:
+    async def _apply_json(self, block: _wire.Block, a: int, b: int):
+        if b <= a:
             return
-        payloads = [m.data for m in msgs]
-        recv = (np.asarray(times) * 1e6).astype(np.int64)
-        batch, errors = decode_json(payloads, received_at=recv)
-        seqs = np.array([_stream_seq(m.reply) for m in msgs], np.uint64) if self.jetstream else None
+        recv = (block.t[a:b] * 1e6).astype(np.int64)
+        batch, errors = decode_spans(block.buf, block.ds[a:b], block.de[a:b], received_at=recv)
+        seqs = block.seq[a:b].astype(np.uint64) if self.jetstream else None
+        keep = None
         if errors:
-            bad = np.zeros(len(msgs), bool)
+            keep = np.ones(b - a, bool)
             for e in errors:
-                bad[e.index] = True
-                await self._dead_letter(msgs[e.index], e.reason, None if seqs is None else int(seqs[e.index]))
-            keep = ~bad
-        else:
-            keep = None
+                keep[e.index] = False
+                i = a + e.index
+                await self._dead_letter(block.subject(i), block.data(i), e.reason,
+                                        int(block.seq[i]) if self.jetstream else None)
         if seqs is not None and batch.num_rows:
-            s = seqs if keep is None else seqs[keep]
-            batch = batch.set_column(0, "seq", pa.array(s, pa.uint64()))
+            batch = batch.set_column(0, "seq", pa.array(seqs if keep is None else seqs[keep], pa.uint64()))
         if batch.num_rows:
             self._count(self.engine.apply(batch))
 
-    async def _apply_arrow(self, msg):
+    async def _apply_arrow(self, block: _wire.Block, i: int):
+        data = block.data(i)
         try:
-            with pa.ipc.open_stream(pa.py_buffer(msg.data)) as reader:
+            with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
                 table = reader.read_all()
             batches = [normalize_batch(b) for b in table.to_batches()]
         except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OSError) as exc:
-            await self._dead_letter(msg, f"bad Arrow batch: {exc}")
+            await self._dead_letter(block.subject(i), data, f"bad Arrow batch: {exc}",
+                                    int(block.seq[i]) if self.jetstream else None)
             return
         if self.jetstream:
-            res = self.engine._apply_at(batches, _stream_seq(msg.reply))
+            res = self.engine._apply_at(batches, int(block.seq[i]))
         else:
             res = self.engine.apply(batches)
         self._count(res)
