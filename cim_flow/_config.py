@@ -105,7 +105,7 @@ class JetStream:
     store_dir: str = ""
     max_memory_store: int = 0
     max_file_store: int = 0
-    pull_batch: int = 4096
+    pull_batch: int = 16384
     raw_consumer: bool = True
     sync_interval: float = 0.0
     compression: str = "none"

@@ -358,9 +358,10 @@ class Service:
             max_ack_pending=-1, ack_wait=60, max_waiting=64, filter_subject=None))
 
     async def _pull(self):
-        """Keep about two pull batches requested (pull requests on a plain subscription)."""
+        """Keep two pull batches requested (pull requests on a plain subscription), so the
+        server always has an open request while a batch is being applied."""
         b = self.config.jetstream.pull_batch
-        while sum(self._pulls) < b:
+        while sum(self._pulls) <= b:
             self._pulls.append(b)
             req = _json.encode({"batch": b, "expires": 2_000_000_000})
             await self.nc.publish(self._next_subject, req, reply=self._inbox)
