@@ -135,6 +135,8 @@ class ApplyResult:
 
 def normalize_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     """The batch in EVENT_SCHEMA order and types; ``ValueError`` naming the bad column."""
+    if batch.schema.equals(EVENT_SCHEMA):
+        return batch
     names = batch.schema.names
     unknown = [n for n in names if EVENT_SCHEMA.get_field_index(n) < 0]
     if unknown:
@@ -180,16 +182,36 @@ def _ro(a):
     return a
 
 
+def _validity(arr) -> np.ndarray | None:
+    """Validity of a fixed-width array as bools, from its bitmap (None: no nulls)."""
+    if arr.null_count == 0:
+        return None
+    n = len(arr)
+    if arr.null_count == n and arr.buffers()[0] is None:
+        return np.zeros(n, np.bool_)
+    bits = np.frombuffer(arr.buffers()[0], np.uint8)
+    return np.unpackbits(bits, bitorder="little", count=arr.offset + n)[arr.offset:].astype(np.bool_)
+
+
 def _num(arr, dtype, fill):
-    if arr.null_count:
-        arr = arr.fill_null(fill)
-    return _ro(arr.to_numpy(zero_copy_only=False).astype(dtype, copy=False))
+    """Values as ``dtype`` with ``fill`` at nulls, read straight from the Arrow buffers
+    (pyarrow compute calls cost ~20 µs each here: a small batch paid that per column)."""
+    n = len(arr)
+    t = arr.type
+    if pa.types.is_timestamp(t):
+        t = pa.int64()
+    if n == 0 or arr.null_count == n or arr.buffers()[1] is None:
+        return _ro(np.full(n, fill, dtype))
+    vals = np.frombuffer(arr.buffers()[1], t.to_pandas_dtype(), count=n, offset=arr.offset)
+    ok = _validity(arr)
+    if ok is not None:
+        vals = np.where(ok, vals, np.array(fill).astype(vals.dtype))
+    return _ro(vals.astype(dtype, copy=False))
 
 
 def _valid(arr):
-    if arr.null_count == 0:
-        return _ro(np.ones(len(arr), np.bool_))
-    return _ro(arr.is_valid().to_numpy(zero_copy_only=False))
+    ok = _validity(arr)
+    return _ro(np.ones(len(arr), np.bool_) if ok is None else ok)
 
 
 def _ids(arr):
@@ -212,7 +234,7 @@ def events_of(batch: pa.RecordBatch, strings: StringPool, types: StringPool) -> 
         seq=_num(c("seq"), np.uint64, 0),
         seq_ok=_valid(c("seq")),
         kind=_num(c("event_type"), np.int8, 0),
-        t=_num(t.cast(pa.int64()), np.int64, 0),
+        t=_num(t, np.int64, 0),
         t_ok=_valid(t),
         gid=gid, gid_ok=gid_ok, nid=nid, nid_ok=nid_ok, eid=eid, eid_ok=eid_ok,
         sid=sid, sid_ok=sid_ok, tid=tid, tid_ok=tid_ok,
