@@ -296,6 +296,36 @@ def q_graphs_by_node_count(engine, req, limits) -> Answer:
                              "node_count_between": [lo, hi]}, limits)
 
 
+def _opt_str(req, key):
+    v = req.get(key)
+    if v is not None and not isinstance(v, str):
+        raise QueryError("bad_request", f"{key} must be a string")
+    return v
+
+
+def q_find_nodes(engine, req, limits) -> Answer:
+    g = _graph_filter(engine, req)
+    node_type, name = _opt_str(req, "node_type"), _opt_str(req, "name")
+    offset = _number(req.get("offset", 0), "offset", minimum=0, integer=True)
+    limit = _limit(req, limits["default"], limits["max"])
+    every = engine.find_nodes(g, node_type=node_type, name=name)
+    page = every.slice(offset, limit)
+    return Answer({"total": every.num_rows, "offset": offset, "limit": limit,
+                   "truncated": offset + page.num_rows < every.num_rows, "nodes": _rows(page)}, page)
+
+
+def q_neighbors(engine, req, limits) -> Answer:
+    node = _graph_id(req, "node_id")
+    g = _graph_filter(engine, req)
+    if engine._nodes_of(node, g).size == 0:
+        raise QueryError("not_found", f"unknown node {node}")
+    t = engine.neighbors(node, graph_id=g)
+    limit = _limit(req, limits["default"], limits["max"])
+    page = t.slice(0, limit)
+    return Answer({"node_id": str(node), "count": t.num_rows, "truncated": t.num_rows > limit,
+                   "neighbors": _rows(page)}, page)
+
+
 HANDLERS = {
     "summary": q_summary,
     "get_graph": q_summary,
@@ -306,6 +336,8 @@ HANDLERS = {
     "nodes_in_radius": q_nodes_in_radius,
     "knn": q_knn,
     "nodes_in_box": q_nodes_in_box,
+    "find_nodes": q_find_nodes,
+    "neighbors": q_neighbors,
 }
 
 

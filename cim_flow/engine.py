@@ -20,6 +20,7 @@ from ._projection import ApplyResult, Projection, normalize_batch
 from ._schema import TIME_TYPE
 from ._spatial import SpatialIndex
 from kernels import spatial as ks
+from kernels import traverse as kt
 from ._time import from_micros, to_micros
 
 _NOT_INDEXED = -2
@@ -284,6 +285,79 @@ class Engine:
         cand = self._by_count_sorted(G.order[:stop].copy())
         return self._summary_table(cand[:k])
 
+    # -- nodes and edges -------------------------------------------------------------
+    def _node_rows(self, nodes: np.ndarray) -> pa.Table:
+        N, G = self._p.N, self._p.G
+        pos = N.pos[nodes]
+        return pa.Table.from_arrays(
+            [words_to_fsb(N.keys[nodes]), words_to_fsb(G.keys[N.graph[nodes]]),
+             self._p.strings.decode(N.label[nodes]), self._p.types.decode(N.ntype[nodes]),
+             pa.array(pos[:, 0]), pa.array(pos[:, 1]), pa.array(pos[:, 2])],
+            schema=_FIND_SCHEMA)
+
+    def find_nodes(self, graph_id=None, *, node_type: str | None = None, name: str | None = None,
+                   offset: int = 0, limit: int | None = None) -> pa.Table:
+        """Live nodes (of one graph, with a given ``node_type`` and/or ``name``), in the order
+        they were first seen: columns ``node_id``, ``graph_id``, ``name``, ``node_type``,
+        ``x``, ``y``, ``z`` (NaN without a position).  ``offset``/``limit`` page the result."""
+        N, G = self._p.N, self._p.G
+        if graph_id is not None:
+            g = self._gidx(graph_id)
+            if g < 0:
+                return self._node_rows(np.empty(0, np.int64))
+            nodes = np.empty(int(G.ncount[g]), np.int64)
+            nodes = np.sort(nodes[: kt.graph_nodes(G.nhead, N.gnext, g, nodes)])
+        else:
+            nodes = np.flatnonzero(N.alive[: N.meta[0]])
+        for value, pool, codes in ((node_type, self._p.types, N.ntype), (name, self._p.strings, N.label)):
+            if value is not None:
+                code = pool.get(value)
+                nodes = nodes[codes[nodes] == code] if code >= 0 else nodes[:0]
+        offset = int(offset)
+        if offset < 0 or (limit is not None and int(limit) < 0):
+            raise ValueError("offset and limit must be >= 0")
+        nodes = nodes[offset: None if limit is None else offset + int(limit)]
+        return self._node_rows(nodes)
+
+    def _nodes_of(self, node_id, graph_id=None) -> np.ndarray:
+        N = self._p.N
+        w0, w1 = words_of(node_id)
+        if graph_id is not None:
+            g = self._gidx(graph_id)
+            if g < 0:
+                return np.empty(0, np.int64)
+            v = kintern.lookup(N.slots, N.keys, N.graph, g, w0, w1)
+            return np.array([v] if v >= 0 and N.alive[v] else [], np.int64)
+        m = int(N.meta[0])
+        keys = N.keys[:m]
+        return np.flatnonzero((keys[:, 0] == w0) & (keys[:, 1] == w1) & N.alive[:m].astype(bool))
+
+    def neighbors(self, node_id, *, graph_id=None) -> pa.Table:
+        """Edges at a live node (in every graph holding that node id, or in ``graph_id``):
+        columns ``node_id`` (the node at the other end), ``graph_id``, ``edge_id``,
+        ``direction`` ("out" when the node is the edge's source, else "in"), ``weight``,
+        ``edge_type``.  A self-loop appears twice (out and in)."""
+        N, E, G = self._p.N, self._p.E, self._p.G
+        parts = []
+        for v in self._nodes_of(node_id, graph_id):
+            k = kt.degree(N.ihead, E.hnext, v)
+            edges = np.empty(k, np.int64)
+            others = np.empty(k, np.int64)
+            out = np.empty(k, np.bool_)
+            kt.incident(N.ihead, E.hnext, E.src, E.dst, v, edges, others, out)
+            parts.append((edges, others, out))
+        edges = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
+        others = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
+        out = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.bool_)
+        order = np.argsort(edges * 2 + ~out, kind="stable")  # by edge, "out" before "in"
+        edges, others, out = edges[order], others[order], out[order]
+        w = E.weight[edges].astype(np.float64)
+        return pa.Table.from_arrays(
+            [words_to_fsb(N.keys[others]), words_to_fsb(G.keys[E.graph[edges]]), words_to_fsb(E.keys[edges]),
+             pa.array(np.where(out, "out", "in").tolist(), pa.utf8()),
+             pa.array(w, mask=np.isnan(w)), self._p.types.decode(E.etype[edges])],
+            schema=_NEIGHBOR_SCHEMA)
+
     # -- spatial queries ----------------------------------------------------------
     def _gsel(self, graph_id) -> int:
         """Graph filter for the kernels: -1 for none; -2 (matches nothing) for an unknown graph."""
@@ -400,6 +474,10 @@ class Engine:
 
 _SERIAL_BELOW = 16  # query batches this small run on the calling thread
 _NODE_SCHEMA = pa.schema([("query", pa.int64()), ("node_id", pa.binary(16)), ("graph_id", pa.binary(16))])
+_FIND_SCHEMA = pa.schema([("node_id", pa.binary(16)), ("graph_id", pa.binary(16)), ("name", pa.utf8()),
+                          ("node_type", pa.utf8()), ("x", pa.float64()), ("y", pa.float64()), ("z", pa.float64())])
+_NEIGHBOR_SCHEMA = pa.schema([("node_id", pa.binary(16)), ("graph_id", pa.binary(16)), ("edge_id", pa.binary(16)),
+                              ("direction", pa.utf8()), ("weight", pa.float64()), ("edge_type", pa.utf8())])
 _NODE_SCHEMA_D = _NODE_SCHEMA.append(pa.field("distance", pa.float64()))
 
 

@@ -135,6 +135,38 @@ def test_spatial_queries_over_nats(nats_server, service):
     assert len(r["nodes"]) == 7 and r["truncated"] is True and r["count"] == 60
 
 
+def test_find_nodes_and_neighbors_over_nats(nats_server, service):
+    rng = random.Random(6)
+    g = str(uuid.uuid4())
+    events, pos = _node_events(g, 8, rng, "internal")
+    ids = list(pos)
+    events.append(("event.graph.node.updated", json.dumps({"type": "NodeUpdated", "graph_id": g, "node_id": ids[1],
+                                                          "node_type": "Sensor", "label": "s1",
+                                                          "occurred_at": T0 + 50}).encode()))
+    e1, e2 = str(uuid.uuid4()), str(uuid.uuid4())
+    for e, a, b in ((e1, ids[0], ids[1]), (e2, ids[2], ids[0])):
+        events.append(("event.graph.edge.created", json.dumps({
+            "type": "EdgeAdded", "graph_id": g, "edge_id": e, "source_id": a, "target_id": b, "weight": 0.5,
+            "edge_type": "link", "occurred_at": T0 + 60}).encode()))
+    seq = _publish(nats_server.url, events)
+    r = request(nats_server.url, "query.graph.find_nodes", {"graph_id": g, "min_version": seq})
+    assert r["total"] == 8 and {n["node_id"] for n in r["nodes"]} == set(ids)
+    by_id = {n["node_id"]: n for n in r["nodes"]}
+    assert [by_id[ids[3]][c] for c in "xyz"] == pos[ids[3]]
+    r = request(nats_server.url, "query.graph.find_nodes", {"graph_id": g, "node_type": "Sensor"})
+    assert [(n["node_id"], n["name"], n["node_type"]) for n in r["nodes"]] == [(ids[1], "s1", "Sensor")]
+    r = request(nats_server.url, "query.graph.find_nodes", {"graph_id": g, "limit": 3, "offset": 2})
+    assert len(r["nodes"]) == 3 and r["truncated"] is True and r["total"] == 8
+    r = request(nats_server.url, "query.graph.neighbors", {"node_id": ids[0], "graph_id": g})
+    got = sorted((n["node_id"], n["edge_id"], n["direction"], n["weight"], n["edge_type"]) for n in r["neighbors"])
+    assert got == sorted([(ids[1], e1, "out", 0.5, "link"), (ids[2], e2, "in", 0.5, "link")])
+    assert r["count"] == 2 and r["node_id"] == ids[0]
+    r = request(nats_server.url, "query.graph.neighbors", {"node_id": str(uuid.uuid4())})
+    assert r["error"]["code"] == "not_found"
+    r = request(nats_server.url, "query.graph.neighbors", {})
+    assert r["error"]["code"] == "bad_request"
+
+
 def test_arrow_batch_in_and_arrow_reply(nats_server, service):
     rng = random.Random(9)
     g = str(uuid.uuid4())
@@ -217,7 +249,8 @@ def test_stats_cache_and_micro_service(nats_server, service):
     assert info["name"] == "cim_flow"
     subjects = {e["subject"] for e in info["endpoints"]}
     assert {"query.graph.summary", "query.graph.graphs", "query.graph.stats", "query.graph.nodes_in_radius",
-            "query.graph.knn", "query.graph.nodes_in_box"} <= subjects
+            "query.graph.knn", "query.graph.nodes_in_box", "query.graph.find_nodes",
+            "query.graph.neighbors"} <= subjects
     ping = request(nats_server.url, "$SRV.PING.cim_flow")
     assert ping["name"] == "cim_flow"
 
