@@ -98,18 +98,41 @@ def usable(url: str, connect_options: dict) -> bool:
     return parts.scheme in ("nats", "") and parts.hostname is not None
 
 
+def _needed(rest: bytes) -> int:
+    """Bytes needed before the partial frame at the start of ``rest`` is complete."""
+    eol = rest.find(_CRLF)
+    if eol < 0 or not rest.startswith((b"MSG ", b"HMSG ")):
+        return 0
+    try:
+        return eol + 2 + int(rest[:eol].rsplit(b" ", 1)[1]) + 2
+    except (ValueError, IndexError):
+        return 0
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, conn: RawConnection):
         self.conn = conn
-        self.rest = b""
+        self.rest = bytearray()
+        self.need = 0  # a large message arrives over many reads: parse once it is whole
 
     def connection_made(self, transport):
         self.conn.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        b = self.rest + data if self.rest else data
+        if self.rest:
+            self.rest += data
+            if len(self.rest) < self.need:
+                return
+            b = bytes(self.rest)
+        else:
+            b = data
         pos = self.conn._frames(b)
-        self.rest = b[pos:] if pos < len(b) else b""
+        if pos < len(b):
+            self.rest = bytearray(b[pos:])
+            self.need = _needed(self.rest)
+        else:
+            self.rest = bytearray()
+            self.need = 0
 
     def connection_lost(self, exc):
         self.conn._lost(exc)
