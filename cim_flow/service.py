@@ -715,6 +715,15 @@ def warm_kernels() -> None:
     eng.nodes_in_box([0, 0, 0], [5, 5, 5])
     eng.apply(pa.table({k: v for k, v in cols.items()}).slice(0, 3))  # incremental index update
     eng.nodes_within(rng.uniform(0, 10, (1, 3)), 2.0)
-    decode_json([json.dumps({"type": "NodeAdded", "graph_id": str(uuid.UUID(bytes=g)),
-                             "node_id": str(uuid.uuid4()), "position": [1, 2, 3]}).encode()])
+    payload = json.dumps({"type": "NodeAdded", "graph_id": str(uuid.UUID(bytes=g)),
+                          "node_id": str(uuid.uuid4()), "position": [1, 2, 3]}).encode()
+    decode_json([payload])
+    eng.find_nodes(g)
+    eng.neighbors(nodes[1], graph_id=g)
+    # the consumer's framing kernel, on one frame as the server sends it
+    frame = b"MSG event.graph.x 1 $JS.ACK.S.C.1.1.1.0.0 %d\r\n%s\r\n" % (len(payload), payload)
+    got = []
+    conn = _wire.RawConnection(got.append, inbox="_INBOX.warm", batch_subject=BATCH_SUBJECT)
+    conn._frames(frame)
+    decode_spans(got[0].buf, got[0].ds, got[0].de)
 
