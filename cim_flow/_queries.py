@@ -66,26 +66,37 @@ def uuid_texts(arr: pa.Array) -> list:
     if n == 0:
         return []
     raw = np.frombuffer(arr.buffers()[1], np.uint8, count=16 * n, offset=16 * arr.offset).reshape(n, 16)
-    out = np.full((n, 36), ord("-"), np.uint8)
-    nib = np.empty((n, 32), np.uint8)
-    nib[:, 0::2] = raw >> 4
-    nib[:, 1::2] = raw & 15
-    out[:, _UUID_POS] = _HEXDIGITS[nib]
-    texts = out.view("S36").ravel().tolist()
-    texts = [t.decode() for t in texts]
+    texts = uuid_texts_of(raw)
     if arr.null_count:
         texts = [t if ok else None for t, ok in zip(texts, arr.is_valid().to_pylist())]
     return texts
 
 
+def uuid_texts_of(raw: np.ndarray) -> list:
+    """Canonical UUID text for each row of an ``(n, 16)`` uint8 array."""
+    raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, 16)
+    n = raw.shape[0]
+    out = np.full((n, 36), ord("-"), np.uint8)
+    nib = np.empty((n, 32), np.uint8)
+    nib[:, 0::2] = raw >> 4
+    nib[:, 1::2] = raw & 15
+    out[:, _UUID_POS] = _HEXDIGITS[nib]
+    return [t.decode() for t in out.view("S36").ravel().tolist()]
+
+
+def iso_texts_of(us: np.ndarray) -> list:
+    """RFC 3339 text (UTC, 'Z'; microseconds only when not zero) per int64 µs value."""
+    us = np.asarray(us, np.int64)
+    t = us.astype("datetime64[us]")
+    whole = (us % 1_000_000 == 0).tolist()
+    s_us = np.datetime_as_string(t, unit="us").tolist()
+    s_s = np.datetime_as_string(t, unit="s").tolist()
+    return [(a if w else b) + "Z" for a, b, w in zip(s_s, s_us, whole)]
+
+
 def iso_texts(arr: pa.Array) -> list:
     """RFC 3339 text (UTC, 'Z'; microseconds only when not zero, like isoformat) per timestamp."""
-    us = arr.cast(pa.int64()).fill_null(0).to_numpy()
-    t = us.astype("datetime64[us]")
-    whole = us % 1_000_000 == 0
-    s_us = np.datetime_as_string(t, unit="us")
-    s_s = np.datetime_as_string(t, unit="s")
-    texts = [(a if w else b) + "Z" for a, b, w in zip(s_s.tolist(), s_us.tolist(), whole.tolist())]
+    texts = iso_texts_of(arr.cast(pa.int64()).fill_null(0).to_numpy())
     if arr.null_count:
         texts = [t if ok else None for t, ok in zip(texts, arr.is_valid().to_pylist())]
     return texts

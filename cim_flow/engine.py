@@ -208,6 +208,23 @@ class Engine:
             schema=SUMMARY_SCHEMA,
         )
 
+    def _summary_rows(self, gidx: np.ndarray) -> list[dict]:
+        """The summaries of graphs ``gidx`` as JSON-ready dicts (UUID and RFC 3339 text),
+        built column-wise from the state arrays (no Arrow round trip: the service sends
+        these after every batch)."""
+        from ._queries import iso_texts_of, uuid_texts_of
+
+        G = self._p.G
+        gidx = np.asarray(gidx, np.int64)
+        if gidx.size == 0:
+            return []
+        names = self._p.strings
+        cols = (uuid_texts_of(G.keys[gidx]), [names.value(c) for c in G.name[gidx].tolist()],
+                G.ncount[gidx].tolist(), G.ecount[gidx].tolist(), iso_texts_of(G.created[gidx]),
+                iso_texts_of(G.lastmod[gidx]), G.archived[gidx].astype(bool).tolist())
+        keys = SUMMARY_SCHEMA.names
+        return [dict(zip(keys, row)) for row in zip(*cols)]
+
     def _live_graphs(self) -> np.ndarray:
         G = self._p.G
         return np.flatnonzero(G.alive[: G.meta[0]])

@@ -28,8 +28,8 @@ from ._config import Config
 from ._decode import decode_json, decode_spans
 from ._natsserver import NatsServer
 from ._projection import normalize_batch
-from ._queries import (ARROW_MIME, HANDLERS, QueryCache, QueryError, _rows, encode_answer, error_reply,
-                       parse_request)
+from ._queries import (ARROW_MIME, HANDLERS, QueryCache, QueryError, encode_answer, error_reply, parse_request,
+                       uuid_texts_of)
 from .engine import Engine
 
 BATCH_SUBJECT = "event.graph.batch"
@@ -64,11 +64,18 @@ class LatencyWindow:
         self.buf[: k - first] = values[first:]
         self.n += k
 
-    def percentiles(self, qs=(50, 99, 99.9)) -> list[float]:
+    def percentiles(self, qs=(50, 99, 99.9), last: int | None = None) -> list[float]:
+        """Percentiles over the window, or over the ``last`` values only."""
         m = min(self.n, self.buf.size)
         if m == 0:
             return [0.0 for _ in qs]
-        return [float(v) for v in np.percentile(self.buf[:m], qs)]
+        if last is not None and last < m:
+            i = self.n % self.buf.size
+            vals = self.buf[max(0, i - last):i] if i >= last else np.concatenate(
+                [self.buf[self.buf.size - (last - i):], self.buf[:i]]) if m == self.buf.size else self.buf[:i]
+        else:
+            vals = self.buf[:m]
+        return [float(v) for v in np.percentile(vals, qs)]
 
 
 class Service:
@@ -113,6 +120,7 @@ class Service:
         self._tasks: list = []
         self._touched: set = set()
         self.latency = LatencyWindow()
+        self.batch_time = LatencyWindow(4096)  # seconds spent processing each batch
         self.counters = dict(events_applied=0, events_ignored=0, events_skipped=0, events_dead_lettered=0,
                              batches=0, queries=0, query_errors=0, messages=0)
         self.started = time.time()
@@ -420,6 +428,7 @@ class Service:
         await self.nc.publish(DLQ_SUBJECT, data, headers=headers)
 
     async def _process(self, block: _wire.Block):
+        t_start = time.perf_counter()
         eng = self.engine
         n = len(block)
         self._touched = set()
@@ -438,6 +447,7 @@ class Service:
         self._adapt()
         await self._publish_updates()
         self._maybe_snapshot()
+        self.batch_time.add(np.array([time.perf_counter() - t_start]))
         async with self._applied_cond:
             self._applied_cond.notify_all()
 
@@ -518,9 +528,9 @@ class Service:
         if getattr(self, "_closed_full", False):
             self.batch_size = min(ep.max_batch_size, int(self.batch_size * 1.5) + 1)
             return
-        if self.latency.n < 64:
+        if self.latency.n < 64 or self.counters["batches"] % 4:
             return
-        p99 = self.latency.percentiles((99,))[0]
+        p99 = self.latency.percentiles((99,), last=2048)[0]  # recent behaviour, and cheap per batch
         if p99 > ep.target_latency:
             self.batch_size = max(ep.min_batch_size, int(self.batch_size * 0.95))
 
@@ -533,8 +543,7 @@ class Service:
         live = gidx[G.alive[gidx].astype(bool)]
         dead = gidx[~G.alive[gidx].astype(bool)]
         body = {"version": eng.version, "events_total": self.events_total(),
-                "graphs": _rows(eng._summary_table(live)),
-                "deleted": [str(uuid.UUID(bytes=G.keys[g].tobytes())) for g in dead]}
+                "graphs": eng._summary_rows(live), "deleted": uuid_texts_of(G.keys[dead])}
         data = _json.encode(body)
         msg_id = f"summary-{eng.version}"
         await self.nc.publish(UPDATES_SUBJECT, data, headers={"Nats-Msg-Id": msg_id})
@@ -622,6 +631,7 @@ class Service:
             "events_skipped": c["events_skipped"], "events_dead_lettered": c["events_dead_lettered"],
             "batches": c["batches"], "batch_size": self.batch_size,
             "latency_ms": {"p50": p50 * 1e3, "p99": p99 * 1e3, "p999": p999 * 1e3},
+            "batch_ms": dict(zip(("p50", "p99", "max"), (v * 1e3 for v in self.batch_time.percentiles((50, 99, 100))))),
             "queries": c["queries"], "query_errors": c["query_errors"],
             "cache_hits": self.cache.hits, "cache_misses": self.cache.misses, "cache_entries": len(self.cache),
             "uptime_s": time.time() - self.started, "connected": self.connected,
