@@ -8,6 +8,7 @@ batching, acks and the life cycle.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 import sys
@@ -185,6 +186,9 @@ class Service:
         if self.demo:
             from ._demo import demo_publisher
             self._tasks.append(asyncio.create_task(demo_publisher(self.url, self.demo_rate, self._stop)))
+        # Everything alive now (numba's compiler state, nats-py, the engine) lives for the whole
+        # run: keep it out of the cyclic collector's full passes, which otherwise walk it all.
+        gc.freeze()
         return self.url
 
     async def _catch_up(self):
