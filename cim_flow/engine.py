@@ -121,6 +121,34 @@ class Engine:
         res.version = int(seq)
         return res
 
+    def _apply_messages(self, messages) -> ApplyResult:
+        """Apply consecutive stream messages ``[(batches, seq), ...]`` (seq increasing) in one
+        kernel call, with exactly the outcome of :meth:`_apply_at` on each in turn: a message
+        with ``seq <= version`` is skipped whole, the rest apply in order, and the version
+        ends at the last applied message's seq."""
+        v = self.version
+        total = None
+        fresh, last = [], None
+        for batches, seq in messages:
+            batches = [normalize_batch(b) for b in _batches_of(batches)]
+            if seq <= v:
+                n = sum(b.num_rows for b in batches)
+                r = ApplyResult(0, 0, n, v, np.full(n, 1, np.int8), np.full(n, seq, np.uint64))
+                total = r if total is None else total + r
+                continue
+            fresh += [b.set_column(0, "seq", pa.nulls(b.num_rows, pa.uint64())) for b in batches]
+            last = v = int(seq)
+        if fresh:
+            table = pa.Table.from_batches(fresh, schema=fresh[0].schema).combine_chunks()
+            res = self.apply(table)
+            self._p.version = last
+            res.version = last
+            total = res if total is None else total + res
+        if total is None:
+            total = ApplyResult(0, 0, 0, self.version)
+        total.version = self.version
+        return total
+
     def _advance_to(self, seq: int) -> None:
         """Move the version to ``seq`` (events up to it were consumed, some dead-lettered)."""
         if seq > self._p.version:

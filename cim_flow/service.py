@@ -436,12 +436,14 @@ class Service:
         eng = self.engine
         n = len(block)
         self._touched = set()
-        a = 0
-        for i in [*np.flatnonzero(block.kind == 1).tolist(), n]:  # Arrow messages split JSON runs
-            await self._apply_json(block, a, i)
-            if i < n:
-                await self._apply_arrow(block, i)
-            a = i + 1
+        # runs of JSON messages and runs of Arrow messages, in stream order
+        kind = block.kind
+        cuts = [0, *(np.flatnonzero(kind[1:] != kind[:-1]) + 1).tolist(), n] if n else [0]
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if kind[a] == 1:
+                await self._apply_arrow(block, a, b)
+            else:
+                await self._apply_json(block, a, b)
         self.latency.add(time.time() - block.t)
         self.counters["batches"] += 1
         self.counters["messages"] += n
@@ -500,20 +502,26 @@ class Service:
         if batch.num_rows:
             self._count(self.engine.apply(batch))
 
-    async def _apply_arrow(self, block: _wire.Block, i: int):
-        data = block.data(i)
-        try:
-            with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
-                table = reader.read_all()
-            batches = [normalize_batch(b) for b in table.to_batches()]
-        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OSError) as exc:
-            await self._dead_letter(block.subject(i), data, f"bad Arrow batch: {exc}",
-                                    int(block.seq[i]) if self.jetstream else None)
+    async def _apply_arrow(self, block: _wire.Block, a: int, b: int):
+        """Arrow IPC messages a..b-1: every good one applied, in one kernel call."""
+        messages = []
+        for i in range(a, b):
+            data = block.data(i)
+            try:
+                with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
+                    table = reader.read_all()
+                batches = [normalize_batch(x) for x in table.to_batches()]
+            except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OSError) as exc:
+                await self._dead_letter(block.subject(i), data, f"bad Arrow batch: {exc}",
+                                        int(block.seq[i]) if self.jetstream else None)
+                continue
+            messages.append((batches, int(block.seq[i])))
+        if not messages:
             return
         if self.jetstream:
-            res = self.engine._apply_at(batches, int(block.seq[i]))
+            res = self.engine._apply_messages(messages)
         else:
-            res = self.engine.apply(batches)
+            res = self.engine.apply([x for batches, _ in messages for x in batches])
         self._count(res)
 
     def _adapt(self):
