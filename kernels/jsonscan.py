@@ -273,11 +273,26 @@ def _mul128(a, b):
 
 @jit(nrt=False)
 def _clz(x):
-    n = 0
+    """Leading zero bits of a uint64 (binary search, six steps)."""
     if x == _U(0):
         return 64
-    while (x & _U(0x8000000000000000)) == _U(0):
-        x = x << _U(1)
+    n = 0
+    if (x >> _U(32)) == _U(0):
+        n += 32
+        x = x << _U(32)
+    if (x >> _U(48)) == _U(0):
+        n += 16
+        x = x << _U(16)
+    if (x >> _U(56)) == _U(0):
+        n += 8
+        x = x << _U(8)
+    if (x >> _U(60)) == _U(0):
+        n += 4
+        x = x << _U(4)
+    if (x >> _U(62)) == _U(0):
+        n += 2
+        x = x << _U(2)
+    if (x >> _U(63)) == _U(0):
         n += 1
     return n
 
@@ -846,12 +861,18 @@ def scan(buf, starts, ends, kw, kwo, kwc, slots, status, kind, oid, oidp, tus, t
         status[r] = 1
         start = starts[r]
         end = ends[r]
-        tcode[:] = -1
-        idp[:] = False
-        sp[:] = False
-        fp[:] = False
-        tp[:] = False
-        sqp[:] = False
+        for lv_ in range(2):  # plain loops: slice fills of tiny 2-D arrays cost more here
+            tcode[lv_, 0] = -1
+            tcode[lv_, 1] = -1
+            for k_ in range(11):
+                idp[lv_, k_] = False
+            for k_ in range(6):
+                sp[lv_, k_] = False
+            for k_ in range(12):
+                fp[lv_, k_] = False
+            for k_ in range(4):
+                tp[lv_, k_] = False
+            sqp[lv_] = False
         i = _ws(buf, start, end)
         if i >= end or buf[i] != 123:
             continue
