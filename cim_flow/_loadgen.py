@@ -51,6 +51,9 @@ def add_parser(sub, env):
     p.add_argument("--replay", type=int, default=0, metavar="N",
                    help="instead of live load: fill a fresh stream with N JSON events, then time a "
                         "service catching up on them (replay rate and start-to-ready)")
+    p.add_argument("--replay-snapshot", default=None, metavar="FILE",
+                   help="with --replay: the service starts from this snapshot (written at version 0), "
+                        "so the run times restart-to-ready with that state plus the tail")
     p.add_argument("--seed", type=int, default=None,
                    help="event generator seed; default random, so re-runs get fresh Nats-Msg-Ids "
                         "(JetStream drops repeats within its duplicate window)")
@@ -233,9 +236,13 @@ def write_plot(report: dict, path: str) -> None:
                  f"<h3>{title}</h3>{svg}<pre>{json.dumps({k: v for k, v in report.items() if k != 'timeline'}, indent=2)}</pre>")
 
 
-async def run_replay(n_events: int, seed: int | None = None, arrow_batch: int = 0) -> dict:
+async def run_replay(n_events: int, seed: int | None = None, arrow_batch: int = 0,
+                     base_snapshot: str | None = None) -> dict:
     """Fill a fresh JetStream stream with ``n_events`` (service not running), then start a
-    service on it and time its catch-up (every event applied before ready)."""
+    service on it and time its catch-up (every event applied before ready).
+
+    ``base_snapshot``: a snapshot file (at version 0) the service starts from, so the
+    measurement is restart-to-ready with that state plus an ``n_events`` tail."""
     from nats.js.api import StorageType, StreamConfig
 
     from ._config import Config
@@ -264,13 +271,20 @@ async def run_replay(n_events: int, seed: int | None = None, arrow_batch: int = 
                 await asyncio.sleep(0.05)
             fill_s = time.perf_counter() - t0
             await nc.close()
-            svc = Service(cfg, nats_url=server.url, data_dir=tmp, queries=False, snapshots=False,
+            if base_snapshot:
+                from ._snapshot import snapshot_path
+
+                os.makedirs(f"{tmp}/snapshots", exist_ok=True)
+                os.symlink(os.path.abspath(base_snapshot), snapshot_path(f"{tmp}/snapshots", 0))
+            svc = Service(cfg, nats_url=server.url, data_dir=tmp, queries=False, snapshots=bool(base_snapshot),
                           status_interval=0, out=open(os.devnull, "w"))
             t0 = time.perf_counter()
             await svc.start()
             ready_s = time.perf_counter() - t0
             applied = svc.events_total()
             replay = svc.catch_up_stats
+            base = svc.engine.totals() if base_snapshot else None
+            svc.snapshots = False  # no shutdown snapshot: this was a measurement
             svc.request_stop()
             await svc.stop()
         finally:
@@ -278,7 +292,7 @@ async def run_replay(n_events: int, seed: int | None = None, arrow_batch: int = 
     return {"mode": "replay-arrow" if arrow_batch else "replay-json", "events": n_events, "messages": len(msgs),
             "events_applied": applied, "fill_s": fill_s, "start_to_ready_s": ready_s,
             "replay_s": replay[1], "replay_events_per_s": replay[0] / max(replay[1], 1e-9) * per_msg,
-            "seed": seed}
+            "seed": seed, "base_snapshot": base_snapshot, "state_after": base}
 
 
 def _start_service(tmp: str):
@@ -300,10 +314,11 @@ def cmd_loadgen(args) -> int:
     from .__main__ import _run
 
     if args.replay:
-        r = _run(run_replay(args.replay, args.seed, args.arrow_batch))
+        r = _run(run_replay(args.replay, args.seed, args.arrow_batch, args.replay_snapshot))
         print(f"replay: {r['events_applied']:,}/{r['events']:,} events ({r['messages']:,} messages) "
               f"caught up in {r['replay_s']:.2f} s = {r['replay_events_per_s']:,.0f} events/s; "
-              f"start to ready {r['start_to_ready_s']:.2f} s (stream filled in {r['fill_s']:.1f} s)")
+              f"start to ready {r['start_to_ready_s']:.2f} s (stream filled in {r['fill_s']:.1f} s)"
+              + (f"; state after: {r['state_after']}" if r["state_after"] else ""))
         with open(args.report, "w") as fh:
             json.dump(r, fh, indent=2)
         print(f"report: {args.report}")
