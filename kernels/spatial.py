@@ -398,7 +398,12 @@ def _heap_push(hd, hi, size, k, d2, i):
         return size
     hd[0] = d2
     hi[0] = i
-    p = 0
+    _sift_down(hd, hi, 0, size)
+    return size
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _sift_down(hd, hi, p, size):
     while True:
         l = 2 * p + 1
         r = l + 1
@@ -408,11 +413,21 @@ def _heap_push(hd, hi, size, k, d2, i):
         if r < size and (hd[r] > hd[m] or (hd[r] == hd[m] and hi[r] > hi[m])):
             m = r
         if m == p:
-            break
+            return
         hd[m], hd[p] = hd[p], hd[m]
         hi[m], hi[p] = hi[p], hi[m]
         p = m
-    return size
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _heap_sort(hd, hi, size):
+    """The max-heap hd[:size] (by distance, then node index) sorted ascending in place."""
+    end = size - 1
+    while end > 0:
+        hd[0], hd[end] = hd[end], hd[0]
+        hi[0], hi[end] = hi[end], hi[0]
+        _sift_down(hd, hi, 0, end)
+        end -= 1
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
@@ -518,23 +533,13 @@ def _knn_all_cells(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k, qx, qy, qz, 
 
 @jit(fastmath=EXACT_MATH)
 def _knn_q(main, delta, centers, k, gsel, out_i, out_d, j):
-    hd = np.empty(k, np.float64)
-    hi = np.empty(k, np.int64)
+    """The k nearest to center j, kept in a heap in the output rows themselves, then
+    sorted there (by distance, ties by node index): nothing allocated per query."""
+    hd = out_d[j]
+    hi = out_i[j]
     size = _knn_grid(main, True, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, 0, k)
     size = _knn_grid(delta, False, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, size, k)
-    order = np.argsort(hd[:size], kind="mergesort")
-    sd = hd[:size][order]
-    si = hi[:size][order]
-    a = 0
-    while a < size:  # ties at equal distance: by node index, for determinism
-        b = a + 1
-        while b < size and sd[b] == sd[a]:
-            b += 1
-        if b - a > 1:
-            si[a:b] = np.sort(si[a:b])
-        a = b
-    out_i[j, :size] = si
-    out_d[j, :size] = sd
+    _heap_sort(hd, hi, size)
     return size
 
 
