@@ -415,11 +415,17 @@ class Engine:
         self._spatial.ready(self._p.N)
         return self._spatial.main, self._spatial.delta
 
-    def _node_table(self, query, nodes, dist=None) -> pa.Table:
+    def _node_table(self, query, nodes, dist=None, offsets=None) -> pa.Table:
+        """``query``: the query number per row, or None with CSR ``offsets`` to derive it."""
         N, G = self._p.N, self._p.G
-        nodes = np.asarray(nodes, np.int64)
-        arrays = [pa.array(np.asarray(query, np.int64)), words_to_fsb(N.keys[nodes]),
-                  words_to_fsb(G.keys[N.graph[nodes]])]
+        nodes = np.ascontiguousarray(nodes, np.int64)
+        gather = kt.gather_ids if nodes.shape[0] >= 8192 else kt.gather_ids_serial
+        if query is None:
+            query = np.empty(nodes.shape[0], np.int64)
+        else:
+            offsets = np.zeros(1, np.int64)
+        nid, gid = gather(N.keys, N.graph, G.keys, nodes, query, offsets)
+        arrays = [pa.array(np.asarray(query, np.int64)), words_to_fsb(nid), words_to_fsb(gid)]
         if dist is None:
             return pa.Table.from_arrays(arrays, schema=_NODE_SCHEMA)
         arrays.append(pa.array(np.asarray(dist, np.float64)))
@@ -440,8 +446,7 @@ class Engine:
                                            count_only=count_only)
         if count_only:
             return np.diff(offsets)
-        query = np.repeat(np.arange(offsets.shape[0] - 1), np.diff(offsets))
-        return self._node_table(query, idx, np.sqrt(d2) if return_distance else None)
+        return self._node_table(None, idx, np.sqrt(d2) if return_distance else None, offsets)
 
     def radius_csr(self, centers, radius, *, graph_id=None, sort=False, count_only=False):
         """Low-level radius query: ``(offsets, node_index, squared_distance)`` in CSR form.

@@ -740,6 +740,10 @@ def warm_kernels() -> None:
     payload = json.dumps({"type": "NodeAdded", "graph_id": str(uuid.UUID(bytes=g)),
                           "node_id": str(uuid.uuid4()), "position": [1, 2, 3]}).encode()
     decode_json([payload])
+    from kernels import traverse as kt
+
+    N, G = eng._p.N, eng._p.G
+    kt.gather_ids(N.keys, N.graph, G.keys, np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([0, 1]))
     eng.find_nodes(g)
     eng.neighbors(nodes[1], graph_id=g)
     # the consumer's framing kernel, on one frame as the server sends it

@@ -1,5 +1,9 @@
-"""Walks over the projection's linked lists: a graph's nodes, a node's incident edges."""
-from ._jit import jit
+"""Walks over the projection's linked lists (a graph's nodes, a node's incident edges),
+and the gather that turns answer node indices into id columns."""
+import numpy as np
+from numba import prange
+
+from ._jit import jit, pjit
 
 
 @jit(nrt=False)
@@ -43,3 +47,43 @@ def incident(ihead, hnext, src, dst, v, edges, others, outgoing):
         n += 1
         h = hnext[h]
     return n
+
+
+@pjit
+def gather_ids(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets):
+    """Answer columns for node indices ``nodes`` in one parallel pass: the node ids,
+    their graphs' ids (``(m, 2)`` uint64 words each) and, when ``offsets`` (CSR) is
+    given, the query number of each row."""
+    m = nodes.shape[0]
+    out_n = np.empty((m, 2), np.uint64)
+    out_g = np.empty((m, 2), np.uint64)
+    for j in prange(m):
+        v = nodes[j]
+        g = node_graph[v]
+        out_n[j, 0] = node_keys[v, 0]
+        out_n[j, 1] = node_keys[v, 1]
+        out_g[j, 0] = graph_keys[g, 0]
+        out_g[j, 1] = graph_keys[g, 1]
+    for q in prange(offsets.shape[0] - 1):
+        for j in range(offsets[q], offsets[q + 1]):
+            query_of_row[j] = q
+    return out_n, out_g
+
+
+@jit
+def gather_ids_serial(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets):
+    """:func:`gather_ids` on the calling thread, for small answers (no thread hand-off)."""
+    m = nodes.shape[0]
+    out_n = np.empty((m, 2), np.uint64)
+    out_g = np.empty((m, 2), np.uint64)
+    for j in range(m):
+        v = nodes[j]
+        g = node_graph[v]
+        out_n[j, 0] = node_keys[v, 0]
+        out_n[j, 1] = node_keys[v, 1]
+        out_g[j, 0] = graph_keys[g, 0]
+        out_g[j, 1] = graph_keys[g, 1]
+    for q in range(offsets.shape[0] - 1):
+        for j in range(offsets[q], offsets[q + 1]):
+            query_of_row[j] = q
+    return out_n, out_g
