@@ -70,21 +70,38 @@ REASONS = {
 }
 
 
-def _alloc(fields, cap):
+# Node and edge fields are set by the kernels whenever an index is handed out (a new
+# node or edge), so their unused capacity is left as untouched zero pages.
+_LAZY = ("N", "E")
+
+
+def _alloc(fields, cap, lazy=False):
+    if lazy:
+        return {name: np.zeros((cap * scale,) + shape, dtype)
+                for name, (dtype, fill, scale, shape) in fields.items()}
     return {
         name: np.full((cap * scale,) + shape, fill, dtype)
         for name, (dtype, fill, scale, shape) in fields.items()
     }
 
 
-def _grow_fields(d, fields, new_cap):
-    """Grow every field of ``d`` in place, one array at a time (peak = state + one field)."""
+def _grow_fields(d, fields, new_cap, lazy=()):
+    """Grow every field of ``d`` in place, one array at a time (peak = state + one field).
+
+    Fields in ``lazy`` get a zeroed tail from ``np.zeros`` (calloc: the pages are not
+    touched, so unused capacity costs no memory) instead of their fill value; the
+    kernels initialise every field of an index when they first hand it out.
+    """
     for name, (dtype, fill, scale, shape) in fields.items():
         old = d[name]
-        new = np.empty((new_cap * scale,) + shape, dtype)
         k = old.shape[0]
-        new[:k] = old
-        new[k:] = fill
+        if name in lazy:
+            new = np.zeros((new_cap * scale,) + shape, dtype)
+            new[:k] = old
+        else:
+            new = np.empty((new_cap * scale,) + shape, dtype)
+            new[:k] = old
+            new[k:] = fill
         d[name] = new
         del old
 
@@ -262,30 +279,37 @@ class Projection:
         self._caps = [gcap, ncap, ecap]
         self.G = kp.Graphs(**self._fresh(_GRAPH_FIELDS, gcap, 4),
                            lo=np.zeros(16, np.int64), tlist=np.zeros(1, np.int32))
-        self.N = kp.Nodes(**self._fresh(_NODE_FIELDS, ncap, 3), dlist=np.zeros(1, np.int32))
-        self.E = kp.Edges(**self._fresh(_EDGE_FIELDS, ecap, 2))
+        self.N = kp.Nodes(**self._fresh(_NODE_FIELDS, ncap, 3, lazy=True), dlist=np.zeros(1, np.int32))
+        self.E = kp.Edges(**self._fresh(_EDGE_FIELDS, ecap, 2, lazy=True))
 
     @staticmethod
-    def _fresh(fields, cap, meta_len):
-        d = _alloc(fields, cap)
-        d["slots"] = np.full(_slots_for(cap), -1, np.int32)
+    def _fresh(fields, cap, meta_len, lazy=False):
+        d = _alloc(fields, cap, lazy)
+        d["slots"] = np.full(_slots_for(min(cap, 1 << 16)), -1, np.int32)  # grows with the keys
         d["meta"] = np.zeros(meta_len, np.int64)
         return d
 
     # -- capacity -----------------------------------------------------------
     def _grow(self, attr, which, fields, cls, rows):
         """Grow one entity kind, releasing each old array as its copy is made."""
-        need = int(getattr(self, attr).meta[0]) + rows
-        if need <= self._caps[which]:
+        ent = getattr(self, attr)
+        need = int(ent.meta[0]) + rows
+        # the hash table is sized for the keys it may hold by the end of this batch, not
+        # for the arrays' capacity (for 20M edges that is 134 MB of slots, not 268 MB)
+        rehash = need > ent.slots.shape[0] * kintern.MAX_LOAD
+        if need <= self._caps[which] and not rehash:
             return
-        cap = _next_cap(need, self._caps[which])
-        d = getattr(self, attr)._asdict()
+        d = ent._asdict()
+        del ent
         setattr(self, attr, None)  # d now holds the only references
-        _grow_fields(d, fields, cap)
-        owner = d["owner"] if "owner" in d else d["graph"]
-        d["slots"] = None
-        d["slots"] = _new_slots(d["keys"], owner, int(d["meta"][0]), cap)
-        self._caps[which] = cap
+        if need > self._caps[which]:
+            cap = _next_cap(need, self._caps[which])
+            _grow_fields(d, fields, cap, lazy=fields if attr in _LAZY else ())
+            self._caps[which] = cap
+        if rehash:
+            owner = d["owner"] if "owner" in d else d["graph"]
+            d["slots"] = None
+            d["slots"] = _new_slots(d["keys"], owner, int(d["meta"][0]), need)
         setattr(self, attr, cls(**d))
 
     def reserve(self, rows: int) -> None:

@@ -257,8 +257,8 @@ def _apply_edge(G, N, E, ev, i, g, k):
         d = lookup(N.slots, N.keys, N.graph, g, ev.tid[i, 0], ev.tid[i, 1])
         if s < 0 or d < 0 or N.alive[s] == 0 or N.alive[d] == 0:
             return IGNORED_MISSING_ENDPOINT
-        e, _new = intern(E.slots, E.keys, E.graph, E.meta, g, ev.eid[i, 0], ev.eid[i, 1])
-        if E.src[e] < 0:
+        e, new = intern(E.slots, E.keys, E.graph, E.meta, g, ev.eid[i, 0], ev.eid[i, 1])
+        if new or E.src[e] < 0:  # a fresh index's fields are not pre-filled (see _grow_fields)
             E.weight[e] = np.float32(np.nan)
             E.etype[e] = -1
             E.src[e] = s
