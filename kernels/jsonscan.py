@@ -277,23 +277,10 @@ def _clz(x):
     if x == _U(0):
         return 64
     n = 0
-    if (x >> _U(32)) == _U(0):
-        n += 32
-        x = x << _U(32)
-    if (x >> _U(48)) == _U(0):
-        n += 16
-        x = x << _U(16)
-    if (x >> _U(56)) == _U(0):
-        n += 8
-        x = x << _U(8)
-    if (x >> _U(60)) == _U(0):
-        n += 4
-        x = x << _U(4)
-    if (x >> _U(62)) == _U(0):
-        n += 2
-        x = x << _U(2)
-    if (x >> _U(63)) == _U(0):
-        n += 1
+    for b in (32, 16, 8, 4, 2, 1):
+        if (x >> _U(64 - b)) == _U(0):
+            n += b
+            x = x << _U(b)
     return n
 
 
@@ -382,6 +369,7 @@ def _uuid(buf, s, e, out, lv, k):
 
 @jit(nrt=False)
 def _digits(buf, s, n):
+    """The decimal number in buf[s:s+n] (ASCII digits only), or -1."""
     v = 0
     for j in range(s, s + n):
         d = buf[j] - 48

@@ -10,6 +10,7 @@ the caller.  Nothing is copied.
 import numpy as np
 
 from ._jit import jit
+from .jsonscan import _digits
 
 
 @jit(nrt=False)
@@ -26,13 +27,7 @@ def _same(buf, s, e, word):
 def _int(buf, s, e):
     if s >= e or e - s > 18:
         return -1
-    v = 0
-    for j in range(s, e):
-        d = np.int64(buf[j]) - 48
-        if d < 0 or d > 9:
-            return -1
-        v = v * 10 + d
-    return v
+    return _digits(buf, s, e - s)
 
 
 @jit(nrt=False)

@@ -49,6 +49,22 @@ def incident(ihead, hnext, src, dst, v, edges, others, outgoing):
     return n
 
 
+@jit(nrt=False)
+def _gather_row(node_keys, node_graph, graph_keys, nodes, out_n, out_g, j):
+    v = nodes[j]
+    g = node_graph[v]
+    out_n[j, 0] = node_keys[v, 0]
+    out_n[j, 1] = node_keys[v, 1]
+    out_g[j, 0] = graph_keys[g, 0]
+    out_g[j, 1] = graph_keys[g, 1]
+
+
+@jit(nrt=False)
+def _query_rows(query_of_row, offsets, q):
+    for j in range(offsets[q], offsets[q + 1]):
+        query_of_row[j] = q
+
+
 @pjit
 def gather_ids(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets):
     """Answer columns for node indices ``nodes`` in one parallel pass: the node ids,
@@ -58,15 +74,9 @@ def gather_ids(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets):
     out_n = np.empty((m, 2), np.uint64)
     out_g = np.empty((m, 2), np.uint64)
     for j in prange(m):
-        v = nodes[j]
-        g = node_graph[v]
-        out_n[j, 0] = node_keys[v, 0]
-        out_n[j, 1] = node_keys[v, 1]
-        out_g[j, 0] = graph_keys[g, 0]
-        out_g[j, 1] = graph_keys[g, 1]
+        _gather_row(node_keys, node_graph, graph_keys, nodes, out_n, out_g, j)
     for q in prange(offsets.shape[0] - 1):
-        for j in range(offsets[q], offsets[q + 1]):
-            query_of_row[j] = q
+        _query_rows(query_of_row, offsets, q)
     return out_n, out_g
 
 
@@ -77,13 +87,7 @@ def gather_ids_serial(node_keys, node_graph, graph_keys, nodes, query_of_row, of
     out_n = np.empty((m, 2), np.uint64)
     out_g = np.empty((m, 2), np.uint64)
     for j in range(m):
-        v = nodes[j]
-        g = node_graph[v]
-        out_n[j, 0] = node_keys[v, 0]
-        out_n[j, 1] = node_keys[v, 1]
-        out_g[j, 0] = graph_keys[g, 0]
-        out_g[j, 1] = graph_keys[g, 1]
+        _gather_row(node_keys, node_graph, graph_keys, nodes, out_n, out_g, j)
     for q in range(offsets.shape[0] - 1):
-        for j in range(offsets[q], offsets[q + 1]):
-            query_of_row[j] = q
+        _query_rows(query_of_row, offsets, q)
     return out_n, out_g
