@@ -483,9 +483,12 @@ class Engine:
         main, delta = self._grids()
         k = int(min(k, max(1, int(self._p.N.meta[1]))))
         counts, idx, d2 = (ks.knn_serial if c.shape[0] <= _SERIAL_BELOW else ks.knn)(main, delta, c, k, gsel)
+        offsets = np.zeros(c.shape[0] + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        if offsets[-1] == idx.size:  # every query found k: the rows are already in CSR order
+            return self._node_table(None, idx.reshape(-1), np.sqrt(d2.reshape(-1)), offsets)
         mask = np.arange(k)[None, :] < counts[:, None]
-        query = np.repeat(np.arange(c.shape[0]), counts)
-        return self._node_table(query, idx[mask], np.sqrt(d2[mask]))
+        return self._node_table(None, idx[mask], np.sqrt(d2[mask]), offsets)
 
     def nodes_in_box(self, lo, hi, *, graph_id=None) -> pa.Table:
         """Live nodes with ``lo <= position <= hi`` on every axis."""
