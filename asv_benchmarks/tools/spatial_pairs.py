@@ -1,0 +1,64 @@
+"""Spatial queries against scipy's cKDTree in the same process, repeated, as ratios.
+
+    python asv_benchmarks/tools/spatial_pairs.py [--repeat 5]
+
+1M points (uniform in [0,100]^3 and ~200 Gaussian clusters), 10k query points,
+radius giving ~30 neighbours on the uniform set (the issue's datasets, from
+benchmarks/spatial_data.py).  Each timing is a median of ``--repeat`` warm calls;
+``asv run --quick`` (make bench) times one cold call, which on this 2-core machine
+includes thread start-up and is noisier.
+"""
+import argparse
+import pathlib
+import sys
+import time
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import benchmarks.bench_spatial as B  # noqa: E402
+
+
+def med(fn, repeat):
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts)) * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=5)
+    a = ap.parse_args()
+    for kind in ("uniform", "clustered"):
+        o = type("Holder", (), {})()
+        B._load(o, kind, 10_000)
+        r = B.radius_for(o.n)
+        eng, q = o.eng, o.q
+        eng.nodes_within(q[:100], r, count_only=True)
+        eng.nodes_within(q[:100], r)
+        eng.nearest(q[:100], 30)
+        tree = cKDTree(o.pts)
+        rows = {
+            "radius counts": (med(lambda: eng.nodes_within(q, r, count_only=True), a.repeat),
+                              med(lambda: tree.query_ball_point(q, r, return_length=True, workers=-1), a.repeat)),
+            "radius answer (table / index lists)": (
+                med(lambda: eng.nodes_within(q, r), a.repeat),
+                med(lambda: tree.query_ball_point(q, r, workers=-1), a.repeat)),
+            "kNN k=30 (table / arrays)": (med(lambda: eng.nearest(q, 30), a.repeat),
+                                          med(lambda: tree.query(q, 30, workers=-1), a.repeat)),
+        }
+        for f in (0.1, 10.0):
+            rows[f"radius counts, radius x{f:g}"] = (
+                med(lambda: eng.nodes_within(q, r * f, count_only=True), a.repeat),
+                med(lambda: tree.query_ball_point(q, r * f, return_length=True, workers=-1), a.repeat))
+        for name, (ours, peer) in rows.items():
+            print(f"{kind:9s} {name:38s} cim_flow {ours:8.1f} ms  cKDTree {peer:8.1f} ms  ratio {peer / ours:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
