@@ -7,8 +7,6 @@ Arrow batch subject, 2: a message on the inbox itself, i.e. a pull status).
 Other protocol lines (PING, PONG, INFO, +OK, -ERR) are returned as spans for
 the caller.  Nothing is copied.
 """
-import numpy as np
-
 from ._jit import jit
 from .jsonscan import _digits
 
@@ -82,7 +80,7 @@ def frames(buf, pos, inbox, batch_subject, ss, se, rs, re, ds, de, seq, kind, cs
             if m >= cap_m:
                 break
             # tokens after the op: subject sid [reply] [hdr_len] total_len
-            t0s = t0e = t1s = t1e = t2s = t2e = t3s = t3e = t4s = t4e = 0
+            t0s = t0e = t2s = t2e = t3s = t3e = t4s = t4e = 0  # token 1 (the sid) is not needed
             ntok = 0
             j = pos + (4 if is_msg else 5)
             while j < eol:
@@ -95,8 +93,6 @@ def frames(buf, pos, inbox, batch_subject, ss, se, rs, re, ds, de, seq, kind, cs
                     j += 1
                 if ntok == 0:
                     t0s, t0e = a, j
-                elif ntok == 1:
-                    t1s, t1e = a, j
                 elif ntok == 2:
                     t2s, t2e = a, j
                 elif ntok == 3:
