@@ -119,6 +119,7 @@ class Service:
         self._applied_cond = asyncio.Condition()
         self._pulls: deque = deque()
         self._tasks: list = []
+        self._bg: set = set()
         self._touched: set = set()
         self.latency = LatencyWindow()
         self.batch_time = LatencyWindow(4096)  # seconds spent processing each batch
@@ -265,7 +266,7 @@ class Service:
     def _raw_lost(self, exc):
         self.connected = False
         if not self._stop.is_set():
-            self._tasks.append(asyncio.ensure_future(self._raw_reconnect()))
+            self._background(self._raw_reconnect())
 
     async def _raw_reconnect(self):
         wait = 0.1
@@ -304,7 +305,14 @@ class Service:
         if len(block):
             self._add_pending(block, len(block), float(block.t[0]))
         elif status.size and not self._pending:
-            self._tasks.append(asyncio.ensure_future(self._pull()))
+            self._background(self._pull())
+
+    def _background(self, coro):
+        """Run ``coro`` as a task, referenced until it ends (pull top-ups come every few
+        seconds when idle: keeping them all in ``_tasks`` would grow without bound)."""
+        t = asyncio.ensure_future(coro)
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
 
     def _add_pending(self, item, n: int, t: float):
         if not self._pending:
@@ -682,6 +690,8 @@ class Service:
                 await asyncio.wait_for(t, 10)
             except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 t.cancel()
+        for t in list(self._bg):  # pull top-ups, a reconnect loop: nothing left to do
+            t.cancel()
         try:
             self._maybe_snapshot(force=True)
         except Exception as exc:
