@@ -219,7 +219,8 @@ def _num(arr, dtype, fill):
         t = pa.int64()
     if n == 0 or arr.null_count == n or arr.buffers()[1] is None:
         return _ro(np.full(n, fill, dtype))
-    vals = np.frombuffer(arr.buffers()[1], t.to_pandas_dtype(), count=n, offset=arr.offset)
+    dt = np.dtype(t.to_pandas_dtype())
+    vals = np.frombuffer(arr.buffers()[1], dt, count=n, offset=arr.offset * dt.itemsize)
     ok = _validity(arr)
     if ok is not None:
         vals = np.where(ok, vals, np.array(fill).astype(vals.dtype))
