@@ -476,6 +476,20 @@ def _is_null(buf, i, end):
 
 
 @jit(nrt=False)
+def _skip_key(buf, i, end):
+    """An object member's key and colon at i: the index after the colon, or -1."""
+    if i >= end or buf[i] != 34:
+        return -1
+    i = _skip_str(buf, i, end)
+    if i < 0:
+        return -1
+    i = _ws(buf, i, end)
+    if i >= end or buf[i] != 58:
+        return -1
+    return i + 1
+
+
+@jit(nrt=False)
 def _skip_value(buf, i, end, stack):
     """Any valid JSON value at i (after whitespace); index after it or -1."""
     depth = 0
@@ -497,15 +511,9 @@ def _skip_value(buf, i, end, stack):
                 i = j
                 opened = True
                 if c == 123:
-                    if i >= end or buf[i] != 34:
-                        return -1
-                    i = _skip_str(buf, i, end)
+                    i = _skip_key(buf, i, end)
                     if i < 0:
                         return -1
-                    i = _ws(buf, i, end)
-                    if i >= end or buf[i] != 58:
-                        return -1
-                    i += 1
         elif c == 34:
             i = _skip_str(buf, i, end)
             if i < 0:
@@ -544,16 +552,9 @@ def _skip_value(buf, i, end, stack):
             if c == 44:
                 i += 1
                 if top == 0:
-                    i = _ws(buf, i, end)
-                    if i >= end or buf[i] != 34:
-                        return -1
-                    i = _skip_str(buf, i, end)
+                    i = _skip_key(buf, _ws(buf, i, end), end)
                     if i < 0:
                         return -1
-                    i = _ws(buf, i, end)
-                    if i >= end or buf[i] != 58:
-                        return -1
-                    i += 1
                 break
             if (c == 125 and top == 0) or (c == 93 and top == 1):
                 i += 1
