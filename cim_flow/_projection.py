@@ -14,7 +14,7 @@ import pyarrow as pa
 from kernels import intern as kintern
 from kernels import projection as kp
 
-from ._ids import fsb_words, words_to_fsb
+from ._ids import fsb_words, validity, words_to_fsb
 from ._schema import EVENT_SCHEMA, UUID_TYPE
 from ._uuid_parse import parse_uuid_strings
 from ._strings import StringPool
@@ -199,17 +199,6 @@ def _ro(a):
     return a
 
 
-def _validity(arr) -> np.ndarray | None:
-    """Validity of a fixed-width array as bools, from its bitmap (None: no nulls)."""
-    if arr.null_count == 0:
-        return None
-    n = len(arr)
-    if arr.null_count == n and arr.buffers()[0] is None:
-        return np.zeros(n, np.bool_)
-    bits = np.frombuffer(arr.buffers()[0], np.uint8)
-    return np.unpackbits(bits, bitorder="little", count=arr.offset + n)[arr.offset:].astype(np.bool_)
-
-
 def _num(arr, dtype, fill):
     """Values as ``dtype`` with ``fill`` at nulls, read straight from the Arrow buffers
     (pyarrow compute calls cost ~20 µs each here: a small batch paid that per column)."""
@@ -221,14 +210,14 @@ def _num(arr, dtype, fill):
         return _ro(np.full(n, fill, dtype))
     dt = np.dtype(t.to_pandas_dtype())
     vals = np.frombuffer(arr.buffers()[1], dt, count=n, offset=arr.offset * dt.itemsize)
-    ok = _validity(arr)
+    ok = validity(arr)
     if ok is not None:
         vals = np.where(ok, vals, np.array(fill).astype(vals.dtype))
     return _ro(vals.astype(dtype, copy=False))
 
 
 def _valid(arr):
-    ok = _validity(arr)
+    ok = validity(arr)
     return _ro(np.ones(len(arr), np.bool_) if ok is None else ok)
 
 

@@ -44,10 +44,6 @@ def parse_request(data: bytes) -> dict:
     return req
 
 
-def _uuid_text(b: bytes | None):
-    return None if b is None else str(uuid.UUID(bytes=b))
-
-
 def _iso(v):
     if v is None:
         return None

@@ -193,3 +193,17 @@ def _nodes_equal(a, b):
         return [tuple(-1.0 if isinstance(v, float) and v != v else v for v in r.values())
                 for r in e.find_nodes().to_pylist()]
     return rows(a) == rows(b)
+
+
+def test_summary_rows_match_the_summary_table():
+    """The service's update rows (built from the state arrays) equal the JSON rows of the
+    summary table the queries serve, for live, archived, renamed and unnamed graphs."""
+    from cim_flow._queries import _rows
+
+    rows = random_rows(random.Random(21), 600)
+    eng = Engine()
+    eng.apply(rows_to_batch(rows))
+    gidx = eng._live_graphs()
+    assert len(gidx) >= 2
+    assert eng._summary_rows(gidx) == _rows(eng._summary_table(gidx))
+    assert eng._summary_rows(gidx[:0]) == []
