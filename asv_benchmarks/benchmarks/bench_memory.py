@@ -17,3 +17,11 @@ class ProjectionMemory:
             eng.apply(b)
         t = eng.totals()
         assert t["nodes"] == SIZES["mem_nodes"] and t["edges"] == SIZES["mem_edges"], t
+
+    def peakmem_projection_presized(self):
+        """The same projection with capacities reserved up front (no growth copies)."""
+        eng = Engine(node_capacity=SIZES["mem_nodes"], edge_capacity=SIZES["mem_edges"])
+        for b in bulk_graph(SIZES["mem_nodes"], SIZES["mem_edges"]):
+            eng.apply(b)
+        t = eng.totals()
+        assert t["nodes"] == SIZES["mem_nodes"] and t["edges"] == SIZES["mem_edges"], t
