@@ -2,7 +2,7 @@
 
 Built lazily on the first spatial query, then kept current after every
 ``apply``: nodes that moved, appeared or died leave the main grid (their
-entries are marked stale) and join a small delta grid rebuilt each batch;
+entries become NaN) and join a small delta grid rebuilt each batch;
 when the delta passes ``rebuild_fraction`` of the main grid, the next query
 rebuilds the main grid.  Queries always see exactly the state after the last
 applied batch.
@@ -16,20 +16,25 @@ from kernels import spatial as ks
 TARGET_OCCUPANCY = 8.0
 
 
+_NO_TABLE = dict(tkeys=np.full(1, ks.EMPTY, np.uint64), tstart=np.zeros(1, np.int32),
+                 tcount=np.zeros(1, np.int32), cells=np.zeros(0, np.int32))
+
+
 def _empty_grid():
     return ks.Grid(
-        origin=np.zeros(3), h=np.ones(1), tkeys=np.full(16, ks.EMPTY, np.uint64),
-        tstart=np.zeros(16, np.int32), tcount=np.zeros(16, np.int32),
-        pts=np.zeros((0, 3)), idx=np.zeros(0, np.int32), grp=np.zeros(0, np.int32),
-        stale=np.zeros(0, np.uint8), cells=np.zeros(0, np.int32))
+        origin=np.zeros(3), h=np.ones(1), lim=np.zeros(3, np.int64), dims=np.ones(3, np.int64),
+        dst=np.zeros(0, np.int32), nstale=np.zeros(0, np.int32),
+        pts=np.zeros((0, 3)), idx=np.zeros(0, np.int32), grp=np.zeros(0, np.int32), **_NO_TABLE)
 
 
 def choose_cell_size(pos, nodes, lo, hi) -> float:
     """Cell size giving about TARGET_OCCUPANCY points per occupied cell.
 
-    Starts from the bounding box, then corrects for clustering with two
-    occupancy probes on a 1/8 subsample at twice the cell size (same expected
-    points per cell as the full set at the cell size itself).
+    Starts from the bounding box, then corrects for clustering with occupancy
+    probes on a 1/8 subsample at twice the cell size (same expected points per
+    cell as the full set at the cell size itself).  While cells are larger than
+    the clusters the occupancy barely moves with the cell size, so an over-full
+    probe shrinks the cell at least 4x.
     """
     m = nodes.shape[0]
     ext = np.maximum(hi - lo, 1e-9)
@@ -37,11 +42,14 @@ def choose_cell_size(pos, nodes, lo, hi) -> float:
     if m < 64:
         return max(h, 1e-9)
     sample = np.arange(0, m, 8, dtype=np.int64)
-    for _ in range(3):
+    for _ in range(16):
         occ = ks.occupancy(pos, nodes, lo, 2.0 * h, sample)
         if 0.5 * TARGET_OCCUPANCY <= occ <= 2.0 * TARGET_OCCUPANCY:
             break
-        h *= float(np.cbrt(TARGET_OCCUPANCY / max(occ, 1.0)))
+        f = float(np.cbrt(TARGET_OCCUPANCY / max(occ, 1.0)))
+        h *= min(f, 0.25) if occ > 4.0 * TARGET_OCCUPANCY else f
+        if h < 1e-9:
+            break
     return max(h, 1e-9)
 
 
@@ -63,7 +71,7 @@ class SpatialIndex:
         self.where = np.full(N.alive.shape[0], -1, np.int32)
         if live.size:
             h = choose_cell_size(pos, live, lo, hi)
-            self.main = self._grid(pos, live, N.graph, lo, h)
+            self.main = self._grid(pos, live, N.graph, lo, hi, h)
             ks.set_where(self.where, self.main.idx)
         else:
             self.main = _empty_grid()
@@ -74,18 +82,31 @@ class SpatialIndex:
         self.builds += 1
 
     @staticmethod
-    def _grid(pos, nodes, graph, origin, h):
+    def _grid(pos, nodes, graph, origin, hi, h):
+        """A dense grid over the box [origin, hi] when it has at most DENSE_CELLS_PER_POINT
+        cells per point, else a hashed one."""
         origin = np.ascontiguousarray(origin, np.float64)
+        m = nodes.shape[0]
+        span = np.floor((np.asarray(hi, np.float64) - origin) / h)
+        if np.isfinite(span).all() and (span < ks._LIM).all():
+            dims = span.astype(np.int64) + 1
+            if float(np.prod(dims.astype(np.float64))) <= ks.DENSE_CELLS_PER_POINT * m + 4096:
+                dst, pts, idx, grp = ks.grid_build_dense(pos, nodes, graph, origin, float(h), dims)
+                return ks.Grid(origin=origin, h=np.array([h]), lim=dims - 1, dims=dims, dst=dst,
+                               nstale=np.zeros(dst.shape[0] - 1, np.int32), pts=pts, idx=idx, grp=grp,
+                               **_NO_TABLE)
         size = 16
-        while size < 4 * nodes.shape[0] / TARGET_OCCUPANCY:
+        while size < 4 * m / TARGET_OCCUPANCY:
             size *= 2
         while True:
             tkeys, tstart, tcount, pts, idx, grp, cells = ks.grid_build(pos, nodes, graph, origin, float(h), size)
             if tcount[0] != -1:
                 break
             size *= 4
-        return ks.Grid(origin=origin, h=np.array([h]), tkeys=tkeys, tstart=tstart, tcount=tcount,
-                       pts=pts, idx=idx, grp=grp, stale=np.zeros(pts.shape[0], np.uint8), cells=cells)
+        return ks.Grid(origin=origin, h=np.array([h]), lim=np.full(3, ks._LIM, np.int64),
+                       dims=np.full(3, ks._LIM + 1, np.int64), dst=np.zeros(0, np.int32),
+                       nstale=np.zeros(0, np.int32), tkeys=tkeys, tstart=tstart, tcount=tcount,
+                       pts=pts, idx=idx, grp=grp, cells=cells)
 
     # -- incremental ------------------------------------------------------------
     def update(self, N, dirty: np.ndarray) -> None:
@@ -96,10 +117,9 @@ class SpatialIndex:
             w = np.full(N.alive.shape[0], -1, np.int32)
             w[: self.where.shape[0]] = self.where
             self.where = w
-        before = self.delta_nodes.size
         newly = self.where[dirty] != -2
         fresh = np.unique(dirty[newly])
-        self.stale_count += int(ks.mark_stale(self.where, self.main.stale, fresh))
+        self.stale_count += int(ks.mark_stale(self.where, self.main, fresh))
         if fresh.size:
             self.delta_nodes = np.concatenate([self.delta_nodes, fresh])
         m = self.main.pts.shape[0]
@@ -112,14 +132,10 @@ class SpatialIndex:
         if live.size == 0:
             self.delta = _empty_grid()
         else:
-            if m:
-                origin, h = self.main.origin, float(self.main.h[0])
-            else:
-                p = N.pos[live]
-                origin = p.min(axis=0)
-                h = choose_cell_size(N.pos, live, origin, p.max(axis=0))  # delta without a main grid
-            self.delta = self._grid(N.pos, live, N.graph, origin, h)
-        del before
+            # the delta gets its own box and a cell size for its own density
+            p = N.pos[live]
+            lo, hi = p.min(axis=0), p.max(axis=0)
+            self.delta = self._grid(N.pos, live, N.graph, lo, hi, choose_cell_size(N.pos, live, lo, hi))
 
     def ready(self, N) -> None:
         if not self.built:

@@ -461,13 +461,19 @@ class Engine:
         main, delta = self._grids()
         if c.shape[0] <= _SERIAL_BELOW and not count_only:
             return ks.radius_small(main, delta, c, r, gsel, bool(sort))
-        few = c.shape[0] <= _SERIAL_BELOW
-        counts = (ks.radius_count_serial if few else ks.radius_count)(main, delta, c, r, gsel)
+        if c.shape[0] <= _SERIAL_BELOW:
+            counts = ks.radius_count_serial(main, delta, c, r, gsel)
+        else:
+            order = _query_order(c, main)
+            counts = ks.radius_count(main, delta, c, r, gsel, order)
         offsets = np.zeros(c.shape[0] + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
         if count_only:
             return offsets, None, None
-        idx, d2 = (ks.radius_fill_serial if few else ks.radius_fill)(main, delta, c, r, gsel, offsets, bool(sort))
+        if c.shape[0] <= _SERIAL_BELOW:
+            idx, d2 = ks.radius_fill_serial(main, delta, c, r, gsel, offsets, bool(sort))
+        else:
+            idx, d2 = ks.radius_fill(main, delta, c, r, gsel, offsets, bool(sort), order)
         return offsets, idx, d2
 
     def node_ids(self, node_index) -> pa.Array:
@@ -482,7 +488,10 @@ class Engine:
         gsel = self._gsel(graph_id)
         main, delta = self._grids()
         k = int(min(k, max(1, int(self._p.N.meta[1]))))
-        counts, idx, d2 = (ks.knn_serial if c.shape[0] <= _SERIAL_BELOW else ks.knn)(main, delta, c, k, gsel)
+        if c.shape[0] <= _SERIAL_BELOW:
+            counts, idx, d2 = ks.knn_serial(main, delta, c, k, gsel)
+        else:
+            counts, idx, d2 = ks.knn(main, delta, c, k, gsel, _query_order(c, main))
         offsets = np.zeros(c.shape[0] + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
         if offsets[-1] == idx.size:  # every query found k: the rows are already in CSR order
@@ -532,6 +541,13 @@ _FIND_SCHEMA = pa.schema([("node_id", pa.binary(16)), ("graph_id", pa.binary(16)
 _NEIGHBOR_SCHEMA = pa.schema([("node_id", pa.binary(16)), ("graph_id", pa.binary(16)), ("edge_id", pa.binary(16)),
                               ("direction", pa.utf8()), ("weight", pa.float64()), ("edge_type", pa.utf8())])
 _NODE_SCHEMA_D = _NODE_SCHEMA.append(pa.field("distance", pa.float64()))
+
+
+def _query_order(c, main) -> np.ndarray:
+    """The order a parallel kernel visits a batch of centers in: by cell, for cache reuse."""
+    if main.pts.shape[0] == 0:
+        return np.arange(c.shape[0], dtype=np.int64)
+    return ks.query_order(c, main.origin, float(main.h[0]))
 
 
 def _centers(centers) -> np.ndarray:

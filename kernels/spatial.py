@@ -1,21 +1,34 @@
-"""Spatial index kernels: a hashed uniform grid in CSR layout, and batched queries.
+"""Spatial index kernels: a uniform grid in CSR layout, and batched queries.
 
-Build (:func:`grid_build`): every point's cell ``floor((p - origin) / h)`` is
-clamped to ``[0, 2**21)`` per axis and packed into one uint64 key; occupied
-cells are interned in an open-addressing table; a counting sort lays points
-out cell by cell (``pts``, ``idx``, ``grp`` are the points, their node
-indices and graph indices in that order, so a cell is one contiguous run).
-Clamping keeps answers exact: points far outside share the boundary cells,
-which every query that can reach them also visits.
+Build: every point's cell ``floor((p - origin) / h)`` is clamped per axis to
+``[0, lim]``, and a counting sort lays the points out cell by cell in
+row-major order (x, then y, then z): ``pts``, ``idx``, ``grp`` are the points,
+their node indices and graph indices in that order.  So a *column* of cells
+(one x, one y) over a range of z is one contiguous run of points, and every
+query walks columns, not cells.  A run is found one of two ways:
 
-Queries read two grids, the *main* one (entries may be ``stale``: that node
-moved or died since the build) and a small *delta* grid over nodes changed
-since, rebuilt every batch.  All distance tests are squared float64 distances
-against ``r * r``, computed exactly as brute force does (no fastmath), so
-answers equal brute force's set, boundary included.
+* dense (the usual case): ``dst`` holds the start of every cell of the grid's
+  bounding box (``prod(dims) + 1`` int32), used when the box has at most
+  :data:`DENSE_CELLS_PER_POINT` cells per point.  A run is two reads.
+* hashed (a few points spread over a huge, mostly empty box): the occupied
+  cells are interned in an open-addressing table (``tkeys``/``tstart``/
+  ``tcount``) and a run is found by probing for its first and last occupied cell.
 
-Variable-length results are built count -> offsets -> fill, both passes in
-parallel over queries.
+Clamping keeps answers exact: points outside the box share the boundary
+cells, which every query that can reach them also visits.
+
+Queries read two grids, the *main* one and a small *delta* grid over the nodes
+changed since the main one was built, rebuilt every batch.  A changed node's
+main entry is overwritten with NaN (every distance and box test fails for it)
+and counted in its cell's ``nstale``.  All distance tests are squared float64
+distances against ``r * r``, computed exactly as brute force does (no
+fastmath), so answers equal brute force's set, boundary included.  Counting
+adds whole runs of cells that lie inside the sphere with a safety margin
+(minus their stale entries) without testing each point.
+
+Batches of queries run in parallel in a cache-friendly order (sorted by a
+coarse cell of the center, :func:`query_order`); results are still written
+by query number.  Variable-length results are built count -> offsets -> fill.
 """
 from collections import namedtuple
 
@@ -25,24 +38,27 @@ from numba import prange
 from ._jit import EXACT_MATH, jit, pjit
 from .intern import _mix
 
-Grid = namedtuple("Grid", "origin h tkeys tstart tcount pts idx grp stale cells")
-# origin (3,), h (1,): cell size; tkeys/tstart/tcount: cell table (key EMPTY = free);
-# pts (m, 3), idx (m,) node index, grp (m,) graph index, stale (m,) uint8;
-# cells: slot numbers of the occupied cells (for whole-grid scans).
+Grid = namedtuple("Grid", "origin h lim dims dst nstale tkeys tstart tcount pts idx grp cells")
+# origin (3,), h (1,): cell size; lim (3,) int64: largest cell index per axis; dims = lim + 1.
+# dense: dst (prod(dims) + 1,) int32 cell starts, nstale (prod(dims),) int32 stale entries per cell.
+# hashed: dst and nstale empty; tkeys/tstart/tcount the cell table (key EMPTY = free),
+#   cells the slots of the occupied cells (for whole-grid scans).
+# pts (m, 3) positions (NaN: stale entry), idx (m,) node index, grp (m,) graph index.
 
 EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
-_LIM = 2097151  # 2**21 - 1
+DENSE_CELLS_PER_POINT = 16
+_LIM = 2097151  # 2**21 - 1: the hashed grid's cells per axis (three fit in a uint64 key)
 _B21 = np.uint64(21)
 _B42 = np.uint64(42)
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
-def _cell(v, o, inv_h):
+def _cell(v, o, inv_h, lim):
     c = np.floor((v - o) * inv_h)
     if c < 0.0:
         return 0
-    if c > _LIM:
-        return _LIM
+    if c > lim:
+        return lim
     return int(c)
 
 
@@ -54,14 +70,8 @@ def _key(ix, iy, iz):
 @jit(nrt=False, fastmath=EXACT_MATH)
 def _slot_hash(k, mask):
     """Hash of the (ix, iy) column plus iz: the cells of one z-run sit in consecutive
-    slots, so a query's innermost loop walks memory instead of jumping."""
+    slots, so probing a column walks memory instead of jumping."""
     return (_mix(k >> _B21) + (k & np.uint64(_LIM))) & mask
-
-
-@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
-def _point_key(pos, n, origin, inv_h):
-    return _key(_cell(pos[n, 0], origin[0], inv_h), _cell(pos[n, 1], origin[1], inv_h),
-                _cell(pos[n, 2], origin[2], inv_h))
 
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
@@ -97,15 +107,53 @@ def _find(tkeys, k):
         s = (s + np.uint64(1)) & mask
 
 
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _dense_cell(g_origin, inv_h, lim, dims, x, y, z):
+    return ((_cell(x, g_origin[0], inv_h, lim[0]) * dims[1] + _cell(y, g_origin[1], inv_h, lim[1])) * dims[2]
+            + _cell(z, g_origin[2], inv_h, lim[2]))
+
+
+@jit(fastmath=EXACT_MATH)
+def grid_build_dense(pos, nodes, graph_of, origin, h, dims):
+    """Dense grid over ``pos[nodes]``: ``(dst, pts, idx, grp)``; ``dims`` cells per axis."""
+    m = nodes.shape[0]
+    inv_h = 1.0 / h
+    lim = dims - 1
+    dst = np.zeros(dims[0] * dims[1] * dims[2] + 1, np.int32)
+    cell_of = np.empty(m, np.int64)
+    for j in range(m):
+        n = nodes[j]
+        c = _dense_cell(origin, inv_h, lim, dims, pos[n, 0], pos[n, 1], pos[n, 2])
+        cell_of[j] = c
+        dst[c + 1] += 1
+    for c in range(1, dst.shape[0]):
+        dst[c] += dst[c - 1]
+    fill = dst[:-1].copy()
+    pts = np.empty((m, 3), np.float64)
+    idx = np.empty(m, np.int32)
+    grp = np.empty(m, np.int32)
+    for j in range(m):
+        c = cell_of[j]
+        q = fill[c]
+        fill[c] = q + 1
+        n = nodes[j]
+        pts[q, 0] = pos[n, 0]
+        pts[q, 1] = pos[n, 1]
+        pts[q, 2] = pos[n, 2]
+        idx[q] = n
+        grp[q] = graph_of[n]
+    return dst, pts, idx, grp
+
+
 @jit(fastmath=EXACT_MATH)
 def grid_build(pos, nodes, graph_of, origin, h, table_size):
-    """Grid over ``pos[nodes]`` (rows of an (N, 3) array) with cell size ``h``.
+    """Hashed grid over ``pos[nodes]`` (rows of an (N, 3) array) with cell size ``h``.
 
     ``table_size`` (power of two) should be about 4x the expected occupied
     cells; when more than half of it fills up the build stops and returns an
     empty ``cells`` array with ``tcount[0] == -1``: call again with a bigger table.
-    Cells are laid out in row-major key order (x, then y, then z), so cells
-    that are neighbours along z are neighbours in memory.
+    Cells are laid out in row-major key order (x, then y, then z), so the cells
+    of one column are one run of points.
     """
     m = nodes.shape[0]
     inv_h = 1.0 / h
@@ -116,7 +164,10 @@ def grid_build(pos, nodes, graph_of, origin, h, table_size):
     mask = np.uint64(size - 1)
     ncells = 0
     for j in range(m):
-        s, new = _insert(tkeys, _point_key(pos, nodes[j], origin, inv_h), mask)
+        n = nodes[j]
+        k = _key(_cell(pos[n, 0], origin[0], inv_h, _LIM), _cell(pos[n, 1], origin[1], inv_h, _LIM),
+                 _cell(pos[n, 2], origin[2], inv_h, _LIM))
+        s, new = _insert(tkeys, k, mask)
         ncells += new
         if 2 * ncells > size:
             tcount[0] = -1
@@ -190,19 +241,29 @@ def occupancy(pos, nodes, origin, h, sample):
     inv_h = 1.0 / h
     ncells = 0
     for j in range(m):
-        _s, new = _insert(tkeys, _point_key(pos, nodes[sample[j]], origin, inv_h), mask)
+        n = nodes[sample[j]]
+        k = _key(_cell(pos[n, 0], origin[0], inv_h, _LIM), _cell(pos[n, 1], origin[1], inv_h, _LIM),
+                 _cell(pos[n, 2], origin[2], inv_h, _LIM))
+        _s, new = _insert(tkeys, k, mask)
         ncells += new
     return m / ncells
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
-def mark_stale(where, stale, nodes):
-    """Nodes changed: their main-grid entries become stale; returns how many newly."""
+def mark_stale(where, g, nodes):
+    """Nodes changed: their main-grid entries become NaN (counted per dense cell);
+    returns how many entries went stale."""
     k = 0
+    dense = g.dst.shape[0] > 0
+    inv_h = 1.0 / g.h[0]
     for j in range(nodes.shape[0]):
         w = where[nodes[j]]
         if w >= 0:
-            stale[w] = 1
+            if dense:
+                g.nstale[_dense_cell(g.origin, inv_h, g.lim, g.dims, g.pts[w, 0], g.pts[w, 1], g.pts[w, 2])] += 1
+            g.pts[w, 0] = np.nan
+            g.pts[w, 1] = np.nan
+            g.pts[w, 2] = np.nan
             where[nodes[j]] = -2
             k += 1
         elif w == -1:
@@ -216,15 +277,79 @@ def set_where(where, idx):
         where[idx[q]] = q
 
 
-# ---------------------------------------------------------------------------
-# per-query scans.  mode: 0 count, 1 fill indices (+ squared distances)
+@jit(fastmath=EXACT_MATH)
+def query_order(centers, origin, h):
+    """A permutation of the queries that visits them cell by cell (cells of 4h):
+    neighbouring queries then read the same runs of points while they are in cache."""
+    n = centers.shape[0]
+    keys = np.empty(n, np.uint64)
+    inv = 0.25 / h
+    for j in range(n):
+        keys[j] = _key(_cell(centers[j, 0], origin[0], inv, _LIM), _cell(centers[j, 1], origin[1], inv, _LIM),
+                       _cell(centers[j, 2], origin[2], inv, _LIM))
+    return np.argsort(keys)
 
-@jit(nrt=False, fastmath=EXACT_MATH)
-def _scan_run(pts, idx, grp, stale, use_stale, start, cnt, cx, cy, cz, r2, gsel,
-              mode, out_i, out_d, w):
-    for q in range(start, start + cnt):
-        if use_stale and stale[q] != 0:
-            continue
+
+# ---------------------------------------------------------------------------
+# columns and runs
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _col(g, ix, iy, za, zb):
+    """``(a, b)``: the points of column (ix, iy), cells za..zb (inclusive, within lim), are
+    ``pts[a:b]``."""
+    if g.dst.shape[0] > 0:
+        base = (ix * g.dims[1] + iy) * g.dims[2]
+        return np.int64(g.dst[base + za]), np.int64(g.dst[base + zb + 1])
+    first = np.int64(-1)
+    lz = za
+    for iz in range(za, zb + 1):
+        s = _find(g.tkeys, _key(ix, iy, iz))
+        if s >= 0:
+            first = s
+            lz = iz
+            break
+    if first < 0:
+        return np.int64(0), np.int64(0)
+    a = np.int64(g.tstart[first])
+    for iz in range(zb, lz, -1):
+        s = _find(g.tkeys, _key(ix, iy, iz))
+        if s >= 0:
+            return a, np.int64(g.tstart[s]) + g.tcount[s]
+    return a, a + g.tcount[first]
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _stale_in(g, ix, iy, za, zb):
+    """Stale entries in cells za..zb of a dense grid's column."""
+    base = (ix * g.dims[1] + iy) * g.dims[2]
+    k = 0
+    for c in range(base + za, base + zb + 1):
+        k += g.nstale[c]
+    return k
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _count_run(pts, grp, a, b, cx, cy, cz, r2, gsel):
+    w = 0
+    if gsel == -1:
+        for q in range(a, b):
+            dx = pts[q, 0] - cx
+            dy = pts[q, 1] - cy
+            dz = pts[q, 2] - cz
+            w += (dx * dx + dy * dy + dz * dz) <= r2
+        return w
+    for q in range(a, b):
+        if grp[q] == gsel:
+            dx = pts[q, 0] - cx
+            dy = pts[q, 1] - cy
+            dz = pts[q, 2] - cz
+            w += (dx * dx + dy * dy + dz * dz) <= r2
+    return w
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _fill_run(pts, idx, grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w):
+    for q in range(a, b):
         if gsel != -1 and grp[q] != gsel:
             continue
         dx = pts[q, 0] - cx
@@ -232,67 +357,102 @@ def _scan_run(pts, idx, grp, stale, use_stale, start, cnt, cx, cy, cz, r2, gsel,
         dz = pts[q, 2] - cz
         d2 = dx * dx + dy * dy + dz * dz
         if d2 <= r2:
-            if mode == 1:
-                out_i[w] = idx[q]
-                out_d[w] = d2
+            out_i[w] = idx[q]
+            out_d[w] = d2
             w += 1
     return w
 
 
-@jit(nrt=False, fastmath=EXACT_MATH)
-def _radius_one(g, use_stale, cx, cy, cz, r, gsel, mode, out_i, out_d, w):
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _run(g, a, b, cx, cy, cz, r2, gsel, mode, out_i, out_d, w):
+    if mode == 0:
+        return w + _count_run(g.pts, g.grp, a, b, cx, cy, cz, r2, gsel)
+    return _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w)
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _cube(g, cx, cy, cz, r):
+    """Cell range of the cube around a sphere, padded by a few ulps: a point at distance
+    exactly r along an axis may round to the far side of fl(c + r)."""
+    o = g.origin
+    inv_h = 1.0 / g.h[0]
+    rp = r + (abs(cx) + abs(cy) + abs(cz) + r) * 1e-12
+    return (_cell(cx - rp, o[0], inv_h, g.lim[0]), _cell(cx + rp, o[0], inv_h, g.lim[0]),
+            _cell(cy - rp, o[1], inv_h, g.lim[1]), _cell(cy + rp, o[1], inv_h, g.lim[1]),
+            _cell(cz - rp, o[2], inv_h, g.lim[2]), _cell(cz + rp, o[2], inv_h, g.lim[2]))
+
+
+# ---------------------------------------------------------------------------
+# radius.  mode: 0 count, 1 fill indices (+ squared distances)
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w):
     if g.pts.shape[0] == 0:
         return w
-    o = g.origin
-    h = g.h[0]
-    inv_h = 1.0 / h
     r2 = r * r
-    # pad the cell range by a few ulps: a point at distance exactly r along an axis
-    # may round to the far side of fl(c + r); the distance test stays exact.
-    rp = r + (abs(cx) + abs(cy) + abs(cz) + r) * 1e-12
-    x0 = _cell(cx - rp, o[0], inv_h)
-    x1 = _cell(cx + rp, o[0], inv_h)
-    y0 = _cell(cy - rp, o[1], inv_h)
-    y1 = _cell(cy + rp, o[1], inv_h)
-    z0 = _cell(cz - rp, o[2], inv_h)
-    z1 = _cell(cz + rp, o[2], inv_h)
-    # float: (2**21)**3 cells would overflow int64
-    ncube = float(x1 - x0 + 1) * float(y1 - y0 + 1) * float(z1 - z0 + 1)
-    if ncube > g.cells.shape[0]:
-        # fewer occupied cells than cells in the query cube: visit occupied cells
+    x0, x1, y0, y1, z0, z1 = _cube(g, cx, cy, cz, r)
+    dense = g.dst.shape[0] > 0
+    if not dense and float(x1 - x0 + 1) * float(y1 - y0 + 1) * float(z1 - z0 + 1) > g.cells.shape[0]:
+        # (float: the cube may hold more than 2**63 cells) fewer occupied cells than cells
+        # in the cube: visit the occupied ones
         for c in range(g.cells.shape[0]):
             s = g.cells[c]
             ix, iy, iz = _decode(g.tkeys[s])
             if ix < x0 or ix > x1 or iy < y0 or iy > y1 or iz < z0 or iz > z1:
                 continue
-            w = _scan_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s], g.tcount[s],
-                          cx, cy, cz, r2, gsel, mode, out_i, out_d, w)
+            a = np.int64(g.tstart[s])
+            w = _run(g, a, a + g.tcount[s], cx, cy, cz, r2, gsel, mode, out_i, out_d, w)
         return w
+    h = g.h[0]
+    o = g.origin
+    # Counting adds whole cells inside the sphere without testing their points.  A cell
+    # counts as inside when the box widened by `marg` is inside the sphere of radius
+    # r - marg: `marg` dwarfs every rounding here (cell assignment, the bounds below, the
+    # float distance brute force computes), so each such point passes `d2 <= r2`.
+    inner = dense and mode == 0 and gsel == -1 and r > 3.0 * h
+    marg = 1e-10 * (abs(cx) + abs(cy) + abs(cz) + r + h + abs(o[0]) + abs(o[1]) + abs(o[2]))
+    ri = r - marg
+    ri2 = ri * ri
+    inv_h = 1.0 / h
     for ix in range(x0, x1 + 1):
+        fx = 0.0
+        if inner:
+            fx = max(abs(cx - (o[0] + ix * h - marg)), abs(o[0] + (ix + 1) * h + marg - cx))
         for iy in range(y0, y1 + 1):
-            for iz in range(z0, z1 + 1):
-                s = _find(g.tkeys, _key(ix, iy, iz))
-                if s >= 0:
-                    w = _scan_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s], g.tcount[s],
-                                  cx, cy, cz, r2, gsel, mode, out_i, out_d, w)
+            if inner and 0 < ix < g.lim[0] and 0 < iy < g.lim[1]:
+                fy = max(abs(cy - (o[1] + iy * h - marg)), abs(o[1] + (iy + 1) * h + marg - cy))
+                fxy = fx * fx + fy * fy
+                if fxy < ri2:
+                    t = np.sqrt(ri2 - fxy) - marg
+                    if t > 1e-4 * r:
+                        za = max(int(np.ceil((cz - t - o[2] + marg) * inv_h)), z0, 1)
+                        zb = min(int(np.floor((cz + t - o[2] - marg) * inv_h)) - 1, z1, g.lim[2] - 1)
+                        if za <= zb:
+                            a, b = _col(g, ix, iy, za, zb)
+                            w += b - a - _stale_in(g, ix, iy, za, zb)
+                            if za > z0:
+                                a, b = _col(g, ix, iy, z0, za - 1)
+                                w += _count_run(g.pts, g.grp, a, b, cx, cy, cz, r2, gsel)
+                            if zb < z1:
+                                a, b = _col(g, ix, iy, zb + 1, z1)
+                                w += _count_run(g.pts, g.grp, a, b, cx, cy, cz, r2, gsel)
+                            continue
+            a, b = _col(g, ix, iy, z0, z1)
+            w = _run(g, a, b, cx, cy, cz, r2, gsel, mode, out_i, out_d, w)
     return w
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
 def _count_q(main, delta, centers, radii, gsel, no_i, no_d, j):
-    w = _radius_one(main, True, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
-                    0, no_i, no_d, 0)
-    return _radius_one(delta, False, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
-                       0, no_i, no_d, w)
+    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 0, no_i, no_d, 0)
+    return _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 0, no_i, no_d, w)
 
 
 @jit(fastmath=EXACT_MATH)
 def _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j):
     a = offsets[j]
-    w = _radius_one(main, True, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
-                    1, out_i, out_d, a)
-    w = _radius_one(delta, False, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel,
-                    1, out_i, out_d, w)
+    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, a)
+    w = _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, w)
     if want_sort and w - a > 1:
         order = np.argsort(out_d[a:w], kind="mergesort")
         si = out_i[a:w][order]
@@ -301,19 +461,19 @@ def _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d,
         out_d[a:w] = sd
 
 
-
-# Parallel versions for batches of queries, serial ones for a handful (a parallel
-# launch costs tens of microseconds on this class of machine).  Each is its own
-# Python function: numba's disk cache keys on the function, not on the flags, so
-# one function compiled twice could load the other variant's machine code.
+# Parallel versions for batches of queries (visited in ``order``, from query_order), serial
+# ones for a handful (a parallel launch costs tens of microseconds on this class of
+# machine).  Each is its own Python function: numba's disk cache keys on the function,
+# not on the flags, so one function compiled twice could load the other variant's code.
 
 
 @pjit
-def radius_count(main, delta, centers, radii, gsel):
+def radius_count(main, delta, centers, radii, gsel, order):
     counts = np.zeros(centers.shape[0], np.int64)
     no_i = np.empty(0, np.int64)
     no_d = np.empty(0, np.float64)
-    for j in prange(centers.shape[0]):
+    for p in prange(centers.shape[0]):
+        j = order[p]
         counts[j] = _count_q(main, delta, centers, radii, gsel, no_i, no_d, j)
     return counts
 
@@ -329,12 +489,12 @@ def radius_count_serial(main, delta, centers, radii, gsel):
 
 
 @pjit
-def radius_fill(main, delta, centers, radii, gsel, offsets, want_sort):
+def radius_fill(main, delta, centers, radii, gsel, offsets, want_sort, order):
     n = centers.shape[0]
     out_i = np.empty(offsets[n], np.int64)
     out_d = np.empty(offsets[n], np.float64)
-    for j in prange(n):
-        _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j)
+    for p in prange(n):
+        _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, order[p])
     return out_i, out_d
 
 
@@ -377,7 +537,7 @@ def radius_small(main, delta, centers, radii, gsel, want_sort):
 
 # --- k nearest neighbours ----------------------------------------------------
 
-@jit(nrt=False, fastmath=EXACT_MATH)
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _heap_push(hd, hi, size, k, d2, i):
     """Max-heap of the k smallest (hd[0] is the largest kept). Returns new size."""
     if size < k:
@@ -430,62 +590,65 @@ def _heap_sort(hd, hi, size):
         end -= 1
 
 
-@jit(nrt=False, fastmath=EXACT_MATH)
-def _knn_run(pts, idx, grp, stale, use_stale, start, cnt, cx, cy, cz, gsel, hd, hi, size, k):
-    for q in range(start, start + cnt):
-        if use_stale and stale[q] != 0:
-            continue
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _knn_run(pts, idx, grp, a, b, cx, cy, cz, gsel, hd, hi, size, k):
+    for q in range(a, b):
         if gsel != -1 and grp[q] != gsel:
             continue
         dx = pts[q, 0] - cx
         dy = pts[q, 1] - cy
         dz = pts[q, 2] - cz
-        size = _heap_push(hd, hi, size, k, dx * dx + dy * dy + dz * dz, idx[q])
+        d2 = dx * dx + dy * dy + dz * dz
+        # NaN (a stale entry) fails both tests
+        if size < k:
+            if d2 == d2:
+                size = _heap_push(hd, hi, size, k, d2, idx[q])
+        elif d2 <= hd[0]:
+            size = _heap_push(hd, hi, size, k, d2, idx[q])
     return size
 
 
-@jit(nrt=False, fastmath=EXACT_MATH)
-def _knn_grid(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k):
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _knn_grid(g, cx, cy, cz, gsel, hd, hi, size, k):
     if g.pts.shape[0] == 0:
         return size
     o = g.origin
     h = g.h[0]
     inv_h = 1.0 / h
-    qx = _cell(cx, o[0], inv_h)
-    qy = _cell(cy, o[1], inv_h)
-    qz = _cell(cz, o[2], inv_h)
-    ncells = g.cells.shape[0]
+    lim = g.lim
+    qx = _cell(cx, o[0], inv_h, lim[0])
+    qy = _cell(cy, o[1], inv_h, lim[1])
+    qz = _cell(cz, o[2], inv_h, lim[2])
+    dense = g.dst.shape[0] > 0
+    # give up on rings (and scan everything left once) past this much probing work
+    budget = 2 * g.dims[0] * g.dims[1] if dense else g.cells.shape[0]
     visited = 0
     s_ring = 0
     while True:
-        # cells at Chebyshev distance s_ring from the query's (clamped) cell
+        # cells at Chebyshev distance s_ring from the query's (clamped) cell, column by column
         x0 = max(qx - s_ring, 0)
-        x1 = min(qx + s_ring, _LIM)
+        x1 = min(qx + s_ring, lim[0])
         y0 = max(qy - s_ring, 0)
-        y1 = min(qy + s_ring, _LIM)
+        y1 = min(qy + s_ring, lim[1])
         z0 = max(qz - s_ring, 0)
-        z1 = min(qz + s_ring, _LIM)
+        z1 = min(qz + s_ring, lim[2])
         for ix in range(x0, x1 + 1):
             edge_x = ix == qx - s_ring or ix == qx + s_ring
             for iy in range(y0, y1 + 1):
-                edge_y = edge_x or iy == qy - s_ring or iy == qy + s_ring
-                if edge_y:
-                    for iz in range(z0, z1 + 1):
-                        s = _find(g.tkeys, _key(ix, iy, iz))
-                        visited += 1
-                        if s >= 0:
-                            size = _knn_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s],
-                                            g.tcount[s], cx, cy, cz, gsel, hd, hi, size, k)
+                if edge_x or iy == qy - s_ring or iy == qy + s_ring:
+                    a, b = _col(g, ix, iy, z0, z1)
+                    visited += 1 if dense else z1 - z0 + 1
+                    size = _knn_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, hd, hi, size, k)
                 else:
-                    for iz in (qz - s_ring, qz + s_ring):
-                        if iz < 0 or iz > _LIM:
-                            continue
-                        s = _find(g.tkeys, _key(ix, iy, iz))
-                        visited += 1
-                        if s >= 0:
-                            size = _knn_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s],
-                                            g.tcount[s], cx, cy, cz, gsel, hd, hi, size, k)
-        if x0 == 0 and y0 == 0 and z0 == 0 and x1 == _LIM and y1 == _LIM and z1 == _LIM:
+                    if qz - s_ring >= 0:
+                        a, b = _col(g, ix, iy, qz - s_ring, qz - s_ring)
+                        size = _knn_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, hd, hi, size, k)
+                    if qz + s_ring <= lim[2]:
+                        a, b = _col(g, ix, iy, qz + s_ring, qz + s_ring)
+                        size = _knn_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, hd, hi, size, k)
+                    visited += 1 if dense else 2
+        if x0 == 0 and y0 == 0 and z0 == 0 and x1 == lim[0] and y1 == lim[1] and z1 == lim[2]:
             return size
         # Any point in ring s_ring+1 or beyond is at least s_ring * h away from the
         # query: along the axis where its cell index differs by s_ring+1, a whole
@@ -493,41 +656,56 @@ def _knn_grid(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k):
         # range) only puts the real positions further apart, so this holds too.
         if size == k:
             # distance from the query to the nearest face of the visited cube of cells;
-            # clamped cells (index 0 or _LIM) extend to infinity, so their faces don't count
+            # clamped cells (index 0 or lim) extend to infinity, so their faces don't count
             lb = np.inf
             if qx - s_ring > 0:
                 lb = min(lb, cx - (o[0] + (qx - s_ring) * h))
-            if qx + s_ring < _LIM:
+            if qx + s_ring < lim[0]:
                 lb = min(lb, o[0] + (qx + s_ring + 1) * h - cx)
             if qy - s_ring > 0:
                 lb = min(lb, cy - (o[1] + (qy - s_ring) * h))
-            if qy + s_ring < _LIM:
+            if qy + s_ring < lim[1]:
                 lb = min(lb, o[1] + (qy + s_ring + 1) * h - cy)
             if qz - s_ring > 0:
                 lb = min(lb, cz - (o[2] + (qz - s_ring) * h))
-            if qz + s_ring < _LIM:
+            if qz + s_ring < lim[2]:
                 lb = min(lb, o[2] + (qz + s_ring + 1) * h - cz)
             lb = max(lb, (s_ring - 1e-6) * h)  # never looser than the plain ring bound
             lb -= 1e-9 * (abs(cx) + abs(cy) + abs(cz) + h)  # a hair below: cell rounding
             if lb > 0.0 and lb * lb > hd[0]:
                 return size
-        if visited > ncells:
-            # sparse neighbourhood: finish by visiting every occupied cell once
-            size = _knn_all_cells(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k,
-                                  qx, qy, qz, s_ring)
-            return size
+        if visited > budget:
+            # sparse neighbourhood: finish by visiting everything outside the rings once
+            return _knn_rest(g, cx, cy, cz, gsel, hd, hi, size, k, qx, qy, qz, s_ring)
         s_ring += 1
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
-def _knn_all_cells(g, use_stale, cx, cy, cz, gsel, hd, hi, size, k, qx, qy, qz, done):
+def _knn_rest(g, cx, cy, cz, gsel, hd, hi, size, k, qx, qy, qz, done):
+    """Every point outside the cube of cells within Chebyshev distance ``done`` of (qx, qy, qz)."""
+    if g.dst.shape[0] > 0:
+        za = qz - done  # the z cells already visited in columns inside the cube
+        zb = qz + done
+        for ix in range(g.dims[0]):
+            for iy in range(g.dims[1]):
+                if abs(ix - qx) <= done and abs(iy - qy) <= done:
+                    if za > 0:
+                        a, b = _col(g, ix, iy, 0, min(za - 1, g.lim[2]))
+                        size = _knn_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, hd, hi, size, k)
+                    if zb < g.lim[2]:
+                        a, b = _col(g, ix, iy, max(zb + 1, 0), g.lim[2])
+                        size = _knn_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, hd, hi, size, k)
+                else:
+                    a, b = _col(g, ix, iy, 0, g.lim[2])
+                    size = _knn_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, hd, hi, size, k)
+        return size
     for c in range(g.cells.shape[0]):
         s = g.cells[c]
         ix, iy, iz = _decode(g.tkeys[s])
         if abs(ix - qx) <= done and abs(iy - qy) <= done and abs(iz - qz) <= done:
             continue  # already visited in the rings
-        size = _knn_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s], g.tcount[s],
-                        cx, cy, cz, gsel, hd, hi, size, k)
+        a = np.int64(g.tstart[s])
+        size = _knn_run(g.pts, g.idx, g.grp, a, a + g.tcount[s], cx, cy, cz, gsel, hd, hi, size, k)
     return size
 
 
@@ -537,20 +715,21 @@ def _knn_q(main, delta, centers, k, gsel, out_i, out_d, j):
     sorted there (by distance, ties by node index): nothing allocated per query."""
     hd = out_d[j]
     hi = out_i[j]
-    size = _knn_grid(main, True, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, 0, k)
-    size = _knn_grid(delta, False, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, size, k)
+    size = _knn_grid(main, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, 0, k)
+    size = _knn_grid(delta, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, size, k)
     _heap_sort(hd, hi, size)
     return size
 
 
 @pjit
-def knn(main, delta, centers, k, gsel):
+def knn(main, delta, centers, k, gsel, order):
     """``(counts, idx (n, k), d2 (n, k))``: per query the up-to-k nearest, ascending."""
     n = centers.shape[0]
     out_i = np.full((n, k), -1, np.int64)
     out_d = np.full((n, k), np.inf)
     counts = np.zeros(n, np.int64)
-    for j in prange(n):
+    for p in prange(n):
+        j = order[p]
         counts[j] = _knn_q(main, delta, centers, k, gsel, out_i, out_d, j)
     return counts, out_i, out_d
 
@@ -569,12 +748,11 @@ def knn_serial(main, delta, centers, k, gsel):
 # --- boxes -------------------------------------------------------------------
 
 @jit(nrt=False, fastmath=EXACT_MATH)
-def _box_run(pts, idx, grp, stale, use_stale, start, cnt, lo, hi, gsel, mode, out_i, w):
-    for q in range(start, start + cnt):
-        if use_stale and stale[q] != 0:
-            continue
+def _box_run(pts, idx, grp, a, b, lo, hi, gsel, mode, out_i, w):
+    for q in range(a, b):
         if gsel != -1 and grp[q] != gsel:
             continue
+        # NaN (a stale entry) fails every comparison
         if (lo[0] <= pts[q, 0] <= hi[0] and lo[1] <= pts[q, 1] <= hi[1]
                 and lo[2] <= pts[q, 2] <= hi[2]):
             if mode == 1:
@@ -584,42 +762,39 @@ def _box_run(pts, idx, grp, stale, use_stale, start, cnt, lo, hi, gsel, mode, ou
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
-def _box_grid(g, use_stale, lo, hi, gsel, mode, out_i, w):
+def _box_grid(g, lo, hi, gsel, mode, out_i, w):
     if g.pts.shape[0] == 0:
         return w
     o = g.origin
     inv_h = 1.0 / g.h[0]
-    x0 = _cell(lo[0], o[0], inv_h)
-    x1 = _cell(hi[0], o[0], inv_h)
-    y0 = _cell(lo[1], o[1], inv_h)
-    y1 = _cell(hi[1], o[1], inv_h)
-    z0 = _cell(lo[2], o[2], inv_h)
-    z1 = _cell(hi[2], o[2], inv_h)
-    if float(x1 - x0 + 1) * float(y1 - y0 + 1) * float(z1 - z0 + 1) > g.cells.shape[0]:
+    x0 = _cell(lo[0], o[0], inv_h, g.lim[0])
+    x1 = _cell(hi[0], o[0], inv_h, g.lim[0])
+    y0 = _cell(lo[1], o[1], inv_h, g.lim[1])
+    y1 = _cell(hi[1], o[1], inv_h, g.lim[1])
+    z0 = _cell(lo[2], o[2], inv_h, g.lim[2])
+    z1 = _cell(hi[2], o[2], inv_h, g.lim[2])
+    if g.dst.shape[0] == 0 and float(x1 - x0 + 1) * float(y1 - y0 + 1) * float(z1 - z0 + 1) > g.cells.shape[0]:
         for c in range(g.cells.shape[0]):
             s = g.cells[c]
             ix, iy, iz = _decode(g.tkeys[s])
             if ix < x0 or ix > x1 or iy < y0 or iy > y1 or iz < z0 or iz > z1:
                 continue
-            w = _box_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s], g.tcount[s],
-                         lo, hi, gsel, mode, out_i, w)
+            a = np.int64(g.tstart[s])
+            w = _box_run(g.pts, g.idx, g.grp, a, a + g.tcount[s], lo, hi, gsel, mode, out_i, w)
         return w
     for ix in range(x0, x1 + 1):
         for iy in range(y0, y1 + 1):
-            for iz in range(z0, z1 + 1):
-                s = _find(g.tkeys, _key(ix, iy, iz))
-                if s >= 0:
-                    w = _box_run(g.pts, g.idx, g.grp, g.stale, use_stale, g.tstart[s], g.tcount[s],
-                                 lo, hi, gsel, mode, out_i, w)
+            a, b = _col(g, ix, iy, z0, z1)
+            w = _box_run(g.pts, g.idx, g.grp, a, b, lo, hi, gsel, mode, out_i, w)
     return w
 
 
 @jit
 def box_query(main, delta, lo, hi, gsel):
     dummy = np.empty(0, np.int64)
-    n = _box_grid(main, True, lo, hi, gsel, 0, dummy, 0)
-    n = _box_grid(delta, False, lo, hi, gsel, 0, dummy, n)
+    n = _box_grid(main, lo, hi, gsel, 0, dummy, 0)
+    n = _box_grid(delta, lo, hi, gsel, 0, dummy, n)
     out = np.empty(n, np.int64)
-    w = _box_grid(main, True, lo, hi, gsel, 1, out, 0)
-    _box_grid(delta, False, lo, hi, gsel, 1, out, w)
+    w = _box_grid(main, lo, hi, gsel, 1, out, 0)
+    _box_grid(delta, lo, hi, gsel, 1, out, w)
     return out

@@ -274,3 +274,54 @@ def test_graph_delete_cascade_larger_than_batch_updates_index():
     assert t.num_rows == 151
     assert set(t.column("graph_id").to_pylist()) == {owner[1]}
     assert new_node in set(t.column("node_id").to_pylist())
+
+
+def test_counts_by_whole_cells_match_point_tests():
+    """Large radii count whole cells inside the sphere without testing points: the counts
+    must still equal cKDTree's and the fill path's, with stale (moved) main-grid entries
+    and lattice points lying exactly on the sphere."""
+    lattice = np.array([[x, y, z] for x in range(24) for y in range(24) for z in range(24)], float)
+    rng = np.random.default_rng(5)
+    pts = np.vstack([lattice, rng.uniform(0, 23, (3000, 3))])
+    eng, nids, owner = engine_with_points(pts)
+    eng.nodes_within([0, 0, 0], 1.0, count_only=True)  # build the main grid
+    assert eng._spatial.main.dst.size > 0  # the dense layout
+    cur = pts.copy()
+    moved = rng.choice(len(pts), 400, replace=False)
+    cur[moved] = rng.uniform(0, 23, (400, 3))
+    eng.apply(rows_to_batch([_ev(EventType.NodeMoved, owner[i], 10, node_id=nids[i], x=float(cur[i, 0]),
+                                 y=float(cur[i, 1]), z=float(cur[i, 2])) for i in moved]))
+    assert eng._spatial.stale_count > 0
+    tree = cKDTree(cur)
+    centers = np.vstack([lattice[rng.integers(0, len(lattice), 30)], rng.uniform(-2, 25, (30, 3))])
+    for r in (3.0, 5.0, 7.5, 11.0, 13.0):  # integers: many lattice points at exactly r
+        want = tree.query_ball_point(centers, r, return_length=True)
+        assert eng.nodes_within(centers, r, count_only=True).tolist() == want.tolist()  # parallel
+        assert eng.nodes_within(centers[:8], r, count_only=True).tolist() == want[:8].tolist()  # serial
+        t = eng.nodes_within(centers, r)
+        assert np.bincount(t.column("query").to_numpy(), minlength=len(centers)).tolist() == want.tolist()
+
+
+def test_sparse_points_use_the_hashed_grid():
+    """Clusters far apart make the bounding box mostly empty: the grid is hashed, and
+    radius, kNN and box answers still equal brute force."""
+    rng = np.random.default_rng(8)
+    far = np.array([[0, 0, 0], [1e7, 0, 0], [0, -3e6, 5e6], [2e6, 2e6, -2e6]], float)
+    pts = far[rng.integers(0, 4, 800)] + rng.normal(0, 3.0, (800, 3))
+    eng, nids, _ = engine_with_points(pts)
+    centers = np.vstack([pts[:20] + rng.normal(0, 2, (20, 3)), [[5e6, 0, 0]]])
+    t = eng.nodes_within(centers, 4.0)
+    assert eng._spatial.main.dst.size == 0  # hashed layout
+    got = result_sets(t, len(centers))
+    for j, c in enumerate(centers):
+        assert got[j] == {nids[i] for i in brute_radius(pts.tolist(), c, 4.0)}
+    assert eng.nodes_within(centers, 6e6, count_only=True).tolist() == \
+        [len(brute_radius(pts.tolist(), c, 6e6)) for c in centers]
+    t = eng.nearest(centers, 5)
+    d = t.column("distance").to_numpy()
+    q = t.column("query").to_numpy()
+    for j, c in enumerate(centers):
+        np.testing.assert_allclose(d[q == j], brute_knn(pts.tolist(), c, 5), atol=1e-9)
+    lo, hi = np.array([-5.0, -5, -5]), np.array([1e7, 5, 5])
+    box = set(eng.nodes_in_box(lo, hi).column("node_id").to_pylist())
+    assert box == {nids[i] for i in range(len(pts)) if ((pts[i] >= lo) & (pts[i] <= hi)).all()}
