@@ -482,6 +482,19 @@ class Engine:
 
     def nearest(self, centers, k, *, graph_id=None) -> pa.Table:
         """The ``k`` nearest live nodes to each center (fewer when fewer exist), nearest first."""
+        counts, idx, dist = self.nearest_indices(centers, k, graph_id=graph_id)
+        k = idx.shape[1]
+        offsets = np.zeros(counts.shape[0] + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        if offsets[-1] == idx.size:  # every query found k: the rows are already in CSR order
+            return self._node_table(None, idx.reshape(-1), dist.reshape(-1), offsets)
+        mask = np.arange(k)[None, :] < counts[:, None]
+        return self._node_table(None, idx[mask], dist[mask], offsets)
+
+    def nearest_indices(self, centers, k, *, graph_id=None):
+        """Low-level kNN: ``(counts, node_index (n, k'), distance (n, k'))`` with
+        ``k' = min(k, live nodes)``; row j's first ``counts[j]`` entries are its nearest,
+        ascending (ties by node index), the rest -1 / inf.  The peer of cKDTree.query."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         c = _centers(centers)
@@ -492,12 +505,7 @@ class Engine:
             counts, idx, d2 = ks.knn_serial(main, delta, c, k, gsel)
         else:
             counts, idx, d2 = ks.knn(main, delta, c, k, gsel, _query_order(c, main))
-        offsets = np.zeros(c.shape[0] + 1, np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        if offsets[-1] == idx.size:  # every query found k: the rows are already in CSR order
-            return self._node_table(None, idx.reshape(-1), np.sqrt(d2.reshape(-1)), offsets)
-        mask = np.arange(k)[None, :] < counts[:, None]
-        return self._node_table(None, idx[mask], np.sqrt(d2[mask]), offsets)
+        return counts, idx, np.sqrt(d2, out=d2)
 
     def nodes_in_box(self, lo, hi, *, graph_id=None) -> pa.Table:
         """Live nodes with ``lo <= position <= hi`` on every axis."""

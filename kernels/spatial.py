@@ -536,63 +536,13 @@ def radius_small(main, delta, centers, radii, gsel, want_sort):
 
 
 # --- k nearest neighbours ----------------------------------------------------
+# Rings of cells around the query's cell are gathered into a candidate buffer (only
+# candidates no farther than the current k-th best); after a ring, the k-th smallest
+# candidate distance (quickselect) is compared with the distance to the faces of the
+# visited cube.  The k best are then sorted by (distance, node index).
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
-def _heap_push(hd, hi, size, k, d2, i):
-    """Max-heap of the k smallest (hd[0] is the largest kept). Returns new size."""
-    if size < k:
-        p = size
-        size += 1
-        hd[p] = d2
-        hi[p] = i
-        while p > 0:
-            parent = (p - 1) >> 1
-            if hd[parent] < hd[p] or (hd[parent] == hd[p] and hi[parent] < hi[p]):
-                hd[parent], hd[p] = hd[p], hd[parent]
-                hi[parent], hi[p] = hi[p], hi[parent]
-                p = parent
-            else:
-                break
-        return size
-    if d2 > hd[0] or (d2 == hd[0] and i >= hi[0]):
-        return size
-    hd[0] = d2
-    hi[0] = i
-    _sift_down(hd, hi, 0, size)
-    return size
-
-
-@jit(nrt=False, fastmath=EXACT_MATH)
-def _sift_down(hd, hi, p, size):
-    while True:
-        l = 2 * p + 1
-        r = l + 1
-        m = p
-        if l < size and (hd[l] > hd[m] or (hd[l] == hd[m] and hi[l] > hi[m])):
-            m = l
-        if r < size and (hd[r] > hd[m] or (hd[r] == hd[m] and hi[r] > hi[m])):
-            m = r
-        if m == p:
-            return
-        hd[m], hd[p] = hd[p], hd[m]
-        hi[m], hi[p] = hi[p], hi[m]
-        p = m
-
-
-@jit(nrt=False, fastmath=EXACT_MATH)
-def _heap_sort(hd, hi, size):
-    """The max-heap hd[:size] (by distance, then node index) sorted ascending in place."""
-    end = size - 1
-    while end > 0:
-        hd[0], hd[end] = hd[end], hd[0]
-        hi[0], hi[end] = hi[end], hi[0]
-        _sift_down(hd, hi, 0, end)
-        end -= 1
-
-
-
-@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
-def _knn_run(pts, idx, grp, a, b, cx, cy, cz, gsel, hd, hi, size, k):
+def _gather_run(pts, idx, grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt):
     for q in range(a, b):
         if gsel != -1 and grp[q] != gsel:
             continue
@@ -600,19 +550,80 @@ def _knn_run(pts, idx, grp, a, b, cx, cy, cz, gsel, hd, hi, size, k):
         dy = pts[q, 1] - cy
         dz = pts[q, 2] - cz
         d2 = dx * dx + dy * dy + dz * dz
-        # NaN (a stale entry) fails both tests
-        if size < k:
-            if d2 == d2:
-                size = _heap_push(hd, hi, size, k, d2, idx[q])
-        elif d2 <= hd[0]:
-            size = _heap_push(hd, hi, size, k, d2, idx[q])
-    return size
+        if d2 <= bound:  # NaN (a stale entry) fails
+            bd[cnt] = d2
+            bi[cnt] = idx[q]
+            cnt += 1
+    return cnt
 
 
-@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
-def _knn_grid(g, cx, cy, cz, gsel, hd, hi, size, k):
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _kth_smallest(bd, cnt, k, tmp):
+    """The k-th smallest of bd[:cnt] (1 <= k <= cnt), by quickselect on a copy in tmp."""
+    for i in range(cnt):
+        tmp[i] = bd[i]
+    lo = 0
+    hi = cnt - 1
+    t = k - 1
+    while hi > lo:
+        mid = (lo + hi) >> 1
+        a, b, c = tmp[lo], tmp[mid], tmp[hi]  # median of three as the pivot
+        if a < b:
+            pv = b if b < c else (c if a < c else a)
+        else:
+            pv = a if a < c else (c if b < c else b)
+        i = lo
+        j = hi
+        while i <= j:
+            while tmp[i] < pv:
+                i += 1
+            while tmp[j] > pv:
+                j -= 1
+            if i <= j:
+                tmp[i], tmp[j] = tmp[j], tmp[i]
+                i += 1
+                j -= 1
+        if t <= j:
+            hi = j
+        elif t >= i:
+            lo = i
+        else:
+            return tmp[t]
+    return tmp[t]
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _face_bound(o, h, lim, cx, cy, cz, qx, qy, qz, s_ring):
+    """Squared lower bound on the distance from the query to any point outside the cube of
+    cells within Chebyshev distance s_ring of its cell (qx, qy, qz); 0 when there is none.
+
+    Along the axis where a point's cell differs by more than s_ring, a whole s_ring cells
+    lie between.  Clamped cells (index 0 or lim) extend to infinity, so their faces
+    don't count; clamping only puts real positions further apart."""
+    lb = np.inf
+    if qx - s_ring > 0:
+        lb = min(lb, cx - (o[0] + (qx - s_ring) * h))
+    if qx + s_ring < lim[0]:
+        lb = min(lb, o[0] + (qx + s_ring + 1) * h - cx)
+    if qy - s_ring > 0:
+        lb = min(lb, cy - (o[1] + (qy - s_ring) * h))
+    if qy + s_ring < lim[1]:
+        lb = min(lb, o[1] + (qy + s_ring + 1) * h - cy)
+    if qz - s_ring > 0:
+        lb = min(lb, cz - (o[2] + (qz - s_ring) * h))
+    if qz + s_ring < lim[2]:
+        lb = min(lb, o[2] + (qz + s_ring + 1) * h - cz)
+    lb = max(lb, (s_ring - 1e-6) * h)  # never looser than the plain ring bound
+    lb -= 1e-9 * (abs(cx) + abs(cy) + abs(cz) + h)  # a hair below: cell rounding
+    return lb * lb if lb > 0.0 else 0.0
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _knn_grid(g, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound):
+    """Gathers this grid's candidates for the k nearest; returns ``(cnt, bound)`` with
+    ``bound`` the k-th smallest candidate distance once there are k."""
     if g.pts.shape[0] == 0:
-        return size
+        return cnt, bound
     o = g.origin
     h = g.h[0]
     inv_h = 1.0 / h
@@ -639,49 +650,32 @@ def _knn_grid(g, cx, cy, cz, gsel, hd, hi, size, k):
                 if edge_x or iy == qy - s_ring or iy == qy + s_ring:
                     a, b = _col(g, ix, iy, z0, z1)
                     visited += 1 if dense else z1 - z0 + 1
-                    size = _knn_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, hd, hi, size, k)
+                    cnt = _gather_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt)
                 else:
                     if qz - s_ring >= 0:
                         a, b = _col(g, ix, iy, qz - s_ring, qz - s_ring)
-                        size = _knn_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, hd, hi, size, k)
+                        cnt = _gather_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt)
                     if qz + s_ring <= lim[2]:
                         a, b = _col(g, ix, iy, qz + s_ring, qz + s_ring)
-                        size = _knn_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, hd, hi, size, k)
+                        cnt = _gather_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt)
                     visited += 1 if dense else 2
+        if cnt >= k:
+            bound = _kth_smallest(bd, cnt, k, tmp)
         if x0 == 0 and y0 == 0 and z0 == 0 and x1 == lim[0] and y1 == lim[1] and z1 == lim[2]:
-            return size
-        # Any point in ring s_ring+1 or beyond is at least s_ring * h away from the
-        # query: along the axis where its cell index differs by s_ring+1, a whole
-        # s_ring cells lie between.  Clamping (query or point outside the grid's
-        # range) only puts the real positions further apart, so this holds too.
-        if size == k:
-            # distance from the query to the nearest face of the visited cube of cells;
-            # clamped cells (index 0 or lim) extend to infinity, so their faces don't count
-            lb = np.inf
-            if qx - s_ring > 0:
-                lb = min(lb, cx - (o[0] + (qx - s_ring) * h))
-            if qx + s_ring < lim[0]:
-                lb = min(lb, o[0] + (qx + s_ring + 1) * h - cx)
-            if qy - s_ring > 0:
-                lb = min(lb, cy - (o[1] + (qy - s_ring) * h))
-            if qy + s_ring < lim[1]:
-                lb = min(lb, o[1] + (qy + s_ring + 1) * h - cy)
-            if qz - s_ring > 0:
-                lb = min(lb, cz - (o[2] + (qz - s_ring) * h))
-            if qz + s_ring < lim[2]:
-                lb = min(lb, o[2] + (qz + s_ring + 1) * h - cz)
-            lb = max(lb, (s_ring - 1e-6) * h)  # never looser than the plain ring bound
-            lb -= 1e-9 * (abs(cx) + abs(cy) + abs(cz) + h)  # a hair below: cell rounding
-            if lb > 0.0 and lb * lb > hd[0]:
-                return size
+            return cnt, bound
+        if cnt >= k and _face_bound(o, h, lim, cx, cy, cz, qx, qy, qz, s_ring) > bound:
+            return cnt, bound
         if visited > budget:
             # sparse neighbourhood: finish by visiting everything outside the rings once
-            return _knn_rest(g, cx, cy, cz, gsel, hd, hi, size, k, qx, qy, qz, s_ring)
+            cnt = _knn_rest(g, cx, cy, cz, gsel, bound, bd, bi, cnt, qx, qy, qz, s_ring)
+            if cnt >= k:
+                bound = _kth_smallest(bd, cnt, k, tmp)
+            return cnt, bound
         s_ring += 1
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
-def _knn_rest(g, cx, cy, cz, gsel, hd, hi, size, k, qx, qy, qz, done):
+def _knn_rest(g, cx, cy, cz, gsel, bound, bd, bi, cnt, qx, qy, qz, done):
     """Every point outside the cube of cells within Chebyshev distance ``done`` of (qx, qy, qz)."""
     if g.dst.shape[0] > 0:
         za = qz - done  # the z cells already visited in columns inside the cube
@@ -691,46 +685,87 @@ def _knn_rest(g, cx, cy, cz, gsel, hd, hi, size, k, qx, qy, qz, done):
                 if abs(ix - qx) <= done and abs(iy - qy) <= done:
                     if za > 0:
                         a, b = _col(g, ix, iy, 0, min(za - 1, g.lim[2]))
-                        size = _knn_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, hd, hi, size, k)
+                        cnt = _gather_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt)
                     if zb < g.lim[2]:
                         a, b = _col(g, ix, iy, max(zb + 1, 0), g.lim[2])
-                        size = _knn_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, hd, hi, size, k)
+                        cnt = _gather_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt)
                 else:
                     a, b = _col(g, ix, iy, 0, g.lim[2])
-                    size = _knn_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, hd, hi, size, k)
-        return size
+                    cnt = _gather_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt)
+        return cnt
     for c in range(g.cells.shape[0]):
         s = g.cells[c]
         ix, iy, iz = _decode(g.tkeys[s])
         if abs(ix - qx) <= done and abs(iy - qy) <= done and abs(iz - qz) <= done:
             continue  # already visited in the rings
         a = np.int64(g.tstart[s])
-        size = _knn_run(g.pts, g.idx, g.grp, a, a + g.tcount[s], cx, cy, cz, gsel, hd, hi, size, k)
-    return size
+        cnt = _gather_run(g.pts, g.idx, g.grp, a, a + g.tcount[s], cx, cy, cz, gsel, bound, bd, bi, cnt)
+    return cnt
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _before(d1, i1, d2, i2):
+    return d1 < d2 or (d1 == d2 and i1 < i2)
 
 
 @jit(fastmath=EXACT_MATH)
-def _knn_q(main, delta, centers, k, gsel, out_i, out_d, j):
-    """The k nearest to center j, kept in a heap in the output rows themselves, then
-    sorted there (by distance, ties by node index): nothing allocated per query."""
-    hd = out_d[j]
-    hi = out_i[j]
-    size = _knn_grid(main, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, 0, k)
-    size = _knn_grid(delta, centers[j, 0], centers[j, 1], centers[j, 2], gsel, hd, hi, size, k)
-    _heap_sort(hd, hi, size)
+def _knn_q(main, delta, centers, k, gsel, out_i, out_d, j, bd, bi, tmp):
+    """The k nearest to center j into row j of out_i/out_d, sorted by (distance, node
+    index); returns how many (fewer than k only when fewer nodes match)."""
+    cx, cy, cz = centers[j, 0], centers[j, 1], centers[j, 2]
+    cnt, bound = _knn_grid(main, cx, cy, cz, gsel, k, bd, bi, tmp, 0, np.inf)
+    cnt, bound = _knn_grid(delta, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound)
+    # keep the candidates no farther than the k-th (ties included), sort them, take k
+    m = 0
+    for c in range(cnt):
+        if bd[c] <= bound:
+            bd[m] = bd[c]
+            bi[m] = bi[c]
+            m += 1
+    if m <= 64:
+        for c in range(1, m):  # insertion sort
+            d = bd[c]
+            i = bi[c]
+            p = c - 1
+            while p >= 0 and _before(d, i, bd[p], bi[p]):
+                bd[p + 1] = bd[p]
+                bi[p + 1] = bi[p]
+                p -= 1
+            bd[p + 1] = d
+            bi[p + 1] = i
+    else:
+        by_i = np.argsort(bi[:m], kind="mergesort")
+        order = by_i[np.argsort(bd[:m][by_i], kind="mergesort")]
+        sd = bd[:m][order]
+        si = bi[:m][order]
+        bd[:m] = sd
+        bi[:m] = si
+    size = min(m, k)
+    for c in range(size):
+        out_d[j, c] = bd[c]
+        out_i[j, c] = bi[c]
     return size
 
 
 @pjit
 def knn(main, delta, centers, k, gsel, order):
-    """``(counts, idx (n, k), d2 (n, k))``: per query the up-to-k nearest, ascending."""
+    """``(counts, idx (n, k), d2 (n, k))``: per query the up-to-k nearest, ascending.
+    Queries run in chunks, each with its own candidate buffers (sized for every point:
+    only the pages a query touches are ever faulted in)."""
     n = centers.shape[0]
     out_i = np.full((n, k), -1, np.int64)
     out_d = np.full((n, k), np.inf)
     counts = np.zeros(n, np.int64)
-    for p in prange(n):
-        j = order[p]
-        counts[j] = _knn_q(main, delta, centers, k, gsel, out_i, out_d, j)
+    cap = main.pts.shape[0] + delta.pts.shape[0] + 1
+    nchunk = min(n, 64)
+    per = (n + nchunk - 1) // max(nchunk, 1)
+    for c in prange(nchunk):
+        bd = np.empty(cap, np.float64)
+        bi = np.empty(cap, np.int64)
+        tmp = np.empty(cap, np.float64)
+        for p in range(c * per, min(n, (c + 1) * per)):
+            j = order[p]
+            counts[j] = _knn_q(main, delta, centers, k, gsel, out_i, out_d, j, bd, bi, tmp)
     return counts, out_i, out_d
 
 
@@ -740,8 +775,12 @@ def knn_serial(main, delta, centers, k, gsel):
     out_i = np.full((n, k), -1, np.int64)
     out_d = np.full((n, k), np.inf)
     counts = np.zeros(n, np.int64)
+    cap = main.pts.shape[0] + delta.pts.shape[0] + 1
+    bd = np.empty(cap, np.float64)
+    bi = np.empty(cap, np.int64)
+    tmp = np.empty(cap, np.float64)
     for j in range(n):
-        counts[j] = _knn_q(main, delta, centers, k, gsel, out_i, out_d, j)
+        counts[j] = _knn_q(main, delta, centers, k, gsel, out_i, out_d, j, bd, bi, tmp)
     return counts, out_i, out_d
 
 

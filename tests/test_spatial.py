@@ -325,3 +325,26 @@ def test_sparse_points_use_the_hashed_grid():
     lo, hi = np.array([-5.0, -5, -5]), np.array([1e7, 5, 5])
     box = set(eng.nodes_in_box(lo, hi).column("node_id").to_pylist())
     assert box == {nids[i] for i in range(len(pts)) if ((pts[i] >= lo) & (pts[i] <= hi)).all()}
+
+
+def test_low_level_index_apis_match_brute_force():
+    """radius_csr and nearest_indices (node indices, no tables) answer like the table APIs."""
+    pts = clustered(2000, 4)
+    eng, nids, _ = engine_with_points(pts)
+    rng = np.random.default_rng(2)
+    centers = pts[rng.integers(0, len(pts), 40)] + rng.normal(0, 1, (40, 3))
+    ids = np.array(eng.node_ids(np.arange(len(pts))).to_pylist(), dtype=object)
+    offsets, idx, d2 = eng.radius_csr(centers, 3.0)
+    for j, c in enumerate(centers):
+        got = set(ids[idx[offsets[j]:offsets[j + 1]]])
+        assert got == {nids[i] for i in brute_radius(pts.tolist(), c, 3.0)}
+        np.testing.assert_allclose(np.sort(d2[offsets[j]:offsets[j + 1]]),
+                                   np.sort(((pts[[nids.index(x) for x in got]] - c) ** 2).sum(1)))
+    counts, nidx, dist = eng.nearest_indices(centers, 7)
+    assert counts.tolist() == [7] * len(centers)
+    for j, c in enumerate(centers):
+        np.testing.assert_allclose(dist[j], brute_knn(pts.tolist(), c, 7), atol=1e-12)
+        want = np.sqrt(((pts[[nids.index(x) for x in ids[nidx[j]]]] - c) ** 2).sum(1))
+        np.testing.assert_allclose(dist[j], want, atol=1e-12)
+    t = eng.nearest(centers, 7)
+    assert t.column("node_id").to_pylist() == list(ids[nidx.reshape(-1)])

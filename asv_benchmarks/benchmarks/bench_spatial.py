@@ -5,7 +5,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .common import SIZES
-from .spatial_data import engine_with, move_batch, points, queries, radius_for
+from .spatial_data import RADII, engine_with, move_batch, points, queries, radius_for, sweep_radius
 
 KINDS = ["uniform", "clustered"]
 
@@ -73,16 +73,17 @@ class Update:
 
 
 class RadiusBatch:
-    """10k query points, radius giving ~30 neighbours on the uniform set."""
+    """10k query points; radii: 0.1x, 1x, 10x the median nearest-neighbour distance, the
+    radius giving ~30 neighbours on the uniform set, and 10x that."""
 
-    params = (KINDS, [0.1, 1.0, 10.0])
-    param_names = ["data", "radius_x_spacing_of_30nn"]
+    params = (KINDS, RADII)
+    param_names = ["data", "radius"]
     timeout = 900
 
     def setup(self, kind, scale):
         _load(self, kind, SIZES["queries"])
-        self.r = radius_for(self.n) * scale
-        if scale == 10.0:
+        self.r = sweep_radius(scale, kind, self.n)
+        if scale == "30nn_x10":
             self.q = self.q[:1000]  # ~30k neighbours each: keep output (30M) bounded
         self.eng.nodes_within(self.q[:2], self.r)
         self.tree = cKDTree(self.pts)
@@ -116,6 +117,10 @@ class KNN:
 
     def time_engine_nearest_k30(self, kind):
         self.eng.nearest(self.q, 30)
+
+    def time_engine_nearest_indices_k30(self, kind):
+        # index and distance arrays: the like-for-like peer of cKDTree.query
+        self.eng.nearest_indices(self.q, 30)
 
     def time_ckdtree_query_k30(self, kind):
         self.tree.query(self.q, k=30, workers=-1)

@@ -30,6 +30,27 @@ def radius_for(n_points, neighbours=30):
     return float(np.cbrt(neighbours / (4.0 / 3.0 * np.pi * density)))
 
 
+@functools.lru_cache(maxsize=4)
+def node_spacing(kind, n_points, sample=20_000, seed=4):
+    """Typical node spacing: the median nearest-neighbour distance (over a sample of nodes)."""
+    from scipy.spatial import cKDTree
+
+    p = points(kind, n_points)
+    pick = np.random.default_rng(seed).choice(n_points, min(sample, n_points), replace=False)
+    return float(np.median(cKDTree(p).query(p[pick], k=2)[0][:, 1]))
+
+
+# The radius sweep: the issue's "a tenth to ten times the typical node spacing", the
+# 30-neighbour radius of the headline figures, and ten times that (~30k neighbours).
+RADII = ["spacing_x0.1", "spacing_x1", "spacing_x10", "30nn", "30nn_x10"]
+
+
+def sweep_radius(name, kind, n_points):
+    if name.startswith("spacing_x"):
+        return float(name[len("spacing_x"):]) * node_spacing(kind, n_points)
+    return radius_for(n_points) * (10.0 if name == "30nn_x10" else 1.0)
+
+
 def node_batches(kind, n, chunk=262_144, n_graphs=200):
     p = points(kind, n)
     rng = np.random.default_rng(2)

@@ -3,8 +3,9 @@
     python asv_benchmarks/tools/spatial_pairs.py [--repeat 5]
 
 1M points (uniform in [0,100]^3 and ~200 Gaussian clusters), 10k query points,
-radius giving ~30 neighbours on the uniform set (the issue's datasets, from
-benchmarks/spatial_data.py).  Each timing is a median of ``--repeat`` warm calls;
+radius giving ~30 neighbours on the uniform set, and the radius sweep of
+benchmarks/spatial_data.py (0.1x/1x/10x the median nearest-neighbour distance, and
+10x the 30-neighbour radius on 1k queries).  Each timing is a median of ``--repeat`` warm calls;
 ``asv run --quick`` (make bench) times one cold call, which on this 2-core machine
 includes thread start-up and is noisier.
 """
@@ -49,15 +50,26 @@ def main():
             "radius answer (table / index lists)": (
                 med(lambda: eng.nodes_within(q, r), a.repeat),
                 med(lambda: tree.query_ball_point(q, r, workers=-1), a.repeat)),
+            "radius answer (CSR indices / index lists)": (
+                med(lambda: eng.radius_csr(q, r), a.repeat),
+                med(lambda: tree.query_ball_point(q, r, workers=-1), a.repeat)),
             "kNN k=30 (table / arrays)": (med(lambda: eng.nearest(q, 30), a.repeat),
                                           med(lambda: tree.query(q, 30, workers=-1), a.repeat)),
+            "kNN k=30 (arrays / arrays)": (med(lambda: eng.nearest_indices(q, 30), a.repeat),
+                                           med(lambda: tree.query(q, 30, workers=-1), a.repeat)),
         }
-        for f in (0.1, 10.0):
-            rows[f"radius counts, radius x{f:g}"] = (
-                med(lambda: eng.nodes_within(q, r * f, count_only=True), a.repeat),
-                med(lambda: tree.query_ball_point(q, r * f, return_length=True, workers=-1), a.repeat))
+        for name in B.RADII:
+            rs = B.sweep_radius(name, kind, o.n)
+            qs = q[:1000] if name == "30nn_x10" else q  # ~30k neighbours each
+            rows[f"radius counts, {name} (r={rs:.3g}, {len(qs)} q)"] = (
+                med(lambda: eng.nodes_within(qs, rs, count_only=True), a.repeat),
+                med(lambda: tree.query_ball_point(qs, rs, return_length=True, workers=-1), a.repeat))
+            if name.startswith("spacing"):
+                rows[f"radius table, {name}"] = (
+                    med(lambda: eng.nodes_within(qs, rs), a.repeat),
+                    med(lambda: tree.query_ball_point(qs, rs, workers=-1), a.repeat))
         for name, (ours, peer) in rows.items():
-            print(f"{kind:9s} {name:38s} cim_flow {ours:8.1f} ms  cKDTree {peer:8.1f} ms  ratio {peer / ours:5.2f}x")
+            print(f"{kind:9s} {name:48s} cim_flow {ours:8.1f} ms  cKDTree {peer:8.1f} ms  ratio {peer / ours:5.2f}x")
 
 
 if __name__ == "__main__":
