@@ -9,6 +9,7 @@ applied batch.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from kernels import spatial as ks
@@ -91,7 +92,8 @@ class SpatialIndex:
         if np.isfinite(span).all() and (span < ks._LIM).all():
             dims = span.astype(np.int64) + 1
             if float(np.prod(dims.astype(np.float64))) <= ks.DENSE_CELLS_PER_POINT * m + 4096:
-                dst, pts, idx, grp = ks.grid_build_dense(pos, nodes, graph, origin, float(h), dims)
+                nparts = numba.get_num_threads() if m >= 65536 else 1
+                dst, pts, idx, grp = ks.grid_build_dense(pos, nodes, graph, origin, float(h), dims, nparts)
                 return ks.Grid(origin=origin, h=np.array([h]), lim=dims - 1, dims=dims, dst=dst,
                                nstale=np.zeros(dst.shape[0] - 1, np.int32), pts=pts, idx=idx, grp=grp,
                                **_NO_TABLE)

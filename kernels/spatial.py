@@ -113,35 +113,48 @@ def _dense_cell(g_origin, inv_h, lim, dims, x, y, z):
             + _cell(z, g_origin[2], inv_h, lim[2]))
 
 
-@jit(fastmath=EXACT_MATH)
-def grid_build_dense(pos, nodes, graph_of, origin, h, dims):
-    """Dense grid over ``pos[nodes]``: ``(dst, pts, idx, grp)``; ``dims`` cells per axis."""
+@pjit
+def grid_build_dense(pos, nodes, graph_of, origin, h, dims, nparts):
+    """Dense grid over ``pos[nodes]``: ``(dst, pts, idx, grp)``; ``dims`` cells per axis.
+
+    The counting sort's random writes dominate, so they run in ``nparts`` parallel
+    passes, each over every point but writing only the cells of its own range."""
     m = nodes.shape[0]
     inv_h = 1.0 / h
     lim = dims - 1
-    dst = np.zeros(dims[0] * dims[1] * dims[2] + 1, np.int32)
+    ncell = dims[0] * dims[1] * dims[2]
     cell_of = np.empty(m, np.int64)
-    for j in range(m):
+    for j in prange(m):
         n = nodes[j]
-        c = _dense_cell(origin, inv_h, lim, dims, pos[n, 0], pos[n, 1], pos[n, 2])
-        cell_of[j] = c
-        dst[c + 1] += 1
-    for c in range(1, dst.shape[0]):
+        cell_of[j] = _dense_cell(origin, inv_h, lim, dims, pos[n, 0], pos[n, 1], pos[n, 2])
+    dst = np.zeros(ncell + 1, np.int32)
+    for p in prange(nparts):
+        lo_c = ncell * p // nparts
+        hi_c = ncell * (p + 1) // nparts
+        for j in range(m):
+            c = cell_of[j]
+            if lo_c <= c < hi_c:
+                dst[c + 1] += 1
+    for c in range(1, ncell + 1):
         dst[c] += dst[c - 1]
     fill = dst[:-1].copy()
     pts = np.empty((m, 3), np.float64)
     idx = np.empty(m, np.int32)
     grp = np.empty(m, np.int32)
-    for j in range(m):
-        c = cell_of[j]
-        q = fill[c]
-        fill[c] = q + 1
-        n = nodes[j]
-        pts[q, 0] = pos[n, 0]
-        pts[q, 1] = pos[n, 1]
-        pts[q, 2] = pos[n, 2]
-        idx[q] = n
-        grp[q] = graph_of[n]
+    for p in prange(nparts):
+        lo_c = ncell * p // nparts
+        hi_c = ncell * (p + 1) // nparts
+        for j in range(m):
+            c = cell_of[j]
+            if lo_c <= c < hi_c:
+                q = fill[c]
+                fill[c] = q + 1
+                n = nodes[j]
+                pts[q, 0] = pos[n, 0]
+                pts[q, 1] = pos[n, 1]
+                pts[q, 2] = pos[n, 2]
+                idx[q] = n
+                grp[q] = graph_of[n]
     return dst, pts, idx, grp
 
 
