@@ -24,7 +24,7 @@ _NO_TABLE = dict(tkeys=np.full(1, ks.EMPTY, np.uint64), tstart=np.zeros(1, np.in
 def _empty_grid():
     return ks.Grid(
         origin=np.zeros(3), h=np.ones(1), lim=np.zeros(3, np.int64), dims=np.ones(3, np.int64),
-        dst=np.zeros(0, np.int32), nstale=np.zeros(0, np.int32),
+        dst=np.zeros(0, np.int32), nstale=np.zeros(0, np.uint8),
         pts=np.zeros((0, 3)), idx=np.zeros(0, np.int32), grp=np.zeros(0, np.int32), **_NO_TABLE)
 
 
@@ -95,7 +95,7 @@ class SpatialIndex:
                 nparts = numba.get_num_threads() if m >= 65536 else 1
                 dst, pts, idx, grp = ks.grid_build_dense(pos, nodes, graph, origin, float(h), dims, nparts)
                 return ks.Grid(origin=origin, h=np.array([h]), lim=dims - 1, dims=dims, dst=dst,
-                               nstale=np.zeros(dst.shape[0] - 1, np.int32), pts=pts, idx=idx, grp=grp,
+                               nstale=np.zeros(dst.shape[0] - 1, np.uint8), pts=pts, idx=idx, grp=grp,
                                **_NO_TABLE)
         size = 16
         while size < 4 * m / TARGET_OCCUPANCY:
@@ -107,7 +107,7 @@ class SpatialIndex:
             size *= 4
         return ks.Grid(origin=origin, h=np.array([h]), lim=np.full(3, ks._LIM, np.int64),
                        dims=np.full(3, ks._LIM + 1, np.int64), dst=np.zeros(0, np.int32),
-                       nstale=np.zeros(0, np.int32), tkeys=tkeys, tstart=tstart, tcount=tcount,
+                       nstale=np.zeros(0, np.uint8), tkeys=tkeys, tstart=tstart, tcount=tcount,
                        pts=pts, idx=idx, grp=grp, cells=cells)
 
     # -- incremental ------------------------------------------------------------

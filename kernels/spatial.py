@@ -40,7 +40,8 @@ from .intern import _mix
 
 Grid = namedtuple("Grid", "origin h lim dims dst nstale tkeys tstart tcount pts idx grp cells")
 # origin (3,), h (1,): cell size; lim (3,) int64: largest cell index per axis; dims = lim + 1.
-# dense: dst (prod(dims) + 1,) int32 cell starts, nstale (prod(dims),) int32 stale entries per cell.
+# dense: dst (prod(dims) + 1,) int32 cell starts, nstale (prod(dims),) uint8 stale entries per
+#   cell (saturating at 255: one byte a cell keeps the first update's page faults few).
 # hashed: dst and nstale empty; tkeys/tstart/tcount the cell table (key EMPTY = free),
 #   cells the slots of the occupied cells (for whole-grid scans).
 # pts (m, 3) positions (NaN: stale entry), idx (m,) node index, grp (m,) graph index.
@@ -273,7 +274,9 @@ def mark_stale(where, g, nodes):
         w = where[nodes[j]]
         if w >= 0:
             if dense:
-                g.nstale[_dense_cell(g.origin, inv_h, g.lim, g.dims, g.pts[w, 0], g.pts[w, 1], g.pts[w, 2])] += 1
+                c = _dense_cell(g.origin, inv_h, g.lim, g.dims, g.pts[w, 0], g.pts[w, 1], g.pts[w, 2])
+                if g.nstale[c] < 255:  # saturates: 255 means "many", see _stale_in
+                    g.nstale[c] += 1
             g.pts[w, 0] = np.nan
             g.pts[w, 1] = np.nan
             g.pts[w, 2] = np.nan
@@ -333,11 +336,15 @@ def _col(g, ix, iy, za, zb):
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _stale_in(g, ix, iy, za, zb):
-    """Stale entries in cells za..zb of a dense grid's column."""
+    """Stale entries in cells za..zb of a dense grid's column; -1 when a cell's count
+    saturated (the caller then tests the points)."""
     base = (ix * g.dims[1] + iy) * g.dims[2]
     k = 0
     for c in range(base + za, base + zb + 1):
-        k += g.nstale[c]
+        v = g.nstale[c]
+        if v == 255:
+            return -1
+        k += v
     return k
 
 
@@ -440,9 +447,10 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w):
                     if t > 1e-4 * r:
                         za = max(int(np.ceil((cz - t - o[2] + marg) * inv_h)), z0, 1)
                         zb = min(int(np.floor((cz + t - o[2] - marg) * inv_h)) - 1, z1, g.lim[2] - 1)
-                        if za <= zb:
+                        stale = _stale_in(g, ix, iy, za, zb) if za <= zb else -1
+                        if stale >= 0:
                             a, b = _col(g, ix, iy, za, zb)
-                            w += b - a - _stale_in(g, ix, iy, za, zb)
+                            w += b - a - stale
                             if za > z0:
                                 a, b = _col(g, ix, iy, z0, za - 1)
                                 w += _count_run(g.pts, g.grp, a, b, cx, cy, cz, r2, gsel)

@@ -348,3 +348,25 @@ def test_low_level_index_apis_match_brute_force():
         np.testing.assert_allclose(dist[j], want, atol=1e-12)
     t = eng.nearest(centers, 7)
     assert t.column("node_id").to_pylist() == list(ids[nidx.reshape(-1)])
+
+
+def test_whole_cell_counts_with_a_saturated_stale_count():
+    """More than 255 entries of one cell go stale (the per-cell count saturates): counts
+    around it fall back to testing points and stay exact."""
+    rng = np.random.default_rng(6)
+    lattice = np.array([[x, y, z] for x in range(16) for y in range(16) for z in range(16)], float)
+    pile = np.repeat([[8.2, 8.2, 8.2]], 600, axis=0)
+    pts = np.vstack([lattice, pile])
+    eng, nids, owner = engine_with_points(pts)
+    eng.nodes_within([0, 0, 0], 1.0, count_only=True)
+    cur = pts.copy()
+    moved = np.arange(len(lattice), len(pts))
+    cur[moved] = rng.uniform(0, 15, (len(moved), 3))
+    eng.apply(rows_to_batch([_ev(EventType.NodeMoved, owner[i], 10, node_id=nids[i], x=float(cur[i, 0]),
+                                 y=float(cur[i, 1]), z=float(cur[i, 2])) for i in moved]))
+    assert eng._spatial.main.nstale.max() == 255
+    tree = cKDTree(cur)
+    centers = np.vstack([[[8.2, 8.2, 8.2], [8, 8, 8]], rng.uniform(0, 15, (20, 3))])
+    for r in (4.0, 6.0, 9.5):
+        want = tree.query_ball_point(centers, r, return_length=True)
+        assert eng.nodes_within(centers, r, count_only=True).tolist() == want.tolist()
