@@ -86,6 +86,10 @@ def _load_config(args):
 
 
 def cmd_serve(args) -> int:
+    # OpenMP (numba's threading layer here) otherwise spins its idle threads after every
+    # parallel kernel, burning the CPU nats-server and the event loop share with it.
+    # Read when the library loads, i.e. at the first parallel kernel: set it before.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .service import Service
 
     cfg = _load_config(args)

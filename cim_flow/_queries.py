@@ -70,6 +70,11 @@ def uuid_texts(arr: pa.Array) -> list:
 
 def uuid_texts_of(raw: np.ndarray) -> list:
     """Canonical UUID text for each row of an ``(n, 16)`` uint8 array."""
+    return [t.decode() for t in uuid_chars(raw).view("S36").ravel().tolist()]
+
+
+def uuid_chars(raw: np.ndarray) -> np.ndarray:
+    """Canonical UUID text of each row of an ``(n, 16)`` uint8 array, as ``(n, 36)`` uint8."""
     raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, 16)
     n = raw.shape[0]
     out = np.full((n, 36), ord("-"), np.uint8)
@@ -77,7 +82,29 @@ def uuid_texts_of(raw: np.ndarray) -> list:
     nib[:, 0::2] = raw >> 4
     nib[:, 1::2] = raw & 15
     out[:, _UUID_POS] = _HEXDIGITS[nib]
-    return [t.decode() for t in out.view("S36").ravel().tolist()]
+    return out
+
+
+_NODE_ROW = (b'{"node_id":"', b'","graph_id":"', b'"},')
+_NODE_ROW_LEN = sum(len(p) for p in _NODE_ROW) + 72
+
+
+def _node_rows_json(t: pa.Table) -> bytes:
+    """``{"node_id":"..","graph_id":".."},`` for every row of a node table, as one buffer
+    of fixed-width rows: a run of rows is a slice, with no per-row Python work."""
+    n = t.num_rows
+    out = np.empty((n, _NODE_ROW_LEN), np.uint8)
+    a, b, c = _NODE_ROW
+    out[:, : len(a)] = np.frombuffer(a, np.uint8)
+    x = len(a)
+    for col, sep in (("node_id", b), ("graph_id", c)):
+        arr = t.column(col).combine_chunks()
+        raw = np.frombuffer(arr.buffers()[1], np.uint8, count=16 * n, offset=16 * arr.offset).reshape(n, 16)
+        out[:, x:x + 36] = uuid_chars(raw)
+        x += 36
+        out[:, x:x + len(sep)] = np.frombuffer(sep, np.uint8)
+        x += len(sep)
+    return out.tobytes()
 
 
 def iso_texts_of(us: np.ndarray) -> list:
@@ -161,13 +188,16 @@ def _centers(req):
 
 
 class Answer:
-    """A query's result: a JSON-able dict and, for Arrow replies, a table."""
+    """A query's result: a JSON-able dict and, for Arrow replies, a table.  ``raw_json``,
+    when set, is the body already encoded without its closing brace (``version`` is
+    appended to it); ``body`` may then be None."""
 
-    __slots__ = ("body", "table")
+    __slots__ = ("body", "table", "raw_json")
 
-    def __init__(self, body: dict, table: pa.Table | None = None):
+    def __init__(self, body: dict | None, table: pa.Table | None = None, raw_json: bytes | None = None):
         self.body = body
         self.table = table
+        self.raw_json = raw_json
 
 
 def _limit(req, default, maximum):
@@ -255,16 +285,81 @@ def _group_nodes(t: pa.Table, n_centers, centers, single, limit, with_distance):
     return body
 
 
-def q_nodes_in_radius(engine, req, limits) -> Answer:
+def _radius_args(engine, req, limits):
     centers, single = _centers(req)
     radius = _number(_require(req, "radius"), "radius", minimum=0)
     g = _graph_filter(engine, req)
     limit = _limit(req, limits["default"], limits["max"])
-    with_d = bool(req.get("with_distance", False))
-    t = engine.nodes_within(np.array(centers), radius, graph_id=g, return_distance=True,
-                            sort=bool(req.get("sort", False)))
-    return Answer(_group_nodes(t, len(centers), centers, single, limit, with_d),
-                  t if with_d else t.drop_columns(["distance"]))
+    return centers, single, radius, g, limit, bool(req.get("with_distance", False)), bool(req.get("sort", False))
+
+
+def q_nodes_in_radius(engine, req, limits) -> Answer:
+    return q_nodes_in_radius_many(engine, [req], limits)[0]
+
+
+def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
+    """Answers for many radius requests with one kernel call per (graph filter, sort)
+    group and one id-to-text conversion for all rows; a bad request gets its
+    QueryError in its place and does not affect the others.  ``want_arrow[i]`` false
+    skips building request i's Arrow table."""
+    out = [None] * len(reqs)
+    groups = {}
+    for i, req in enumerate(reqs):
+        try:
+            args = _radius_args(engine, req, limits)
+        except QueryError as exc:
+            out[i] = exc
+            continue
+        groups.setdefault((args[3], args[6]), []).append((i, args))
+    for (g, sort), items in groups.items():
+        centers = [c for _, a in items for c in a[0]]
+        radii = [a[2] for _, a in items for _c in a[0]]
+        offsets, idx, d2 = engine.radius_csr(np.array(centers), np.array(radii), graph_id=g, sort=sort)
+        t = engine._node_table(None, idx, np.sqrt(d2), offsets)
+        any_d = any(a[5] for _, a in items)
+        # rows as dicts only when a request wants distances (float text); otherwise
+        # fixed-width JSON rows sliced straight out of one buffer
+        rows = _rows(t.drop_columns(["query"])) if any_d else None
+        blob = _node_rows_json(t) if not all(a[5] for _, a in items) else b""
+        j = 0
+        for i, (cs, single, _r, _g, limit, with_d, _s) in items:
+            j0 = j
+            if with_d:
+                results, truncated = [], False
+                for c in cs:
+                    a, b = int(offsets[j]), int(offsets[j + 1])
+                    tr = b - a > limit
+                    truncated |= tr
+                    results.append({"center": c, "count": b - a, "truncated": tr, "nodes": rows[a:min(b, a + limit)]})
+                    j += 1
+                body = {"results": results, "truncated": truncated}
+                if single:
+                    body.update(nodes=results[0]["nodes"], count=results[0]["count"])
+                ans = Answer(body)
+            else:
+                parts, truncated, first = [], False, None
+                for c in cs:
+                    a, b = int(offsets[j]), int(offsets[j + 1])
+                    tr = b - a > limit
+                    truncated |= tr
+                    e = min(b, a + limit)
+                    nodes = blob[a * _NODE_ROW_LEN:e * _NODE_ROW_LEN - 1] if e > a else b""
+                    if first is None:
+                        first = (nodes, b - a)
+                    parts.append(b'{"center":%s,"count":%d,"truncated":%s,"nodes":[%s]}'
+                                 % (_json.encode(c), b - a, b"true" if tr else b"false", nodes))
+                    j += 1
+                raw = b'{"results":[%s],"truncated":%s' % (b",".join(parts), b"true" if truncated else b"false")
+                if single:
+                    raw += b',"nodes":[%s],"count":%d' % first
+                ans = Answer(None, raw_json=raw)
+            if want_arrow is None or want_arrow[i]:
+                a0, b0 = int(offsets[j0]), int(offsets[j])
+                part = t.slice(a0, b0 - a0)
+                part = part.set_column(0, "query", pa.array(part.column("query").to_numpy() - j0))
+                ans.table = part if with_d else part.drop_columns(["distance"])
+            out[i] = ans
+    return out
 
 
 def q_knn(engine, req, limits) -> Answer:
@@ -356,6 +451,8 @@ def encode_answer(ans: Answer, version: int, arrow: bool) -> tuple[bytes, dict |
         with pa.ipc.new_stream(sink, table.schema) as w:
             w.write_table(table)
         return sink.getvalue().to_pybytes(), {"Content-Type": ARROW_MIME, "Cim-Version": str(version)}
+    if ans.raw_json is not None:
+        return ans.raw_json + b',"version":%d}' % version, None
     body = dict(ans.body)
     body["version"] = version
     return _json.encode(body), None

@@ -30,7 +30,7 @@ from ._decode import decode_json, decode_spans
 from ._natsserver import NatsServer
 from ._projection import normalize_batch
 from ._queries import (ARROW_MIME, HANDLERS, QueryCache, QueryError, encode_answer, error_reply, parse_request,
-                       uuid_texts_of)
+                       q_nodes_in_radius_many, uuid_texts_of)
 from .engine import Engine
 
 BATCH_SUBJECT = "event.graph.batch"
@@ -107,6 +107,8 @@ class Service:
         self.cache = QueryCache(self.config.query_cache.max_entries, self.config.query_cache.ttl_seconds,
                                 self.config.query_cache.enabled)
         self.limits = {"default": self.config.queries.default_limit, "max": self.config.queries.max_limit}
+        self._radius_pending: list = []  # radius requests waiting for the next batched answer
+        self._radius_flush = None
         self.server: NatsServer | None = None
         self.nc = self.qnc = None
         # what arrived and is not applied yet: raw-connection Blocks and nats-py Msgs, in order
@@ -124,7 +126,7 @@ class Service:
         self.latency = LatencyWindow()
         self.batch_time = LatencyWindow(4096)  # seconds spent processing each batch
         self.counters = dict(events_applied=0, events_ignored=0, events_skipped=0, events_dead_lettered=0,
-                             batches=0, queries=0, query_errors=0, messages=0)
+                             batches=0, queries=0, query_errors=0, messages=0, radius_batches=0)
         self.started = time.time()
         self.connected = False
         self.url = None
@@ -595,6 +597,7 @@ class Service:
 
     def _handler(self, name):
         fn = HANDLERS[name]
+        batched = name == "nodes_in_radius"
 
         async def handle(req):
             self.counters["queries"] += 1
@@ -609,6 +612,13 @@ class Service:
                 version = self.engine.version
                 key = (name, req.data, arrow, version)
                 hit = self.cache.get(key) if name != "stats" else None
+                if hit is None and batched:
+                    # answered with every other radius request that arrives before the
+                    # event loop turns: one kernel call and one id conversion for all
+                    self._radius_pending.append((req, body, arrow))
+                    if self._radius_flush is None:
+                        self._radius_flush = asyncio.get_running_loop().create_task(self._flush_radius())
+                    return
                 if hit is None:
                     if name == "stats":
                         ans = fn(self.engine, body, self.limits, self.stats)
@@ -619,17 +629,42 @@ class Service:
                         self.cache.put(key, hit)
                 data, headers = hit
                 await req.respond(data, headers=headers)
-            except QueryError as exc:
-                self.counters["query_errors"] += 1
-                await req.respond(error_reply(exc.code, exc.message, self.engine.version))
-            except ValueError as exc:
-                self.counters["query_errors"] += 1
-                await req.respond(error_reply("bad_request", str(exc), self.engine.version))
             except Exception as exc:  # a bug must not silence the reply
-                self.counters["query_errors"] += 1
-                await req.respond(error_reply("internal", f"{type(exc).__name__}: {exc}", self.engine.version))
+                await req.respond(self._error_reply(exc))
 
         return handle
+
+    def _error_reply(self, exc) -> bytes:
+        self.counters["query_errors"] += 1
+        if isinstance(exc, QueryError):
+            return error_reply(exc.code, exc.message, self.engine.version)
+        if isinstance(exc, ValueError):
+            return error_reply("bad_request", str(exc), self.engine.version)
+        return error_reply("internal", f"{type(exc).__name__}: {exc}", self.engine.version)
+
+    async def _flush_radius(self):
+        pend, self._radius_pending = self._radius_pending, []
+        self._radius_flush = None
+        self.counters["radius_batches"] += 1
+        version = self.engine.version
+        try:
+            answers = q_nodes_in_radius_many(self.engine, [b for _, b, _ in pend], self.limits,
+                                             [a for _, _, a in pend])
+        except Exception as exc:
+            answers = [exc] * len(pend)
+        for (req, _body, arrow), ans in zip(pend, answers):
+            try:
+                if isinstance(ans, Exception):
+                    await req.respond(self._error_reply(ans))
+                    continue
+                data, headers = encode_answer(ans, version, arrow)
+                self.cache.put(("nodes_in_radius", req.data, arrow, version), (data, headers))
+                await req.respond(data, headers=headers)
+            except Exception as exc:
+                try:
+                    await req.respond(self._error_reply(exc))
+                except Exception:
+                    pass  # the connection is gone; the requester times out
 
     async def _wait_version(self, v: int, timeout_ms=None):
         if self.engine.version >= v:
@@ -652,7 +687,7 @@ class Service:
             "batches": c["batches"], "batch_size": self.batch_size,
             "latency_ms": {"p50": p50 * 1e3, "p99": p99 * 1e3, "p999": p999 * 1e3},
             "batch_ms": dict(zip(("p50", "p99", "max"), (v * 1e3 for v in self.batch_time.percentiles((50, 99, 100))))),
-            "queries": c["queries"], "query_errors": c["query_errors"],
+            "queries": c["queries"], "query_errors": c["query_errors"], "radius_batches": c["radius_batches"],
             "cache_hits": self.cache.hits, "cache_misses": self.cache.misses, "cache_entries": len(self.cache),
             "uptime_s": time.time() - self.started, "connected": self.connected,
             "jetstream": self.jetstream,

@@ -1,5 +1,6 @@
 """The NATS service against a real nats-server: ingest in every wire form, queries,
 dead letters, Arrow in and out, min_version, the micro service, results out."""
+import asyncio
 import json
 import random
 import uuid
@@ -133,6 +134,65 @@ def test_spatial_queries_over_nats(nats_server, service):
     # limit caps and says so
     r = request(nats_server.url, "query.graph.nodes_in_radius", {"center": c, "radius": 100, "graph_id": g, "limit": 7})
     assert len(r["nodes"]) == 7 and r["truncated"] is True and r["count"] == 60
+
+
+def test_concurrent_radius_requests_answered_together(nats_server, service):
+    """Many radius requests in flight at once (the service answers them in one batch):
+    each reply is its own request's answer, a bad one among them gets its own error,
+    and Arrow and JSON replies mix."""
+    rng = random.Random(9)
+    graphs = [str(uuid.uuid4()), str(uuid.uuid4())]  # two graph filters: two kernel groups
+    nodes = {}
+    for g in graphs:
+        events, pos = _node_events(g, 80, rng, "external")
+        seq = _publish(nats_server.url, events)
+        nodes[g] = (list(pos.values()), list(pos))
+    before = request(nats_server.url, "query.graph.stats", {"min_version": seq})["radius_batches"]
+    reqs = []
+    for i in range(40):
+        c = [rng.uniform(0, 10) for _ in range(3)]
+        body = {"center": c, "radius": rng.choice([1.5, 3.0, 5.0]), "with_distance": i % 2 == 0,
+                "graph_id": graphs[i % 3 == 0]}
+        if i % 5 == 0:
+            body["sort"] = True
+        reqs.append(body)
+    reqs.append({"center": [0, 0, 0], "radius": -2, "graph_id": graphs[0]})  # bad: its own error only
+    reqs.append({"centers": [[2, 2, 2], [8, 8, 8]], "radius": 2.5, "graph_id": graphs[1]})
+
+    async def fire():
+        nc = await nats.connect(nats_server.url)
+        try:
+            arrow = {"Accept": "application/vnd.apache.arrow.stream"}
+            tasks = [nc.request("query.graph.nodes_in_radius", msgspec.json.encode(b), timeout=10,
+                                headers=arrow if i == 7 else None) for i, b in enumerate(reqs)]
+            return await asyncio.gather(*tasks)
+        finally:
+            await nc.close()
+
+    replies = run(fire())
+    assert request(nats_server.url, "query.graph.stats")["radius_batches"] - before < len(reqs)
+    for i, (body, msg) in enumerate(zip(reqs, replies)):
+        if body.get("radius", 0) < 0:
+            assert json.loads(msg.data)["error"]["code"] == "bad_request"
+            continue
+        centers = body["centers"] if "centers" in body else [body["center"]]
+        pts, ids = nodes[body["graph_id"]]
+        want = [{ids[k] for k in brute_radius(pts, c, body["radius"])} for c in centers]
+        if i == 7:
+            t = pa.ipc.open_stream(msg.data).read_all()
+            got = [set() for _ in centers]
+            for q, n in zip(t.column("query").to_pylist(), t.column("node_id").to_pylist()):
+                got[q].add(str(uuid.UUID(bytes=n)))
+            assert got == want
+            continue
+        r = json.loads(msg.data)
+        assert r["version"] >= seq
+        assert [{n["node_id"] for n in res["nodes"]} for res in r["results"]] == want
+        for res in r["results"]:
+            assert all(("distance" in n) == bool(body.get("with_distance")) for n in res["nodes"])
+            if body.get("sort") and body.get("with_distance"):
+                d = [n["distance"] for n in res["nodes"]]
+                assert d == sorted(d)
 
 
 def test_find_nodes_and_neighbors_over_nats(nats_server, service):
@@ -275,3 +335,43 @@ def test_updates_published(nats_server, service):
     m, body = run(go())
     assert body["version"] >= 1
     assert m.headers["Nats-Msg-Id"] == f"summary-{body['version']}"
+
+
+def test_radius_reply_fast_json_equals_the_dict_encoding():
+    """Replies without distances are assembled from fixed-width rows; decoded, they equal
+    the general (dict) encoding of the same answer."""
+    import numpy as np
+
+    from cim_flow import EVENT_SCHEMA, Engine
+    from cim_flow._queries import encode_answer, q_nodes_in_radius_many
+
+    rng = np.random.default_rng(3)
+    g = uuid.uuid4().bytes
+    rows = [{c: None for c in EVENT_SCHEMA.names} | dict(event_type=1, graph_id=g, occurred_at=T0)]
+    for i in range(300):
+        x, y, z = rng.uniform(0, 10, 3)
+        rows.append({c: None for c in EVENT_SCHEMA.names} | dict(
+            event_type=10, graph_id=g, occurred_at=T0, node_id=uuid.uuid4().bytes, x=x, y=y, z=z))
+    eng = Engine()
+    eng.apply(pa.RecordBatch.from_pylist(rows, schema=EVENT_SCHEMA))
+    limits = {"default": 50, "max": 1000}
+    reqs = [{"center": rng.uniform(0, 10, 3).tolist(), "radius": 2.0},
+            {"centers": rng.uniform(0, 10, (3, 3)).tolist(), "radius": 3.0, "limit": 5},
+            {"center": [50.0, 50.0, 50.0], "radius": 1.0},
+            {"center": [5.0, 5.0, 5.0], "radius": 100.0, "limit": 7, "sort": True}]
+    fast = q_nodes_in_radius_many(eng, reqs, limits, [False] * len(reqs))
+    general = q_nodes_in_radius_many(eng, [dict(r, with_distance=True) for r in reqs], limits)
+
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k != "distance"}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    for f, gen in zip(fast, general):
+        assert f.raw_json is not None
+        got = json.loads(encode_answer(f, 9, False)[0])
+        want = strip(json.loads(encode_answer(gen, 9, False)[0]))
+        assert got == want
+    assert json.loads(encode_answer(fast[3], 9, False)[0])["truncated"] is True
