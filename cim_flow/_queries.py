@@ -13,6 +13,8 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from kernels.traverse import ROW_LEN
+
 ARROW_MIME = "application/vnd.apache.arrow.stream"
 _json = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
@@ -70,11 +72,6 @@ def uuid_texts(arr: pa.Array) -> list:
 
 def uuid_texts_of(raw: np.ndarray) -> list:
     """Canonical UUID text for each row of an ``(n, 16)`` uint8 array."""
-    return [t.decode() for t in uuid_chars(raw).view("S36").ravel().tolist()]
-
-
-def uuid_chars(raw: np.ndarray) -> np.ndarray:
-    """Canonical UUID text of each row of an ``(n, 16)`` uint8 array, as ``(n, 36)`` uint8."""
     raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, 16)
     n = raw.shape[0]
     out = np.full((n, 36), ord("-"), np.uint8)
@@ -82,29 +79,7 @@ def uuid_chars(raw: np.ndarray) -> np.ndarray:
     nib[:, 0::2] = raw >> 4
     nib[:, 1::2] = raw & 15
     out[:, _UUID_POS] = _HEXDIGITS[nib]
-    return out
-
-
-_NODE_ROW = (b'{"node_id":"', b'","graph_id":"', b'"},')
-_NODE_ROW_LEN = sum(len(p) for p in _NODE_ROW) + 72
-
-
-def _node_rows_json(t: pa.Table) -> bytes:
-    """``{"node_id":"..","graph_id":".."},`` for every row of a node table, as one buffer
-    of fixed-width rows: a run of rows is a slice, with no per-row Python work."""
-    n = t.num_rows
-    out = np.empty((n, _NODE_ROW_LEN), np.uint8)
-    a, b, c = _NODE_ROW
-    out[:, : len(a)] = np.frombuffer(a, np.uint8)
-    x = len(a)
-    for col, sep in (("node_id", b), ("graph_id", c)):
-        arr = t.column(col).combine_chunks()
-        raw = np.frombuffer(arr.buffers()[1], np.uint8, count=16 * n, offset=16 * arr.offset).reshape(n, 16)
-        out[:, x:x + 36] = uuid_chars(raw)
-        x += 36
-        out[:, x:x + len(sep)] = np.frombuffer(sep, np.uint8)
-        x += len(sep)
-    return out.tobytes()
+    return [t.decode() for t in out.view("S36").ravel().tolist()]
 
 
 def iso_texts_of(us: np.ndarray) -> list:
@@ -315,12 +290,13 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
         centers = [c for _, a in items for c in a[0]]
         radii = [a[2] for _, a in items for _c in a[0]]
         offsets, idx, d2 = engine.radius_csr(np.array(centers), np.array(radii), graph_id=g, sort=sort)
-        t = engine._node_table(None, idx, np.sqrt(d2), offsets)
         any_d = any(a[5] for _, a in items)
+        any_arrow = want_arrow is None or any(want_arrow[i] for i, _ in items)
+        t = engine._node_table(None, idx, np.sqrt(d2), offsets) if any_d or any_arrow else None
         # rows as dicts only when a request wants distances (float text); otherwise
-        # fixed-width JSON rows sliced straight out of one buffer
+        # fixed-width JSON rows (one compiled pass) sliced straight out of one buffer
         rows = _rows(t.drop_columns(["query"])) if any_d else None
-        blob = _node_rows_json(t) if not all(a[5] for _, a in items) else b""
+        blob = engine._node_rows_json(idx) if not all(a[5] for _, a in items) else b""
         j = 0
         for i, (cs, single, _r, _g, limit, with_d, _s) in items:
             j0 = j
@@ -343,7 +319,7 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
                     tr = b - a > limit
                     truncated |= tr
                     e = min(b, a + limit)
-                    nodes = blob[a * _NODE_ROW_LEN:e * _NODE_ROW_LEN - 1] if e > a else b""
+                    nodes = blob[a * ROW_LEN:e * ROW_LEN - 1] if e > a else b""
                     if first is None:
                         first = (nodes, b - a)
                     parts.append(b'{"center":%s,"count":%d,"truncated":%s,"nodes":[%s]}'

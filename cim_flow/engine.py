@@ -431,6 +431,12 @@ class Engine:
         arrays.append(pa.array(np.asarray(dist, np.float64)))
         return pa.Table.from_arrays(arrays, schema=_NODE_SCHEMA_D)
 
+    def _node_rows_json(self, nodes) -> bytes:
+        """``{"node_id":"..","graph_id":".."},`` per node index, fixed width
+        (``kernels.traverse.ROW_LEN``): a run of rows is a slice."""
+        N, G = self._p.N, self._p.G
+        return kt.node_rows_json(N.keys, N.graph, G.keys, np.ascontiguousarray(nodes, np.int64)).tobytes()
+
     def nodes_within(self, centers, radius, *, graph_id=None, return_distance=False, sort=False,
                      count_only=False):
         """Live nodes within ``radius`` (boundary included) of each center.

@@ -91,3 +91,53 @@ def gather_ids_serial(node_keys, node_graph, graph_keys, nodes, query_of_row, of
     for q in range(offsets.shape[0] - 1):
         _query_rows(query_of_row, offsets, q)
     return out_n, out_g
+
+
+# --- JSON rows for replies -----------------------------------------------------
+# One fixed-width row per node, ``{"node_id":"<uuid>","graph_id":"<uuid>"},``, so a
+# reply's list of nodes is a slice of one buffer.  The ids' 16 bytes are the two
+# little-endian uint64 words as stored.
+
+_HEX = np.frombuffer(b"0123456789abcdef", np.uint8).copy()
+_ROW_A = np.frombuffer(b'{"node_id":"', np.uint8).copy()
+_ROW_B = np.frombuffer(b'","graph_id":"', np.uint8).copy()
+_ROW_C = np.frombuffer(b'"},', np.uint8).copy()
+ROW_LEN = _ROW_A.shape[0] + _ROW_B.shape[0] + _ROW_C.shape[0] + 72
+
+
+@jit(nrt=False)
+def _put(out, o, piece):
+    for k in range(piece.shape[0]):
+        out[o + k] = piece[k]
+    return o + piece.shape[0]
+
+
+@jit(nrt=False)
+def _put_uuid(out, o, w0, w1):
+    """Canonical UUID text (36 chars, lower-case hex) of the 16 bytes of words w0, w1."""
+    for b in range(16):
+        w = w0 if b < 8 else w1
+        v = (w >> np.uint64(8 * (b % 8))) & np.uint64(0xFF)
+        if b == 4 or b == 6 or b == 8 or b == 10:
+            out[o] = 45  # '-'
+            o += 1
+        out[o] = _HEX[v >> np.uint64(4)]
+        out[o + 1] = _HEX[v & np.uint64(15)]
+        o += 2
+    return o
+
+
+@jit
+def node_rows_json(node_keys, node_graph, graph_keys, nodes):
+    """``ROW_LEN`` bytes per node index in ``nodes``: its JSON object and a comma."""
+    m = nodes.shape[0]
+    out = np.empty(m * ROW_LEN, np.uint8)
+    for j in range(m):
+        n = nodes[j]
+        g = node_graph[n]
+        o = _put(out, j * ROW_LEN, _ROW_A)
+        o = _put_uuid(out, o, node_keys[n, 0], node_keys[n, 1])
+        o = _put(out, o, _ROW_B)
+        o = _put_uuid(out, o, graph_keys[g, 0], graph_keys[g, 1])
+        _put(out, o, _ROW_C)
+    return out
