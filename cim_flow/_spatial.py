@@ -3,11 +3,14 @@
 Built lazily on the first spatial query, then kept current after every
 ``apply``: nodes that moved, appeared or died leave the main grid (their
 entries become NaN) and join a small delta grid rebuilt each batch;
-when the delta passes ``rebuild_fraction`` of the main grid, the next query
-rebuilds the main grid.  Queries always see exactly the state after the last
-applied batch.
+when the delta passes ``rebuild_fraction`` of the main grid, a new main grid
+is built on a background thread and adopted when done.  Queries always see
+exactly the state after the last applied batch.
 """
 from __future__ import annotations
+
+import concurrent.futures
+import sys
 
 import numba
 import numpy as np
@@ -54,9 +57,31 @@ def choose_cell_size(pos, nodes, lo, hi) -> float:
     return max(h, 1e-9)
 
 
+_BUILDER: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _builder() -> concurrent.futures.ThreadPoolExecutor:
+    global _BUILDER
+    if _BUILDER is None:
+        _BUILDER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cim_flow-grid")
+    return _BUILDER
+
+
 class SpatialIndex:
-    def __init__(self, rebuild_fraction: float = 0.05):
+    """Main grid + delta grid over the live, positioned nodes.
+
+    When the delta passes ``rebuild_fraction`` of the main grid (and ``min_rebuild``
+    nodes), a new main grid is built on a background thread (serial kernels, no GIL)
+    while queries keep using main + delta; it is adopted at the next update or query,
+    with the nodes changed meanwhile moved to the delta.  So neither the event loop nor
+    ``apply`` waits for a full build.  Only if the delta grows past 4x the limit first
+    (or with ``background = False``) is the build done synchronously at the next query.
+    """
+
+    def __init__(self, rebuild_fraction: float = 0.05, min_rebuild: int = 4096, background: bool = True):
         self.rebuild_fraction = rebuild_fraction
+        self.min_rebuild = min_rebuild
+        self.background = background
         self.main = _empty_grid()
         self.delta = _empty_grid()
         self.where = np.full(0, -1, np.int32)  # node -> main slot, -1 never indexed, -2 in delta
@@ -64,18 +89,13 @@ class SpatialIndex:
         self.built = False
         self.stale_count = 0
         self.builds = 0
+        self._job: concurrent.futures.Future | None = None  # a main grid being built
+        self._job_dirty: list = []  # nodes changed since that build started
 
     # -- build ------------------------------------------------------------------
     def build(self, N) -> None:
-        pos = N.pos
-        live, lo, hi = ks.live_points(N.alive, pos, int(N.meta[0]))
-        self.where = np.full(N.alive.shape[0], -1, np.int32)
-        if live.size:
-            h = choose_cell_size(pos, live, lo, hi)
-            self.main = self._grid(pos, live, N.graph, lo, hi, h)
-            ks.set_where(self.where, self.main.idx)
-        else:
-            self.main = _empty_grid()
+        self._job, self._job_dirty = None, []  # a running background build is dropped
+        self.main, self.where = _main_grid(N, serial=False)
         self.delta = _empty_grid()
         self.delta_nodes = np.zeros(0, np.int64)
         self.stale_count = 0
@@ -83,17 +103,21 @@ class SpatialIndex:
         self.builds += 1
 
     @staticmethod
-    def _grid(pos, nodes, graph, origin, hi, h):
+    def _grid(pos, nodes, graph, origin, hi, h, serial=False):
         """A dense grid over the box [origin, hi] when it has at most DENSE_CELLS_PER_POINT
-        cells per point, else a hashed one."""
+        cells per point, else a hashed one.  ``serial``: no parallel kernel (background
+        thread)."""
         origin = np.ascontiguousarray(origin, np.float64)
         m = nodes.shape[0]
         span = np.floor((np.asarray(hi, np.float64) - origin) / h)
         if np.isfinite(span).all() and (span < ks._LIM).all():
             dims = span.astype(np.int64) + 1
             if float(np.prod(dims.astype(np.float64))) <= ks.DENSE_CELLS_PER_POINT * m + 4096:
-                nparts = numba.get_num_threads() if m >= 65536 else 1
-                dst, pts, idx, grp = ks.grid_build_dense(pos, nodes, graph, origin, float(h), dims, nparts)
+                if serial:
+                    dst, pts, idx, grp = ks.grid_build_dense_serial(pos, nodes, graph, origin, float(h), dims)
+                else:
+                    nparts = numba.get_num_threads() if m >= 65536 else 1
+                    dst, pts, idx, grp = ks.grid_build_dense(pos, nodes, graph, origin, float(h), dims, nparts)
                 return ks.Grid(origin=origin, h=np.array([h]), lim=dims - 1, dims=dims, dst=dst,
                                nstale=np.zeros(dst.shape[0] - 1, np.uint8), pts=pts, idx=idx, grp=grp,
                                **_NO_TABLE)
@@ -115,19 +139,50 @@ class SpatialIndex:
         """Bring the index up to date after a batch changed nodes ``dirty``."""
         if not self.built or dirty.size == 0:
             return
-        if self.where.shape[0] < N.alive.shape[0]:
-            w = np.full(N.alive.shape[0], -1, np.int32)
-            w[: self.where.shape[0]] = self.where
-            self.where = w
+        if self._job is not None:
+            self._job_dirty.append(np.array(dirty, dtype=np.int64))
+        self._grow_where(N)
         newly = self.where[dirty] != -2
         fresh = np.unique(dirty[newly])
         self.stale_count += int(ks.mark_stale(self.where, self.main, fresh))
         if fresh.size:
             self.delta_nodes = np.concatenate([self.delta_nodes, fresh])
-        m = self.main.pts.shape[0]
-        if self.delta_nodes.size > max(self.rebuild_fraction * m, 4096):
-            self.built = False  # rebuilt on the next query
+        if self._job is not None and self._job.done():
+            self._adopt(N)
+        limit = max(self.rebuild_fraction * self.main.pts.shape[0], self.min_rebuild)
+        if self.delta_nodes.size > limit:
+            if not self.background or self.delta_nodes.size > 4 * limit:
+                self.built = False  # rebuilt on the next query
+                return
+            if self._job is None:
+                self._job_dirty = []
+                self._job = _builder().submit(_main_grid, N, True)
+        self._rebuild_delta(N)
+
+    def _grow_where(self, N) -> None:
+        if self.where.shape[0] < N.alive.shape[0]:
+            w = np.full(N.alive.shape[0], -1, np.int32)
+            w[: self.where.shape[0]] = self.where
+            self.where = w
+
+    def _adopt(self, N) -> None:
+        """Switch to the background-built main grid: nodes changed since it started
+        become stale in it and make up the new delta."""
+        job, self._job = self._job, None
+        changed, self._job_dirty = self._job_dirty, []
+        try:
+            main, where = job.result()
+        except Exception as exc:  # keep serving from main + delta; the next update retries
+            print(f"cim_flow: background index build failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return
+        changed = np.unique(np.concatenate(changed)) if changed else np.zeros(0, np.int64)
+        self.main, self.where = main, where
+        self._grow_where(N)
+        self.stale_count = int(ks.mark_stale(self.where, self.main, changed))
+        self.delta_nodes = changed
+        self.builds += 1
+
+    def _rebuild_delta(self, N) -> None:
         d = self.delta_nodes
         keep = N.alive[d].astype(bool) & ~np.isnan(N.pos[d, 0])
         live = d[keep]
@@ -140,5 +195,27 @@ class SpatialIndex:
             self.delta = self._grid(N.pos, live, N.graph, lo, hi, choose_cell_size(N.pos, live, lo, hi))
 
     def ready(self, N) -> None:
+        if self.built and self._job is not None and self._job.done():
+            self._adopt(N)
+            self._rebuild_delta(N)
         if not self.built:
             self.build(N)
+
+    def wait(self) -> None:
+        """Block until a background build has finished (it is adopted at the next
+        update or query); for tests and benchmarks."""
+        if self._job is not None:
+            concurrent.futures.wait([self._job])
+
+
+def _main_grid(N, serial):
+    """``(grid, where)`` over the live, positioned nodes of the node state ``N``."""
+    pos = N.pos
+    live, lo, hi = ks.live_points(N.alive, pos, int(N.meta[0]))
+    where = np.full(N.alive.shape[0], -1, np.int32)
+    if not live.size:
+        return _empty_grid(), where
+    h = choose_cell_size(pos, live, lo, hi)
+    g = SpatialIndex._grid(pos, live, N.graph, lo, hi, h, serial)
+    ks.set_where(where, g.idx)
+    return g, where

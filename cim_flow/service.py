@@ -776,12 +776,19 @@ def warm_kernels() -> None:
             for f in EVENT_SCHEMA if not pa.types.is_dictionary(f.type)}
     cols["occurred_at"] = cols["occurred_at"].cast(EVENT_SCHEMA.field("occurred_at").type)
     eng.apply(pa.table(cols))
-    for q in (rng.uniform(0, 10, (1, 3)), rng.uniform(0, 10, (64, 3))):
+    for q in (rng.uniform(0, 10, (1, 3)), rng.uniform(0, 10, (100, 3))):  # serial and parallel paths
         eng.nodes_within(q, 2.0, return_distance=True, sort=True)
+        eng.nodes_within(q, 2.0, count_only=True)
         eng.nearest(q, 3)
     eng.nodes_in_box([0, 0, 0], [5, 5, 5])
+    eng._node_rows_json(np.arange(3))  # radius replies' JSON rows
     eng.apply(pa.table({k: v for k, v in cols.items()}).slice(0, 3))  # incremental index update
     eng.nodes_within(rng.uniform(0, 10, (1, 3)), 2.0)
+    from . import _spatial
+
+    _spatial._main_grid(eng._p.N, True)  # the background rebuild's serial kernels
+    far = np.array([[0.0, 0, 0], [1e9, 0, 0]])
+    _spatial.SpatialIndex._grid(far, np.arange(2), np.zeros(2, np.int32), far[0], far[1], 1.0)  # hashed
     payload = json.dumps({"type": "NodeAdded", "graph_id": str(uuid.UUID(bytes=g)),
                           "node_id": str(uuid.uuid4()), "position": [1, 2, 3]}).encode()
     decode_json([payload])

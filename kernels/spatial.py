@@ -114,6 +114,29 @@ def _dense_cell(g_origin, inv_h, lim, dims, x, y, z):
             + _cell(z, g_origin[2], inv_h, lim[2]))
 
 
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _dense_count(cell_of, dst, lo_c, hi_c):
+    for j in range(cell_of.shape[0]):
+        c = cell_of[j]
+        if lo_c <= c < hi_c:
+            dst[c + 1] += 1
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _dense_scatter(pos, nodes, graph_of, cell_of, fill, pts, idx, grp, lo_c, hi_c):
+    for j in range(cell_of.shape[0]):
+        c = cell_of[j]
+        if lo_c <= c < hi_c:
+            q = fill[c]
+            fill[c] = q + 1
+            n = nodes[j]
+            pts[q, 0] = pos[n, 0]
+            pts[q, 1] = pos[n, 1]
+            pts[q, 2] = pos[n, 2]
+            idx[q] = n
+            grp[q] = graph_of[n]
+
+
 @pjit
 def grid_build_dense(pos, nodes, graph_of, origin, h, dims, nparts):
     """Dense grid over ``pos[nodes]``: ``(dst, pts, idx, grp)``; ``dims`` cells per axis.
@@ -130,12 +153,7 @@ def grid_build_dense(pos, nodes, graph_of, origin, h, dims, nparts):
         cell_of[j] = _dense_cell(origin, inv_h, lim, dims, pos[n, 0], pos[n, 1], pos[n, 2])
     dst = np.zeros(ncell + 1, np.int32)
     for p in prange(nparts):
-        lo_c = ncell * p // nparts
-        hi_c = ncell * (p + 1) // nparts
-        for j in range(m):
-            c = cell_of[j]
-            if lo_c <= c < hi_c:
-                dst[c + 1] += 1
+        _dense_count(cell_of, dst, ncell * p // nparts, ncell * (p + 1) // nparts)
     for c in range(1, ncell + 1):
         dst[c] += dst[c - 1]
     fill = dst[:-1].copy()
@@ -143,19 +161,32 @@ def grid_build_dense(pos, nodes, graph_of, origin, h, dims, nparts):
     idx = np.empty(m, np.int32)
     grp = np.empty(m, np.int32)
     for p in prange(nparts):
-        lo_c = ncell * p // nparts
-        hi_c = ncell * (p + 1) // nparts
-        for j in range(m):
-            c = cell_of[j]
-            if lo_c <= c < hi_c:
-                q = fill[c]
-                fill[c] = q + 1
-                n = nodes[j]
-                pts[q, 0] = pos[n, 0]
-                pts[q, 1] = pos[n, 1]
-                pts[q, 2] = pos[n, 2]
-                idx[q] = n
-                grp[q] = graph_of[n]
+        _dense_scatter(pos, nodes, graph_of, cell_of, fill, pts, idx, grp,
+                       ncell * p // nparts, ncell * (p + 1) // nparts)
+    return dst, pts, idx, grp
+
+
+@jit(fastmath=EXACT_MATH)
+def grid_build_dense_serial(pos, nodes, graph_of, origin, h, dims):
+    """:func:`grid_build_dense` on the calling thread only: for builds on a background
+    thread, where a parallel launch is not safe under every threading layer."""
+    m = nodes.shape[0]
+    inv_h = 1.0 / h
+    lim = dims - 1
+    ncell = dims[0] * dims[1] * dims[2]
+    cell_of = np.empty(m, np.int64)
+    for j in range(m):
+        n = nodes[j]
+        cell_of[j] = _dense_cell(origin, inv_h, lim, dims, pos[n, 0], pos[n, 1], pos[n, 2])
+    dst = np.zeros(ncell + 1, np.int32)
+    _dense_count(cell_of, dst, 0, ncell)
+    for c in range(1, ncell + 1):
+        dst[c] += dst[c - 1]
+    fill = dst[:-1].copy()
+    pts = np.empty((m, 3), np.float64)
+    idx = np.empty(m, np.int32)
+    grp = np.empty(m, np.int32)
+    _dense_scatter(pos, nodes, graph_of, cell_of, fill, pts, idx, grp, 0, ncell)
     return dst, pts, idx, grp
 
 

@@ -27,7 +27,17 @@ def _publisher(url, payloads, done, pace):
         nc = await nats.connect(url)
         js = nc.jetstream()
         for i, (subject, eid, data) in enumerate(payloads):
-            await js.publish(subject, data, headers={"Nats-Msg-Id": eid})
+            # as a real publisher does: retry until JetStream acknowledges (it may still
+            # be recovering after a server restart); Nats-Msg-Id makes a retry harmless
+            for attempt in range(100):
+                try:
+                    await js.publish(subject, data, headers={"Nats-Msg-Id": eid}, timeout=2.0)
+                    break
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError,
+                        nats.js.errors.ServiceUnavailableError):
+                    if attempt == 99:
+                        raise
+                    await asyncio.sleep(0.2)
             if i % 50 == 0:
                 await asyncio.sleep(pace)
         await nc.close()

@@ -229,6 +229,8 @@ def test_moves_and_removals_stream(seed, batches):
     nrng = np.random.default_rng(seed)
     eng, ref = Engine(), RefProjection()
     eng._spatial.rebuild_fraction = rng.choice([0.0, 0.05, 10.0])  # exercise rebuild and delta paths
+    eng._spatial.min_rebuild = rng.choice([1, 20, 4096])
+    eng._spatial.background = rng.choice([True, False])
     for _ in range(batches):
         rows = random_rows(rng, rng.randrange(1, 150), n_graphs=3, n_nodes=40, n_edges=10)
         eng.apply(rows_to_batch(rows))
@@ -370,3 +372,45 @@ def test_whole_cell_counts_with_a_saturated_stale_count():
     for r in (4.0, 6.0, 9.5):
         want = tree.query_ball_point(centers, r, return_length=True)
         assert eng.nodes_within(centers, r, count_only=True).tolist() == want.tolist()
+
+
+def test_background_rebuild_is_adopted_and_exact_throughout():
+    """Past the rebuild limit a new main grid is built on a background thread; answers
+    stay exact before, during and after it is adopted, including nodes moved, added
+    and removed while it was being built."""
+    rng = np.random.default_rng(12)
+    pts = uniform(3000, 12)
+    eng, nids, owner = engine_with_points(pts)
+    sp = eng._spatial
+    sp.min_rebuild, sp.rebuild_fraction = 40, 0.0
+    eng.nodes_within([0, 0, 0], 1.0)  # first (synchronous) build
+    first = sp.builds
+    cur = {nids[i]: pts[i].copy() for i in range(len(pts))}
+    g = owner[0]
+    for b in range(10):
+        rows = []
+        for i in rng.choice(len(pts), 30, replace=False):
+            if nids[i] in cur:
+                cur[nids[i]] = cur[nids[i]] + rng.normal(0, 4, 3)
+                x, y, z = cur[nids[i]]
+                rows.append(_ev(EventType.NodeMoved, g, 10 + b, node_id=nids[i], x=x, y=y, z=z))
+        gone = nids[int(rng.integers(0, len(pts)))]
+        if gone in cur:
+            del cur[gone]
+            rows.append(_ev(EventType.NodeRemoved, g, 10 + b, node_id=gone))
+        new = uuid.uuid4().bytes
+        cur[new] = rng.uniform(0, 100, 3)
+        rows.append(_ev(EventType.NodeAdded, g, 10 + b, node_id=new, x=cur[new][0], y=cur[new][1], z=cur[new][2]))
+        eng.apply(rows_to_batch(rows))
+        if b % 3 == 2:
+            sp.wait()  # let a build finish so the next query adopts it
+        keys = list(cur)
+        coords = np.array([cur[k] for k in keys])
+        centers = coords[:6] + rng.normal(0, 1, (6, 3))
+        got = result_sets(eng.nodes_within(centers, 6.0), 6)
+        tree = cKDTree(coords)
+        for j, c in enumerate(centers):
+            assert got[j] == {keys[i] for i in tree.query_ball_point(c, 6.0)}
+        d = eng.nearest(centers, 4).column("distance").to_numpy().reshape(6, 4)
+        np.testing.assert_allclose(d, tree.query(centers, 4)[0], atol=1e-12)
+    assert sp.builds > first  # background builds were adopted
