@@ -123,7 +123,9 @@ def _dense_count(cell_of, dst, lo_c, hi_c):
 
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
-def _dense_scatter(pos, nodes, graph_of, cell_of, fill, pts, idx, grp, lo_c, hi_c):
+def _scatter(pos, nodes, graph_of, cell_of, fill, pts, idx, grp, lo_c, hi_c):
+    """Counting sort's second pass, for the points whose cell (or table slot) is in
+    [lo_c, hi_c): each goes to its cell's next free row."""
     for j in range(cell_of.shape[0]):
         c = cell_of[j]
         if lo_c <= c < hi_c:
@@ -137,6 +139,16 @@ def _dense_scatter(pos, nodes, graph_of, cell_of, fill, pts, idx, grp, lo_c, hi_
             grp[q] = graph_of[n]
 
 
+@jit(fastmath=EXACT_MATH, inline=True)
+def _dense_layout(dst, m):
+    """Cell counts in ``dst[1:]`` -> starts (in place); the fill cursors and the empty
+    point arrays of a dense grid of ``m`` points."""
+    for c in range(1, dst.shape[0]):
+        dst[c] += dst[c - 1]
+    return (dst[:-1].copy(), np.empty((m, 3), np.float64), np.empty(m, np.int32),
+            np.empty(m, np.int32))
+
+
 @pjit
 def grid_build_dense(pos, nodes, graph_of, origin, h, dims, nparts):
     """Dense grid over ``pos[nodes]``: ``(dst, pts, idx, grp)``; ``dims`` cells per axis.
@@ -145,23 +157,17 @@ def grid_build_dense(pos, nodes, graph_of, origin, h, dims, nparts):
     passes, each over every point but writing only the cells of its own range."""
     m = nodes.shape[0]
     inv_h = 1.0 / h
-    lim = dims - 1
     ncell = dims[0] * dims[1] * dims[2]
     cell_of = np.empty(m, np.int64)
     for j in prange(m):
         n = nodes[j]
-        cell_of[j] = _dense_cell(origin, inv_h, lim, dims, pos[n, 0], pos[n, 1], pos[n, 2])
+        cell_of[j] = _dense_cell(origin, inv_h, dims - 1, dims, pos[n, 0], pos[n, 1], pos[n, 2])
     dst = np.zeros(ncell + 1, np.int32)
     for p in prange(nparts):
         _dense_count(cell_of, dst, ncell * p // nparts, ncell * (p + 1) // nparts)
-    for c in range(1, ncell + 1):
-        dst[c] += dst[c - 1]
-    fill = dst[:-1].copy()
-    pts = np.empty((m, 3), np.float64)
-    idx = np.empty(m, np.int32)
-    grp = np.empty(m, np.int32)
+    fill, pts, idx, grp = _dense_layout(dst, m)
     for p in prange(nparts):
-        _dense_scatter(pos, nodes, graph_of, cell_of, fill, pts, idx, grp,
+        _scatter(pos, nodes, graph_of, cell_of, fill, pts, idx, grp,
                        ncell * p // nparts, ncell * (p + 1) // nparts)
     return dst, pts, idx, grp
 
@@ -172,21 +178,14 @@ def grid_build_dense_serial(pos, nodes, graph_of, origin, h, dims):
     thread, where a parallel launch is not safe under every threading layer."""
     m = nodes.shape[0]
     inv_h = 1.0 / h
-    lim = dims - 1
-    ncell = dims[0] * dims[1] * dims[2]
     cell_of = np.empty(m, np.int64)
     for j in range(m):
         n = nodes[j]
-        cell_of[j] = _dense_cell(origin, inv_h, lim, dims, pos[n, 0], pos[n, 1], pos[n, 2])
-    dst = np.zeros(ncell + 1, np.int32)
-    _dense_count(cell_of, dst, 0, ncell)
-    for c in range(1, ncell + 1):
-        dst[c] += dst[c - 1]
-    fill = dst[:-1].copy()
-    pts = np.empty((m, 3), np.float64)
-    idx = np.empty(m, np.int32)
-    grp = np.empty(m, np.int32)
-    _dense_scatter(pos, nodes, graph_of, cell_of, fill, pts, idx, grp, 0, ncell)
+        cell_of[j] = _dense_cell(origin, inv_h, dims - 1, dims, pos[n, 0], pos[n, 1], pos[n, 2])
+    dst = np.zeros(dims[0] * dims[1] * dims[2] + 1, np.int32)
+    _dense_count(cell_of, dst, 0, dst.shape[0] - 1)
+    fill, pts, idx, grp = _dense_layout(dst, m)
+    _scatter(pos, nodes, graph_of, cell_of, fill, pts, idx, grp, 0, dst.shape[0] - 1)
     return dst, pts, idx, grp
 
 
@@ -239,16 +238,7 @@ def grid_build(pos, nodes, graph_of, origin, h, table_size):
     pts = np.empty((m, 3), np.float64)
     idx = np.empty(m, np.int32)
     grp = np.empty(m, np.int32)
-    for j in range(m):
-        s = slot_of[j]
-        q = fill[s]
-        fill[s] = q + 1
-        n = nodes[j]
-        pts[q, 0] = pos[n, 0]
-        pts[q, 1] = pos[n, 1]
-        pts[q, 2] = pos[n, 2]
-        idx[q] = n
-        grp[q] = graph_of[n]
+    _scatter(pos, nodes, graph_of, slot_of, fill, pts, idx, grp, 0, size)
     return tkeys, tstart, tcount, pts, idx, grp, cells
 
 
@@ -589,25 +579,10 @@ def radius_small(main, delta, centers, radii, gsel, want_sort):
 
 # --- k nearest neighbours ----------------------------------------------------
 # Rings of cells around the query's cell are gathered into a candidate buffer (only
-# candidates no farther than the current k-th best); after a ring, the k-th smallest
+# candidates no farther than the current k-th best, by _fill_run with that bound; a
+# NaN stale entry fails it); after a ring, the k-th smallest
 # candidate distance (quickselect) is compared with the distance to the faces of the
 # visited cube.  The k best are then sorted by (distance, node index).
-
-@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
-def _gather_run(pts, idx, grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt):
-    for q in range(a, b):
-        if gsel != -1 and grp[q] != gsel:
-            continue
-        dx = pts[q, 0] - cx
-        dy = pts[q, 1] - cy
-        dz = pts[q, 2] - cz
-        d2 = dx * dx + dy * dy + dz * dz
-        if d2 <= bound:  # NaN (a stale entry) fails
-            bd[cnt] = d2
-            bi[cnt] = idx[q]
-            cnt += 1
-    return cnt
-
 
 @jit(nrt=False, fastmath=EXACT_MATH)
 def _kth_smallest(bd, cnt, k, tmp):
@@ -702,14 +677,14 @@ def _knn_grid(g, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound):
                 if edge_x or iy == qy - s_ring or iy == qy + s_ring:
                     a, b = _col(g, ix, iy, z0, z1)
                     visited += 1 if dense else z1 - z0 + 1
-                    cnt = _gather_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt)
+                    cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt)
                 else:
                     if qz - s_ring >= 0:
                         a, b = _col(g, ix, iy, qz - s_ring, qz - s_ring)
-                        cnt = _gather_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt)
+                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt)
                     if qz + s_ring <= lim[2]:
                         a, b = _col(g, ix, iy, qz + s_ring, qz + s_ring)
-                        cnt = _gather_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt)
+                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt)
                     visited += 1 if dense else 2
         if cnt >= k:
             bound = _kth_smallest(bd, cnt, k, tmp)
@@ -737,13 +712,13 @@ def _knn_rest(g, cx, cy, cz, gsel, bound, bd, bi, cnt, qx, qy, qz, done):
                 if abs(ix - qx) <= done and abs(iy - qy) <= done:
                     if za > 0:
                         a, b = _col(g, ix, iy, 0, min(za - 1, g.lim[2]))
-                        cnt = _gather_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt)
+                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt)
                     if zb < g.lim[2]:
                         a, b = _col(g, ix, iy, max(zb + 1, 0), g.lim[2])
-                        cnt = _gather_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt)
+                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt)
                 else:
                     a, b = _col(g, ix, iy, 0, g.lim[2])
-                    cnt = _gather_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, gsel, bound, bd, bi, cnt)
+                    cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt)
         return cnt
     for c in range(g.cells.shape[0]):
         s = g.cells[c]
@@ -751,7 +726,7 @@ def _knn_rest(g, cx, cy, cz, gsel, bound, bd, bi, cnt, qx, qy, qz, done):
         if abs(ix - qx) <= done and abs(iy - qy) <= done and abs(iz - qz) <= done:
             continue  # already visited in the rings
         a = np.int64(g.tstart[s])
-        cnt = _gather_run(g.pts, g.idx, g.grp, a, a + g.tcount[s], cx, cy, cz, gsel, bound, bd, bi, cnt)
+        cnt = _fill_run(g.pts, g.idx, g.grp, a, a + g.tcount[s], cx, cy, cz, bound, gsel, bi, bd, cnt)
     return cnt
 
 
