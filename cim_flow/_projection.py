@@ -269,13 +269,17 @@ class Projection:
         self._caps = [gcap, ncap, ecap]
         self.G = kp.Graphs(**self._fresh(_GRAPH_FIELDS, gcap, 4),
                            lo=np.zeros(16, np.int64), tlist=np.zeros(1, np.int32))
-        self.N = kp.Nodes(**self._fresh(_NODE_FIELDS, ncap, 3, lazy=True), dlist=np.zeros(1, np.int32))
-        self.E = kp.Edges(**self._fresh(_EDGE_FIELDS, ecap, 2, lazy=True))
+        # an explicit node/edge capacity also sizes that hash table: no rehash (old and
+        # new tables side by side, +64 MiB at 20M edges) on the way to it
+        self.N = kp.Nodes(**self._fresh(_NODE_FIELDS, ncap, 3, lazy=True, keys=node_capacity),
+                          dlist=np.zeros(1, np.int32))
+        self.E = kp.Edges(**self._fresh(_EDGE_FIELDS, ecap, 2, lazy=True, keys=edge_capacity))
 
     @staticmethod
-    def _fresh(fields, cap, meta_len, lazy=False):
+    def _fresh(fields, cap, meta_len, lazy=False, keys=None):
         d = _alloc(fields, cap, lazy)
-        d["slots"] = np.full(_slots_for(min(cap, 1 << 16)), -1, np.int32)  # grows with the keys
+        # grows with the keys, from room for `keys` (or a small table)
+        d["slots"] = np.full(_slots_for(int(keys) if keys else min(cap, 1 << 16)), -1, np.int32)
         d["meta"] = np.zeros(meta_len, np.int64)
         return d
 
@@ -302,11 +306,18 @@ class Projection:
             d["slots"] = _new_slots(d["keys"], owner, int(d["meta"][0]), need)
         setattr(self, attr, cls(**d))
 
-    def reserve(self, rows: int) -> None:
-        """Make room for ``rows`` more events of any kind (no growth inside kernels)."""
-        self._grow("G", 0, _GRAPH_FIELDS, kp.Graphs, rows)
-        self._grow("N", 1, _NODE_FIELDS, kp.Nodes, rows)
-        self._grow("E", 2, _EDGE_FIELDS, kp.Edges, rows)
+    def reserve(self, rows: int, kinds: np.ndarray | None = None) -> None:
+        """Make room for ``rows`` more events (no growth inside kernels).  With the
+        batch's event-type codes ``kinds``, only as many new graphs, nodes and edges as
+        it has GraphCreated, NodeAdded and EdgeAdded rows (the only events that give
+        out an index): a batch of edges must not grow the node arrays by half."""
+        if kinds is None:
+            new = (rows, rows, rows)
+        else:
+            new = tuple(int(np.count_nonzero(kinds == k)) for k in (kp.GRAPH_CREATED, kp.NODE_ADDED, kp.EDGE_ADDED))
+        self._grow("G", 0, _GRAPH_FIELDS, kp.Graphs, new[0])
+        self._grow("N", 1, _NODE_FIELDS, kp.Nodes, new[1])
+        self._grow("E", 2, _EDGE_FIELDS, kp.Edges, new[2])
         # lo[c] is needed for every count a graph can reach in this batch
         G = self.G
         top = int(G.ncount[G.order[0]]) if G.meta[2] > 0 else 0
@@ -326,7 +337,7 @@ class Projection:
         ev = events_of(batch, self.strings, self.types)
         if len(self.types) > np.iinfo(np.int16).max:
             raise ValueError("more than 32767 distinct node/edge types")
-        self.reserve(n)
+        self.reserve(n, ev.kind)
         self.G = self.G._replace(tlist=np.empty(n, np.int32))
         # the changed-node log takes one entry per node event plus one per node a graph
         # deletion cascades to (at most every node live now or added in this batch):

@@ -207,3 +207,24 @@ def test_summary_rows_match_the_summary_table():
     assert len(gidx) >= 2
     assert eng._summary_rows(gidx) == _rows(eng._summary_table(gidx))
     assert eng._summary_rows(gidx[:0]) == []
+
+
+def test_capacity_grows_only_for_the_kinds_a_batch_can_add():
+    """A batch of edges must not grow the node arrays (it reserved room for every row
+    as a possible node before: a pre-sized 10M-node engine grew to 15M on the first
+    edge batch)."""
+    g = uuid.uuid4().bytes
+    nodes = [uuid.uuid4().bytes for _ in range(100)]
+    eng = Engine(node_capacity=100, edge_capacity=400)
+    eng.apply(rows_to_batch([_ev(EventType.GraphCreated, g, 1)]
+                            + [_ev(EventType.NodeAdded, g, 2, node_id=n) for n in nodes]))
+    caps = list(eng._p._caps)
+    rng = random.Random(3)
+    edges = [_ev(EventType.EdgeAdded, g, 3, edge_id=uuid.uuid4().bytes, source_id=rng.choice(nodes),
+                 target_id=rng.choice(nodes)) for _ in range(300)]
+    r = eng.apply(rows_to_batch(edges))
+    assert r.applied == 300 and eng.totals()["edges"] == 300
+    assert eng._p._caps[1] == caps[1] == 100  # nodes: untouched
+    more = [uuid.uuid4().bytes for _ in range(50)]
+    eng.apply(rows_to_batch([_ev(EventType.NodeAdded, g, 4, node_id=n) for n in more]))
+    assert eng._p._caps[1] >= 150 and eng.totals()["nodes"] == 150
