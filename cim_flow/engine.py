@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Iterable
 
@@ -580,6 +581,13 @@ def _centers(centers) -> np.ndarray:
 
 
 def _radii(radius, n) -> np.ndarray:
+    if isinstance(radius, (float, int)) and not isinstance(radius, bool):  # the common case, cheaply
+        r = float(radius)
+        if not math.isfinite(r):
+            raise ValueError("radius must be finite (no NaN or inf)")
+        if r < 0:
+            raise ValueError("radius must be >= 0")
+        return np.full(n, r)
     try:
         r = np.asarray(radius, dtype=np.float64)
     except (TypeError, ValueError):
