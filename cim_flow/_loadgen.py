@@ -189,7 +189,7 @@ async def run_load(url: str, rate: float, duration: float, arrow_batch: int = 0,
         now = time.perf_counter()
         due = min(n_msgs, int(np.searchsorted(last_event, (now - t0) * rate, side="right")))
         if raw is not None and due > sent:
-            raw._write(view[ends[sent - 1] if sent else 0:ends[due - 1]])
+            raw.write(view[ends[sent - 1] if sent else 0:ends[due - 1]])
             sent = due
         while sent < due:
             s, h, d = msgs[sent]

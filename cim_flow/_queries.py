@@ -13,7 +13,10 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from kernels import traverse as kt
 from kernels.traverse import ROW_LEN
+
+from ._ids import validity
 
 ARROW_MIME = "application/vnd.apache.arrow.stream"
 _json = msgspec.json.Encoder()
@@ -54,8 +57,6 @@ def _iso(v):
     return v
 
 
-_HEXDIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
-_UUID_POS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
 
 
 def uuid_texts(arr: pa.Array) -> list:
@@ -64,22 +65,19 @@ def uuid_texts(arr: pa.Array) -> list:
     if n == 0:
         return []
     raw = np.frombuffer(arr.buffers()[1], np.uint8, count=16 * n, offset=16 * arr.offset).reshape(n, 16)
-    texts = uuid_texts_of(raw)
-    if arr.null_count:
-        texts = [t if ok else None for t, ok in zip(texts, arr.is_valid().to_pylist())]
-    return texts
+    return _with_nulls(uuid_texts_of(raw), arr)
+
+
+def _with_nulls(texts: list, arr: pa.Array) -> list:
+    ok = validity(arr)
+    return texts if ok is None else [t if v else None for t, v in zip(texts, ok.tolist())]
 
 
 def uuid_texts_of(raw: np.ndarray) -> list:
-    """Canonical UUID text for each row of an ``(n, 16)`` uint8 array."""
-    raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, 16)
-    n = raw.shape[0]
-    out = np.full((n, 36), ord("-"), np.uint8)
-    nib = np.empty((n, 32), np.uint8)
-    nib[:, 0::2] = raw >> 4
-    nib[:, 1::2] = raw & 15
-    out[:, _UUID_POS] = _HEXDIGITS[nib]
-    return [t.decode() for t in out.view("S36").ravel().tolist()]
+    """Canonical UUID text for each row of an ``(n, 16)`` uint8 array (the kernel that
+    also writes the radius replies' rows)."""
+    words = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, 16).view("<u8")
+    return [t.decode() for t in kt.uuid_text_rows(words).view("S36").tolist()]
 
 
 def iso_texts_of(us: np.ndarray) -> list:
@@ -94,10 +92,7 @@ def iso_texts_of(us: np.ndarray) -> list:
 
 def iso_texts(arr: pa.Array) -> list:
     """RFC 3339 text (UTC, 'Z'; microseconds only when not zero, like isoformat) per timestamp."""
-    texts = iso_texts_of(arr.cast(pa.int64()).fill_null(0).to_numpy())
-    if arr.null_count:
-        texts = [t if ok else None for t, ok in zip(texts, arr.is_valid().to_pylist())]
-    return texts
+    return _with_nulls(iso_texts_of(arr.cast(pa.int64()).fill_null(0).to_numpy()), arr)
 
 
 def _rows(table: pa.Table) -> list[dict]:

@@ -194,6 +194,10 @@ class RawConnection:
             raise ConnectionError("connection closed")
         self.transport.write(data)
 
+    def write(self, frames) -> None:
+        """Send protocol frames encoded beforehand (e.g. many PUB/HPUB at once)."""
+        self._write(frames)
+
     async def flush(self) -> None:
         """Round trip (PING/PONG): everything written before has been processed by the server."""
         fut = asyncio.get_running_loop().create_future()

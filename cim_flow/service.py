@@ -782,6 +782,7 @@ def warm_kernels() -> None:
         eng.nearest(q, 3)
     eng.nodes_in_box([0, 0, 0], [5, 5, 5])
     eng._node_rows_json(np.arange(3))  # radius replies' JSON rows
+    uuid_texts_of(np.zeros((1, 16), np.uint8))  # ids as text in every reply and update
     eng.apply(pa.table({k: v for k, v in cols.items()}).slice(0, 3))  # incremental index update
     eng.nodes_within(rng.uniform(0, 10, (1, 3)), 2.0)
     from . import _spatial

@@ -128,6 +128,15 @@ def _put_uuid(out, o, w0, w1):
 
 
 @jit
+def uuid_text_rows(words):
+    """Canonical UUID text (36 bytes) per row of ``(n, 2)`` uint64 words."""
+    out = np.empty(words.shape[0] * 36, np.uint8)
+    for j in range(words.shape[0]):
+        _put_uuid(out, j * 36, words[j, 0], words[j, 1])
+    return out
+
+
+@jit
 def node_rows_json(node_keys, node_graph, graph_keys, nodes):
     """``ROW_LEN`` bytes per node index in ``nodes``: its JSON object and a comma."""
     m = nodes.shape[0]

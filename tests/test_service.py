@@ -375,3 +375,13 @@ def test_radius_reply_fast_json_equals_the_dict_encoding():
         want = strip(json.loads(encode_answer(gen, 9, False)[0]))
         assert got == want
     assert json.loads(encode_answer(fast[3], 9, False)[0])["truncated"] is True
+
+
+def test_uuid_texts_match_python_uuid_with_nulls_and_offsets():
+    """Ids as text in replies come from one kernel; checked against uuid.UUID, with nulls
+    and a sliced array (non-zero offset)."""
+    from cim_flow._queries import uuid_texts
+
+    ids = [uuid.uuid4() for _ in range(50)]
+    arr = pa.array([u.bytes if i % 3 else None for i, u in enumerate(ids)], pa.binary(16)).slice(5)
+    assert uuid_texts(arr) == [str(u) if (i + 5) % 3 else None for i, u in enumerate(ids[5:])]
