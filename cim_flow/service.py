@@ -248,10 +248,23 @@ class Service:
             if not self.nc.is_connected:
                 return  # nats-py's reconnected callback resumes
             self._pulls.clear()
-            try:
-                await self._reset_consumer()
-            except Exception as exc:  # the stream may still be recovering: pulls retry below
-                self._log(f"cim_flow: consumer reset after reconnect failed: {exc}")
+            wait = 0.1
+            while not self._stop.is_set():
+                try:
+                    await self._reset_consumer()
+                    break
+                except Exception as exc:
+                    # JetStream may still be recovering its streams after a server restart.
+                    # Pulling now could find no consumer at all (deleted, not yet re-added)
+                    # and wait forever, so retry the reset with back-off until it holds.
+                    self._log(f"cim_flow: consumer reset after reconnect failed ({exc}); retrying")
+                    if not self.nc.is_connected:
+                        return  # lost again: the next reconnect resumes
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), wait)
+                    except asyncio.TimeoutError:
+                        pass
+                    wait = min(2.0, wait * 2)
             self.connected = True
             await self._pull()
 
