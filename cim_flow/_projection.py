@@ -47,9 +47,8 @@ _NODE_FIELDS = {  # 63 bytes a node, plus ~6 in the hash table
     "gprev": (np.int32, -1, 1, ()),
     "ihead": (np.int32, -1, 1, ()),
 }
-_EDGE_FIELDS = {  # 50 bytes an edge, plus ~6 in the hash table
+_EDGE_FIELDS = {  # 46 bytes an edge, plus ~6 in the hash table (no graph: see intern.edge_owner)
     "keys": (np.uint64, 0, 1, (2,)),
-    "graph": (np.int32, -1, 1, ()),
     "src": (np.int32, -1, 1, ()),
     "dst": (np.int32, -1, 1, ()),
     "weight": (np.float32, np.nan, 1, ()),
@@ -301,9 +300,13 @@ class Projection:
             _grow_fields(d, fields, cap, lazy=fields if attr in _LAZY else ())
             self._caps[which] = cap
         if rehash:
-            owner = d["owner"] if "owner" in d else d["graph"]
             d["slots"] = None
-            d["slots"] = _new_slots(d["keys"], owner, int(d["meta"][0]), need)
+            n = int(d["meta"][0])
+            if attr == "E":
+                d["slots"] = kintern.rehash_edges(d["keys"], d["src"], self.N.graph, n,
+                                                  np.full(_slots_for(need), -1, np.int32))
+            else:
+                d["slots"] = _new_slots(d["keys"], d["owner"] if "owner" in d else d["graph"], n, need)
         setattr(self, attr, cls(**d))
 
     def reserve(self, rows: int, kinds: np.ndarray | None = None) -> None:

@@ -55,9 +55,13 @@ def list_snapshots(directory: str) -> list[tuple[int, str]]:
 
 def write_snapshot(engine, path: str) -> str:
     """Write the engine's state to ``path`` atomically; returns the path."""
-    st = engine._p.state()
+    return write_state(engine._p.state(), path)
+
+
+def write_state(st: dict, path: str, fmt: int = 3) -> str:
+    """Write a projection state dict (``Projection.state()``) to ``path`` atomically."""
     meta = {"version": st["version"], "strings": st["strings"], "types": st["types"], "caps": list(st["caps"]),
-            "format": 2}
+            "format": fmt}
     schema = _SCHEMA.with_metadata({b"cim_flow": json.dumps(meta).encode()})
     batches = []
     for part in ("G", "N", "E"):
@@ -132,11 +136,31 @@ def read_snapshot(path: str) -> dict:
         raise
     except (OSError, pa.ArrowInvalid, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
         raise SnapshotError(f"{path}: unreadable snapshot ({type(exc).__name__}: {exc})") from None
+    _upgrade_edges(st)
     for part, cls in (("G", kp.Graphs), ("N", kp.Nodes), ("E", kp.Edges)):
         missing = set(cls._fields) - set(st[part])
         if missing:
             raise SnapshotError(f"{path}: missing arrays {sorted(missing)} in {part}")
     return st
+
+
+def _upgrade_edges(st: dict) -> None:
+    """Formats 1-2 kept each edge's graph and marked a removed edge ``src = -1``; now the
+    owner is the source node's graph and a removed edge keeps ``~src``.  A removed edge's
+    old source is gone, but any node of its graph gives the same owner."""
+    E = st["E"]
+    if "graph" not in E:
+        return
+    graph = E.pop("graph")
+    if "src" not in E or "meta" not in E or "graph" not in st["N"] or "meta" not in st["N"]:
+        return  # reported as missing arrays by the caller
+    src = E["src"]
+    gone = np.flatnonzero(src[: int(E["meta"][0])] < 0)
+    if gone.size:
+        ngraph = st["N"]["graph"][: int(st["N"]["meta"][0])].astype(np.int64)
+        some_node = np.full(int(graph.max(initial=0)) + 1 + int(ngraph.max(initial=0)) + 1, -1, np.int64)
+        some_node[ngraph] = np.arange(ngraph.size)
+        src[gone] = ~some_node[graph[gone]]
 
 
 def load_engine(path: str):

@@ -399,7 +399,7 @@ class Engine:
         edges, others, out = edges[order], others[order], out[order]
         w = E.weight[edges].astype(np.float64)
         return pa.Table.from_arrays(
-            [words_to_fsb(N.keys[others]), words_to_fsb(G.keys[E.graph[edges]]), words_to_fsb(E.keys[edges]),
+            [words_to_fsb(N.keys[others]), words_to_fsb(G.keys[N.graph[E.src[edges]]]), words_to_fsb(E.keys[edges]),
              pa.array(np.where(out, "out", "in").tolist(), pa.utf8()),
              pa.array(w, mask=np.isnan(w)), self._p.types.decode(E.etype[edges])],
             schema=_NEIGHBOR_SCHEMA)

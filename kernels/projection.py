@@ -25,7 +25,7 @@ from collections import namedtuple
 import numpy as np
 
 from ._jit import jit
-from .intern import intern, lookup
+from .intern import intern, intern_edge, lookup, lookup_edge
 
 # -- event type codes (cim_flow.EventType mirrors these) --------------------
 GRAPH_CREATED = 1
@@ -64,8 +64,9 @@ Nodes = namedtuple(
 )
 # Nodes.meta: [interned, live, dlist count]; pos (cap, 3) is NaN when a node has no position.
 # dlist (per batch, may repeat a node) logs nodes whose position or liveness changed.
-Edges = namedtuple("Edges", "keys graph slots meta src dst weight etype hnext hprev")
-# Edges.meta: [interned, live]; src < 0 means removed.
+Edges = namedtuple("Edges", "keys slots meta src dst weight etype hnext hprev")
+# Edges.meta: [interned, live].  src < 0 means removed: it holds ~src, so the owning
+# graph (N.graph of the source, see intern.edge_owner) is still known.
 # Half-edge 2e sits in src's incident list, 2e+1 in dst's.
 Events = namedtuple(
     "Events",
@@ -140,10 +141,11 @@ def _unlink_half(E, N, h, n):
 
 @jit(nrt=False)
 def _remove_edge(G, N, E, e):
-    _unlink_half(E, N, 2 * e, E.src[e])
+    s = E.src[e]
+    _unlink_half(E, N, 2 * e, s)
     _unlink_half(E, N, 2 * e + 1, E.dst[e])
-    E.src[e] = -1
-    G.ecount[E.graph[e]] -= 1
+    E.src[e] = ~s
+    G.ecount[N.graph[s]] -= 1
     E.meta[1] -= 1
 
 
@@ -257,7 +259,7 @@ def _apply_edge(G, N, E, ev, i, g, k):
         d = lookup(N.slots, N.keys, N.graph, g, ev.tid[i, 0], ev.tid[i, 1])
         if s < 0 or d < 0 or N.alive[s] == 0 or N.alive[d] == 0:
             return IGNORED_MISSING_ENDPOINT
-        e, new = intern(E.slots, E.keys, E.graph, E.meta, g, ev.eid[i, 0], ev.eid[i, 1])
+        e, new = intern_edge(E.slots, E.keys, E.src, N.graph, E.meta, g, ev.eid[i, 0], ev.eid[i, 1], s)
         if new or E.src[e] < 0:  # a fresh index's fields are not pre-filled (see _grow_fields)
             E.weight[e] = np.float32(np.nan)
             E.etype[e] = -1
@@ -275,7 +277,7 @@ def _apply_edge(G, N, E, ev, i, g, k):
             _link_half(E, N, 2 * e, s)
             _link_half(E, N, 2 * e + 1, d)
     else:
-        e = lookup(E.slots, E.keys, E.graph, g, ev.eid[i, 0], ev.eid[i, 1])
+        e = lookup_edge(E.slots, E.keys, E.src, N.graph, g, ev.eid[i, 0], ev.eid[i, 1])
         if e < 0 or E.src[e] < 0:
             return IGNORED_UNKNOWN_EDGE
         if k == EDGE_REMOVED:
