@@ -91,10 +91,11 @@ class SpatialIndex:
         self.builds = 0
         self._job: concurrent.futures.Future | None = None  # a main grid being built
         self._job_dirty: list = []  # nodes changed since that build started
+        self._first_job = False  # that build is the first one: nothing to answer from yet
 
     # -- build ------------------------------------------------------------------
     def build(self, N) -> None:
-        self._job, self._job_dirty = None, []  # a running background build is dropped
+        self._job, self._job_dirty, self._first_job = None, [], False  # a running build is dropped
         self.main, self.where = _main_grid(N, serial=False)
         self.delta = _empty_grid()
         self.delta_nodes = np.zeros(0, np.int64)
@@ -135,8 +136,23 @@ class SpatialIndex:
                        pts=pts, idx=idx, grp=grp, cells=cells)
 
     # -- incremental ------------------------------------------------------------
+    def start_build(self, N) -> concurrent.futures.Future | None:
+        """Start the first build on the background thread and return its future (None
+        when the index is built already).  For a service: a first query awaits this
+        instead of building on the event loop, and batches applied meanwhile are
+        recorded and folded in when it is adopted, exactly as for a rebuild."""
+        if self.built:
+            return None
+        if self._job is None:
+            self._job_dirty, self._first_job = [], True
+            self._job = _builder().submit(_main_grid, N, True)
+        return self._job
+
     def update(self, N, dirty: np.ndarray) -> None:
         """Bring the index up to date after a batch changed nodes ``dirty``."""
+        if not self.built and self._first_job and dirty.size:
+            self._job_dirty.append(np.array(dirty, dtype=np.int64))
+            return
         if not self.built or dirty.size == 0:
             return
         if self._job is not None:
@@ -165,22 +181,24 @@ class SpatialIndex:
             w[: self.where.shape[0]] = self.where
             self.where = w
 
-    def _adopt(self, N) -> None:
+    def _adopt(self, N) -> bool:
         """Switch to the background-built main grid: nodes changed since it started
-        become stale in it and make up the new delta."""
+        become stale in it and make up the new delta.  False if the build failed."""
         job, self._job = self._job, None
         changed, self._job_dirty = self._job_dirty, []
+        self._first_job = False
         try:
             main, where = job.result()
         except Exception as exc:  # keep serving from main + delta; the next update retries
             print(f"cim_flow: background index build failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return
+            return False
         changed = np.unique(np.concatenate(changed)) if changed else np.zeros(0, np.int64)
         self.main, self.where = main, where
         self._grow_where(N)
         self.stale_count = int(ks.mark_stale(self.where, self.main, changed))
         self.delta_nodes = changed
         self.builds += 1
+        return True
 
     def _rebuild_delta(self, N) -> None:
         d = self.delta_nodes
@@ -198,6 +216,11 @@ class SpatialIndex:
         if self.built and self._job is not None and self._job.done():
             self._adopt(N)
             self._rebuild_delta(N)
+        if not self.built and self._first_job:
+            concurrent.futures.wait([self._job])  # started by start_build: finish it
+            if self._adopt(N):
+                self.built = True
+                self._rebuild_delta(N)
         if not self.built:
             self.build(N)
 

@@ -414,3 +414,44 @@ def test_background_rebuild_is_adopted_and_exact_throughout():
         d = eng.nearest(centers, 4).column("distance").to_numpy().reshape(6, 4)
         np.testing.assert_allclose(d, tree.query(centers, 4)[0], atol=1e-12)
     assert sp.builds > first  # background builds were adopted
+
+
+def test_first_build_on_the_background_thread_folds_in_batches_applied_meanwhile():
+    """start_build (what the service's first query does) returns a future; batches
+    applied before it is adopted are recorded and folded in, so the first answers are
+    exact for the state after the last batch, whenever the build finished."""
+    rng = np.random.default_rng(5)
+    pts = uniform(2000, 5)
+    eng, nids, owner = engine_with_points(pts)
+    sp = eng._spatial
+    job = sp.start_build(eng._p.N)
+    assert job is not None and sp.start_build(eng._p.N) is job  # one build at a time
+    cur = {nids[i]: pts[i].copy() for i in range(len(pts))}
+    g = owner[0]
+    for b in range(4):
+        if b == 2:
+            job.result()  # the build is done but not adopted: later batches still count
+        rows = []
+        for i in rng.choice(len(pts), 50, replace=False):
+            if nids[i] in cur:
+                cur[nids[i]] = cur[nids[i]] + rng.normal(0, 5, 3)
+                x, y, z = cur[nids[i]]
+                rows.append(_ev(EventType.NodeMoved, g, 10 + b, node_id=nids[i], x=x, y=y, z=z))
+        gone = nids[int(rng.integers(0, len(pts)))]
+        if gone in cur:
+            del cur[gone]
+            rows.append(_ev(EventType.NodeRemoved, g, 10 + b, node_id=gone))
+        new = uuid.uuid4().bytes
+        cur[new] = rng.uniform(0, 100, 3)
+        rows.append(_ev(EventType.NodeAdded, g, 10 + b, node_id=new, x=cur[new][0], y=cur[new][1], z=cur[new][2]))
+        eng.apply(rows_to_batch(rows))
+    assert not sp.built
+    keys = list(cur)
+    coords = np.array([cur[k] for k in keys])
+    centers = coords[:8] + rng.normal(0, 1, (8, 3))
+    got = result_sets(eng.nodes_within(centers, 7.0), 8)
+    assert sp.built and sp.builds == 1 and sp._job is None  # adopted, not rebuilt
+    tree = cKDTree(coords)
+    for j, c in enumerate(centers):
+        assert got[j] == {keys[i] for i in tree.query_ball_point(c, 7.0)}
+    assert sp.start_build(eng._p.N) is None
