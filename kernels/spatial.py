@@ -38,6 +38,9 @@ from numba import prange
 from ._jit import EXACT_MATH, jit, pjit
 from .intern import _mix
 
+KEEP_RADIUS_CELLS = 3.0  # radii up to this many cells: count and keep hits in one walk
+KEEP_SMALL = 64  # hits kept per query by the serial (few-query) path
+
 Grid = namedtuple("Grid", "origin h lim dims dst nstale tkeys tstart tcount pts idx grp cells")
 # origin (3,), h (1,): cell size; lim (3,) int64: largest cell index per axis; dims = lim + 1.
 # dense: dst (prod(dims) + 1,) int32 cell starts, nstale (prod(dims),) uint8 stale entries per
@@ -405,9 +408,30 @@ def _fill_run(pts, idx, grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w):
 
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _keep_run(pts, idx, grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w):
+    """:func:`_fill_run` into a small buffer: hits past its end are only counted."""
+    cap = out_i.shape[0]
+    for q in range(a, b):
+        if gsel != -1 and grp[q] != gsel:
+            continue
+        dx = pts[q, 0] - cx
+        dy = pts[q, 1] - cy
+        dz = pts[q, 2] - cz
+        d2 = dx * dx + dy * dy + dz * dz
+        if d2 <= r2:
+            if w < cap:
+                out_i[w] = idx[q]
+                out_d[w] = d2
+            w += 1
+    return w
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _run(g, a, b, cx, cy, cz, r2, gsel, mode, out_i, out_d, w):
     if mode == 0:
         return w + _count_run(g.pts, g.grp, a, b, cx, cy, cz, r2, gsel)
+    if mode == 2:
+        return _keep_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w)
     return _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w)
 
 
@@ -424,7 +448,8 @@ def _cube(g, cx, cy, cz, r):
 
 
 # ---------------------------------------------------------------------------
-# radius.  mode: 0 count, 1 fill indices (+ squared distances)
+# radius.  mode: 0 count, 1 fill indices (+ squared distances), 2 count and keep the
+# first hits in a small buffer (out_i/out_d: its length is the limit)
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w):
@@ -490,17 +515,51 @@ def _count_q(main, delta, centers, radii, gsel, no_i, no_d, j):
     return _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 0, no_i, no_d, w)
 
 
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _keep_q(main, delta, centers, radii, gsel, keep_i, keep_d, j):
+    """Count query j's hits, keeping the first ``len(keep_i)`` of them (in fill order)."""
+    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 2, keep_i, keep_d, 0)
+    return _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 2, keep_i, keep_d, w)
+
+
 @jit(fastmath=EXACT_MATH)
-def _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j):
-    a = offsets[j]
-    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, a)
-    w = _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, w)
-    if want_sort and w - a > 1:
+def _sort_range(out_i, out_d, a, w):
+    if w - a > 1:
         order = np.argsort(out_d[a:w], kind="mergesort")
         si = out_i[a:w][order]
         sd = out_d[a:w][order]
         out_i[a:w] = si
         out_d[a:w] = sd
+
+
+@jit(fastmath=EXACT_MATH)
+def _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j):
+    a = offsets[j]
+    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, a)
+    w = _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, w)
+    if want_sort:
+        _sort_range(out_i, out_d, a, w)
+
+
+@jit(fastmath=EXACT_MATH)
+def _count_or_keep(main, delta, centers, radii, gsel, no_i, no_d, keep_i, keep_d, j):
+    """Query j's count, and whether all its hits are in keep_i/keep_d.  Keeping pays
+    for radii up to a few cells, where counting visits every point anyway (no whole
+    cells fit inside the sphere) and answers are short: the fill then copies them
+    instead of walking the cells a second time."""
+    if radii[j] <= KEEP_RADIUS_CELLS * main.h[0]:
+        c = _keep_q(main, delta, centers, radii, gsel, keep_i, keep_d, j)
+        return c, c <= keep_i.shape[0]
+    return _count_q(main, delta, centers, radii, gsel, no_i, no_d, j), False
+
+
+@jit(fastmath=EXACT_MATH)
+def _fill_from_keep(keep_i, keep_d, want_sort, out_i, out_d, a, c):
+    for t in range(c):
+        out_i[a + t] = keep_i[t]
+        out_d[a + t] = keep_d[t]
+    if want_sort:
+        _sort_range(out_i, out_d, a, a + c)
 
 
 # Parallel versions for batches of queries (visited in ``order``, from query_order), serial
@@ -531,23 +590,40 @@ def radius_count_serial(main, delta, centers, radii, gsel):
 
 
 @pjit
-def radius_fill(main, delta, centers, radii, gsel, offsets, want_sort, order):
+def radius_count_keep(main, delta, centers, radii, gsel, order, keep_i, keep_d, k):
+    """:func:`radius_count` that also keeps up to ``k`` hits per query (query j's in
+    ``keep_*[j * k:(j + 1) * k]``); ``kept[j]`` says they are all of them."""
+    n = centers.shape[0]
+    counts = np.zeros(n, np.int64)
+    kept = np.zeros(n, np.bool_)
+    no_i = np.empty(0, np.int64)
+    no_d = np.empty(0, np.float64)
+    for p in prange(n):
+        j = order[p]
+        c, ok = _count_or_keep(main, delta, centers, radii, gsel, no_i, no_d,
+                               keep_i[j * k:(j + 1) * k], keep_d[j * k:(j + 1) * k], j)
+        counts[j] = c
+        kept[j] = ok
+    return counts, kept
+
+
+@pjit
+def radius_fill_kept(main, delta, centers, radii, gsel, offsets, want_sort, order, kept, keep_i, keep_d, k):
+    """The answers in CSR order (``offsets`` from the counts): kept ones copied, the
+    rest found by a second walk that writes them."""
     n = centers.shape[0]
     out_i = np.empty(offsets[n], np.int64)
     out_d = np.empty(offsets[n], np.float64)
     for p in prange(n):
-        _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, order[p])
+        j = order[p]
+        if kept[j]:
+            _fill_from_keep(keep_i[j * k:(j + 1) * k], keep_d[j * k:(j + 1) * k], want_sort, out_i, out_d,
+                            offsets[j], offsets[j + 1] - offsets[j])
+        else:
+            _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j)
     return out_i, out_d
 
 
-@jit(fastmath=EXACT_MATH)
-def radius_fill_serial(main, delta, centers, radii, gsel, offsets, want_sort):
-    n = centers.shape[0]
-    out_i = np.empty(offsets[n], np.int64)
-    out_d = np.empty(offsets[n], np.float64)
-    for j in range(n):
-        _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j)
-    return out_i, out_d
 
 
 @jit(fastmath=EXACT_MATH)
@@ -561,8 +637,11 @@ def radius_small(main, delta, centers, radii, gsel, want_sort):
     out_d = np.empty(cap, np.float64)
     no_i = np.empty(0, np.int64)
     no_d = np.empty(0, np.float64)
+    keep_i = np.empty(KEEP_SMALL, np.int64)
+    keep_d = np.empty(KEEP_SMALL, np.float64)
     for j in range(n):
-        need = offsets[j] + _count_q(main, delta, centers, radii, gsel, no_i, no_d, j)
+        c, kept = _count_or_keep(main, delta, centers, radii, gsel, no_i, no_d, keep_i, keep_d, j)
+        need = offsets[j] + c
         if need > cap:
             while cap < need:
                 cap *= 2
@@ -573,7 +652,10 @@ def radius_small(main, delta, centers, radii, gsel, want_sort):
             out_i = ni
             out_d = nd
         offsets[j + 1] = need
-        _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j)
+        if kept:
+            _fill_from_keep(keep_i, keep_d, want_sort, out_i, out_d, offsets[j], c)
+        else:
+            _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j)
     return offsets, out_i[: offsets[n]], out_d[: offsets[n]]
 
 

@@ -455,3 +455,37 @@ def test_first_build_on_the_background_thread_folds_in_batches_applied_meanwhile
     for j, c in enumerate(centers):
         assert got[j] == {keys[i] for i in tree.query_ball_point(c, 7.0)}
     assert sp.start_build(eng._p.N) is None
+
+
+@pytest.mark.parametrize("n_queries", [10, 300])  # the serial and the parallel path
+def test_kept_hits_overflow_and_large_radii_give_the_brute_force_answer(n_queries):
+    """Small radii keep hits during the counting walk (up to a limit a query) and copy
+    them; past the limit, or for radii of many cells, the fill walks again.  Every
+    regime, sorted or not, with a graph filter and with a delta grid, equals brute force
+    in the same order as an unkept fill would give."""
+    rng = np.random.default_rng(9)
+    pts = np.concatenate([uniform(3000, 9), np.repeat(rng.uniform(0, 100, (5, 3)), 40, axis=0)])
+    eng, nids, owner = engine_with_points(pts, n_graphs=2)
+    eng.nodes_within(pts[:1], 1.0)  # build, then move some nodes into the delta grid
+    moved = rng.choice(len(pts), 60, replace=False)
+    pts[moved] = rng.uniform(0, 100, (60, 3))
+    eng.apply(rows_to_batch([_ev(EventType.NodeMoved, owner[i], 5, node_id=nids[i], x=pts[i, 0], y=pts[i, 1],
+                                 z=pts[i, 2]) for i in moved]))
+    h = float(eng._spatial.main.h[0])
+    centers = np.concatenate([pts[3000:3000 + 200:40], rng.uniform(0, 100, (n_queries - 5, 3))])
+    radii = rng.choice([0.2 * h, h, 2.9 * h, 6 * h], n_queries)  # kept, kept/overflow, walked again
+    for graph in (None, owner[1]):
+        for sort in (False, True):
+            offs, idx, d2 = eng.radius_csr(centers, radii, graph_id=graph, sort=sort)
+            for j in range(n_queries):
+                got = idx[offs[j]:offs[j + 1]]
+                dd = ((pts - centers[j]) ** 2).sum(1)
+                want = np.flatnonzero(dd <= radii[j] ** 2)
+                if graph is not None:
+                    want = want[[owner[i] == graph for i in want]]
+                got_nids = sorted(eng.node_ids(got).to_pylist())
+                assert got_nids == sorted(nids[i] for i in want)
+                np.testing.assert_array_equal(np.sort(d2[offs[j]:offs[j + 1]]), np.sort(dd[want]))
+                if sort:
+                    assert (np.diff(d2[offs[j]:offs[j + 1]]) >= 0).all()
+    assert (np.diff(eng.radius_csr(centers, radii)[0]) > 16).any()  # some queries overflowed the keep
