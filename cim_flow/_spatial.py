@@ -92,6 +92,7 @@ class SpatialIndex:
         self._job: concurrent.futures.Future | None = None  # a main grid being built
         self._job_dirty: list = []  # nodes changed since that build started
         self._first_job = False  # that build is the first one: nothing to answer from yet
+        self._slots = None  # see slot_view
 
     # -- build ------------------------------------------------------------------
     def build(self, N) -> None:
@@ -223,6 +224,27 @@ class SpatialIndex:
                 self._rebuild_delta(N)
         if not self.built:
             self.build(N)
+
+    def slot_view(self, N):
+        """``(main, delta, main_keys, delta_keys)``: the grids with each point's grid slot
+        (main ``0..n-1``, delta after it) in place of its node index, and the node ids in
+        grid order.  Answers as slots gather ids from nearly sequential memory: a big
+        answer's node rows are scattered (~2.4x slower to gather at 18M rows).  Kept until
+        a grid is replaced (a node's id and graph never change); +20 bytes a point."""
+        m, d = self.main, self.delta
+        c = self._slots
+        if c is not None and c[0] is m and c[1] is d:
+            return c[2:]
+        nm = m.pts.shape[0]
+        if c is not None and c[0] is m:
+            ms, mk = c[2], c[4]
+        else:
+            ms = m._replace(idx=np.arange(nm, dtype=np.int32))
+            mk = N.keys[m.idx] if nm else np.zeros((0, 2), np.uint64)
+        ds = d._replace(idx=np.arange(nm, nm + d.pts.shape[0], dtype=np.int32))
+        dk = N.keys[d.idx] if d.pts.shape[0] else np.zeros((0, 2), np.uint64)
+        self._slots = (m, d, ms, ds, mk, dk)
+        return ms, ds, mk, dk
 
     def wait(self) -> None:
         """Block until a background build has finished (it is adopted at the next

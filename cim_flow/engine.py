@@ -451,11 +451,24 @@ class Engine:
         """
         if count_only and (return_distance or sort):
             raise ValueError("count_only cannot be combined with return_distance or sort")
-        offsets, idx, d2 = self.radius_csr(centers, radius, graph_id=graph_id, sort=sort,
-                                           count_only=count_only)
-        if count_only:
-            return np.diff(offsets)
-        return self._node_table(None, idx, np.sqrt(d2) if return_distance else None, offsets)
+        c = _centers(centers)
+        r = _radii(radius, c.shape[0])
+        gsel = self._gsel(graph_id)
+        main, delta = self._grids()
+        if count_only or c.shape[0] <= _SERIAL_BELOW:
+            offsets, idx, d2 = self._radius(main, delta, c, r, gsel, sort, count_only)
+            if count_only:
+                return np.diff(offsets)
+            return self._node_table(None, idx, np.sqrt(d2) if return_distance else None, offsets)
+        # a batch: answer in grid slots and gather the ids in grid order (see slot_view)
+        ms, ds, mk, dk = self._spatial.slot_view(self._p.N)
+        offsets, slots, d2 = self._radius(ms, ds, c, r, gsel, sort, False)
+        query = np.empty(slots.shape[0], np.int64)
+        nid, gid = kt.gather_slot_ids(mk, ms.grp, dk, ds.grp, ms.pts.shape[0], self._p.G.keys, slots, query, offsets)
+        arrays = [pa.array(query), words_to_fsb(nid), words_to_fsb(gid)]
+        if not return_distance:
+            return pa.Table.from_arrays(arrays, schema=_NODE_SCHEMA)
+        return pa.Table.from_arrays([*arrays, pa.array(np.sqrt(d2))], schema=_NODE_SCHEMA_D)
 
     def radius_csr(self, centers, radius, *, graph_id=None, sort=False, count_only=False):
         """Low-level radius query: ``(offsets, node_index, squared_distance)`` in CSR form.
@@ -468,6 +481,9 @@ class Engine:
         r = _radii(radius, c.shape[0])
         gsel = self._gsel(graph_id)
         main, delta = self._grids()
+        return self._radius(main, delta, c, r, gsel, sort, count_only)
+
+    def _radius(self, main, delta, c, r, gsel, sort, count_only):
         if c.shape[0] <= _SERIAL_BELOW and not count_only:
             return ks.radius_small(main, delta, c, r, gsel, bool(sort))
         offsets = np.zeros(c.shape[0] + 1, np.int64)

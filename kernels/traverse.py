@@ -93,6 +93,37 @@ def gather_ids_serial(node_keys, node_graph, graph_keys, nodes, query_of_row, of
     return out_n, out_g
 
 
+@jit(nrt=False)
+def _gather_slot(mkeys, mgrp, dkeys, dgrp, nmain, graph_keys, slots, out_n, out_g, j):
+    s = slots[j]
+    if s < nmain:
+        g = mgrp[s]
+        out_n[j, 0] = mkeys[s, 0]
+        out_n[j, 1] = mkeys[s, 1]
+    else:
+        s -= nmain
+        g = dgrp[s]
+        out_n[j, 0] = dkeys[s, 0]
+        out_n[j, 1] = dkeys[s, 1]
+    out_g[j, 0] = graph_keys[g, 0]
+    out_g[j, 1] = graph_keys[g, 1]
+
+
+@pjit
+def gather_slot_ids(mkeys, mgrp, dkeys, dgrp, nmain, graph_keys, slots, query_of_row, offsets):
+    """:func:`gather_ids` for answers given as grid slots (main grid ``0..nmain-1``, then
+    the delta grid), from node ids stored in grid order: a query's hits sit in a few
+    runs of cells, so these reads are nearly sequential where node rows are scattered."""
+    m = slots.shape[0]
+    out_n = np.empty((m, 2), np.uint64)
+    out_g = np.empty((m, 2), np.uint64)
+    for j in prange(m):
+        _gather_slot(mkeys, mgrp, dkeys, dgrp, nmain, graph_keys, slots, out_n, out_g, j)
+    for q in prange(offsets.shape[0] - 1):
+        _query_rows(query_of_row, offsets, q)
+    return out_n, out_g
+
+
 # --- JSON rows for replies -----------------------------------------------------
 # One fixed-width row per node, ``{"node_id":"<uuid>","graph_id":"<uuid>"},``, so a
 # reply's list of nodes is a slice of one buffer.  The ids' 16 bytes are the two

@@ -488,4 +488,12 @@ def test_kept_hits_overflow_and_large_radii_give_the_brute_force_answer(n_querie
                 np.testing.assert_array_equal(np.sort(d2[offs[j]:offs[j + 1]]), np.sort(dd[want]))
                 if sort:
                     assert (np.diff(d2[offs[j]:offs[j + 1]]) >= 0).all()
+            # the table (for batches: answered in grid slots, ids gathered in grid order)
+            # has exactly these rows, in this order, with their graphs
+            t = eng.nodes_within(centers, radii, graph_id=graph, sort=sort, return_distance=True)
+            assert t.column("query").to_numpy().tolist() == np.repeat(np.arange(n_queries), np.diff(offs)).tolist()
+            assert t.column("node_id").to_pylist() == eng.node_ids(idx).to_pylist()
+            by_node = dict(zip(nids, owner))
+            assert t.column("graph_id").to_pylist() == [by_node[x] for x in eng.node_ids(idx).to_pylist()]
+            np.testing.assert_array_equal(t.column("distance").to_numpy(), np.sqrt(d2))
     assert (np.diff(eng.radius_csr(centers, radii)[0]) > 16).any()  # some queries overflowed the keep
