@@ -393,23 +393,8 @@ def _count_run(pts, grp, a, b, cx, cy, cz, r2, gsel):
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _fill_run(pts, idx, grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w):
-    for q in range(a, b):
-        if gsel != -1 and grp[q] != gsel:
-            continue
-        dx = pts[q, 0] - cx
-        dy = pts[q, 1] - cy
-        dz = pts[q, 2] - cz
-        d2 = dx * dx + dy * dy + dz * dz
-        if d2 <= r2:
-            out_i[w] = idx[q]
-            out_d[w] = d2
-            w += 1
-    return w
-
-
-@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
-def _keep_run(pts, idx, grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w):
-    """:func:`_fill_run` into a small buffer: hits past its end are only counted."""
+    """Hits of points a..b written from out_*[w]; past the buffer's end they are only
+    counted (a small keep buffer: see _keep_q; other callers size it for every hit)."""
     cap = out_i.shape[0]
     for q in range(a, b):
         if gsel != -1 and grp[q] != gsel:
@@ -430,8 +415,6 @@ def _keep_run(pts, idx, grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w):
 def _run(g, a, b, cx, cy, cz, r2, gsel, mode, out_i, out_d, w):
     if mode == 0:
         return w + _count_run(g.pts, g.grp, a, b, cx, cy, cz, r2, gsel)
-    if mode == 2:
-        return _keep_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w)
     return _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w)
 
 
@@ -448,8 +431,8 @@ def _cube(g, cx, cy, cz, r):
 
 
 # ---------------------------------------------------------------------------
-# radius.  mode: 0 count, 1 fill indices (+ squared distances), 2 count and keep the
-# first hits in a small buffer (out_i/out_d: its length is the limit)
+# radius.  mode: 0 count, 1 fill indices (+ squared distances); a fill into a buffer
+# shorter than the answer keeps the first hits and still counts them all
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w):
@@ -518,8 +501,8 @@ def _count_q(main, delta, centers, radii, gsel, no_i, no_d, j):
 @jit(nrt=False, fastmath=EXACT_MATH)
 def _keep_q(main, delta, centers, radii, gsel, keep_i, keep_d, j):
     """Count query j's hits, keeping the first ``len(keep_i)`` of them (in fill order)."""
-    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 2, keep_i, keep_d, 0)
-    return _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 2, keep_i, keep_d, w)
+    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, keep_i, keep_d, 0)
+    return _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, keep_i, keep_d, w)
 
 
 @jit(fastmath=EXACT_MATH)

@@ -374,6 +374,25 @@ def test_whole_cell_counts_with_a_saturated_stale_count():
         assert eng.nodes_within(centers, r, count_only=True).tolist() == want.tolist()
 
 
+def _random_changes(rng, nids, cur, g, t, moves, step):
+    """Rows moving ``moves`` random nodes by ~``step``, removing one and adding one;
+    ``cur`` (node id -> position) is updated to the state after them."""
+    rows = []
+    for i in rng.choice(len(nids), moves, replace=False):
+        if nids[i] in cur:
+            cur[nids[i]] = cur[nids[i]] + rng.normal(0, step, 3)
+            x, y, z = cur[nids[i]]
+            rows.append(_ev(EventType.NodeMoved, g, t, node_id=nids[i], x=x, y=y, z=z))
+    gone = nids[int(rng.integers(0, len(nids)))]
+    if gone in cur:
+        del cur[gone]
+        rows.append(_ev(EventType.NodeRemoved, g, t, node_id=gone))
+    new = uuid.uuid4().bytes
+    cur[new] = rng.uniform(0, 100, 3)
+    rows.append(_ev(EventType.NodeAdded, g, t, node_id=new, x=cur[new][0], y=cur[new][1], z=cur[new][2]))
+    return rows
+
+
 def test_background_rebuild_is_adopted_and_exact_throughout():
     """Past the rebuild limit a new main grid is built on a background thread; answers
     stay exact before, during and after it is adopted, including nodes moved, added
@@ -388,20 +407,7 @@ def test_background_rebuild_is_adopted_and_exact_throughout():
     cur = {nids[i]: pts[i].copy() for i in range(len(pts))}
     g = owner[0]
     for b in range(10):
-        rows = []
-        for i in rng.choice(len(pts), 30, replace=False):
-            if nids[i] in cur:
-                cur[nids[i]] = cur[nids[i]] + rng.normal(0, 4, 3)
-                x, y, z = cur[nids[i]]
-                rows.append(_ev(EventType.NodeMoved, g, 10 + b, node_id=nids[i], x=x, y=y, z=z))
-        gone = nids[int(rng.integers(0, len(pts)))]
-        if gone in cur:
-            del cur[gone]
-            rows.append(_ev(EventType.NodeRemoved, g, 10 + b, node_id=gone))
-        new = uuid.uuid4().bytes
-        cur[new] = rng.uniform(0, 100, 3)
-        rows.append(_ev(EventType.NodeAdded, g, 10 + b, node_id=new, x=cur[new][0], y=cur[new][1], z=cur[new][2]))
-        eng.apply(rows_to_batch(rows))
+        eng.apply(rows_to_batch(_random_changes(rng, nids, cur, g, 10 + b, 30, 4.0)))
         if b % 3 == 2:
             sp.wait()  # let a build finish so the next query adopts it
         keys = list(cur)
@@ -431,20 +437,7 @@ def test_first_build_on_the_background_thread_folds_in_batches_applied_meanwhile
     for b in range(4):
         if b == 2:
             job.result()  # the build is done but not adopted: later batches still count
-        rows = []
-        for i in rng.choice(len(pts), 50, replace=False):
-            if nids[i] in cur:
-                cur[nids[i]] = cur[nids[i]] + rng.normal(0, 5, 3)
-                x, y, z = cur[nids[i]]
-                rows.append(_ev(EventType.NodeMoved, g, 10 + b, node_id=nids[i], x=x, y=y, z=z))
-        gone = nids[int(rng.integers(0, len(pts)))]
-        if gone in cur:
-            del cur[gone]
-            rows.append(_ev(EventType.NodeRemoved, g, 10 + b, node_id=gone))
-        new = uuid.uuid4().bytes
-        cur[new] = rng.uniform(0, 100, 3)
-        rows.append(_ev(EventType.NodeAdded, g, 10 + b, node_id=new, x=cur[new][0], y=cur[new][1], z=cur[new][2]))
-        eng.apply(rows_to_batch(rows))
+        eng.apply(rows_to_batch(_random_changes(rng, nids, cur, g, 10 + b, 50, 5.0)))
     assert not sp.built
     keys = list(cur)
     coords = np.array([cur[k] for k in keys])
