@@ -392,10 +392,9 @@ def _count_run(pts, grp, a, b, cx, cy, cz, r2, gsel):
 
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
-def _fill_run(pts, idx, grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w):
-    """Hits of points a..b written from out_*[w]; past the buffer's end they are only
-    counted (a small keep buffer: see _keep_q; other callers size it for every hit)."""
-    cap = out_i.shape[0]
+def _fill_run(pts, idx, grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w, cap):
+    """Hits of points a..b written from out_*[w]; from ``cap`` on they are only counted
+    (a query's share of the keep buffer: see _keep_q; other callers have room for all)."""
     for q in range(a, b):
         if gsel != -1 and grp[q] != gsel:
             continue
@@ -412,10 +411,10 @@ def _fill_run(pts, idx, grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w):
 
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
-def _run(g, a, b, cx, cy, cz, r2, gsel, mode, out_i, out_d, w):
+def _run(g, a, b, cx, cy, cz, r2, gsel, mode, out_i, out_d, w, cap):
     if mode == 0:
         return w + _count_run(g.pts, g.grp, a, b, cx, cy, cz, r2, gsel)
-    return _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w)
+    return _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w, cap)
 
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
@@ -435,7 +434,7 @@ def _cube(g, cx, cy, cz, r):
 # shorter than the answer keeps the first hits and still counts them all
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
-def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w):
+def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w, cap):
     if g.pts.shape[0] == 0:
         return w
     r2 = r * r
@@ -450,7 +449,7 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w):
             if ix < x0 or ix > x1 or iy < y0 or iy > y1 or iz < z0 or iz > z1:
                 continue
             a = np.int64(g.tstart[s])
-            w = _run(g, a, a + g.tcount[s], cx, cy, cz, r2, gsel, mode, out_i, out_d, w)
+            w = _run(g, a, a + g.tcount[s], cx, cy, cz, r2, gsel, mode, out_i, out_d, w, cap)
         return w
     h = g.h[0]
     o = g.origin
@@ -488,21 +487,25 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w):
                                 w += _count_run(g.pts, g.grp, a, b, cx, cy, cz, r2, gsel)
                             continue
             a, b = _col(g, ix, iy, z0, z1)
-            w = _run(g, a, b, cx, cy, cz, r2, gsel, mode, out_i, out_d, w)
+            w = _run(g, a, b, cx, cy, cz, r2, gsel, mode, out_i, out_d, w, cap)
     return w
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
 def _count_q(main, delta, centers, radii, gsel, no_i, no_d, j):
-    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 0, no_i, no_d, 0)
-    return _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 0, no_i, no_d, w)
+    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 0, no_i, no_d, 0, 0)
+    return _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 0, no_i, no_d, w, 0)
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
-def _keep_q(main, delta, centers, radii, gsel, keep_i, keep_d, j):
-    """Count query j's hits, keeping the first ``len(keep_i)`` of them (in fill order)."""
-    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, keep_i, keep_d, 0)
-    return _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, keep_i, keep_d, w)
+def _keep_q(main, delta, centers, radii, gsel, keep_i, keep_d, base, k, j):
+    """Count query j's hits, keeping the first ``k`` (in fill order) at keep_*[base:].
+    (Offsets, not slices: a slice in a parallel loop increfs the shared buffer.)"""
+    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, keep_i, keep_d,
+                    base, base + k)
+    w = _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, keep_i, keep_d,
+                    w, base + k)
+    return w - base
 
 
 @jit(fastmath=EXACT_MATH)
@@ -518,29 +521,30 @@ def _sort_range(out_i, out_d, a, w):
 @jit(fastmath=EXACT_MATH)
 def _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j):
     a = offsets[j]
-    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, a)
-    w = _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, w)
+    cap = out_i.shape[0]
+    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, a, cap)
+    w = _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, w, cap)
     if want_sort:
         _sort_range(out_i, out_d, a, w)
 
 
-@jit(fastmath=EXACT_MATH)
-def _count_or_keep(main, delta, centers, radii, gsel, no_i, no_d, keep_i, keep_d, j):
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _count_or_keep(main, delta, centers, radii, gsel, no_i, no_d, keep_i, keep_d, base, k, j):
     """Query j's count, and whether all its hits are in keep_i/keep_d.  Keeping pays
     for radii up to a few cells, where counting visits every point anyway (no whole
     cells fit inside the sphere) and answers are short: the fill then copies them
     instead of walking the cells a second time."""
     if radii[j] <= KEEP_RADIUS_CELLS * main.h[0]:
-        c = _keep_q(main, delta, centers, radii, gsel, keep_i, keep_d, j)
-        return c, c <= keep_i.shape[0]
+        c = _keep_q(main, delta, centers, radii, gsel, keep_i, keep_d, base, k, j)
+        return c, c <= k
     return _count_q(main, delta, centers, radii, gsel, no_i, no_d, j), False
 
 
 @jit(fastmath=EXACT_MATH)
-def _fill_from_keep(keep_i, keep_d, want_sort, out_i, out_d, a, c):
+def _fill_from_keep(keep_i, keep_d, base, want_sort, out_i, out_d, a, c):
     for t in range(c):
-        out_i[a + t] = keep_i[t]
-        out_d[a + t] = keep_d[t]
+        out_i[a + t] = keep_i[base + t]
+        out_d[a + t] = keep_d[base + t]
     if want_sort:
         _sort_range(out_i, out_d, a, a + c)
 
@@ -583,8 +587,7 @@ def radius_count_keep(main, delta, centers, radii, gsel, order, keep_i, keep_d, 
     no_d = np.empty(0, np.float64)
     for p in prange(n):
         j = order[p]
-        c, ok = _count_or_keep(main, delta, centers, radii, gsel, no_i, no_d,
-                               keep_i[j * k:(j + 1) * k], keep_d[j * k:(j + 1) * k], j)
+        c, ok = _count_or_keep(main, delta, centers, radii, gsel, no_i, no_d, keep_i, keep_d, j * k, k, j)
         counts[j] = c
         kept[j] = ok
     return counts, kept
@@ -600,8 +603,7 @@ def radius_fill_kept(main, delta, centers, radii, gsel, offsets, want_sort, orde
     for p in prange(n):
         j = order[p]
         if kept[j]:
-            _fill_from_keep(keep_i[j * k:(j + 1) * k], keep_d[j * k:(j + 1) * k], want_sort, out_i, out_d,
-                            offsets[j], offsets[j + 1] - offsets[j])
+            _fill_from_keep(keep_i, keep_d, j * k, want_sort, out_i, out_d, offsets[j], offsets[j + 1] - offsets[j])
         else:
             _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j)
     return out_i, out_d
@@ -623,7 +625,7 @@ def radius_small(main, delta, centers, radii, gsel, want_sort):
     keep_i = np.empty(KEEP_SMALL, np.int64)
     keep_d = np.empty(KEEP_SMALL, np.float64)
     for j in range(n):
-        c, kept = _count_or_keep(main, delta, centers, radii, gsel, no_i, no_d, keep_i, keep_d, j)
+        c, kept = _count_or_keep(main, delta, centers, radii, gsel, no_i, no_d, keep_i, keep_d, 0, KEEP_SMALL, j)
         need = offsets[j] + c
         if need > cap:
             while cap < need:
@@ -636,7 +638,7 @@ def radius_small(main, delta, centers, radii, gsel, want_sort):
             out_d = nd
         offsets[j + 1] = need
         if kept:
-            _fill_from_keep(keep_i, keep_d, want_sort, out_i, out_d, offsets[j], c)
+            _fill_from_keep(keep_i, keep_d, 0, want_sort, out_i, out_d, offsets[j], c)
         else:
             _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j)
     return offsets, out_i[: offsets[n]], out_d[: offsets[n]]
@@ -742,14 +744,14 @@ def _knn_grid(g, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound):
                 if edge_x or iy == qy - s_ring or iy == qy + s_ring:
                     a, b = _col(g, ix, iy, z0, z1)
                     visited += 1 if dense else z1 - z0 + 1
-                    cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt)
+                    cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
                 else:
                     if qz - s_ring >= 0:
                         a, b = _col(g, ix, iy, qz - s_ring, qz - s_ring)
-                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt)
+                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
                     if qz + s_ring <= lim[2]:
                         a, b = _col(g, ix, iy, qz + s_ring, qz + s_ring)
-                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt)
+                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
                     visited += 1 if dense else 2
         if cnt >= k:
             bound = _kth_smallest(bd, cnt, k, tmp)
@@ -777,13 +779,13 @@ def _knn_rest(g, cx, cy, cz, gsel, bound, bd, bi, cnt, qx, qy, qz, done):
                 if abs(ix - qx) <= done and abs(iy - qy) <= done:
                     if za > 0:
                         a, b = _col(g, ix, iy, 0, min(za - 1, g.lim[2]))
-                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt)
+                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
                     if zb < g.lim[2]:
                         a, b = _col(g, ix, iy, max(zb + 1, 0), g.lim[2])
-                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt)
+                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
                 else:
                     a, b = _col(g, ix, iy, 0, g.lim[2])
-                    cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt)
+                    cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
         return cnt
     for c in range(g.cells.shape[0]):
         s = g.cells[c]
@@ -791,7 +793,7 @@ def _knn_rest(g, cx, cy, cz, gsel, bound, bd, bi, cnt, qx, qy, qz, done):
         if abs(ix - qx) <= done and abs(iy - qy) <= done and abs(iz - qz) <= done:
             continue  # already visited in the rings
         a = np.int64(g.tstart[s])
-        cnt = _fill_run(g.pts, g.idx, g.grp, a, a + g.tcount[s], cx, cy, cz, bound, gsel, bi, bd, cnt)
+        cnt = _fill_run(g.pts, g.idx, g.grp, a, a + g.tcount[s], cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
     return cnt
 
 
