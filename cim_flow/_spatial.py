@@ -98,6 +98,7 @@ class SpatialIndex:
     def build(self, N) -> None:
         self._job, self._job_dirty, self._first_job = None, [], False  # a running build is dropped
         self.main, self.where = _main_grid(N, serial=False)
+        self._slots = None  # the old grid's slot view would keep it alive
         self.delta = _empty_grid()
         self.delta_nodes = np.zeros(0, np.int64)
         self.stale_count = 0
@@ -195,6 +196,7 @@ class SpatialIndex:
             return False
         changed = np.unique(np.concatenate(changed)) if changed else np.zeros(0, np.int64)
         self.main, self.where = main, where
+        self._slots = None
         self._grow_where(N)
         self.stale_count = int(ks.mark_stale(self.where, self.main, changed))
         self.delta_nodes = changed
