@@ -39,18 +39,60 @@ def hash_key(g, k0, k1):
     return _mix(h ^ (np.uint64(g) + _G))
 
 
-@jit(nrt=False)
-def lookup(slots, keys, owner, g, k0, k1):
-    """Index of key ``(g, k0, k1)`` or ``-1``."""
+@jit(nrt=False, inline=True)
+def _owner_at(owner, ngraph, by_src, i):
+    """Graph owning entry i: ``owner[i]``, or for edges (``by_src``; ``owner`` is then the
+    edges' ``src``) the graph of the source node, ``ngraph[src]`` (see the edge note below)."""
+    if by_src:
+        s = owner[i]
+        if s < 0:
+            s = ~s
+        return ngraph[s]
+    return owner[i]
+
+
+@jit(nrt=False, inline=True)
+def _probe(slots, keys, owner, ngraph, by_src, g, k0, k1):
+    """``(slot, index)`` of key ``(g, k0, k1)``; index -1 and the free slot when absent."""
     mask = np.uint64(slots.shape[0] - 1)
     s = hash_key(g, k0, k1) & mask
     while True:
         i = slots[s]
         if i < 0:
-            return -1
-        if keys[i, 0] == k0 and keys[i, 1] == k1 and owner[i] == g:
-            return i
+            return s, -1
+        if keys[i, 0] == k0 and keys[i, 1] == k1 and _owner_at(owner, ngraph, by_src, i) == g:
+            return s, i
         s = (s + np.uint64(1)) & mask
+
+
+@jit(nrt=False, inline=True)
+def _intern(slots, keys, owner, ngraph, by_src, meta, g, k0, k1, own):
+    s, i = _probe(slots, keys, owner, ngraph, by_src, g, k0, k1)
+    if i >= 0:
+        return i, False
+    i = meta[0]
+    meta[0] = i + 1
+    keys[i, 0] = k0
+    keys[i, 1] = k1
+    owner[i] = own
+    slots[s] = i
+    return i, True
+
+
+@jit(nrt=False, inline=True)
+def _rehash(keys, owner, ngraph, by_src, n, new_slots):
+    mask = np.uint64(new_slots.shape[0] - 1)
+    for i in range(n):
+        s = hash_key(_owner_at(owner, ngraph, by_src, i), keys[i, 0], keys[i, 1]) & mask
+        while new_slots[s] >= 0:
+            s = (s + np.uint64(1)) & mask
+        new_slots[s] = i
+
+
+@jit(nrt=False)
+def lookup(slots, keys, owner, g, k0, k1):
+    """Index of key ``(g, k0, k1)`` or ``-1``."""
+    return _probe(slots, keys, owner, owner, False, g, k0, k1)[1]
 
 
 @jit(nrt=False)
@@ -60,32 +102,13 @@ def intern(slots, keys, owner, meta, g, k0, k1):
     ``meta[0]`` is the number of interned keys.  The table must have room
     (see module doc).  Returns ``(index, is_new)``.
     """
-    mask = np.uint64(slots.shape[0] - 1)
-    s = hash_key(g, k0, k1) & mask
-    while True:
-        i = slots[s]
-        if i < 0:
-            i = meta[0]
-            meta[0] = i + 1
-            keys[i, 0] = k0
-            keys[i, 1] = k1
-            owner[i] = g
-            slots[s] = i
-            return i, True
-        if keys[i, 0] == k0 and keys[i, 1] == k1 and owner[i] == g:
-            return i, False
-        s = (s + np.uint64(1)) & mask
+    return _intern(slots, keys, owner, owner, False, meta, g, k0, k1, g)
 
 
 @jit(nrt=False)
 def rehash(keys, owner, n, new_slots):
     """Fill ``new_slots`` (all ``-1``, power-of-two size) with keys ``0..n-1``."""
-    mask = np.uint64(new_slots.shape[0] - 1)
-    for i in range(n):
-        s = hash_key(owner[i], keys[i, 0], keys[i, 1]) & mask
-        while new_slots[s] >= 0:
-            s = (s + np.uint64(1)) & mask
-        new_slots[s] = i
+    _rehash(keys, owner, owner, False, n, new_slots)
     return new_slots
 
 
@@ -97,55 +120,20 @@ def rehash(keys, owner, n, new_slots):
 # ``~src`` (negative: "removed"), so its owner stays known for a later re-add.
 
 @jit(nrt=False)
-def edge_owner(src, ngraph, i):
-    s = src[i]
-    if s < 0:
-        s = ~s
-    return ngraph[s]
-
-
-@jit(nrt=False)
 def lookup_edge(slots, keys, src, ngraph, g, k0, k1):
     """Index of edge key ``(g, k0, k1)`` or ``-1`` (see :func:`lookup`)."""
-    mask = np.uint64(slots.shape[0] - 1)
-    s = hash_key(g, k0, k1) & mask
-    while True:
-        i = slots[s]
-        if i < 0:
-            return -1
-        if keys[i, 0] == k0 and keys[i, 1] == k1 and edge_owner(src, ngraph, i) == g:
-            return i
-        s = (s + np.uint64(1)) & mask
+    return _probe(slots, keys, src, ngraph, True, g, k0, k1)[1]
 
 
 @jit(nrt=False)
 def intern_edge(slots, keys, src, ngraph, meta, g, k0, k1, s_new):
     """:func:`intern` for edges: a new edge gets ``src = s_new`` at once, so its owner
     is known before anything else probes the table.  Returns ``(index, is_new)``."""
-    mask = np.uint64(slots.shape[0] - 1)
-    s = hash_key(g, k0, k1) & mask
-    while True:
-        i = slots[s]
-        if i < 0:
-            i = meta[0]
-            meta[0] = i + 1
-            keys[i, 0] = k0
-            keys[i, 1] = k1
-            src[i] = s_new
-            slots[s] = i
-            return i, True
-        if keys[i, 0] == k0 and keys[i, 1] == k1 and edge_owner(src, ngraph, i) == g:
-            return i, False
-        s = (s + np.uint64(1)) & mask
+    return _intern(slots, keys, src, ngraph, True, meta, g, k0, k1, s_new)
 
 
 @jit(nrt=False)
 def rehash_edges(keys, src, ngraph, n, new_slots):
     """:func:`rehash` for edges (owner from the source node's graph)."""
-    mask = np.uint64(new_slots.shape[0] - 1)
-    for i in range(n):
-        s = hash_key(edge_owner(src, ngraph, i), keys[i, 0], keys[i, 1]) & mask
-        while new_slots[s] >= 0:
-            s = (s + np.uint64(1)) & mask
-        new_slots[s] = i
+    _rehash(keys, src, ngraph, True, n, new_slots)
     return new_slots
