@@ -241,14 +241,19 @@ def _group_nodes(t: pa.Table, n_centers, centers, single, limit, with_distance):
     if not with_distance:
         for r in rows:
             r.pop("distance", None)
-    results, a, truncated = [], 0, False
-    for j in range(n_centers):
-        b = a + int(counts[j])
-        nodes = rows[a:min(b, a + limit)]
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    return _grouped(rows, offsets, centers, single, limit)
+
+
+def _grouped(rows, offsets, centers, single, limit) -> dict:
+    """The reply body: per center its count, whether it was cut at ``limit`` and its first
+    ``limit`` rows (center j's rows are ``rows[offsets[j]:offsets[j + 1]]``)."""
+    results, truncated = [], False
+    for j, c in enumerate(centers):
+        a, b = int(offsets[j]), int(offsets[j + 1])
         tr = b - a > limit
         truncated |= tr
-        results.append({"center": centers[j], "count": b - a, "truncated": tr, "nodes": nodes})
-        a = b
+        results.append({"center": c, "count": b - a, "truncated": tr, "nodes": rows[a:min(b, a + limit)]})
     body = {"results": results, "truncated": truncated}
     if single:
         body.update(nodes=results[0]["nodes"], count=results[0]["count"])
@@ -296,17 +301,8 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
         for i, (cs, single, _r, _g, limit, with_d, _s) in items:
             j0 = j
             if with_d:
-                results, truncated = [], False
-                for c in cs:
-                    a, b = int(offsets[j]), int(offsets[j + 1])
-                    tr = b - a > limit
-                    truncated |= tr
-                    results.append({"center": c, "count": b - a, "truncated": tr, "nodes": rows[a:min(b, a + limit)]})
-                    j += 1
-                body = {"results": results, "truncated": truncated}
-                if single:
-                    body.update(nodes=results[0]["nodes"], count=results[0]["count"])
-                ans = Answer(body)
+                ans = Answer(_grouped(rows, offsets[j:j + len(cs) + 1], cs, single, limit))
+                j += len(cs)
             else:
                 parts, truncated, first = [], False, None
                 for c in cs:

@@ -152,13 +152,12 @@ class SpatialIndex:
 
     def update(self, N, dirty: np.ndarray) -> None:
         """Bring the index up to date after a batch changed nodes ``dirty``."""
-        if not self.built and self._first_job and dirty.size:
-            self._job_dirty.append(np.array(dirty, dtype=np.int64))
+        if dirty.size == 0:
             return
-        if not self.built or dirty.size == 0:
-            return
-        if self._job is not None:
+        if self._job is not None:  # a build is running: these go to its delta on adoption
             self._job_dirty.append(np.array(dirty, dtype=np.int64))
+        if not self.built:
+            return
         self._grow_where(N)
         newly = self.where[dirty] != -2
         fresh = np.unique(dirty[newly])
@@ -220,7 +219,7 @@ class SpatialIndex:
             self._adopt(N)
             self._rebuild_delta(N)
         if not self.built and self._first_job:
-            concurrent.futures.wait([self._job])  # started by start_build: finish it
+            self.wait()  # started by start_build: finish it
             if self._adopt(N):
                 self.built = True
                 self._rebuild_delta(N)

@@ -428,11 +428,7 @@ class Engine:
         else:
             offsets = np.zeros(1, np.int64)
         nid, gid = gather(N.keys, N.graph, G.keys, nodes, query, offsets)
-        arrays = [pa.array(np.asarray(query, np.int64)), words_to_fsb(nid), words_to_fsb(gid)]
-        if dist is None:
-            return pa.Table.from_arrays(arrays, schema=_NODE_SCHEMA)
-        arrays.append(pa.array(np.asarray(dist, np.float64)))
-        return pa.Table.from_arrays(arrays, schema=_NODE_SCHEMA_D)
+        return _ids_table(query, nid, gid, dist)
 
     def _node_rows_json(self, nodes) -> bytes:
         """``{"node_id":"..","graph_id":".."},`` per node index, fixed width
@@ -465,10 +461,7 @@ class Engine:
         offsets, slots, d2 = self._radius(ms, ds, c, r, gsel, sort, False)
         query = np.empty(slots.shape[0], np.int64)
         nid, gid = kt.gather_slot_ids(mk, ms.grp, dk, ds.grp, ms.pts.shape[0], self._p.G.keys, slots, query, offsets)
-        arrays = [pa.array(query), words_to_fsb(nid), words_to_fsb(gid)]
-        if not return_distance:
-            return pa.Table.from_arrays(arrays, schema=_NODE_SCHEMA)
-        return pa.Table.from_arrays([*arrays, pa.array(np.sqrt(d2))], schema=_NODE_SCHEMA_D)
+        return _ids_table(query, nid, gid, np.sqrt(d2) if return_distance else None)
 
     def radius_csr(self, centers, radius, *, graph_id=None, sort=False, count_only=False):
         """Low-level radius query: ``(offsets, node_index, squared_distance)`` in CSR form.
@@ -588,6 +581,15 @@ _FIND_SCHEMA = pa.schema([("node_id", pa.binary(16)), ("graph_id", pa.binary(16)
 _NEIGHBOR_SCHEMA = pa.schema([("node_id", pa.binary(16)), ("graph_id", pa.binary(16)), ("edge_id", pa.binary(16)),
                               ("direction", pa.utf8()), ("weight", pa.float64()), ("edge_type", pa.utf8())])
 _NODE_SCHEMA_D = _NODE_SCHEMA.append(pa.field("distance", pa.float64()))
+
+
+def _ids_table(query, nid, gid, dist=None) -> pa.Table:
+    """The answer table from query numbers, node and graph id words [, distances]."""
+    arrays = [pa.array(np.asarray(query, np.int64)), words_to_fsb(nid), words_to_fsb(gid)]
+    if dist is None:
+        return pa.Table.from_arrays(arrays, schema=_NODE_SCHEMA)
+    arrays.append(pa.array(np.asarray(dist, np.float64)))
+    return pa.Table.from_arrays(arrays, schema=_NODE_SCHEMA_D)
 
 
 def _query_order(c, main) -> np.ndarray:
