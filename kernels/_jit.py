@@ -11,6 +11,9 @@ fastmath: we never use ``fastmath=True``.  Projection kernels use :data:`SAFE_MA
 be *exactly* the set brute force gives in float64, boundary included.
 """
 import numba
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 SAFE_MATH = frozenset({"nsz", "arcp", "afn"})
 EXACT_MATH = frozenset()
@@ -44,3 +47,23 @@ def pjit(fn=None, *, fastmath=EXACT_MATH):
     """Parallel (``prange``) kernel with the project's JIT settings."""
     deco = numba.njit(parallel=True, fastmath=set(fastmath) or False, **_COMMON)
     return deco(fn) if fn is not None else deco
+
+
+@intrinsic
+def load_u64(typingctx, buf, i):
+    """The 8 bytes ``buf[i:i+8]`` of a uint8 array as one little-endian uint64, in one
+    unaligned load (the caller guarantees ``i + 8 <= buf.shape[0]``).
+
+    A loop of eight byte loads and shifts is not always fused into one load by LLVM; in
+    the JSON scanner and the span hash it was the inner loop."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.uint8 and buf.ndim == 1
+            and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr = context.make_array(sig.args[0])(context, builder, args[0])
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = builder.bitcast(builder.gep(arr.data, [idx]), ir.IntType(64).as_pointer())
+        return builder.load(ptr, align=1)
+
+    return types.uint64(buf, i), codegen

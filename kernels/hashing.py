@@ -1,7 +1,7 @@
 """Stable 128-bit content hashes of byte spans (derived event ids)."""
 import numpy as np
 
-from ._jit import jit
+from ._jit import jit, load_u64
 from .intern import _mix
 
 _P1 = np.uint64(0x9E3779B97F4A7C15)
@@ -25,9 +25,7 @@ def span_hash(data, s, e, out, r):
     h2 = _S2
     j = s
     while j + 8 <= e:
-        w = np.uint64(0)
-        for k in range(7, -1, -1):
-            w = (w << _B) | np.uint64(data[j + k])
+        w = load_u64(data, j)
         h1 = (h1 ^ w) * _P1
         h1 ^= h1 >> _R
         h2 = (h2 ^ ((w << _L) | (w >> _R))) * _P2
