@@ -21,7 +21,7 @@ EXACT_MATH = frozenset()
 _COMMON = dict(cache=True, nogil=True)
 
 
-def jit(fn=None, *, fastmath=SAFE_MATH, nrt=True, inline=False):
+def jit(fn=None, *, fastmath=SAFE_MATH, nrt=True, inline=False, llvm_inline=False):
     """Serial kernel with the project's JIT settings.
 
     ``nrt=False`` compiles without Numba's reference counting.  For kernels
@@ -35,6 +35,8 @@ def jit(fn=None, *, fastmath=SAFE_MATH, nrt=True, inline=False):
     (~650 scalars), measured at ~150 ns a call.
     """
     opts = dict(_COMMON)
+    if llvm_inline:
+        opts["forceinline"] = True
     if not nrt:
         opts["_nrt"] = False
     if inline:

@@ -18,7 +18,7 @@ algorithm cannot decide go to the general path.
 """
 import numpy as np
 
-from ._jit import jit
+from ._jit import jit, load_u64
 from .hashing import span_hash
 
 # Field names, in keyword-table order: the index is the field id.
@@ -33,13 +33,16 @@ FIELDS = (
     "seq", "payload", "data", "id",                                    # 31-34
 )
 ALIAS_BASE = 100  # keyword code for an event-type name: ALIAS_BASE + event code
-_TABLE = 1024
+_TABLE_BITS = 10
+_TABLE = 1 << _TABLE_BITS
+_M64 = (1 << 64) - 1
+_KP1 = 0x9E3779B97F4A7C15
+_KP2 = 0xC2B2AE3D27D4EB4F
+_EMPTY = np.uint64(0xFFFFFFFF)
 
 _U = np.uint64
 _M32 = _U(0xFFFFFFFF)
 _S32 = _U(32)
-_FNV = _U(0x100000001B3)
-_FNV0 = _U(0xCBF29CE484222325)
 _POW10 = np.array([10.0 ** k for k in range(23)])
 _TWO53 = _U(1 << 53)
 _MAX_MS = (2**63 - 1) // 1000
@@ -70,50 +73,82 @@ def _powers_of_five():
 P5_HI, P5_LO = _powers_of_five()
 
 
+def _kw_slot(w0, w1, n):
+    """Home slot of a keyword from its first 16 bytes (two little-endian words) and length."""
+    return (((w0 ^ ((w1 * _KP2) & _M64) ^ n) * _KP1) & _M64) >> (64 - _TABLE_BITS)
+
+
 def keyword_table(aliases):
-    """(bytes, offsets, codes, slots) for the field names and the event-type names."""
+    """(bytes, offsets, codes, slots) for the field names and the event-type names.
+
+    ``slots[t]`` is ``(first 8 bytes, next 8 bytes, length | code << 32, keyword)``
+    as little-endian words, zero-padded (``length`` all ones: empty): a key of up
+    to 16 bytes is found by comparing two words, longer ones also compare the rest
+    of ``bytes[offsets[k]:offsets[k + 1]]``."""
     words = list(FIELDS) + list(aliases)
     codes = list(range(len(FIELDS))) + [ALIAS_BASE + int(c) for c in aliases.values()]
     enc = [w.encode() for w in words]
     off = np.zeros(len(enc) + 1, np.int64)
     off[1:] = np.cumsum([len(w) for w in enc])
     data = np.frombuffer(b"".join(enc), np.uint8).copy()
-    slots = np.full(_TABLE, -1, np.int32)
+    slots = np.zeros((_TABLE, 4), np.uint64)
+    slots[:, 2] = _EMPTY
     for k, w in enumerate(enc):
-        h = 0xCBF29CE484222325
-        for b in w:
-            h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-        s = h & (_TABLE - 1)
-        while slots[s] != -1:
-            s = (s + 1) & (_TABLE - 1)
-        slots[s] = k
+        pad = w[:16].ljust(16, b"\0")
+        w0 = int.from_bytes(pad[:8], "little")
+        w1 = int.from_bytes(pad[8:], "little")
+        t = _kw_slot(w0, w1, len(w))
+        while slots[t, 2] != _EMPTY:
+            t = (t + 1) & (_TABLE - 1)
+        slots[t] = (w0, w1, len(w) | (codes[k] << 32), k)
     return data, off, np.array(codes, np.int16), slots
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
+def _word(buf, s, n):
+    """Bytes buf[s:s+n] (n clipped to 0..8) as a little-endian uint64, zero-padded."""
+    if n <= 0:
+        return _U(0)
+    if n > 8:
+        n = 8
+    if s + 8 <= buf.shape[0]:
+        w = load_u64(buf, s)
+        if n < 8:
+            w &= (_U(1) << _U(8 * n)) - _U(1)
+        return w
+    w = _U(0)
+    for k in range(n - 1, -1, -1):
+        w = (w << _U(8)) | _U(buf[s + k])
+    return w
+
+
+@jit(nrt=False, llvm_inline=True)
 def _lookup(buf, s, e, kw, kwo, kwc, slots):
-    h = _FNV0
-    for j in range(s, e):
-        h = (h ^ _U(buf[j])) * _FNV
+    """Code of the keyword buf[s:e], or -1."""
+    n = e - s
+    w0 = _word(buf, s, n)
+    w1 = _word(buf, s + 8, n - 8)
+    t = np.int64(((w0 ^ (w1 * _U(_KP2)) ^ _U(n)) * _U(_KP1)) >> _U(64 - _TABLE_BITS))
     m = slots.shape[0] - 1
-    t = np.int64(h & _U(m))
     while True:
-        k = slots[t]
-        if k < 0:
+        meta = slots[t, 2]
+        if meta == _EMPTY:
             return -1
-        a = kwo[k]
-        if kwo[k + 1] - a == e - s:
+        if slots[t, 0] == w0 and slots[t, 1] == w1 and np.int64(meta & _M32) == n:
+            if n <= 16:
+                return np.int64(meta >> _S32)
+            a = kwo[slots[t, 3]]
             same = True
-            for j in range(e - s):
+            for j in range(16, n):
                 if kw[a + j] != buf[s + j]:
                     same = False
                     break
             if same:
-                return np.int64(kwc[k])
+                return np.int64(meta >> _S32)
         t = (t + 1) & m
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _ws(buf, i, end):
     while i < end:
         c = buf[i]
@@ -136,7 +171,7 @@ for _k, _c in enumerate(b"ABCDEF"):
     _HEX[_c] = 10 + _k
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _plain_str(buf, i, end):
     """buf[i] == '"': (index after the closing quote, first byte, end byte) of a string
     without escapes, control or non-ASCII bytes; index -1 when it is not one."""
@@ -148,7 +183,7 @@ def _plain_str(buf, i, end):
     return -1, 0, 0
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _hexval(c):
     if 48 <= c <= 57:
         return c - 48
@@ -189,7 +224,7 @@ def _skip_str(buf, i, end):
     return -1
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _number(buf, i, end):
     """JSON number at buf[i]: (next index or -1, negative, digits w, decimal exponent,
     is an integer token, fits: <= 19 significant digits and a sane exponent)."""
@@ -255,7 +290,7 @@ def _number(buf, i, end):
     return i, neg, w, e10, is_int, fits
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _mul128(a, b):
     al = a & _M32
     ah = a >> _S32
@@ -271,7 +306,7 @@ def _mul128(a, b):
     return hi, lo
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _clz(x):
     """Leading zero bits of a uint64 (binary search, six steps)."""
     if x == _U(0):
@@ -284,7 +319,7 @@ def _clz(x):
     return n
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _to_float(neg, w, e10, is_int, bits, fview):
     """(value, ok) for the decimal w * 10^e10, correctly rounded (ok False: undecided
     or out of the normal range; the caller falls back)."""
@@ -345,7 +380,7 @@ def parse_floats(buf, offs, out, ok, bits, fview):
             ok[r] = good
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _uuid(buf, s, e, out, lv, k):
     """Canonical 36-character UUID text in buf[s:e] into out[lv, k, :]; False if it is not one."""
     if e - s != 36:
@@ -367,7 +402,7 @@ def _uuid(buf, s, e, out, lv, k):
     return bad >= 0
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _digits(buf, s, n):
     """The decimal number in buf[s:s+n] (ASCII digits only), or -1."""
     v = 0
@@ -458,7 +493,7 @@ def _rfc3339(buf, s, e):
     return secs * 1_000_000 + frac, True
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _num_value(buf, i, end, bits, fview):
     """A number token as float64: (next index or -1 when not usable, value)."""
     j, neg, w, e10, is_int, fits = _number(buf, i, end)
@@ -470,7 +505,7 @@ def _num_value(buf, i, end, bits, fview):
     return j, v
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _is_null(buf, i, end):
     return i + 4 <= end and buf[i] == 110 and buf[i + 1] == 117 and buf[i + 2] == 108 and buf[i + 3] == 108
 
