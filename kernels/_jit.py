@@ -69,3 +69,20 @@ def load_u64(typingctx, buf, i):
         return builder.load(ptr, align=1)
 
     return types.uint64(buf, i), codegen
+
+
+@intrinsic
+def mul_u128(typingctx, a, b):
+    """``(hi, lo)`` uint64 halves of the full 128-bit product of two uint64 (one ``mul``
+    on x86-64; the portable four-multiply form cost ~3x as much in the number parser)."""
+    if not (a == types.uint64 and b == types.uint64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i128 = ir.IntType(128)
+        p = builder.mul(builder.zext(args[0], i128), builder.zext(args[1], i128))
+        lo = builder.trunc(p, ir.IntType(64))
+        hi = builder.trunc(builder.lshr(p, ir.Constant(i128, 64)), ir.IntType(64))
+        return context.make_tuple(builder, sig.return_type, (hi, lo))
+
+    return types.UniTuple(types.uint64, 2)(a, b), codegen

@@ -18,7 +18,9 @@ algorithm cannot decide go to the general path.
 """
 import numpy as np
 
-from ._jit import jit, load_u64
+from numba.cpython.unsafe.numbers import leading_zeros
+
+from ._jit import jit, load_u64, mul_u128
 from .hashing import span_hash
 
 # Field names, in keyword-table order: the index is the field id.
@@ -291,35 +293,6 @@ def _number(buf, i, end):
 
 
 @jit(nrt=False, llvm_inline=True)
-def _mul128(a, b):
-    al = a & _M32
-    ah = a >> _S32
-    bl = b & _M32
-    bh = b >> _S32
-    p0 = al * bl
-    p1 = al * bh
-    p2 = ah * bl
-    p3 = ah * bh
-    mid = (p0 >> _S32) + (p1 & _M32) + (p2 & _M32)
-    lo = (p0 & _M32) | (mid << _S32)
-    hi = p3 + (p1 >> _S32) + (p2 >> _S32) + (mid >> _S32)
-    return hi, lo
-
-
-@jit(nrt=False, llvm_inline=True)
-def _clz(x):
-    """Leading zero bits of a uint64 (binary search, six steps)."""
-    if x == _U(0):
-        return 64
-    n = 0
-    for b in (32, 16, 8, 4, 2, 1):
-        if (x >> _U(64 - b)) == _U(0):
-            n += b
-            x = x << _U(b)
-    return n
-
-
-@jit(nrt=False, llvm_inline=True)
 def _to_float(neg, w, e10, is_int, bits, fview):
     """(value, ok) for the decimal w * 10^e10, correctly rounded (ok False: undecided
     or out of the normal range; the caller falls back)."""
@@ -333,13 +306,13 @@ def _to_float(neg, w, e10, is_int, bits, fview):
         return (-v if neg else v), True
     if e10 < -342 or e10 > 308:
         return 0.0, False
-    lz = _clz(w)
+    lz = np.int64(leading_zeros(w))
     w = w << _U(lz)
     idx = e10 + 342
-    hi, lo = _mul128(w, P5_HI[idx])
+    hi, lo = mul_u128(w, P5_HI[idx])
     mask = _U(0x1FF)
     if (hi & mask) == mask:
-        hi2, lo2 = _mul128(w, P5_LO[idx])
+        hi2, lo2 = mul_u128(w, P5_LO[idx])
         lo_new = lo + hi2
         if lo_new < lo:
             hi += _U(1)
