@@ -839,6 +839,28 @@ def _put_id(idb, idp, out_b, out_p, r, o, lv, k):
         out_b[o, r, b] = idb[lv, k, b]
 
 
+@jit(nrt=False, llvm_inline=True)
+def _ext_tag(buf, i, end, kw, kwo, kwc, slots):
+    """At buf[i] == '{': (event code, start of the inner object) when the object opens
+    with ``"<event name>": {`` (the externally tagged form), else (-1, -1)."""
+    i = _ws(buf, i + 1, end)
+    if i >= end or buf[i] != 34:
+        return -1, -1
+    j, s, e = _plain_str(buf, i, end)
+    if j < 0:
+        return -1, -1
+    code = _lookup(buf, s, e, kw, kwo, kwc, slots)
+    if code < ALIAS_BASE:
+        return -1, -1
+    j = _ws(buf, j, end)
+    if j >= end or buf[j] != 58:
+        return -1, -1
+    j = _ws(buf, j + 1, end)
+    if j >= end or buf[j] != 123:
+        return -1, -1
+    return code - ALIAS_BASE, j
+
+
 @jit(nrt=False)
 def scan(buf, starts, ends, kw, kwo, kwc, slots, status, kind, oid, oidp, tus, tusp, seq, seqp,
          spans, spp, xyz, xyzp, wgt, wgtp, scratch):
@@ -873,17 +895,20 @@ def scan(buf, starts, ends, kw, kwo, kwc, slots, status, kind, oid, oidp, tus, t
         i = _ws(buf, start, end)
         if i >= end or buf[i] != 123:
             continue
-        j, nk, ext, ext_at, pay_at, data_at = _level(
-            buf, i, end, 0, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
-            stack, bits, fview, kw, kwo, kwc, slots)
-        if j < 0 or _ws(buf, j, end) != end:
-            continue
-        inner = pay_at if pay_at >= 0 else data_at
-        envelope = inner >= 0
-        if ext >= 0:
-            if nk != 1:
+        ext, inner = _ext_tag(buf, i, end, kw, kwo, kwc, slots)
+        envelope = False
+        if ext < 0:  # externally tagged events go straight to their inner object
+            j, nk, ext, ext_at, pay_at, data_at = _level(
+                buf, i, end, 0, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
+                stack, bits, fview, kw, kwo, kwc, slots)
+            if j < 0 or _ws(buf, j, end) != end:
                 continue
-            inner = ext_at
+            inner = pay_at if pay_at >= 0 else data_at
+            envelope = inner >= 0
+            if ext >= 0:
+                if nk != 1:
+                    continue
+                inner = ext_at
         lv = 0
         if inner >= 0:
             lv = 1
@@ -892,6 +917,10 @@ def scan(buf, starts, ends, kw, kwo, kwc, slots, status, kind, oid, oidp, tus, t
                 stack, bits, fview, kw, kwo, kwc, slots)
             if j < 0 or p1 >= 0 or d1 >= 0:
                 continue
+            if ext >= 0 and not envelope:  # {"Tag": {...}} ends right after the inner object
+                j = _ws(buf, j, end)
+                if j >= end or buf[j] != 125 or _ws(buf, j + 1, end) != end:
+                    continue
         # event type
         if ext >= 0:
             code = ext
