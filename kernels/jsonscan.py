@@ -571,7 +571,7 @@ def _skip_value(buf, i, end, stack):
             return -1
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _id_value(buf, i, end, idb, lv, kslot, kw, kwo, kwc, slots):
     """UUID text or {"id": "<uuid>"} at i into idb[kslot]: (next index or -1)."""
     if buf[i] == 34:
@@ -601,7 +601,7 @@ def _id_value(buf, i, end, idb, lv, kslot, kw, kwo, kwc, slots):
     return i + 1
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _position(buf, i, end, fv, fp, lv, base, bits, fview, kw, kwo, kwc, slots):
     """{"x","y","z"} or [x, y, z] at i into fv[base:base+3]: next index or -1."""
     if buf[i] == 91:
