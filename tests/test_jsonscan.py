@@ -149,3 +149,31 @@ def test_scanner_equals_general_path_hypothesis(values):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_uuid_text_with_one_byte_changed_is_accepted_exactly_when_valid():
+    """The scanner reads UUID text eight hex digits at a time (SWAR): any single byte
+    swapped for any printable or non-ASCII character, upper and lower case mixed,
+    must be accepted exactly when it is still canonical UUID text, with the same bytes."""
+    rng = random.Random(5)
+    chars = [chr(c) for c in range(32, 127)] + ["\u00e9", "\x7f"]
+    hexdigits = set("0123456789abcdefABCDEF")
+    payloads, want = [], []
+    for _ in range(3000):
+        u = str(uuid.UUID(int=rng.getrandbits(128)))
+        u = "".join(c.upper() if rng.random() < 0.3 else c for c in u)
+        if rng.random() < 0.6:
+            p = rng.randrange(36)
+            u = u[:p] + rng.choice(chars) + u[p + 1:]
+        canonical = all((c == "-") if i in (8, 13, 18, 23) else (c in hexdigits) for i, c in enumerate(u))
+        payloads.append(json.dumps({"type": "GraphCreated", "graph_id": u, "occurred_at": 1}).encode())
+        want.append(uuid.UUID(u).bytes if canonical else None)
+    batch, errors = decode_json(payloads)
+    rejected = {e.index for e in errors}
+    got = iter(batch.column("graph_id").to_pylist())
+    for i, w in enumerate(want):
+        if w is None:
+            assert i in rejected, payloads[i]
+        else:
+            assert i not in rejected and next(got) == w, payloads[i]
+    assert 0 < len(rejected) < len(payloads)
