@@ -18,7 +18,7 @@ algorithm cannot decide go to the general path.
 """
 import numpy as np
 
-from numba.cpython.unsafe.numbers import leading_zeros
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
 from ._jit import jit, load_u64, mul_u128
 from .hashing import span_hash
@@ -45,6 +45,8 @@ _EMPTY = np.uint64(0xFFFFFFFF)
 _U = np.uint64
 _M32 = _U(0xFFFFFFFF)
 _S32 = _U(32)
+_ONES = _U(0x0101010101010101)  # one in every byte (SWAR)
+_HIGH = _U(0x8080808080808080)  # every byte's high bit
 _POW10 = np.array([10.0 ** k for k in range(23)])
 _TWO53 = _U(1 << 53)
 _MAX_MS = (2**63 - 1) // 1000
@@ -173,6 +175,15 @@ def _plain_str(buf, i, end):
     """buf[i] == '"': (index after the closing quote, first byte, end byte) of a string
     without escapes, control or non-ASCII bytes; index -1 when it is not one."""
     j = i + 1
+    while j + 8 <= end:  # eight bytes a step: the first '"', '\\', < 0x20 or >= 0x80
+        w = load_u64(buf, j)
+        q = w ^ (_ONES * _U(0x22))
+        b = w ^ (_ONES * _U(0x5C))
+        m = (((q - _ONES) & ~q) | ((b - _ONES) & ~b) | ((w - _ONES * _U(0x20)) & ~w) | w) & _HIGH
+        if m != _U(0):  # each test is exact at its lowest hit, so the lowest bit is the first
+            j += np.int64(trailing_zeros(m)) >> 3
+            break
+        j += 8
     while j < end and _SPECIAL[buf[j]] == 0:
         j += 1
     if j < end and buf[j] == 34:
@@ -221,6 +232,26 @@ def _skip_str(buf, i, end):
     return -1
 
 
+_E8 = _U(100_000_000)
+
+
+@jit(nrt=False, llvm_inline=True)
+def _eight_digits(buf, i, end):
+    """(value, True) when buf[i:i+8] are eight ASCII digits, else (0, False): one load,
+    a SWAR digit check and three multiplies (Lemire's parse_eight_digits)."""
+    if i + 8 > end:
+        return _U(0), False
+    w = load_u64(buf, i)
+    hi = _U(0xF0F0F0F0F0F0F0F0)
+    if ((w & hi) | (((w + _ONES * _U(6)) & hi) >> _U(4))) != _ONES * _U(0x33):
+        return _U(0), False
+    w -= _ONES * _U(0x30)
+    w = w * _U(10) + (w >> _U(8))
+    lo = _U(0x000000FF000000FF)
+    w = ((w & lo) * _U(100 + (1_000_000 << 32)) + ((w >> _U(16)) & lo) * _U(1 + (10_000 << 32))) >> _U(32)
+    return w & _M32, True
+
+
 @jit(nrt=False, llvm_inline=True)
 def _number(buf, i, end):
     """JSON number at buf[i]: (next index or -1, negative, digits w, decimal exponent,
@@ -239,7 +270,18 @@ def _number(buf, i, end):
     if c == 48:
         i += 1
     elif 49 <= c <= 57:
-        while i < end and 48 <= buf[i] <= 57:
+        swar = True
+        while i < end:
+            if swar and nd <= 11:
+                v, ok = _eight_digits(buf, i, end)
+                if ok:
+                    w = w * _E8 + v
+                    nd += 8
+                    i += 8
+                    continue
+                swar = False
+            if not 48 <= buf[i] <= 57:
+                break
             if nd < 19:
                 w = w * _U(10) + _U(buf[i] - 48)
                 nd += 1
@@ -253,8 +295,20 @@ def _number(buf, i, end):
         is_int = False
         i += 1
         start = i
-        while i < end and 48 <= buf[i] <= 57:
+        swar = True
+        while i < end:
+            if swar and 0 < nd <= 11:  # after the leading zeros, which do not count
+                v, ok = _eight_digits(buf, i, end)
+                if ok:
+                    w = w * _E8 + v
+                    nd += 8
+                    e10 -= 8
+                    i += 8
+                    continue
+                swar = False
             d = buf[i] - 48
+            if d < 0 or d > 9:
+                break
             if nd == 0 and d == 0:
                 e10 -= 1
             elif nd < 19:
@@ -346,10 +400,6 @@ def parse_floats(buf, offs, out, ok, bits, fview):
             v, good = _to_float(neg, w, e10, is_int, bits, fview)
             out[r] = v
             ok[r] = good
-
-
-_ONES = _U(0x0101010101010101)
-_HIGH = _U(0x8080808080808080)
 
 
 @jit(nrt=False, llvm_inline=True)

@@ -131,6 +131,27 @@ def test_scanner_handles_every_common_shape():
         same([p])
 
 
+def test_special_byte_at_every_offset_of_a_string_or_number():
+    """Strings are scanned and digits parsed eight bytes at a time: a quote, backslash,
+    control or non-ASCII byte, or a non-digit, at every offset of a long name or number
+    (and across the 8-byte steps) must give exactly what the general path gives."""
+    payloads = []
+    for k in range(20):
+        for ch in ['"', "\\", "\n", "\u00e9", "\x01", "x"]:
+            name = "n" * k + ch + "m" * (19 - k)
+            payloads.append(json.dumps({"type": "GraphCreated", "graph_id": G, "name": name},
+                                       ensure_ascii=(ch != "\u00e9")).encode())
+        digits = "1234567890123456789"
+        for bad in ("a", ".", "e", "-", " "):
+            num = digits[:k] + bad + digits[k:]
+            payloads.append(('{"type": "NodeAdded", "graph_id": "%s", "node_id": "%s", '
+                             '"position": [%s, 0.%s, 1]}' % (G, N, num, num)).encode())
+        payloads.append(('{"type": "GraphCreated", "graph_id": "%s", "timestamp": %s}'
+                         % (G, digits[: k % 13 + 1])).encode())
+    batch, errors = same(payloads)
+    assert batch.num_rows > 100 and errors
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=6) | st.sampled_from([G, N, "NodeAdded", "EdgeRemoved", "2024-05-01T12:00:00Z"]),
