@@ -725,34 +725,73 @@ def _position(buf, i, end, fv, fp, lv, base, bits, fview, kw, kwo, kwc, slots):
     return i + 1
 
 
+@jit(nrt=False, llvm_inline=True)
+def _quote_or_backslash(buf, j, end):
+    """Index of the first '"' or '\\' at or after j (end if none), eight bytes a step."""
+    while j + 8 <= end:
+        w = load_u64(buf, j)
+        q = w ^ (_ONES * _U(0x22))
+        b = w ^ (_ONES * _U(0x5C))
+        m = (((q - _ONES) & ~q) | ((b - _ONES) & ~b)) & _HIGH
+        if m != _U(0):
+            return j + (np.int64(trailing_zeros(m)) >> 3)
+        j += 8
+    while j < end and buf[j] != 34 and buf[j] != 92:
+        j += 1
+    return j
+
+
+@jit(nrt=False, llvm_inline=True)
+def _match_close(buf, i, end):
+    """buf[i] == '{': the index after its matching '}' (brackets inside strings do not
+    count), or -1.  Not a validator: the caller parses the span and checks it ends there."""
+    depth = 0
+    while i < end:
+        c = buf[i]
+        if c == 34:
+            i = _quote_or_backslash(buf, i + 1, end)
+            while i < end and buf[i] == 92:
+                i = _quote_or_backslash(buf, i + 2, end)
+        elif c == 123 or c == 91:
+            depth += 1
+        elif c == 125 or c == 93:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
 @jit(nrt=False)
 def _level(buf, i, end, lv, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
            stack, bits, fview, kw, kwo, kwc, slots):
     """The members of one event object at buf[i] == '{' into the scratch of level ``lv``.
 
     Returns (next index or -1, members, alias-key code or -1, alias value start,
-    payload start, data start)."""
+    payload start, data start, payload end, data end)."""
     nkeys = 0
     ext = -1
     ext_at = -1
     pay_at = -1
     data_at = -1
+    pay_end = -1
+    data_end = -1
     i = _ws(buf, i + 1, end)
     if i < end and buf[i] == 125:
-        return i + 1, 0, ext, ext_at, pay_at, data_at
+        return i + 1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
     while True:
         if i >= end or buf[i] != 34:
-            return -1, 0, ext, ext_at, pay_at, data_at
+            return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
         j, s, e = _plain_str(buf, i, end)
         if j < 0:
-            return -1, 0, ext, ext_at, pay_at, data_at
+            return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
         code = _lookup(buf, s, e, kw, kwo, kwc, slots)
         i = _ws(buf, j, end)
         if i >= end or buf[i] != 58:
-            return -1, 0, ext, ext_at, pay_at, data_at
+            return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
         i = _ws(buf, i + 1, end)
         if i >= end:
-            return -1, 0, ext, ext_at, pay_at, data_at
+            return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
         nkeys += 1
         null = _is_null(buf, i, end)
         c = buf[i]
@@ -763,12 +802,12 @@ def _level(buf, i, end, lv, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
             elif c == 34:
                 j, s, e = _plain_str(buf, i, end)
                 if j < 0:
-                    return -1, 0, ext, ext_at, pay_at, data_at
+                    return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
                 k = _lookup(buf, s, e, kw, kwo, kwc, slots)
                 tcode[lv, code] = k - 100 if k >= 100 else -2
                 i = j
             else:
-                return -1, 0, ext, ext_at, pay_at, data_at
+                return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
         elif 2 <= code <= 12:  # ids
             if null:
                 idp[lv, code - 2] = False
@@ -776,7 +815,7 @@ def _level(buf, i, end, lv, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
             else:
                 i = _id_value(buf, i, end, idb, lv, code - 2, kw, kwo, kwc, slots)
                 if i < 0:
-                    return -1, 0, ext, ext_at, pay_at, data_at
+                    return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
                 idp[lv, code - 2] = True
         elif code == 13 or code == 14:  # position / new_position
             base = 3 if code == 13 else 6
@@ -786,7 +825,7 @@ def _level(buf, i, end, lv, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
             else:
                 i = _position(buf, i, end, fv, fp, lv, base, bits, fview, kw, kwo, kwc, slots)
                 if i < 0:
-                    return -1, 0, ext, ext_at, pay_at, data_at
+                    return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
         elif 15 <= code <= 17 or 24 <= code <= 26:  # flat x, y, z; weight and its aliases
             slot = code - 6 if code <= 17 else code - 24
             if null:
@@ -795,7 +834,7 @@ def _level(buf, i, end, lv, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
             else:
                 j, v = _num_value(buf, i, end, bits, fview)
                 if j < 0:
-                    return -1, 0, ext, ext_at, pay_at, data_at
+                    return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
                 fv[lv, slot] = v
                 fp[lv, slot] = True
                 i = j
@@ -806,17 +845,17 @@ def _level(buf, i, end, lv, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
             elif c == 34:
                 j, s, e = _plain_str(buf, i, end)
                 if j < 0:
-                    return -1, 0, ext, ext_at, pay_at, data_at
+                    return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
                 ss[lv, code - 18, 0] = s
                 ss[lv, code - 18, 1] = e
                 sp[lv, code - 18] = True
                 i = j
             else:
-                return -1, 0, ext, ext_at, pay_at, data_at
+                return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
         elif code == 23:  # metadata: the raw JSON text of any value
             j = _skip_value(buf, i, end, stack)
             if j < 0:
-                return -1, 0, ext, ext_at, pay_at, data_at
+                return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
             ss[lv, 5, 0] = i
             ss[lv, 5, 1] = j
             sp[lv, 5] = True
@@ -829,17 +868,17 @@ def _level(buf, i, end, lv, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
             elif c == 34:
                 j, s, e = _plain_str(buf, i, end)
                 if j < 0:
-                    return -1, 0, ext, ext_at, pay_at, data_at
+                    return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
                 us, ok = _rfc3339(buf, s, e)
                 if not ok:
-                    return -1, 0, ext, ext_at, pay_at, data_at
+                    return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
                 tv[lv, k] = us
                 tp[lv, k] = True
                 i = j
             else:
                 j, neg, w, e10, is_int, fits = _number(buf, i, end)
                 if j < 0 or not is_int or not fits or w > _U(_MAX_MS):
-                    return -1, 0, ext, ext_at, pay_at, data_at
+                    return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
                 ms = np.int64(w)
                 tv[lv, k] = (-ms if neg else ms) * 1000
                 tp[lv, k] = True
@@ -851,7 +890,7 @@ def _level(buf, i, end, lv, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
             else:
                 j, neg, w, e10, is_int, fits = _number(buf, i, end)
                 if j < 0 or not is_int or not fits or w > _U(0x7FFFFFFFFFFFFFFF) or (neg and w != _U(0)):
-                    return -1, 0, ext, ext_at, pay_at, data_at
+                    return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
                 sq[lv] = np.int64(w)
                 sqp[lv] = True
                 i = j
@@ -863,31 +902,35 @@ def _level(buf, i, end, lv, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
                     data_at = -1
                 i += 4
             elif c == 123 and lv == 0:
+                # not validated here: level 1 parses it and must end exactly at the match
+                j = _match_close(buf, i, end)
                 if code == 32:
                     pay_at = i
+                    pay_end = j
                 else:
                     data_at = i
-                i = _skip_value(buf, i, end, stack)
+                    data_end = j
+                i = j
                 if i < 0:
-                    return -1, 0, ext, ext_at, pay_at, data_at
+                    return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
             else:
-                return -1, 0, ext, ext_at, pay_at, data_at
+                return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
         else:
             if code >= 100 and lv == 0:  # {"NodeAdded": {...}}
                 if c != 123:
-                    return -1, 0, ext, ext_at, pay_at, data_at
+                    return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
                 ext = code - 100
                 ext_at = i
             i = _skip_value(buf, i, end, stack)
             if i < 0:
-                return -1, 0, ext, ext_at, pay_at, data_at
+                return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
         i = _ws(buf, i, end)
         if i >= end:
-            return -1, 0, ext, ext_at, pay_at, data_at
+            return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
         if buf[i] == 125:
-            return i + 1, nkeys, ext, ext_at, pay_at, data_at
+            return i + 1, nkeys, ext, ext_at, pay_at, data_at, pay_end, data_end
         if buf[i] != 44:
-            return -1, 0, ext, ext_at, pay_at, data_at
+            return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
         i = _ws(buf, i + 1, end)
 
 
@@ -967,13 +1010,15 @@ def scan(buf, starts, ends, kw, kwo, kwc, slots, status, kind, oid, oidp, tus, t
             continue
         ext, inner = _ext_tag(buf, i, end, kw, kwo, kwc, slots)
         envelope = False
+        inner_end = -1
         if ext < 0:  # externally tagged events go straight to their inner object
-            j, nk, ext, ext_at, pay_at, data_at = _level(
+            j, nk, ext, ext_at, pay_at, data_at, pay_end, data_end = _level(
                 buf, i, end, 0, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
                 stack, bits, fview, kw, kwo, kwc, slots)
-            if j < 0 or _ws(buf, j, end) != end:
-                continue
+            if j < 0 or _ws(buf, j, end) != end or (pay_at >= 0 and data_at >= 0):
+                continue  # (with both, the unused one would go unchecked: general path)
             inner = pay_at if pay_at >= 0 else data_at
+            inner_end = pay_end if pay_at >= 0 else data_end
             envelope = inner >= 0
             if ext >= 0:
                 if nk != 1:
@@ -982,10 +1027,10 @@ def scan(buf, starts, ends, kw, kwo, kwc, slots, status, kind, oid, oidp, tus, t
         lv = 0
         if inner >= 0:
             lv = 1
-            j, nk1, ext1, a1, p1, d1 = _level(
+            j, nk1, ext1, a1, p1, d1, pe1, de1 = _level(
                 buf, inner, end, 1, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
                 stack, bits, fview, kw, kwo, kwc, slots)
-            if j < 0 or p1 >= 0 or d1 >= 0:
+            if j < 0 or p1 >= 0 or d1 >= 0 or (envelope and j != inner_end):
                 continue
             if ext >= 0 and not envelope:  # {"Tag": {...}} ends right after the inner object
                 j = _ws(buf, j, end)
