@@ -762,7 +762,7 @@ def _match_close(buf, i, end):
     return -1
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _level(buf, i, end, lv, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
            stack, bits, fview, kw, kwo, kwc, slots):
     """The members of one event object at buf[i] == '{' into the scratch of level ``lv``.
