@@ -12,7 +12,7 @@ be *exactly* the set brute force gives in float64, boundary included.
 """
 import numba
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 SAFE_MATH = frozenset({"nsz", "arcp", "afn"})
@@ -86,3 +86,28 @@ def mul_u128(typingctx, a, b):
         return context.make_tuple(builder, sig.return_type, (hi, lo))
 
     return types.UniTuple(types.uint64, 2)(a, b), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """Hint the CPU to fetch the cache line of element ``i`` of a 1-D (or the row ``i`` of a
+    C-contiguous 2-D) array; no effect on results.  For hash-table probes issued a few
+    events ahead, so their cache misses overlap instead of queueing one after another."""
+    if not (isinstance(arr, types.Array) and arr.ndim in (1, 2) and arr.layout == "C"
+            and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aty = sig.args[0]
+        ary = context.make_array(aty)(context, builder, args[0])
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        if aty.ndim == 2:
+            idx = builder.mul(idx, builder.extract_value(ary.shape, 1))
+        ptr = builder.bitcast(builder.gep(ary.data, [idx]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return types.void(arr, i), codegen
