@@ -9,6 +9,9 @@ fastmath: we never use ``fastmath=True``.  Projection kernels use :data:`SAFE_MA
 (no ``nnan``/``ninf``: NaN masks must keep working).  Spatial kernels use
 :data:`EXACT_MATH` (IEEE, no contraction to FMA) because their answers must
 be *exactly* the set brute force gives in float64, boundary included.
+
+Also here: the few LLVM intrinsics the kernels use (:func:`load_u64`,
+:func:`mul_u128`, :func:`prefetch`) -- machine operations numba does not expose.
 """
 import numba
 from llvmlite import ir
@@ -33,6 +36,13 @@ def jit(fn=None, *, fastmath=SAFE_MATH, nrt=True, inline=False, llvm_inline=Fals
     ``inline=True`` inlines at Numba-IR level, for per-event helpers that take
     the state tuples: a real call passes every array struct by value
     (~650 scalars), measured at ~150 ns a call.
+
+    ``llvm_inline=True`` sets numba's ``forceinline``: LLVM ``alwaysinline`` on the
+    compiled function, so every caller gets it inlined when the module is optimised.
+    Numba marks nothing for inlining and LLVM's own heuristics left even 10-line
+    helpers as calls that pass every array as a flattened struct.  Cheaper to
+    compile than ``inline=True`` (no re-typing of the callee at each call site);
+    used for the JSON scanner's per-byte and per-token helpers.
     """
     opts = dict(_COMMON)
     if llvm_inline:
