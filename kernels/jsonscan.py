@@ -171,15 +171,21 @@ _SPECIAL[92] = 1
 
 
 @jit(nrt=False, llvm_inline=True)
+def _bytes_equal(w, c):
+    """High bit set in each byte of ``w`` equal to ``c`` -- exact at the lowest such
+    byte; bytes above it may also be flagged (a borrow), so use the lowest bit only."""
+    x = w ^ (_ONES * _U(c))
+    return (x - _ONES) & ~x & _HIGH
+
+
+@jit(nrt=False, llvm_inline=True)
 def _plain_str(buf, i, end):
     """buf[i] == '"': (index after the closing quote, first byte, end byte) of a string
     without escapes, control or non-ASCII bytes; index -1 when it is not one."""
     j = i + 1
     while j + 8 <= end:  # eight bytes a step: the first '"', '\\', < 0x20 or >= 0x80
         w = load_u64(buf, j)
-        q = w ^ (_ONES * _U(0x22))
-        b = w ^ (_ONES * _U(0x5C))
-        m = (((q - _ONES) & ~q) | ((b - _ONES) & ~b) | ((w - _ONES * _U(0x20)) & ~w) | w) & _HIGH
+        m = _bytes_equal(w, 0x22) | _bytes_equal(w, 0x5C) | (((w - _ONES * _U(0x20)) & ~w) | w) & _HIGH
         if m != _U(0):  # each test is exact at its lowest hit, so the lowest bit is the first
             j += np.int64(trailing_zeros(m)) >> 3
             break
@@ -642,6 +648,26 @@ def _skip_value(buf, i, end, stack):
 
 
 @jit(nrt=False, llvm_inline=True)
+def _member(buf, i, end, kw, kwo, kwc, slots):
+    """An object member's key at buf[i]: (keyword code, or -1 for a key that is not
+    one; start of its value after the colon and whitespace).  (-1, -1) when the key
+    is not a plain string followed by a colon and a value."""
+    if i >= end or buf[i] != 34:
+        return -1, -1
+    j, s, e = _plain_str(buf, i, end)
+    if j < 0:
+        return -1, -1
+    code = _lookup(buf, s, e, kw, kwo, kwc, slots)
+    j = _ws(buf, j, end)
+    if j >= end or buf[j] != 58:
+        return -1, -1
+    j = _ws(buf, j + 1, end)
+    if j >= end:
+        return -1, -1
+    return code, j
+
+
+@jit(nrt=False, llvm_inline=True)
 def _id_value(buf, i, end, idb, lv, kslot, kw, kwo, kwc, slots):
     """UUID text or {"id": "<uuid>"} at i into idb[kslot]: (next index or -1)."""
     if buf[i] == 34:
@@ -650,17 +676,8 @@ def _id_value(buf, i, end, idb, lv, kslot, kw, kwo, kwc, slots):
         return i + 38
     if buf[i] != 123:
         return -1
-    i = _ws(buf, i + 1, end)
-    if i >= end or buf[i] != 34:
-        return -1
-    j, s, e = _plain_str(buf, i, end)
-    if j < 0 or _lookup(buf, s, e, kw, kwo, kwc, slots) != 34:
-        return -1
-    i = _ws(buf, j, end)
-    if i >= end or buf[i] != 58:
-        return -1
-    i = _ws(buf, i + 1, end)
-    if i >= end or buf[i] != 34:
+    code, i = _member(buf, _ws(buf, i + 1, end), end, kw, kwo, kwc, slots)
+    if code != 34 or buf[i] != 34:  # {"id": "<uuid>"}
         return -1
     j, s, e = _plain_str(buf, i, end)
     if j < 0 or not _uuid(buf, s, e, idb, lv, kslot):
@@ -692,20 +709,8 @@ def _position(buf, i, end, fv, fp, lv, base, bits, fview, kw, kwo, kwc, slots):
         return -1
     seen = 0
     while True:
-        i = _ws(buf, i + 1, end)
-        if i >= end or buf[i] != 34:
-            return -1
-        j, s, e = _plain_str(buf, i, end)
-        if j < 0:
-            return -1
-        code = _lookup(buf, s, e, kw, kwo, kwc, slots)
-        if code < 15 or code > 17:
-            return -1
-        i = _ws(buf, j, end)
-        if i >= end or buf[i] != 58:
-            return -1
-        i = _ws(buf, i + 1, end)
-        if i >= end:
+        code, i = _member(buf, _ws(buf, i + 1, end), end, kw, kwo, kwc, slots)
+        if code < 15 or code > 17:  # x, y, z
             return -1
         j, v = _num_value(buf, i, end, bits, fview)
         if j < 0:
@@ -730,9 +735,7 @@ def _quote_or_backslash(buf, j, end):
     """Index of the first '"' or '\\' at or after j (end if none), eight bytes a step."""
     while j + 8 <= end:
         w = load_u64(buf, j)
-        q = w ^ (_ONES * _U(0x22))
-        b = w ^ (_ONES * _U(0x5C))
-        m = (((q - _ONES) & ~q) | ((b - _ONES) & ~b)) & _HIGH
+        m = _bytes_equal(w, 0x22) | _bytes_equal(w, 0x5C)
         if m != _U(0):
             return j + (np.int64(trailing_zeros(m)) >> 3)
         j += 8
@@ -780,17 +783,8 @@ def _level(buf, i, end, lv, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
     if i < end and buf[i] == 125:
         return i + 1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
     while True:
-        if i >= end or buf[i] != 34:
-            return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
-        j, s, e = _plain_str(buf, i, end)
-        if j < 0:
-            return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
-        code = _lookup(buf, s, e, kw, kwo, kwc, slots)
-        i = _ws(buf, j, end)
-        if i >= end or buf[i] != 58:
-            return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
-        i = _ws(buf, i + 1, end)
-        if i >= end:
+        code, i = _member(buf, i, end, kw, kwo, kwc, slots)
+        if i < 0:
             return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
         nkeys += 1
         null = _is_null(buf, i, end)
@@ -956,20 +950,8 @@ def _put_id(idb, idp, out_b, out_p, r, o, lv, k):
 def _ext_tag(buf, i, end, kw, kwo, kwc, slots):
     """At buf[i] == '{': (event code, start of the inner object) when the object opens
     with ``"<event name>": {`` (the externally tagged form), else (-1, -1)."""
-    i = _ws(buf, i + 1, end)
-    if i >= end or buf[i] != 34:
-        return -1, -1
-    j, s, e = _plain_str(buf, i, end)
-    if j < 0:
-        return -1, -1
-    code = _lookup(buf, s, e, kw, kwo, kwc, slots)
-    if code < ALIAS_BASE:
-        return -1, -1
-    j = _ws(buf, j, end)
-    if j >= end or buf[j] != 58:
-        return -1, -1
-    j = _ws(buf, j + 1, end)
-    if j >= end or buf[j] != 123:
+    code, j = _member(buf, _ws(buf, i + 1, end), end, kw, kwo, kwc, slots)
+    if code < ALIAS_BASE or buf[j] != 123:
         return -1, -1
     return code - ALIAS_BASE, j
 
