@@ -40,6 +40,12 @@ def hash_key(g, k0, k1):
 
 
 @jit(nrt=False, inline=True)
+def slot_of(slots, g, k0, k1):
+    """Home slot of key ``(g, k0, k1)`` in a power-of-two slot table."""
+    return hash_key(g, k0, k1) & np.uint64(slots.shape[0] - 1)
+
+
+@jit(nrt=False, inline=True)
 def _owner_at(owner, ngraph, by_src, i):
     """Graph owning entry i: ``owner[i]``, or for edges (``by_src``; ``owner`` is then the
     edges' ``src``) the graph of the source node, ``ngraph[src]`` (see the edge note below)."""
@@ -55,7 +61,7 @@ def _owner_at(owner, ngraph, by_src, i):
 def _probe(slots, keys, owner, ngraph, by_src, g, k0, k1):
     """``(slot, index)`` of key ``(g, k0, k1)``; index -1 and the free slot when absent."""
     mask = np.uint64(slots.shape[0] - 1)
-    s = hash_key(g, k0, k1) & mask
+    s = slot_of(slots, g, k0, k1)
     while True:
         i = slots[s]
         if i < 0:
@@ -83,7 +89,7 @@ def _intern(slots, keys, owner, ngraph, by_src, meta, g, k0, k1, own):
 def _rehash(keys, owner, ngraph, by_src, n, new_slots):
     mask = np.uint64(new_slots.shape[0] - 1)
     for i in range(n):
-        s = hash_key(_owner_at(owner, ngraph, by_src, i), keys[i, 0], keys[i, 1]) & mask
+        s = slot_of(new_slots, _owner_at(owner, ngraph, by_src, i), keys[i, 0], keys[i, 1])
         while new_slots[s] >= 0:
             s = (s + np.uint64(1)) & mask
         new_slots[s] = i

@@ -25,7 +25,7 @@ from collections import namedtuple
 import numpy as np
 
 from ._jit import jit, prefetch
-from .intern import hash_key, intern, intern_edge, lookup, lookup_edge
+from .intern import intern, intern_edge, lookup, lookup_edge, slot_of
 
 # -- event type codes (cim_flow.EventType mirrors these) --------------------
 GRAPH_CREATED = 1
@@ -343,8 +343,7 @@ _AHEAD_ENTRIES = 8
 
 @jit(nrt=False, llvm_inline=True)
 def _warm_node(N, g, k0, k1, entries):
-    mask = np.uint64(N.slots.shape[0] - 1)
-    h = hash_key(g, k0, k1) & mask
+    h = slot_of(N.slots, g, k0, k1)
     if not entries:
         prefetch(N.slots, h)
         return
@@ -371,8 +370,7 @@ def _warm(G, N, E, ev, j, entries):
             _warm_node(N, g, ev.nid[j, 0], ev.nid[j, 1], entries)
         return
     if ev.eid_ok[j]:
-        mask = np.uint64(E.slots.shape[0] - 1)
-        h = hash_key(g, ev.eid[j, 0], ev.eid[j, 1]) & mask
+        h = slot_of(E.slots, g, ev.eid[j, 0], ev.eid[j, 1])
         if not entries:
             prefetch(E.slots, h)
         else:
