@@ -93,12 +93,14 @@ class SpatialIndex:
         self._job_dirty: list = []  # nodes changed since that build started
         self._first_job = False  # that build is the first one: nothing to answer from yet
         self._slots = None  # see slot_view
+        self._pair = None  # see pair
 
     # -- build ------------------------------------------------------------------
     def build(self, N) -> None:
         self._job, self._job_dirty, self._first_job = None, [], False  # a running build is dropped
         self.main, self.where = _main_grid(N, serial=False)
         self._slots = None  # the old grid's slot view would keep it alive
+        self._pair = None
         self.delta = _empty_grid()
         self.delta_nodes = np.zeros(0, np.int64)
         self.stale_count = 0
@@ -195,7 +197,7 @@ class SpatialIndex:
             return False
         changed = np.unique(np.concatenate(changed)) if changed else np.zeros(0, np.int64)
         self.main, self.where = main, where
-        self._slots = None
+        self._slots = self._pair = None
         self._grow_where(N)
         self.stale_count = int(ks.mark_stale(self.where, self.main, changed))
         self.delta_nodes = changed
@@ -225,6 +227,15 @@ class SpatialIndex:
                 self._rebuild_delta(N)
         if not self.built:
             self.build(N)
+
+    def pair(self):
+        """The current grids as one :class:`kernels.spatial.GridPair` (cheap to pass to a
+        kernel); rebuilt only when a grid is replaced (in-place stale marks are shared)."""
+        m, d = self.main, self.delta
+        c = self._pair
+        if c is None or c[0] is not m or c[1] is not d:
+            c = self._pair = (m, d, ks.grid_pair(m, d))
+        return c[2]
 
     def slot_view(self, N):
         """``(main, delta, main_keys, delta_keys)``: the grids with each point's grid slot

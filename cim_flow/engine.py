@@ -17,7 +17,7 @@ import pyarrow as pa
 from kernels import intern as kintern
 from kernels import projection as kp
 
-from ._ids import words_of, words_to_fsb
+from ._ids import UUID_TYPE, words_of, words_to_fsb
 from ._projection import ApplyResult, Projection, normalize_batch
 from ._schema import TIME_TYPE
 from ._spatial import SpatialIndex
@@ -418,6 +418,11 @@ class Engine:
         self._spatial.ready(self._p.N)
         return self._spatial.main, self._spatial.delta
 
+    def _pair(self):
+        """The grids as one kernel argument, for the few-query paths (see GridPair)."""
+        self._spatial.ready(self._p.N)
+        return self._spatial.pair()
+
     def _node_table(self, query, nodes, dist=None, offsets=None) -> pa.Table:
         """``query``: the query number per row, or None with CSR ``offsets`` to derive it."""
         N, G = self._p.N, self._p.G
@@ -450,15 +455,17 @@ class Engine:
         c = _centers(centers)
         r = _radii(radius, c.shape[0])
         gsel = self._gsel(graph_id)
-        main, delta = self._grids()
-        if count_only or c.shape[0] <= _SERIAL_BELOW:
-            offsets, idx, d2 = self._radius(main, delta, c, r, gsel, sort, count_only)
-            if count_only:
-                return np.diff(offsets)
-            return self._node_table(None, idx, np.sqrt(d2) if return_distance else None, offsets)
+        if count_only:
+            return np.diff(self._radius(c, r, gsel, False, True)[0])
+        if c.shape[0] <= _SERIAL_BELOW:  # search and gather in one call (see radius_rows)
+            gp = self._pair()
+            N, G = self._p.N, self._p.G
+            w = ks.radius_rows(gp, c, r, gsel, bool(sort), bool(return_distance), N.keys, N.graph, G.keys)
+            return _packed_table(w, bool(return_distance))
         # a batch: answer in grid slots and gather the ids in grid order (see slot_view)
+        self._spatial.ready(self._p.N)
         ms, ds, mk, dk = self._spatial.slot_view(self._p.N)
-        offsets, slots, d2 = self._radius(ms, ds, c, r, gsel, sort, False)
+        offsets, slots, d2 = self._radius_batch(ms, ds, c, r, gsel, sort, False)
         query = np.empty(slots.shape[0], np.int64)
         nid, gid = kt.gather_slot_ids(mk, ms.grp, dk, ds.grp, ms.pts.shape[0], self._p.G.keys, slots, query, offsets)
         return _ids_table(query, nid, gid, np.sqrt(d2) if return_distance else None)
@@ -472,17 +479,21 @@ class Engine:
         """
         c = _centers(centers)
         r = _radii(radius, c.shape[0])
-        gsel = self._gsel(graph_id)
-        main, delta = self._grids()
-        return self._radius(main, delta, c, r, gsel, sort, count_only)
+        return self._radius(c, r, self._gsel(graph_id), sort, count_only)
 
-    def _radius(self, main, delta, c, r, gsel, sort, count_only):
-        if c.shape[0] <= _SERIAL_BELOW and not count_only:
-            return ks.radius_small(main, delta, c, r, gsel, bool(sort))
-        offsets = np.zeros(c.shape[0] + 1, np.int64)
-        if c.shape[0] <= _SERIAL_BELOW:  # count_only
-            np.cumsum(ks.radius_count_serial(main, delta, c, r, gsel), out=offsets[1:])
+    def _radius(self, c, r, gsel, sort, count_only):
+        if c.shape[0] <= _SERIAL_BELOW:  # a few queries: one serial call on the grid pair
+            gp = self._pair()
+            if not count_only:
+                return ks.radius_small(gp, c, r, gsel, bool(sort))
+            offsets = np.zeros(c.shape[0] + 1, np.int64)
+            np.cumsum(ks.radius_count_serial(gp, c, r, gsel), out=offsets[1:])
             return offsets, None, None
+        main, delta = self._grids()
+        return self._radius_batch(main, delta, c, r, gsel, sort, count_only)
+
+    def _radius_batch(self, main, delta, c, r, gsel, sort, count_only):
+        offsets = np.zeros(c.shape[0] + 1, np.int64)
         order = _query_order(c, main)
         if count_only:
             np.cumsum(ks.radius_count(main, delta, c, r, gsel, order), out=offsets[1:])
@@ -505,13 +516,30 @@ class Engine:
             self._scratch.keep = buf
         return buf
 
+    def _knn_buffers(self):
+        """kNN candidate scratch for the calling thread, room for every indexed point;
+        only the pages queries touch become resident."""
+        sp = self._spatial
+        n = sp.main.pts.shape[0] + sp.delta.pts.shape[0] + 1
+        buf = getattr(self._scratch, "knn", None)
+        if buf is None or buf[0].shape[0] < n:
+            n = max(n, 2 * buf[0].shape[0] if buf is not None else 0)
+            buf = (np.empty(n, np.float64), np.empty(n, np.int64), np.empty(n, np.float64))
+            self._scratch.knn = buf
+        return buf
+
     def node_ids(self, node_index) -> pa.Array:
         """``fixed_size_binary(16)`` node ids for dense node indices."""
         return words_to_fsb(self._p.N.keys[np.asarray(node_index, np.int64)])
 
     def nearest(self, centers, k, *, graph_id=None) -> pa.Table:
         """The ``k`` nearest live nodes to each center (fewer when fewer exist), nearest first."""
-        counts, idx, dist = self.nearest_indices(centers, k, graph_id=graph_id)
+        c, k, gsel = self._knn_args(centers, k, graph_id)
+        if c.shape[0] <= _SERIAL_BELOW:  # search and gather in one call (see knn_rows)
+            gp = self._pair()
+            N, G = self._p.N, self._p.G
+            return _packed_table(ks.knn_rows(gp, c, k, gsel, *self._knn_buffers(), N.keys, N.graph, G.keys), True)
+        counts, idx, dist = self._knn(c, k, gsel)
         k = idx.shape[1]
         offsets = np.zeros(counts.shape[0] + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
@@ -524,15 +552,21 @@ class Engine:
         """Low-level kNN: ``(counts, node_index (n, k'), distance (n, k'))`` with
         ``k' = min(k, live nodes)``; row j's first ``counts[j]`` entries are its nearest,
         ascending (ties by node index), the rest -1 / inf.  The peer of cKDTree.query."""
+        return self._knn(*self._knn_args(centers, k, graph_id))
+
+    def _knn_args(self, centers, k, graph_id):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         c = _centers(centers)
         gsel = self._gsel(graph_id)
-        main, delta = self._grids()
-        k = int(min(k, max(1, int(self._p.N.meta[1]))))
+        return c, int(min(k, max(1, int(self._p.N.meta[1])))), gsel
+
+    def _knn(self, c, k, gsel):
         if c.shape[0] <= _SERIAL_BELOW:
-            counts, idx, d2 = ks.knn_serial(main, delta, c, k, gsel)
+            gp = self._pair()
+            counts, idx, d2 = ks.knn_serial(gp, c, k, gsel, *self._knn_buffers())
         else:
+            main, delta = self._grids()
             counts, idx, d2 = ks.knn(main, delta, c, k, gsel, _query_order(c, main))
         return counts, idx, np.sqrt(d2, out=d2)
 
@@ -543,10 +577,9 @@ class Engine:
         if (lo > hi).any():
             raise ValueError("box lo must be <= hi on every axis")
         gsel = self._gsel(graph_id)
-        main, delta = self._grids()
-        idx = ks.box_query(main, delta, lo, hi, gsel)
-        t = self._node_table(np.zeros(idx.size, np.int64), idx)
-        return t.drop_columns(["query"])
+        gp = self._pair()
+        N, G = self._p.N, self._p.G
+        return _packed_table(ks.box_rows(gp, lo, hi, gsel, N.keys, N.graph, G.keys), False, with_query=False)
 
     # -- snapshot hooks -----------------------------------------------------------
     def snapshot(self, path) -> str:
@@ -575,7 +608,8 @@ _KEEP_MAX = 64  # radius hits a query kept by the counting pass (see radius_csr)
 _KEEP_BUDGET = 1 << 20  # ... and at most this many over a batch (16 MiB of scratch a thread)
 _SERIAL_BELOW = 64  # query batches this small run on the calling thread (a parallel launch
 # costs tens of microseconds; the service's batches of concurrent requests are this size)
-_NODE_SCHEMA = pa.schema([("query", pa.int64()), ("node_id", pa.binary(16)), ("graph_id", pa.binary(16))])
+_NODE_SCHEMA = pa.schema([("query", pa.int64()), ("node_id", UUID_TYPE), ("graph_id", UUID_TYPE)])
+_BOX_SCHEMA = pa.schema([("node_id", UUID_TYPE), ("graph_id", UUID_TYPE)])
 _FIND_SCHEMA = pa.schema([("node_id", pa.binary(16)), ("graph_id", pa.binary(16)), ("name", pa.utf8()),
                           ("node_type", pa.utf8()), ("x", pa.float64()), ("y", pa.float64()), ("z", pa.float64())])
 _NEIGHBOR_SCHEMA = pa.schema([("node_id", pa.binary(16)), ("graph_id", pa.binary(16)), ("edge_id", pa.binary(16)),
@@ -590,6 +624,25 @@ def _ids_table(query, nid, gid, dist=None) -> pa.Table:
         return pa.Table.from_arrays(arrays, schema=_NODE_SCHEMA)
     arrays.append(pa.array(np.asarray(dist, np.float64)))
     return pa.Table.from_arrays(arrays, schema=_NODE_SCHEMA_D)
+
+
+_I64 = pa.int64()
+_F64 = pa.float64()
+
+
+def _packed_table(w, with_distance, with_query=True) -> pa.Table:
+    """The answer table over the packed columns of :func:`kernels.spatial._pack_rows`,
+    zero-copy (the table keeps ``w`` alive)."""
+    m = w.shape[0] // (6 if with_distance else 5)
+    buf = pa.py_buffer(w)
+    cols = [pa.Array.from_buffers(UUID_TYPE, m, [None, buf.slice(8 * m, 16 * m)], null_count=0),
+            pa.Array.from_buffers(UUID_TYPE, m, [None, buf.slice(24 * m, 16 * m)], null_count=0)]
+    if with_query:
+        cols.insert(0, pa.Array.from_buffers(_I64, m, [None, buf.slice(0, 8 * m)], null_count=0))
+    if with_distance:
+        cols.append(pa.Array.from_buffers(_F64, m, [None, buf.slice(40 * m, 8 * m)], null_count=0))
+    schema = (_NODE_SCHEMA_D if with_distance else _NODE_SCHEMA) if with_query else _BOX_SCHEMA
+    return pa.Table.from_batches([pa.RecordBatch.from_arrays(cols, schema=schema)])
 
 
 def _query_order(c, main) -> np.ndarray:

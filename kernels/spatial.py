@@ -34,6 +34,8 @@ from collections import namedtuple
 
 import numpy as np
 from numba import prange
+from numba.core import types
+from numba.experimental import structref
 
 from ._jit import EXACT_MATH, jit, pjit
 from .intern import _mix
@@ -48,6 +50,25 @@ Grid = namedtuple("Grid", "origin h lim dims dst nstale tkeys tstart tcount pts 
 # hashed: dst and nstale empty; tkeys/tstart/tcount the cell table (key EMPTY = free),
 #   cells the slots of the occupied cells (for whole-grid scans).
 # pts (m, 3) positions (NaN: stale entry), idx (m,) node index, grp (m,) graph index.
+
+
+
+@structref.register
+class GridPairType(types.StructRef):
+    def preprocess_fields(self, fields):
+        return tuple((name, types.unliteral(t)) for name, t in fields)
+
+
+class GridPair(structref.StructRefProxy):
+    """The main and delta grids in one object, for the few-query entry points.
+
+    Passing two Grid namedtuples costs ~10 µs a call before any work: numba types a
+    namedtuple argument in Python, field by field (26 arrays).  A StructRef is typed
+    once from its class and unboxed as one pointer (~2 µs), which is most of a single
+    query's budget.  Built once per grid change (:func:`grid_pair`)."""
+
+
+structref.define_proxy(GridPair, GridPairType, ["main", "delta"])
 
 EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
 DENSE_CELLS_PER_POINT = 16
@@ -566,8 +587,15 @@ def radius_count(main, delta, centers, radii, gsel, order):
     return counts
 
 
+@jit
+def grid_pair(main, delta):
+    return GridPair(main, delta)
+
+
 @jit(fastmath=EXACT_MATH)
-def radius_count_serial(main, delta, centers, radii, gsel):
+def radius_count_serial(gp, centers, radii, gsel):
+    main = gp.main
+    delta = gp.delta
     counts = np.zeros(centers.shape[0], np.int64)
     no_i = np.empty(0, np.int64)
     no_d = np.empty(0, np.float64)
@@ -612,9 +640,11 @@ def radius_fill_kept(main, delta, centers, radii, gsel, offsets, want_sort, orde
 
 
 @jit(fastmath=EXACT_MATH)
-def radius_small(main, delta, centers, radii, gsel, want_sort):
+def radius_small(gp, centers, radii, gsel, want_sort):
     """Count and fill in one call, for a handful of queries (one dispatch, not two):
-    ``(offsets, idx, d2)``; the output buffer grows as needed."""
+    ``(offsets, idx, d2)``; the output buffer grows as needed.  ``gp``: :class:`GridPair`."""
+    main = gp.main
+    delta = gp.delta
     n = centers.shape[0]
     offsets = np.zeros(n + 1, np.int64)
     cap = 256
@@ -642,6 +672,42 @@ def radius_small(main, delta, centers, radii, gsel, want_sort):
         else:
             _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j)
     return offsets, out_i[: offsets[n]], out_d[: offsets[n]]
+
+
+@jit(fastmath=EXACT_MATH)
+def _pack_rows(offsets, idx, d2, want_dist, node_keys, node_graph, graph_keys):
+    """An answer table's columns for CSR answers (node indices ``idx``, squared distances
+    ``d2``), packed into one uint64 array of ``m`` rows: query numbers ``[0, m)``, node
+    id words ``[m, 3m)``, graph id words ``[3m, 5m)`` and, with ``want_dist``, distances
+    (float64 bits) ``[5m, 6m)``.  One returned array: boxing each array numba returns
+    costs about a microsecond, as much as a small search."""
+    m = idx.shape[0]
+    w = np.empty((6 if want_dist else 5) * m, np.uint64)
+    q = w[:m].view(np.int64)
+    for j in range(offsets.shape[0] - 1):
+        for t in range(offsets[j], offsets[j + 1]):
+            q[t] = j
+    for t in range(m):
+        v = idx[t]
+        g = node_graph[v]
+        w[m + 2 * t] = node_keys[v, 0]
+        w[m + 2 * t + 1] = node_keys[v, 1]
+        w[3 * m + 2 * t] = graph_keys[g, 0]
+        w[3 * m + 2 * t + 1] = graph_keys[g, 1]
+    if want_dist:
+        d = w[5 * m:].view(np.float64)
+        for t in range(m):
+            d[t] = np.sqrt(d2[t])
+    return w
+
+
+@jit(fastmath=EXACT_MATH)
+def radius_rows(gp, centers, radii, gsel, want_sort, want_dist, node_keys, node_graph, graph_keys):
+    """:func:`radius_small` with the answer table's columns gathered in the same call
+    (:func:`_pack_rows`): for a single query the calls and the array boxing, not the
+    search, were most of the time."""
+    offsets, idx, d2 = radius_small(gp, centers, radii, gsel, want_sort)
+    return _pack_rows(offsets, idx, d2, want_dist, node_keys, node_graph, graph_keys)
 
 
 # --- k nearest neighbours ----------------------------------------------------
@@ -864,18 +930,36 @@ def knn(main, delta, centers, k, gsel, order):
 
 
 @jit(fastmath=EXACT_MATH)
-def knn_serial(main, delta, centers, k, gsel):
+def knn_serial(gp, centers, k, gsel, bd, bi, tmp):
+    """:func:`knn` on the calling thread.  ``bd``, ``bi``, ``tmp``: candidate scratch with
+    room for every point (the caller keeps it: allocating ~24 bytes a point per call is an
+    mmap, page faults and an munmap, ~40 µs for 1M points)."""
+    main = gp.main
+    delta = gp.delta
     n = centers.shape[0]
     out_i = np.full((n, k), -1, np.int64)
     out_d = np.full((n, k), np.inf)
     counts = np.zeros(n, np.int64)
-    cap = main.pts.shape[0] + delta.pts.shape[0] + 1
-    bd = np.empty(cap, np.float64)
-    bi = np.empty(cap, np.int64)
-    tmp = np.empty(cap, np.float64)
     for j in range(n):
         counts[j] = _knn_q(main, delta, centers, k, gsel, out_i, out_d, j, bd, bi, tmp)
     return counts, out_i, out_d
+
+
+@jit(fastmath=EXACT_MATH)
+def knn_rows(gp, centers, k, gsel, bd, bi, tmp, node_keys, node_graph, graph_keys):
+    """:func:`knn_serial` packed as an answer table (:func:`_pack_rows`, with distances)."""
+    counts, out_i, out_d = knn_serial(gp, centers, k, gsel, bd, bi, tmp)
+    n = centers.shape[0]
+    offsets = np.zeros(n + 1, np.int64)
+    for j in range(n):
+        offsets[j + 1] = offsets[j] + counts[j]
+    idx = np.empty(offsets[n], np.int64)
+    d2 = np.empty(offsets[n], np.float64)
+    for j in range(n):
+        for t in range(counts[j]):
+            idx[offsets[j] + t] = out_i[j, t]
+            d2[offsets[j] + t] = out_d[j, t]
+    return _pack_rows(offsets, idx, d2, True, node_keys, node_graph, graph_keys)
 
 
 # --- boxes -------------------------------------------------------------------
@@ -923,7 +1007,9 @@ def _box_grid(g, lo, hi, gsel, mode, out_i, w):
 
 
 @jit
-def box_query(main, delta, lo, hi, gsel):
+def box_query(gp, lo, hi, gsel):
+    main = gp.main
+    delta = gp.delta
     dummy = np.empty(0, np.int64)
     n = _box_grid(main, lo, hi, gsel, 0, dummy, 0)
     n = _box_grid(delta, lo, hi, gsel, 0, dummy, n)
@@ -931,3 +1017,12 @@ def box_query(main, delta, lo, hi, gsel):
     w = _box_grid(main, lo, hi, gsel, 1, out, 0)
     _box_grid(delta, lo, hi, gsel, 1, out, w)
     return out
+
+
+@jit
+def box_rows(gp, lo, hi, gsel, node_keys, node_graph, graph_keys):
+    """:func:`box_query` packed as an answer table (:func:`_pack_rows`, one query)."""
+    idx = box_query(gp, lo, hi, gsel)
+    offsets = np.zeros(2, np.int64)
+    offsets[1] = idx.shape[0]
+    return _pack_rows(offsets, idx, np.empty(0, np.float64), False, node_keys, node_graph, graph_keys)
