@@ -653,6 +653,12 @@ def _query_order(c, main) -> np.ndarray:
 
 
 def _centers(centers) -> np.ndarray:
+    if type(centers) is np.ndarray and centers.shape == (3,) and centers.dtype == np.float64:
+        # one point, the common single query: three float checks instead of two ufunc calls
+        x, y, z = centers.tolist()
+        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(z)):
+            raise ValueError("centers must be finite (no NaN or inf)")
+        return centers.reshape(1, 3) if centers.flags.c_contiguous else np.array([[x, y, z]])
     try:
         c = np.asarray(centers, dtype=np.float64)
     except (TypeError, ValueError):
