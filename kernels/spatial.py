@@ -139,6 +139,23 @@ def _dense_cell(g_origin, inv_h, lim, dims, x, y, z):
 
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _scatter(pos, nodes, graph_of, cell_of, fill, pts, idx, grp, lo_c, hi_c):
+    """Counting sort's second pass, for the points whose cell (or table slot) is in
+    [lo_c, hi_c): each goes to its cell's next free row."""
+    for j in range(cell_of.shape[0]):
+        c = cell_of[j]
+        if lo_c <= c < hi_c:
+            q = fill[c]
+            fill[c] = q + 1
+            n = nodes[j]
+            pts[q, 0] = pos[n, 0]
+            pts[q, 1] = pos[n, 1]
+            pts[q, 2] = pos[n, 2]
+            idx[q] = n
+            grp[q] = graph_of[n]
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _dense_count(cell_of, dst, lo_c, hi_c):
     for j in range(cell_of.shape[0]):
         c = cell_of[j]
@@ -178,7 +195,8 @@ def grid_build_dense(pos, nodes, graph_of, origin, h, dims, nparts):
     """Dense grid over ``pos[nodes]``: ``(dst, pts, idx, grp)``; ``dims`` cells per axis.
 
     The counting sort's random writes dominate, so they run in ``nparts`` parallel
-    passes, each over every point but writing only the cells of its own range."""
+    passes, each over every point but writing only the cells of its own range.  For
+    few enough cells that the counters stay in cache; else :func:`grid_build_dense_runs`."""
     m = nodes.shape[0]
     inv_h = 1.0 / h
     ncell = dims[0] * dims[1] * dims[2]
@@ -210,6 +228,114 @@ def grid_build_dense_serial(pos, nodes, graph_of, origin, h, dims):
     _dense_count(cell_of, dst, 0, dst.shape[0] - 1)
     fill, pts, idx, grp = _dense_layout(dst, m)
     _scatter(pos, nodes, graph_of, cell_of, fill, pts, idx, grp, 0, dst.shape[0] - 1)
+    return dst, pts, idx, grp
+
+
+# Dense build over many cells: a counting sort by cell in two passes.  The plain one
+# (grid_build_dense) writes every point to a random row and bumps a random cell counter:
+# at 8M cells (clustered data) the counters alone are 32 MB, so nearly every point cost
+# several cache misses.  Here the points are
+# first copied, in input order, into runs of ``2**shift`` consecutive cells (a stable
+# counting sort on the run number: few enough runs to be written as sequential streams),
+# then each run is counted, prefix-summed and placed on its own, reading its records in
+# sequence: its counters and its rows fit in a core's cache, and the runs go in parallel,
+# prefix sums included.  The layout is exactly a plain stable counting sort's.
+# A record is 5 words: x, y, z (float64 bits), cell << 32 | node, graph.
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _dense_cells(pos, nodes, origin, inv_h, dims, shift, cell_of, hist, t, a, b):
+    """Cells of points a..b and their runs' counts in hist[t]."""
+    lim = dims - 1
+    for j in range(a, b):
+        n = nodes[j]
+        c = _dense_cell(origin, inv_h, lim, dims, pos[n, 0], pos[n, 1], pos[n, 2])
+        cell_of[j] = c
+        hist[t, c >> shift] += 1
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _dense_partition(pos, nodes, graph_of, cell_of, shift, cursor, t, rec, recf, a, b):
+    for j in range(a, b):
+        c = np.int64(cell_of[j])
+        p = c >> shift
+        q = cursor[t, p]
+        cursor[t, p] = q + 1
+        n = nodes[j]
+        w = 5 * q
+        recf[w] = pos[n, 0]
+        recf[w + 1] = pos[n, 1]
+        recf[w + 2] = pos[n, 2]
+        rec[w + 3] = (np.uint64(c) << np.uint64(32)) | np.uint64(n)
+        rec[w + 4] = np.uint64(graph_of[n])
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _dense_run(rec, recf, dst, pts, idx, grp, ra, rb, lo_c, hi_c):
+    """Run of cells lo_c..hi_c, whose points are records ra..rb: count, turn the counts
+    into each cell's end, then place the points last to first, counting each cell's end
+    down to its start."""
+    for i in range(ra, rb):
+        dst[np.int64(rec[5 * i + 3] >> np.uint64(32))] += 1
+    acc = ra
+    for c in range(lo_c, hi_c):
+        acc += dst[c]
+        dst[c] = acc
+    for i in range(rb - 1, ra - 1, -1):
+        w = 5 * i
+        cn = rec[w + 3]
+        c = np.int64(cn >> np.uint64(32))
+        q = dst[c] - 1
+        dst[c] = q
+        pts[q, 0] = recf[w]
+        pts[q, 1] = recf[w + 1]
+        pts[q, 2] = recf[w + 2]
+        idx[q] = np.int32(cn & np.uint64(0xFFFFFFFF))
+        grp[q] = np.int32(rec[w + 4])
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _run_starts(hist, cursor, starts):
+    """Per-chunk write cursors for the partition (run-major, then chunk) and each run's
+    first record in ``starts`` (``starts[nruns] = m``)."""
+    acc = 0
+    for p in range(hist.shape[1]):
+        starts[p] = acc
+        for t in range(hist.shape[0]):
+            cursor[t, p] = acc
+            acc += hist[t, p]
+    starts[hist.shape[1]] = acc
+
+
+@pjit
+def grid_build_dense_runs(pos, nodes, graph_of, origin, h, dims, shift):
+    """Dense grid over ``pos[nodes]``: ``(dst, pts, idx, grp)``; ``dims`` cells per axis,
+    sorted in runs of ``2**shift`` cells (see above; the caller sizes them for the cache)."""
+    m = nodes.shape[0]
+    inv_h = 1.0 / h
+    ncell = dims[0] * dims[1] * dims[2]
+    nruns = ((ncell - 1) >> shift) + 1
+    nchunk = min(max(m // 65536, 1), 16)
+    cell_of = np.empty(m, np.int32)
+    hist = np.zeros((nchunk, nruns), np.int64)
+    for t in prange(nchunk):
+        _dense_cells(pos, nodes, origin, inv_h, dims, shift, cell_of, hist, t,
+                     m * t // nchunk, m * (t + 1) // nchunk)
+    cursor = np.empty((nchunk, nruns), np.int64)
+    starts = np.empty(nruns + 1, np.int64)
+    _run_starts(hist, cursor, starts)
+    rec = np.empty(5 * m, np.uint64)
+    recf = rec.view(np.float64)
+    for t in prange(nchunk):
+        _dense_partition(pos, nodes, graph_of, cell_of, shift, cursor, t, rec, recf,
+                         m * t // nchunk, m * (t + 1) // nchunk)
+    dst = np.zeros(ncell + 1, np.int32)
+    dst[ncell] = m
+    pts = np.empty((m, 3), np.float64)
+    idx = np.empty(m, np.int32)
+    grp = np.empty(m, np.int32)
+    for p in prange(nruns):
+        _dense_run(rec, recf, dst, pts, idx, grp, starts[p], starts[p + 1],
+                   p << shift, min((p + 1) << shift, ncell))
     return dst, pts, idx, grp
 
 

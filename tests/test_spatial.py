@@ -329,6 +329,57 @@ def test_sparse_points_use_the_hashed_grid():
     assert box == {nids[i] for i in range(len(pts)) if ((pts[i] >= lo) & (pts[i] <= hi)).all()}
 
 
+@pytest.mark.parametrize("shift", [0, 3, 9, 40])
+def test_two_pass_dense_build_lays_out_exactly_like_the_plain_counting_sort(shift):
+    """grid_build_dense_runs (runs of 2**shift cells, for grids of many cells) gives the
+    same arrays as the plain stable counting sort, and as a direct argsort."""
+    from kernels import spatial as ks
+
+    rng = np.random.default_rng(shift)
+    centres = rng.uniform(0, 30, (6, 3))  # a 40^3-cell box: the test allocates a dense grid
+    pos = np.vstack([centres[rng.integers(0, 6, 3000)] + rng.normal(0, 2.0, (3000, 3)), [[np.nan] * 3]])
+    nodes = np.sort(rng.choice(3000, 2500, replace=False)).astype(np.int64)
+    graph = rng.integers(0, 7, len(pos)).astype(np.int32)
+    origin = pos[nodes].min(axis=0)
+    h = 0.9
+    dims = np.floor((pos[nodes].max(axis=0) - origin) / h).astype(np.int64) + 1
+    plain = ks.grid_build_dense(pos, nodes, graph, origin, h, dims, 2)
+    runs = ks.grid_build_dense_runs(pos, nodes, graph, origin, h, dims, shift)
+    for a, b in zip(plain, runs):
+        np.testing.assert_array_equal(a, b)
+    cell = np.minimum(np.floor((pos[nodes] - origin) / h).astype(np.int64), dims - 1)
+    flat = (cell[:, 0] * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]
+    order = np.argsort(flat, kind="stable")
+    dst, pts, idx, grp = runs
+    np.testing.assert_array_equal(idx, nodes[order])
+    np.testing.assert_array_equal(pts, pos[nodes[order]])
+    np.testing.assert_array_equal(grp, graph[nodes[order]])
+    np.testing.assert_array_equal(dst, np.searchsorted(flat[order], np.arange(int(np.prod(dims)) + 1)))
+
+
+def test_engine_queries_on_a_two_pass_dense_build(monkeypatch):
+    """With the two-pass build forced on (it serves grids of millions of cells), radius,
+    kNN and box answers still equal brute force."""
+    from cim_flow import _spatial
+
+    monkeypatch.setattr(_spatial, "_RUNS_ABOVE_CELLS", 0)
+    monkeypatch.setattr(_spatial, "_RUNS_MIN_POINTS", 0)
+    monkeypatch.setattr(_spatial, "_RUN_CELLS", 64)  # many runs
+    pts = clustered(3000, 11)
+    eng, nids, _ = engine_with_points(pts)
+    centers = pts[:30] + np.random.default_rng(1).normal(0, 1.0, (30, 3))
+    got = result_sets(eng.nodes_within(centers, 2.5), len(centers))
+    assert eng._spatial.main.dst.size > 0  # dense layout
+    for j, c in enumerate(centers):
+        assert got[j] == {nids[i] for i in brute_radius(pts.tolist(), c, 2.5)}
+    d = eng.nearest(centers[:5], 4).column("distance").to_numpy().reshape(5, 4)
+    for j in range(5):
+        np.testing.assert_allclose(d[j], brute_knn(pts.tolist(), centers[j], 4), atol=1e-9)
+    lo, hi = centers[0] - 3, centers[0] + 3
+    box = set(eng.nodes_in_box(lo, hi).column("node_id").to_pylist())
+    assert box == {nids[i] for i in range(len(pts)) if ((pts[i] >= lo) & (pts[i] <= hi)).all()}
+
+
 def test_low_level_index_apis_match_brute_force():
     """radius_csr and nearest_indices (node indices, no tables) answer like the table APIs."""
     pts = clustered(2000, 4)
