@@ -658,7 +658,9 @@ def _centers(centers) -> np.ndarray:
         x, y, z = centers.tolist()
         if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(z)):
             raise ValueError("centers must be finite (no NaN or inf)")
-        return centers.reshape(1, 3) if centers.flags.c_contiguous else np.array([[x, y, z]])
+        if centers.flags.c_contiguous and centers.flags.writeable:
+            return centers.reshape(1, 3)
+        return np.array([[x, y, z]])
     try:
         c = np.asarray(centers, dtype=np.float64)
     except (TypeError, ValueError):
@@ -669,7 +671,17 @@ def _centers(centers) -> np.ndarray:
         raise ValueError(f"centers must have shape (3,) or (n, 3), got {np.shape(centers)}")
     if not np.isfinite(c).all():
         raise ValueError("centers must be finite (no NaN or inf)")
-    return np.ascontiguousarray(c)
+    return _kernel_array(c)
+
+
+def _kernel_array(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous, writeable array, copied only when it is not one already.
+    A kernel compiles one machine-code version per array type, and a read-only (e.g. a
+    zero-copy view of Arrow data) or strided array is another type: without this, such
+    an argument would compile the query kernels again, for minutes, on the first call."""
+    if a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, order="C")
 
 
 def _radii(radius, n) -> np.ndarray:
@@ -692,7 +704,7 @@ def _radii(radius, n) -> np.ndarray:
         raise ValueError("radius must be finite (no NaN or inf)")
     if (r < 0).any():
         raise ValueError("radius must be >= 0")
-    return np.ascontiguousarray(r)
+    return _kernel_array(r)
 
 
 def _point(p, name) -> np.ndarray:
@@ -704,7 +716,7 @@ def _point(p, name) -> np.ndarray:
         raise ValueError(f"{name} must be 3 numbers, got shape {np.shape(p)}")
     if not np.isfinite(a).all():
         raise ValueError(f"{name} must be finite")
-    return a
+    return _kernel_array(a)
 
 
 def read_events(path) -> pa.Table:

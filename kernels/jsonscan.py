@@ -994,8 +994,9 @@ def scan(buf, starts, ends, kw, kwo, kwc, slots, status, kind, oid, oidp, tus, t
         envelope = False
         inner_end = -1
         if ext < 0:  # externally tagged events go straight to their inner object
+            # the level as an int64, not Literal[int](0) / (1): literals compile _level twice
             j, nk, ext, ext_at, pay_at, data_at, pay_end, data_end = _level(
-                buf, i, end, 0, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
+                buf, i, end, np.int64(0), tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
                 stack, bits, fview, kw, kwo, kwc, slots)
             if j < 0 or _ws(buf, j, end) != end or (pay_at >= 0 and data_at >= 0):
                 continue  # (with both, the unused one would go unchecked: general path)
@@ -1010,7 +1011,7 @@ def scan(buf, starts, ends, kw, kwo, kwc, slots, status, kind, oid, oidp, tus, t
         if inner >= 0:
             lv = 1
             j, nk1, ext1, a1, p1, d1, pe1, de1 = _level(
-                buf, inner, end, 1, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
+                buf, inner, end, np.int64(1), tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
                 stack, bits, fview, kw, kwo, kwc, slots)
             if j < 0 or p1 >= 0 or d1 >= 0 or (envelope and j != inner_end):
                 continue

@@ -187,7 +187,7 @@ def _create_graph(G, g, t):
 @jit(nrt=False)
 def _delete_graph(G, N, E, g):
     while G.nhead[g] >= 0:
-        _remove_node(G, N, E, G.nhead[g])
+        _remove_node(G, N, E, np.int64(G.nhead[g]))  # int64 like the other call: one specialisation
     # count is 0 now, so g sits in the tail block with the last element
     L = G.meta[2] - 1
     _swap(G, G.pos[g], L)
@@ -394,9 +394,10 @@ def apply_events(G, N, E, ev, version, status, seq_out):
     m = ev.kind.shape[0]
     for i in range(m):
         if i + _AHEAD_SLOTS < m:
-            _warm(G, N, E, ev, i + _AHEAD_SLOTS, False)
+            # np.bool_, not the literals: one specialisation of _warm, not two
+            _warm(G, N, E, ev, i + _AHEAD_SLOTS, np.bool_(False))
         if i + _AHEAD_ENTRIES < m:
-            _warm(G, N, E, ev, i + _AHEAD_ENTRIES, True)
+            _warm(G, N, E, ev, i + _AHEAD_ENTRIES, np.bool_(True))
         if ev.seq_ok[i]:
             s = ev.seq[i]
             if s <= v:

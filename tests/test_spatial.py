@@ -380,6 +380,42 @@ def test_engine_queries_on_a_two_pass_dense_build(monkeypatch):
     assert box == {nids[i] for i in range(len(pts)) if ((pts[i] >= lo) & (pts[i] <= hi)).all()}
 
 
+def test_read_only_and_strided_inputs_answer_alike_without_a_new_compile():
+    """Centers, radii and box corners that are read-only (a zero-copy view of Arrow
+    data) or strided give the same answers, and compile no second version of a query
+    kernel (that would take minutes on the first such call)."""
+    from kernels import spatial as ks
+
+    pts = uniform(500, 21)
+    eng, _, _ = engine_with_points(pts)
+    c = np.ascontiguousarray(pts[:6] + 0.25)
+    r = np.full(6, 7.0)
+    want = eng.nodes_within(c, r, return_distance=True, sort=True)
+    want1 = eng.nodes_within(c[0], 7.0)
+    want_box = eng.nodes_in_box(c[0] - 9, c[0] + 9)
+    want_knn = eng.nearest(c, 3)
+    kernels = [ks.radius_rows, ks.knn_rows, ks.box_rows, ks.radius_small, ks.knn_serial]
+    before = [len(k.signatures) for k in kernels]
+    ro = c.copy()
+    ro.flags.writeable = False
+    ro_r = r.copy()
+    ro_r.flags.writeable = False
+    wide = np.zeros((6, 6))
+    wide[:, ::2] = c  # every other column: a strided (6, 3) view
+    strided = wide[:, ::2]
+    for cs, rs in [(ro, ro_r), (strided, r), (ro, 7.0)]:
+        assert eng.nodes_within(cs, rs, return_distance=True, sort=True).equals(want)
+        assert eng.nodes_within(cs[0], 7.0).equals(want1)
+        assert eng.nearest(cs, 3).equals(want_knn)
+    ro_lo = c[0] - 9
+    ro_lo.flags.writeable = False
+    lo_wide = np.zeros(6)
+    lo_wide[::2] = c[0] - 9
+    assert eng.nodes_in_box(ro_lo, c[0] + 9).equals(want_box)
+    assert eng.nodes_in_box(lo_wide[::2], c[0] + 9).equals(want_box)  # a strided corner
+    assert [len(k.signatures) for k in kernels] == before
+
+
 def test_low_level_index_apis_match_brute_force():
     """radius_csr and nearest_indices (node indices, no tables) answer like the table APIs."""
     pts = clustered(2000, 4)
