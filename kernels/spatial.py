@@ -638,20 +638,28 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w, cap):
     return w
 
 
+# The per-query helpers visit the main grid then the delta grid in a two-step loop,
+# not two calls: _radius_one is inlined at numba-IR level, and each inlined copy is
+# typed and compiled again (two copies made these helpers ~35-45 s each to compile).
+
 @jit(nrt=False, fastmath=EXACT_MATH)
 def _count_q(main, delta, centers, radii, gsel, no_i, no_d, j):
-    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 0, no_i, no_d, 0, 0)
-    return _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 0, no_i, no_d, w, 0)
+    w = 0
+    for gi in range(2):
+        g = main if gi == 0 else delta
+        w = _radius_one(g, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 0, no_i, no_d, w, 0)
+    return w
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
 def _keep_q(main, delta, centers, radii, gsel, keep_i, keep_d, base, k, j):
     """Count query j's hits, keeping the first ``k`` (in fill order) at keep_*[base:].
     (Offsets, not slices: a slice in a parallel loop increfs the shared buffer.)"""
-    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, keep_i, keep_d,
-                    base, base + k)
-    w = _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, keep_i, keep_d,
-                    w, base + k)
+    w = base
+    for gi in range(2):
+        g = main if gi == 0 else delta
+        w = _radius_one(g, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, keep_i, keep_d,
+                        w, base + k)
     return w - base
 
 
@@ -669,8 +677,10 @@ def _sort_range(out_i, out_d, a, w):
 def _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j):
     a = offsets[j]
     cap = out_i.shape[0]
-    w = _radius_one(main, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, a, cap)
-    w = _radius_one(delta, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, w, cap)
+    w = a
+    for gi in range(2):
+        g = main if gi == 0 else delta
+        w = _radius_one(g, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, w, cap)
     if want_sort:
         _sort_range(out_i, out_d, a, w)
 
