@@ -480,7 +480,7 @@ def query_order(centers, origin, h):
 # ---------------------------------------------------------------------------
 # columns and runs
 
-@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+@jit(nrt=False, fastmath=EXACT_MATH, llvm_inline=True)
 def _col(g, ix, iy, za, zb):
     """``(a, b)``: the points of column (ix, iy), cells za..zb (inclusive, within lim), are
     ``pts[a:b]``."""
