@@ -642,7 +642,7 @@ def _packed_table(w, with_distance, with_query=True) -> pa.Table:
     if with_distance:
         cols.append(pa.Array.from_buffers(_F64, m, [None, buf.slice(40 * m, 8 * m)], null_count=0))
     schema = (_NODE_SCHEMA_D if with_distance else _NODE_SCHEMA) if with_query else _BOX_SCHEMA
-    return pa.Table.from_batches([pa.RecordBatch.from_arrays(cols, schema=schema)])
+    return pa.Table.from_arrays(cols, schema=schema)  # (~3 µs less than via a RecordBatch)
 
 
 def _query_order(c, main) -> np.ndarray:
