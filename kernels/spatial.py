@@ -139,23 +139,6 @@ def _dense_cell(g_origin, inv_h, lim, dims, x, y, z):
 
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
-def _scatter(pos, nodes, graph_of, cell_of, fill, pts, idx, grp, lo_c, hi_c):
-    """Counting sort's second pass, for the points whose cell (or table slot) is in
-    [lo_c, hi_c): each goes to its cell's next free row."""
-    for j in range(cell_of.shape[0]):
-        c = cell_of[j]
-        if lo_c <= c < hi_c:
-            q = fill[c]
-            fill[c] = q + 1
-            n = nodes[j]
-            pts[q, 0] = pos[n, 0]
-            pts[q, 1] = pos[n, 1]
-            pts[q, 2] = pos[n, 2]
-            idx[q] = n
-            grp[q] = graph_of[n]
-
-
-@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _dense_count(cell_of, dst, lo_c, hi_c):
     for j in range(cell_of.shape[0]):
         c = cell_of[j]
