@@ -39,6 +39,7 @@ from numba.experimental import structref
 
 from ._jit import EXACT_MATH, jit, pjit
 from .intern import _mix
+from .traverse import _gather_row, _query_rows
 
 KEEP_RADIUS_CELLS = 3.0  # radii up to this many cells: count and keep hits in one walk
 KEEP_SMALL = 64  # hits kept per query by the serial (few-query) path
@@ -50,7 +51,6 @@ Grid = namedtuple("Grid", "origin h lim dims dst nstale tkeys tstart tcount pts 
 # hashed: dst and nstale empty; tkeys/tstart/tcount the cell table (key EMPTY = free),
 #   cells the slots of the occupied cells (for whole-grid scans).
 # pts (m, 3) positions (NaN: stale entry), idx (m,) node index, grp (m,) graph index.
-
 
 
 @structref.register
@@ -217,12 +217,11 @@ def grid_build_dense_serial(pos, nodes, graph_of, origin, h, dims):
 # Dense build over many cells: a counting sort by cell in two passes.  The plain one
 # (grid_build_dense) writes every point to a random row and bumps a random cell counter:
 # at 8M cells (clustered data) the counters alone are 32 MB, so nearly every point cost
-# several cache misses.  Here the points are
-# first copied, in input order, into runs of ``2**shift`` consecutive cells (a stable
-# counting sort on the run number: few enough runs to be written as sequential streams),
-# then each run is counted, prefix-summed and placed on its own, reading its records in
-# sequence: its counters and its rows fit in a core's cache, and the runs go in parallel,
-# prefix sums included.  The layout is exactly a plain stable counting sort's.
+# several cache misses.  Here the points are first copied, in input order, into runs of
+# ``2**shift`` consecutive cells (a stable counting sort on the run number: few enough
+# runs to be written as sequential streams), then each run is counted, prefix-summed and
+# placed on its own, reading its records in sequence: its counters and its rows fit in a
+# core's cache, and the runs go in parallel, prefix sums included.  The layout is exactly a plain stable counting sort's.
 # A record is 5 words: x, y, z (float64 bits), cell << 32 | node, graph.
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
@@ -493,7 +492,7 @@ def _col_llvm(g, ix, iy, za, zb):
     """:func:`_col` compiled once and inlined by LLVM, for the kNN and box walks: a dozen
     IR-inlined copies there were each typed and compiled again (~6 s of cold compile).
     The radius walk keeps the IR-inlined one: in its whole-cell loop this version
-    measured 7% slower (clustered data, 10x the 30-neighbour radius)."""
+    measured 13% slower (clustered data, 10x the 30-neighbour radius, 15 paired runs)."""
     return _col(g, ix, iy, za, zb)
 
 
@@ -817,15 +816,11 @@ def _pack_rows(offsets, idx, d2, want_dist, node_keys, node_graph, graph_keys):
     w = np.empty((6 if want_dist else 5) * m, np.uint64)
     q = w[:m].view(np.int64)
     for j in range(offsets.shape[0] - 1):
-        for t in range(offsets[j], offsets[j + 1]):
-            q[t] = j
+        _query_rows(q, offsets, j)
+    nid = w[m:3 * m].reshape((m, 2))
+    gid = w[3 * m:5 * m].reshape((m, 2))
     for t in range(m):
-        v = idx[t]
-        g = node_graph[v]
-        w[m + 2 * t] = node_keys[v, 0]
-        w[m + 2 * t + 1] = node_keys[v, 1]
-        w[3 * m + 2 * t] = graph_keys[g, 0]
-        w[3 * m + 2 * t + 1] = graph_keys[g, 1]
+        _gather_row(node_keys, node_graph, graph_keys, idx, nid, gid, t)
     if want_dist:
         d = w[5 * m:].view(np.float64)
         for t in range(m):
