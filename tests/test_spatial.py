@@ -3,6 +3,7 @@ import random
 import uuid
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -387,15 +388,21 @@ def test_read_only_and_strided_inputs_answer_alike_without_a_new_compile():
     from kernels import spatial as ks
 
     pts = uniform(500, 21)
-    eng, _, _ = engine_with_points(pts)
+    eng, nids, _ = engine_with_points(pts)
     c = np.ascontiguousarray(pts[:6] + 0.25)
     r = np.full(6, 7.0)
     want = eng.nodes_within(c, r, return_distance=True, sort=True)
     want1 = eng.nodes_within(c[0], 7.0)
     want_box = eng.nodes_in_box(c[0] - 9, c[0] + 9)
     want_knn = eng.nearest(c, 3)
+    want_csr = eng.radius_csr(c, r, sort=True)  # the index APIs: radius_small, knn_serial
+    want_idx = eng.nearest_indices(c, 3)
+    got = result_sets(want, len(c))
+    for j in range(len(c)):  # the answers compared against are brute force's
+        assert got[j] == {nids[i] for i in brute_radius(pts.tolist(), c[j], 7.0)}
     kernels = [ks.radius_rows, ks.knn_rows, ks.box_rows, ks.radius_small, ks.knn_serial]
     before = [len(k.signatures) for k in kernels]
+    assert all(before)  # each was called above: a count that cannot grow would prove nothing
     ro = c.copy()
     ro.flags.writeable = False
     ro_r = r.copy()
@@ -407,6 +414,10 @@ def test_read_only_and_strided_inputs_answer_alike_without_a_new_compile():
         assert eng.nodes_within(cs, rs, return_distance=True, sort=True).equals(want)
         assert eng.nodes_within(cs[0], 7.0).equals(want1)
         assert eng.nearest(cs, 3).equals(want_knn)
+        for x, y in zip(eng.radius_csr(cs, rs, sort=True), want_csr):
+            np.testing.assert_array_equal(x, y)
+        for x, y in zip(eng.nearest_indices(cs, 3), want_idx):
+            np.testing.assert_array_equal(x, y)
     ro_lo = c[0] - 9
     ro_lo.flags.writeable = False
     lo_wide = np.zeros(6)
@@ -414,6 +425,53 @@ def test_read_only_and_strided_inputs_answer_alike_without_a_new_compile():
     assert eng.nodes_in_box(ro_lo, c[0] + 9).equals(want_box)
     assert eng.nodes_in_box(lo_wide[::2], c[0] + 9).equals(want_box)  # a strided corner
     assert [len(k.signatures) for k in kernels] == before
+
+
+def test_batch_and_single_query_tables_agree_with_brute_force():
+    """A batch (over _SERIAL_BELOW centers: parallel search, ids gathered in grid order) and
+    the same centers one at a time (search, gather and packing in one kernel call) give the
+    same rows, and those rows are brute force's, distances included; kNN also where a graph
+    filter leaves fewer than k nodes."""
+    from cim_flow.engine import _SERIAL_BELOW
+
+    rng = np.random.default_rng(17)
+    pts = np.concatenate([clustered(1500, 17), rng.uniform(0, 10, (6, 3))])
+    eng, nids, owner = engine_with_points(pts, n_graphs=1)
+    small = [uuid.UUID(int=10**6 + i).bytes for i in range(6)]  # a graph of 6 nodes
+    g2 = uuid.UUID(int=424242).bytes
+    small_pts = rng.uniform(0, 10, (6, 3))
+    eng.apply(rows_to_batch([_ev(EventType.GraphCreated, g2, 3)] + [
+        _ev(EventType.NodeAdded, g2, 4, node_id=small[i], x=float(p[0]), y=float(p[1]), z=float(p[2]))
+        for i, p in enumerate(small_pts)]))
+    pts = np.concatenate([pts, small_pts])  # every live node, for brute force
+    nids = nids + small
+    n = _SERIAL_BELOW + 36
+    centers = pts[rng.integers(0, len(pts), n)] + rng.normal(0, 1.0, (n, 3))
+    batch = eng.nodes_within(centers, 2.0, return_distance=True, sort=True)
+    singles = [eng.nodes_within(c, 2.0, return_distance=True, sort=True) for c in centers]
+    q = batch.column("query").to_numpy()
+    for j, t in enumerate(singles):
+        part = batch.filter(pa.array(q == j))
+        assert part.column("node_id").to_pylist() == t.column("node_id").to_pylist()
+        assert part.column("graph_id").to_pylist() == t.column("graph_id").to_pylist()
+        np.testing.assert_array_equal(part.column("distance").to_numpy(), t.column("distance").to_numpy())
+        hits = np.array(sorted(brute_radius(pts.tolist(), centers[j], 2.0)), dtype=np.int64)
+        want = np.sort(np.sqrt(((pts[hits] - centers[j]) ** 2).sum(1)))
+        np.testing.assert_allclose(t.column("distance").to_numpy(), want, atol=1e-12)
+        assert set(t.column("node_id").to_pylist()) == {nids[i] for i in hits}
+    for graph, k in ((None, 5), (g2, 9)):  # g2 holds 6 nodes: fewer than k
+        batch = eng.nearest(centers, k, graph_id=graph)
+        q = batch.column("query").to_numpy()
+        for j in range(0, n, 7):
+            t = eng.nearest(centers[j], k, graph_id=graph)
+            part = batch.filter(pa.array(q == j))
+            assert part.column("node_id").to_pylist() == t.column("node_id").to_pylist()
+            np.testing.assert_array_equal(part.column("distance").to_numpy(), t.column("distance").to_numpy())
+            assert set(t.column("graph_id").to_pylist()) <= ({g2} if graph else set(owner) | {g2})
+            among = small_pts if graph else pts
+            np.testing.assert_allclose(t.column("distance").to_numpy(),
+                                       brute_knn(among.tolist(), centers[j], min(k, len(among))), atol=1e-12)
+        assert np.bincount(q, minlength=n).tolist() == [6 if graph else k] * n
 
 
 def test_low_level_index_apis_match_brute_force():
