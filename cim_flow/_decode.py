@@ -33,6 +33,7 @@ from kernels.hashing import hash_spans
 from ._schema import EVENT_ALIASES, EVENT_SCHEMA, UUID_TYPE
 from ._time import to_micros
 from ._uuid_parse import parse_uuid_strings
+from ._projection import EventColumns, _ro
 
 
 class DecodeError(NamedTuple):
@@ -390,9 +391,21 @@ def decode_spans(buf: bytes, starts: np.ndarray, ends: np.ndarray, *, received_a
     return _decode_scanned(buf, starts, ends, _received_micros(received_at, len(starts)))
 
 
-def _decode_scanned(joined, starts, ends, received):
+def decode_spans_columns(buf: bytes, starts: np.ndarray, ends: np.ndarray, *, received_at=None):
+    """:func:`decode_spans` for the engine's own use: ``(EventColumns, None, [])`` when the
+    compiled scanner understood every payload (no Arrow arrays are built: the service's
+    small batches spent most of their time building and taking them apart again), else
+    ``(None, batch, errors)`` as :func:`decode_spans` gives them."""
+    starts = np.ascontiguousarray(starts, np.int64)
+    ends = np.ascontiguousarray(ends, np.int64)
+    return _decode_scanned(buf, starts, ends, _received_micros(received_at, len(starts)), columns=True)
+
+
+def _decode_scanned(joined, starts, ends, received, columns=False):
     """The compiled scanner for every payload it fully understands; the general path
-    (which also names every error) for the rest; rows back in input order."""
+    (which also names every error) for the rest; rows back in input order.
+    With ``columns``: ``(EventColumns, None, [])`` when every payload scanned, else
+    ``(None, batch, errors)``."""
     n = len(starts)
     buf = np.frombuffer(joined, np.uint8)
     status = np.empty(n, np.uint8)
@@ -412,6 +425,11 @@ def _decode_scanned(joined, starts, ends, received):
     jsonscan.scan(buf, starts, ends, *_KW, status, kind, oid, oidp, tus, tusp, seq, seqp,
                   spans, spp, xyz, xyzp, wgt, wgtp, jsonscan.new_scratch())
     ok = status == 0
+    if columns:
+        if ok.all():
+            return _scanned_columns(buf, received, kind, oid, oidp, tus, tusp, seq, seqp,
+                                    spans, spp, xyz, xyzp, wgt, wgtp), None, []
+        return (None, *_decode_scanned(joined, starts, ends, received))
     if ok.all():
         return _decode_scanned_rows(buf, None, received, kind, oid, oidp, tus, tusp,
                                     seq, seqp, spans, spp, xyz, xyzp, wgt, wgtp), []
@@ -432,6 +450,23 @@ def _decode_scanned(joined, starts, ends, received):
     batches = table.combine_chunks().to_batches()
     batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=EVENT_SCHEMA)
     return batch, errors
+
+
+def _scanned_columns(buf, received, kind, oid, oidp, tus, tusp, seq, seqp, spans, spp, xyz, xyzp, wgt, wgtp):
+    """The scanner's arrays as :class:`EventColumns` (what :func:`events_of` would make of
+    :func:`_decode_scanned_rows`'s batch)."""
+    n = len(kind)
+    ro = _ro
+    ids = tuple((ro(oid[k].view(np.uint64)), ro(oidp[k])) for k in range(5))
+    nan = np.nan
+    pos = np.where(xyzp[:, None], xyz, nan)
+    strings = [(*jsonscan.gather_spans(buf, spans, spp, col), spp[:, col]) for col in range(3)]
+    return EventColumns(
+        n, seq=ro(np.where(seqp, seq, 0).view(np.uint64)), seq_ok=ro(seqp), kind=ro(kind),
+        t=ro(np.where(tusp, tus, received)), t_ok=ro(np.ones(n, np.bool_)), ids=ids,
+        x=ro(pos[:, 0]), y=ro(pos[:, 1]), z=ro(pos[:, 2]), pos_ok=ro(xyzp),
+        w=ro(np.where(wgtp, wgt, nan).astype(np.float32)), w_ok=ro(wgtp),
+        name=strings[0], ntype=strings[1], etype=strings[2])
 
 
 def _decode_scanned_rows(buf, sel, received, kind, oid, oidp, tus, tusp, seq, seqp,

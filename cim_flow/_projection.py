@@ -56,6 +56,7 @@ _EDGE_FIELDS = {  # 46 bytes an edge, plus ~6 in the hash table (no graph: see i
     "hnext": (np.int32, -1, 2, ()),
     "hprev": (np.int32, -1, 2, ()),
 }
+_INT16_MAX = int(np.iinfo(np.int16).max)  # type codes are int16
 _META_LEN = {"Graphs": 4, "Nodes": 3, "Edges": 2}
 
 REASONS = {
@@ -225,32 +226,66 @@ def _ids(arr):
     return _ro(w), _ro(ok)
 
 
-def events_of(batch: pa.RecordBatch, strings: StringPool, types: StringPool) -> kp.Events:
+class EventColumns:
+    """One batch in the kernels' column form, string columns not yet coded.
+
+    :func:`events_of` makes one from a normalised record batch; the JSON decoder's
+    fast path makes one straight from the scanner's arrays, without building (and
+    then taking apart again) Arrow arrays: for the service's small batches that
+    was ~0.7 ms of Python calls a batch, far more than the kernel's work.
+    A string column is a pyarrow string/dictionary array or a ``(offsets, bytes,
+    present)`` triple of ASCII spans.
+    """
+
+    __slots__ = ("n", "seq", "seq_ok", "kind", "t", "t_ok", "ids", "x", "y", "z", "pos_ok",
+                 "w", "w_ok", "name", "ntype", "etype")
+
+    def __init__(self, n, seq, seq_ok, kind, t, t_ok, ids, x, y, z, pos_ok, w, w_ok, name, ntype, etype):
+        self.n = n
+        self.seq, self.seq_ok, self.kind, self.t, self.t_ok = seq, seq_ok, kind, t, t_ok
+        self.ids = ids  # ((words, valid), ...) for graph, node, edge, source, target
+        self.x, self.y, self.z, self.pos_ok, self.w, self.w_ok = x, y, z, pos_ok, w, w_ok
+        self.name, self.ntype, self.etype = name, ntype, etype
+
+    def with_seq(self, seq: np.ndarray) -> "EventColumns":
+        """The same events at the given (uint64) sequences."""
+        c = EventColumns(self.n, _ro(np.asarray(seq, np.uint64)), _ro(np.ones(self.n, np.bool_)), self.kind,
+                         self.t, self.t_ok, self.ids, self.x, self.y, self.z, self.pos_ok, self.w, self.w_ok,
+                         self.name, self.ntype, self.etype)
+        return c
+
+    def events(self, strings: StringPool, types: StringPool) -> kp.Events:
+        (gid, gid_ok), (nid, nid_ok), (eid, eid_ok), (sid, sid_ok), (tid, tid_ok) = self.ids
+        return kp.Events(
+            seq=self.seq, seq_ok=self.seq_ok, kind=self.kind, t=self.t, t_ok=self.t_ok,
+            gid=gid, gid_ok=gid_ok, nid=nid, nid_ok=nid_ok, eid=eid, eid_ok=eid_ok,
+            sid=sid, sid_ok=sid_ok, tid=tid, tid_ok=tid_ok,
+            x=self.x, y=self.y, z=self.z, pos_ok=self.pos_ok,
+            name=_ro(strings.encode(self.name)),
+            ntype=_ro(types.encode(self.ntype)),
+            etype=_ro(types.encode(self.etype)),
+            w=self.w, w_ok=self.w_ok,
+        )
+
+
+def events_of(batch: pa.RecordBatch) -> EventColumns:
     """Kernel view of a normalised batch (ids are zero-copy views)."""
     c = batch.column
-    gid, gid_ok = _ids(c("graph_id"))
-    nid, nid_ok = _ids(c("node_id"))
-    eid, eid_ok = _ids(c("edge_id"))
-    sid, sid_ok = _ids(c("source_id"))
-    tid, tid_ok = _ids(c("target_id"))
     x, y, z = c("x"), c("y"), c("z")
-    pos_ok = _ro(_valid(x) & _valid(y) & _valid(z))
     t = c("occurred_at")
-    return kp.Events(
+    return EventColumns(
+        batch.num_rows,
         seq=_num(c("seq"), np.uint64, 0),
         seq_ok=_valid(c("seq")),
         kind=_num(c("event_type"), np.int8, 0),
         t=_num(t, np.int64, 0),
         t_ok=_valid(t),
-        gid=gid, gid_ok=gid_ok, nid=nid, nid_ok=nid_ok, eid=eid, eid_ok=eid_ok,
-        sid=sid, sid_ok=sid_ok, tid=tid, tid_ok=tid_ok,
+        ids=tuple(_ids(c(k)) for k in ("graph_id", "node_id", "edge_id", "source_id", "target_id")),
         x=_num(x, np.float64, np.nan), y=_num(y, np.float64, np.nan),
-        z=_num(z, np.float64, np.nan), pos_ok=pos_ok,
-        name=_ro(strings.encode(c("name"))),
-        ntype=_ro(types.encode(c("node_type"))),
-        etype=_ro(types.encode(c("edge_type"))),
+        z=_num(z, np.float64, np.nan), pos_ok=_ro(_valid(x) & _valid(y) & _valid(z)),
         w=_num(c("weight"), np.float32, np.nan),
         w_ok=_valid(c("weight")),
+        name=c("name"), ntype=c("node_type"), etype=c("edge_type"),
     )
 
 
@@ -330,15 +365,16 @@ class Projection:
             self.G = G._replace(lo=lo)
 
     # -- the hook -------------------------------------------------------------
-    def apply(self, batch: pa.RecordBatch) -> tuple[ApplyResult, np.ndarray, np.ndarray]:
-        """Apply one normalised batch.
+    def apply(self, batch) -> tuple[ApplyResult, np.ndarray, np.ndarray]:
+        """Apply one normalised batch (or its :class:`EventColumns`).
 
         Returns the result, the graph indices it touched (each once) and the
         node indices whose position or liveness changed (a node may repeat).
         """
-        n = batch.num_rows
-        ev = events_of(batch, self.strings, self.types)
-        if len(self.types) > np.iinfo(np.int16).max:
+        cols = batch if isinstance(batch, EventColumns) else events_of(batch)
+        n = cols.n
+        ev = cols.events(self.strings, self.types)
+        if len(self.types) > _INT16_MAX:
             raise ValueError("more than 32767 distinct node/edge types")
         self.reserve(n, ev.kind)
         self.G = self.G._replace(tlist=np.empty(n, np.int32))

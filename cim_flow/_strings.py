@@ -16,6 +16,7 @@ class StringPool:
         self._codes: dict[str, int] = {}
         self._values: list[str] = []
         self._arrow: pa.Array | None = None
+        self._by_bytes: dict[bytes, int] = {}  # ASCII spans already seen -> code
         for v in values:
             self.code(v)
 
@@ -37,8 +38,11 @@ class StringPool:
     def value(self, code: int) -> str | None:
         return None if code < 0 else self._values[code]
 
-    def encode(self, arr: pa.Array) -> np.ndarray:
-        """int32 codes of a string or dictionary array; -1 for nulls."""
+    def encode(self, arr) -> np.ndarray:
+        """int32 codes of a string or dictionary array, or of an ``(offsets, bytes,
+        present)`` triple of ASCII spans; -1 for nulls."""
+        if isinstance(arr, tuple):
+            return self._encode_spans(*arr)
         n = len(arr)
         if n == 0 or arr.null_count == n:
             return np.full(n, -1, np.int32)
@@ -48,6 +52,27 @@ class StringPool:
         lut = np.array([self.code(s) for s in dictionary] + [-1], np.int32)
         idx = arr.indices.fill_null(len(dictionary)).to_numpy(zero_copy_only=False)
         return lut[idx]
+
+    def _encode_spans(self, offs: np.ndarray, data: np.ndarray, present: np.ndarray) -> np.ndarray:
+        n = present.shape[0]
+        rows = np.flatnonzero(present)
+        if rows.size > 64:  # one dictionary_encode in Arrow beats a Python loop
+            mask = None if rows.size == n else pa.py_buffer(np.packbits(present, bitorder="little"))
+            arr = pa.Array.from_buffers(pa.large_utf8(), n, [mask, pa.py_buffer(offs), pa.py_buffer(data)],
+                                        null_count=-1 if mask is not None else 0)
+            return self.encode(arr)
+        out = np.full(n, -1, np.int32)
+        if rows.size:
+            raw = data.tobytes()
+            bounds = offs.tolist()
+            seen = self._by_bytes
+            for r in rows.tolist():
+                b = raw[bounds[r]:bounds[r + 1]]
+                c = seen.get(b)
+                if c is None:
+                    c = seen[b] = self.code(b.decode("utf-8"))
+                out[r] = c
+        return out
 
     def decode(self, codes: np.ndarray) -> pa.Array:
         """utf8 array for int32 codes (-1 becomes null)."""

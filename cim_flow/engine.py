@@ -18,7 +18,7 @@ from kernels import intern as kintern
 from kernels import projection as kp
 
 from ._ids import UUID_TYPE, words_of, words_to_fsb
-from ._projection import ApplyResult, Projection, normalize_batch
+from ._projection import ApplyResult, EventColumns, Projection, normalize_batch
 from ._schema import TIME_TYPE
 from ._spatial import SpatialIndex
 from kernels import spatial as ks
@@ -26,6 +26,7 @@ from kernels import traverse as kt
 from ._time import from_micros, to_micros
 
 _NOT_INDEXED = -2
+_NO_TIME = int(np.iinfo(np.int64).min)  # created_of of a graph not in the by-date index
 
 SUMMARY_SCHEMA = pa.schema(
     [
@@ -70,7 +71,7 @@ class Engine:
         # secondary indices kept beside the kernel state
         self._name_of = np.full(self._p._caps[0], _NOT_INDEXED, np.int32)  # name code indexed per graph
         self._by_name: dict[int, set[int]] = {}
-        self._created_of = np.full(self._p._caps[0], np.iinfo(np.int64).min, np.int64)
+        self._created_of = np.full(self._p._caps[0], _NO_TIME, np.int64)
         self._cr_t = np.empty(0, np.int64)  # sorted created_at
         self._cr_g = np.empty(0, np.int64)  # graph index beside it
         self._cr_stale = 0
@@ -96,16 +97,28 @@ class Engine:
             batch = normalize_batch(batch)
             if batch.num_rows == 0:
                 continue
-            res, touched, dirty = self._p.apply(batch)
-            self._reindex(touched)
-            self._spatial.update(self._p.N, dirty)
-            self.last_touched, self.last_dirty = touched, dirty
-            for fn in self._listeners:
-                fn(touched, dirty)
+            res = self._apply_one(batch)
             total = res if total is None else total + res
         if total is None:
             total = ApplyResult(0, 0, 0, self.version)
         return total
+
+    def _apply_one(self, batch) -> ApplyResult:
+        """One kernel call for a normalised batch or :class:`EventColumns`, then the
+        secondary indices, the spatial index and the listeners."""
+        res, touched, dirty = self._p.apply(batch)
+        self._reindex(touched)
+        self._spatial.update(self._p.N, dirty)
+        self.last_touched, self.last_dirty = touched, dirty
+        for fn in self._listeners:
+            fn(touched, dirty)
+        return res
+
+    def _apply_columns(self, cols: EventColumns) -> ApplyResult:
+        """:meth:`apply` for the decoder's :class:`EventColumns` (the service's fast path)."""
+        if cols.n == 0:
+            return ApplyResult(0, 0, 0, self.version)
+        return self._apply_one(cols)
 
     def _apply_at(self, data, seq: int) -> ApplyResult:
         """Apply every row of ``data`` as the one stream message at sequence ``seq``.
@@ -167,7 +180,7 @@ class Engine:
             grow = G.alive.shape[0] - self._name_of.shape[0]
             self._name_of = np.concatenate([self._name_of, np.full(grow, _NOT_INDEXED, np.int32)])
             self._created_of = np.concatenate(
-                [self._created_of, np.full(grow, np.iinfo(np.int64).min, np.int64)])
+                [self._created_of, np.full(grow, _NO_TIME, np.int64)])
         if touched.size == 0:
             return
         alive = G.alive[touched].astype(bool)
@@ -188,10 +201,10 @@ class Engine:
                 self._by_name.setdefault(new, set()).add(g)
             self._name_of[g] = new
         # by creation date: append new (g, created) pairs, drop stale ones lazily
-        created = np.where(alive, G.created[touched], np.iinfo(np.int64).min)
+        created = np.where(alive, G.created[touched], _NO_TIME)
         moved = created != self._created_of[touched]
         if moved.any():
-            self._cr_stale += int(np.count_nonzero(self._created_of[touched[moved]] != np.iinfo(np.int64).min))
+            self._cr_stale += int(np.count_nonzero(self._created_of[touched[moved]] != _NO_TIME))
             self._created_of[touched[moved]] = created[moved]
             add = moved & alive
             if add.any():
@@ -599,7 +612,7 @@ class Engine:
         self._spatial = SpatialIndex()
         G = self._p.G
         self._name_of = np.full(G.alive.shape[0], _NOT_INDEXED, np.int32)
-        self._created_of = np.full(G.alive.shape[0], np.iinfo(np.int64).min, np.int64)
+        self._created_of = np.full(G.alive.shape[0], _NO_TIME, np.int64)
         self._by_name, self._cr_t, self._cr_g, self._cr_stale = {}, np.empty(0, np.int64), np.empty(0, np.int64), 0
         self._reindex(np.arange(G.meta[0], dtype=np.int64))
 

@@ -26,11 +26,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from . import __version__
 from . import _wire
 from ._config import Config
-from ._decode import decode_json, decode_spans
+from ._decode import decode_json, decode_spans, decode_spans_columns
 from ._natsserver import NatsServer
 from ._projection import normalize_batch
 from ._queries import (ARROW_MIME, HANDLERS, QueryCache, QueryError, encode_answer, error_reply, parse_request,
-                       q_nodes_in_radius_many, uuid_texts_of)
+                       iso_texts_of, q_nodes_in_radius_many, uuid_texts_of)
 from .engine import Engine
 
 BATCH_SUBJECT = "event.graph.batch"
@@ -511,8 +511,13 @@ class Service:
         if b <= a:
             return
         recv = (block.t[a:b] * 1e6).astype(np.int64)
-        batch, errors = decode_spans(block.buf, block.ds[a:b], block.de[a:b], received_at=recv)
+        cols, batch, errors = decode_spans_columns(block.buf, block.ds[a:b], block.de[a:b], received_at=recv)
         seqs = block.seq[a:b].astype(np.uint64) if self.jetstream else None
+        if cols is not None:  # every payload scanned: no Arrow arrays on the way
+            if seqs is not None:
+                cols = cols.with_seq(seqs)
+            self._count(self.engine._apply_columns(cols))
+            return
         keep = None
         if errors:
             keep = np.ones(b - a, bool)
@@ -795,8 +800,9 @@ def warm_kernels() -> None:
     for i, n in enumerate(nodes):
         p = rng.uniform(0, 10, 3)
         rows.append(dict(event_type=10, graph_id=g, occurred_at=2, node_id=n, x=p[0], y=p[1], z=p[2], name="n"))
-    rows.append(dict(event_type=20, graph_id=g, occurred_at=3, edge_id=nodes[0], source_id=nodes[0],
-                     target_id=nodes[1], weight=1.0))
+    for i in range(30):  # enough edges to rehash their table (rehash_edges)
+        rows.append(dict(event_type=20, graph_id=g, occurred_at=3, edge_id=nodes[i], source_id=nodes[i],
+                         target_id=nodes[i + 1], weight=1.0))
     rows.append(dict(event_type=12, graph_id=g, occurred_at=4, node_id=nodes[2], x=1.0, y=1.0, z=1.0))
     rows.append(dict(event_type=13, graph_id=g, occurred_at=5, node_id=nodes[3]))
     from ._schema import EVENT_SCHEMA

@@ -7,6 +7,7 @@ import sys
 import uuid
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -198,3 +199,71 @@ def test_uuid_text_with_one_byte_changed_is_accepted_exactly_when_valid():
         else:
             assert i not in rejected and next(got) == w, payloads[i]
     assert 0 < len(rejected) < len(payloads)
+
+
+def _state_arrays(engine):
+    st = engine._p.state()
+    out = {"strings": st["strings"], "types": st["types"], "version": st["version"]}
+    for ent in ("G", "N", "E"):
+        for k, v in st[ent].items():
+            if k not in ("tlist", "dlist"):  # per-batch scratch
+                out[f"{ent}.{k}"] = v
+    return out
+
+
+def test_column_fast_path_equals_arrow_path():
+    """The service's decoder -> kernel path (no Arrow arrays) leaves exactly the state, and
+    gives exactly the per-row outcomes, of decode -> record batch -> ``Engine.apply``."""
+    from cim_flow import Engine
+    from cim_flow._decode import decode_spans, decode_spans_columns
+    from cim_flow._demo import SyntheticEvents
+
+    rng = random.Random(11)
+    gen = SyntheticEvents(5, max_graphs=6, nodes_per_graph=40)
+    payloads = [gen.next()[2] for _ in range(2500)]
+    g2 = str(uuid.uuid4())
+    extra = [  # types, labels, null weights, missing positions, unknown things, a scanner fallback
+        {"type": "GraphCreated", "graph_id": g2, "name": "two words"},
+        {"type": "NodeAdded", "graph_id": g2, "node_id": N, "position": [1, 2, 3], "node_type": "T1", "label": "x"},
+        {"type": "NodeAdded", "graph_id": g2, "node_id": G, "node_type": "T2"},
+        {"type": "EdgeAdded", "graph_id": g2, "edge_id": G, "source": N, "target": G, "edge_type": "E1",
+         "weight": None},
+        {"type": "NodeRemoved", "graph_id": g2, "node_id": str(uuid.uuid4())},
+        {"type": "EdgeAdded", "graph_id": str(uuid.uuid4()), "edge_id": G, "source": N, "target": G},
+        {"type": "GraphRenamed", "graph_id": g2, "new_name": "caf\u00e9"},
+        {"type": "NodeMoved", "graph_id": g2, "node_id": N, "position": {"x": 1, "y": "bad", "z": 2}},
+    ]
+    for e in extra:
+        payloads.insert(rng.randrange(len(payloads)), json.dumps(e, ensure_ascii=False).encode())
+    a, b = Engine(), Engine()
+    i, seq, fast = 0, 0, 0
+    while i < len(payloads):
+        size = rng.choice([1, 3, 25, 70, 300, 900])
+        part = payloads[i:i + size]
+        i += size
+        joined = b"".join(part)
+        ends = np.cumsum([len(p) for p in part])
+        starts = ends - [len(p) for p in part]
+        recv = np.full(len(part), 1_700_000_000_000_000 + i, np.int64)
+        batch, errors = decode_spans(joined, starts, ends, received_at=recv)
+        cols, batch2, errors2 = decode_spans_columns(joined, starts, ends, received_at=recv)
+        assert errors == errors2
+        seqs = np.arange(seq + 1, seq + 1 + batch.num_rows, dtype=np.uint64)
+        seq += batch.num_rows
+        ra = a.apply(batch.set_column(0, "seq", pa.array(seqs, pa.uint64())))
+        if cols is None:
+            rb = b.apply(batch2.set_column(0, "seq", pa.array(seqs, pa.uint64())))
+        else:
+            fast += 1
+            rb = b._apply_columns(cols.with_seq(seqs))
+        assert (ra.applied, ra.ignored, ra.skipped, ra.version) == (rb.applied, rb.ignored, rb.skipped, rb.version)
+        np.testing.assert_array_equal(ra.status, rb.status)
+    assert fast > 5 and a.totals()["nodes"] > 50 and a.totals()["edges"] > 20
+    sa, sb = _state_arrays(a), _state_arrays(b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if isinstance(sa[k], np.ndarray):
+            np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+        else:
+            assert sa[k] == sb[k], k
+    assert a.graph_summaries().equals(b.graph_summaries())
