@@ -34,43 +34,52 @@ _CRLF = b"\r\n"
 class Block:
     """Messages in arrival order as spans of one buffer (no per-message objects).
 
+    ``sp``: one ``(7, m)`` int64 array, rows subject start/end, reply start/end,
+    data start/end and JetStream stream sequence (0 when not from JetStream);
     ``kind``: 0 an event message, 1 an Arrow batch message, 2 a pull status;
-    ``seq``: JetStream stream sequence (0 when not from JetStream); ``t``:
-    receive time (seconds since the epoch) per message.
+    ``t``: receive time (seconds since the epoch) per message.  One array for the
+    spans keeps joining the many small blocks of a micro-batch to a few numpy calls.
     """
 
-    __slots__ = ("buf", "ss", "se", "rs", "re", "ds", "de", "seq", "kind", "t")
+    __slots__ = ("buf", "sp", "kind", "t")
 
-    def __init__(self, buf, ss, se, rs, re, ds, de, seq, kind, t):
-        self.buf, self.ss, self.se, self.rs, self.re = buf, ss, se, rs, re
-        self.ds, self.de, self.seq, self.kind, self.t = ds, de, seq, kind, t
+    def __init__(self, buf, sp, kind, t):
+        self.buf, self.sp, self.kind, self.t = buf, sp, kind, t
+
+    ss = property(lambda self: self.sp[0])
+    se = property(lambda self: self.sp[1])
+    rs = property(lambda self: self.sp[2])
+    re = property(lambda self: self.sp[3])
+    ds = property(lambda self: self.sp[4])
+    de = property(lambda self: self.sp[5])
+    seq = property(lambda self: self.sp[6])
 
     def __len__(self) -> int:
-        return self.ds.shape[0]
+        return self.kind.shape[0]
 
     def data(self, i: int) -> bytes:
-        return self.buf[self.ds[i]:self.de[i]]
+        return self.buf[self.sp[4, i]:self.sp[5, i]]
 
     def subject(self, i: int) -> str:
-        return self.buf[self.ss[i]:self.se[i]].decode()
+        return self.buf[self.sp[0, i]:self.sp[1, i]].decode()
 
     def reply(self, i: int) -> str:
-        return self.buf[self.rs[i]:self.re[i]].decode()
+        return self.buf[self.sp[2, i]:self.sp[3, i]].decode()
 
     def select(self, mask) -> Block:
-        return Block(self.buf, *(a[mask] for a in (self.ss, self.se, self.rs, self.re, self.ds, self.de,
-                                                   self.seq, self.kind, self.t)))
+        return Block(self.buf, self.sp[:, mask], self.kind[mask], self.t[mask])
 
     @staticmethod
     def concat(blocks: list) -> Block:
         if len(blocks) == 1:
             return blocks[0]
+        sizes = np.fromiter((len(b.buf) for b in blocks), np.int64, len(blocks))
         shift = np.zeros(len(blocks), np.int64)
-        np.cumsum([len(b.buf) for b in blocks[:-1]], out=shift[1:])
-        spans = [np.concatenate([getattr(b, f) + o for b, o in zip(blocks, shift)])
-                 for f in ("ss", "se", "rs", "re", "ds", "de")]
-        rest = [np.concatenate([getattr(b, f) for b in blocks]) for f in ("seq", "kind", "t")]
-        return Block(b"".join(b.buf for b in blocks), *spans, *rest)
+        np.cumsum(sizes[:-1], out=shift[1:])
+        sp = np.concatenate([b.sp for b in blocks], axis=1)
+        sp[:6] += np.repeat(shift, [len(b) for b in blocks])
+        return Block(b"".join(b.buf for b in blocks), sp,
+                     np.concatenate([b.kind for b in blocks]), np.concatenate([b.t for b in blocks]))
 
     @staticmethod
     def from_msgs(msgs, times, batch_subject: str, seq_of=None) -> Block:
@@ -80,13 +89,12 @@ class Block:
             sb, rb = m.subject.encode(), (m.reply or "").encode()
             parts += (sb, rb, m.data)
             spans.append((o, o + len(sb), o + len(sb), o + len(sb) + len(rb),
-                          o + len(sb) + len(rb), o + len(sb) + len(rb) + len(m.data)))
+                          o + len(sb) + len(rb), o + len(sb) + len(rb) + len(m.data),
+                          seq_of(m.reply) if seq_of and m.reply else 0))
             o += len(sb) + len(rb) + len(m.data)
-        a = np.array(spans, np.int64).reshape(-1, 6)
-        seq = np.array([seq_of(m.reply) if seq_of and m.reply else 0 for m in msgs], np.int64)
+        sp = np.ascontiguousarray(np.array(spans, np.int64).reshape(-1, 7).T)
         kind = np.array([1 if m.subject == batch_subject else 0 for m in msgs], np.int8)
-        return Block(b"".join(parts), *(a[:, k].copy() for k in range(6)), seq, kind,
-                     np.asarray(times, np.float64))
+        return Block(b"".join(parts), sp, kind, np.asarray(times, np.float64))
 
 
 def usable(url: str, connect_options: dict) -> bool:
@@ -147,7 +155,8 @@ class RawConnection:
         self._inbox_b = np.frombuffer(inbox.encode(), np.uint8)
         self._batch_b = np.frombuffer(batch_subject.encode(), np.uint8)
         i64 = np.int64
-        self._out = ([np.empty(capacity, i64) for _ in range(7)] + [np.empty(capacity, np.int8)]
+        self._spans = np.empty((7, capacity), i64)  # a Block's sp rows, filled by the kernel
+        self._out = ([*self._spans] + [np.empty(capacity, np.int8)]
                      + [np.empty(256, i64), np.empty(256, i64)])
         self._counts = np.zeros(2, i64)
         self.on_lost = on_lost
@@ -245,8 +254,7 @@ class RawConnection:
                 return len(b)
             m, c = int(self._counts[0]), int(self._counts[1])
             if m:
-                ss, se, rs, re, ds, de, seq, kind = (a[:m].copy() for a in o[:8])
-                self.on_block(Block(b, ss, se, rs, re, ds, de, seq, kind, np.full(m, now)))
+                self.on_block(Block(b, self._spans[:, :m].copy(), o[7][:m].copy(), np.full(m, now)))
             for k in range(c):
                 self._control(b[o[8][k]:o[9][k]])
             full = m == o[0].shape[0] or c == o[8].shape[0]

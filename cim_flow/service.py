@@ -817,6 +817,7 @@ def warm_kernels() -> None:
     eng.nodes_in_box([0, 0, 0], [5, 5, 5])
     eng._node_rows_json(np.arange(3))  # radius replies' JSON rows
     uuid_texts_of(np.zeros((1, 16), np.uint8))  # ids as text in every reply and update
+    iso_texts_of(np.zeros(1, np.int64))  # times as text in summaries
     eng.apply(pa.table({k: v for k, v in cols.items()}).slice(0, 3))  # incremental index update
     eng.nodes_within(rng.uniform(0, 10, (1, 3)), 2.0)
     from . import _spatial
@@ -839,4 +840,6 @@ def warm_kernels() -> None:
     conn = _wire.RawConnection(got.append, inbox="_INBOX.warm", batch_subject=BATCH_SUBJECT)
     conn._frames(frame)
     decode_spans(got[0].buf, got[0].ds, got[0].de)
+    cols, _, _ = decode_spans_columns(got[0].buf, got[0].ds, got[0].de)
+    eng._apply_columns(cols.with_seq(np.array([eng.version + 1], np.uint64)))
 
