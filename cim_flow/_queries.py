@@ -82,7 +82,14 @@ def uuid_texts_of(raw: np.ndarray) -> list:
 
 def iso_texts_of(us: np.ndarray) -> list:
     """RFC 3339 text (UTC, 'Z'; microseconds only when not zero) per int64 µs value."""
-    us = np.asarray(us, np.int64)
+    us = np.ascontiguousarray(us, np.int64)
+    rows, ok = kt.iso_text_rows(us)  # ~10x numpy's datetime_as_string (twice) on small arrays
+    if ok:
+        return [t.decode() for t in rows.view(f"S{kt.ISO_LEN}").tolist()]
+    return _iso_texts_numpy(us)
+
+
+def _iso_texts_numpy(us: np.ndarray) -> list:
     t = us.astype("datetime64[us]")
     whole = (us % 1_000_000 == 0).tolist()
     s_us = np.datetime_as_string(t, unit="us").tolist()

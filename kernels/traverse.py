@@ -181,3 +181,63 @@ def node_rows_json(node_keys, node_graph, graph_keys, nodes):
         o = _put_uuid(out, o, graph_keys[g, 0], graph_keys[g, 1])
         _put(out, o, _ROW_C)
     return out
+
+
+ISO_LEN = 27  # "YYYY-MM-DDTHH:MM:SS.ffffffZ"
+
+
+@jit(nrt=False)
+def _put_digits(out, o, v, width):
+    for k in range(width - 1, -1, -1):
+        out[o + k] = 48 + v % 10
+        v //= 10
+
+
+@jit
+def iso_text_rows(us):
+    """RFC 3339 UTC text per int64 µs since the epoch, ``ISO_LEN`` bytes a row:
+    ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` NUL-padded (fractional part only when not zero).
+    Returns ``(rows, ok)``; ``ok`` is False when a year falls outside 0..9999."""
+    n = us.shape[0]
+    out = np.zeros(n * ISO_LEN, np.uint8)
+    ok = True
+    for j in range(n):
+        t = us[j]
+        days = t // 86_400_000_000  # floor division: correct before 1970 too
+        rem = t - days * 86_400_000_000
+        # civil date from days since 1970-01-01 (H. Hinnant's algorithm)
+        z = days + 719468
+        era = z // 146097  # floor division (the C original truncates, hence its z - 146096)
+        doe = z - era * 146097
+        yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+        y = yoe + era * 400
+        doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+        mp = (5 * doy + 2) // 153
+        d = doy - (153 * mp + 2) // 5 + 1
+        m = mp + 3 if mp < 10 else mp - 9
+        if m <= 2:
+            y += 1
+        if y < 0 or y > 9999:
+            ok = False
+            continue
+        o = j * ISO_LEN
+        _put_digits(out, o, y, 4)
+        out[o + 4] = 45
+        _put_digits(out, o + 5, m, 2)
+        out[o + 7] = 45
+        _put_digits(out, o + 8, d, 2)
+        out[o + 10] = 84
+        secs = rem // 1_000_000
+        frac = rem - secs * 1_000_000
+        _put_digits(out, o + 11, secs // 3600, 2)
+        out[o + 13] = 58
+        _put_digits(out, o + 14, (secs // 60) % 60, 2)
+        out[o + 16] = 58
+        _put_digits(out, o + 17, secs % 60, 2)
+        if frac:
+            out[o + 19] = 46
+            _put_digits(out, o + 20, frac, 6)
+            out[o + 26] = 90
+        else:
+            out[o + 19] = 90
+    return out, ok

@@ -2,6 +2,7 @@
 import math
 import random
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -97,3 +98,24 @@ def test_paging_and_bad_arguments():
         eng.find_nodes(offset=-1)
     assert eng.neighbors(b"\x07" * 16).num_rows == 0
     assert Engine().find_nodes().num_rows == 0
+
+
+def test_iso_text_rows_equal_numpy_datetime_text():
+    """The kernel's RFC 3339 text equals numpy's for every year 0..9999 (both sides of
+    each boundary, before and after the epoch); outside that range it hands over to numpy."""
+    from cim_flow._queries import _iso_texts_numpy, iso_texts_of
+    from kernels import traverse as kt
+
+    lo, hi = -62167219200000000, 253402300799999999  # 0000-01-01T00:00:00, 9999-12-31T23:59:59.999999
+    day = 86_400_000_000
+    rng = np.random.default_rng(1)
+    v = np.concatenate([rng.integers(lo, hi, 50_000), rng.integers(-10**6, 10**6, 2000) * 10**6,
+                        np.arange(lo, lo + 800 * day, day // 7), np.arange(-400 * day, 400 * day, day // 3),
+                        [0, -1, 1, 999_999, -1_000_000, day - 1, 951_782_400_000_000, hi, lo, lo + 1]])
+    rows, ok = kt.iso_text_rows(v)
+    assert ok
+    assert [t.decode() for t in rows.view(f"S{kt.ISO_LEN}").tolist()] == _iso_texts_numpy(v)
+    out = np.array([lo - 1, 0, hi + 1])
+    assert not kt.iso_text_rows(out)[1]
+    assert iso_texts_of(out) == _iso_texts_numpy(out)
+    assert iso_texts_of(np.array([0, 1_500_000])) == ["1970-01-01T00:00:00Z", "1970-01-01T00:00:01.500000Z"]
