@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 import subprocess
@@ -187,7 +188,9 @@ async def run_load(url: str, rate: float, duration: float, arrow_batch: int = 0,
     n_queries = int(query_rate * duration)
     while sent < n_msgs or q_sent < n_queries:
         now = time.perf_counter()
-        due = min(n_msgs, int(np.searchsorted(last_event, (now - t0) * rate, side="right")))
+        # an integer key: a float one makes numpy cast all of last_event on every tick
+        # (~40 us a tick, a third of this process's CPU at 5k events/s)
+        due = min(n_msgs, int(last_event.searchsorted(np.int64(math.floor((now - t0) * rate)), side="right")))
         if raw is not None and due > sent:
             raw.write(view[ends[sent - 1] if sent else 0:ends[due - 1]])
             sent = due
