@@ -57,7 +57,7 @@ def size(value, key) -> int:
 @dataclass
 class EventProcessing:
     batch_size: int = 1000
-    batch_timeout: float = 0.002
+    batch_timeout: float = 0.0005
     max_concurrent_batches: int = 1
     enable_adaptive_batching: bool = True
     min_batch_size: int = 10

@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_example_config_loads():
     cfg = Config.from_toml(ROOT / "examples" / "production.toml")
-    assert cfg.event_processing.batch_timeout == pytest.approx(0.002)
+    assert cfg.event_processing.batch_timeout == pytest.approx(0.0005)
     assert cfg.jetstream.duplicate_window == pytest.approx(120.0)
     assert cfg.nats.pending_size == 8_000_000
 
