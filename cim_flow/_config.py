@@ -125,6 +125,7 @@ class Snapshots:
     every_events: int = 1_000_000
     every_seconds: float = 300.0
     keep: int = 3
+    background: bool = True  # periodic snapshots written by a forked child (no ingest stall)
 
 
 @dataclass

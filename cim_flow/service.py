@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import signal
 import sys
 import time
@@ -97,6 +98,9 @@ class Service:
         self.snapshot_dir = f"{data_dir}/snapshots"
         self._snap_version = 0
         self._snap_time = time.time()
+        self._snap_child = None  # (pid, version, path, started) of a background snapshot
+        self._snap_good = -1  # version of the last background snapshot that was written
+        self.snapshot_seconds = 0.0  # how long the last background one took
         self.demo = demo
         self.demo_rate = demo_rate
         self.status_interval = status_interval
@@ -127,7 +131,7 @@ class Service:
         self.batch_time = LatencyWindow(4096)  # seconds spent processing each batch
         self.counters = dict(events_applied=0, events_ignored=0, events_skipped=0, events_dead_lettered=0,
                              batches=0, queries=0, query_errors=0, messages=0, radius_batches=0,
-                             index_builds_waited=0)
+                             index_builds_waited=0, snapshots=0)
         self.started = time.time()
         self.connected = False
         self.url = None
@@ -482,15 +486,23 @@ class Service:
             self._applied_cond.notify_all()
 
     def _maybe_snapshot(self, force: bool = False):
+        """Take a snapshot when one is due (every N events or T seconds): in a forked
+        child when ``[snapshots] background`` (the default), else here and now.
+        ``force`` (shutdown) writes here, after any background one has finished."""
         if not self.snapshots:
             return None
+        self._reap_snapshot(block=force)
         sc = self.config.snapshots
         v = self.engine.version
         if v <= self._snap_version and not force:
             return None
         due = force or v - self._snap_version >= sc.every_events or time.time() - self._snap_time >= sc.every_seconds
-        if not due:
+        if not due or (force and v == self._snap_good):  # shutdown right after a background one
             return None
+        if not force and sc.background and self._snap_child is None and hasattr(os, "fork"):
+            return self._fork_snapshot()
+        if self._snap_child is not None:
+            return None  # one is being written; the next batch looks again
         return self.write_snapshot()
 
     def write_snapshot(self) -> str:
@@ -500,7 +512,77 @@ class Service:
         prune(self.snapshot_dir, self.config.snapshots.keep)
         self._snap_version = self.engine.version
         self._snap_time = time.time()
+        self.counters["snapshots"] += 1
         return path
+
+    def _fork_snapshot(self) -> str:
+        """Write the current state from a forked child (copy-on-write pages: the parent
+        goes on applying while the child writes; a 10M-node snapshot takes seconds of
+        disk time here, all of which blocked ingest and queries before).  Returns the
+        path the child writes; :meth:`_reap_snapshot` collects it."""
+        from ._snapshot import snapshot_path, write_state
+
+        path = snapshot_path(self.snapshot_dir, self.engine.version)
+        st = self.engine._p.state()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: write and leave, touching nothing of the parent's
+            code = 1
+            try:
+                os.closerange(3, 65536)  # sockets, the event loop: the parent's
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                write_state(st, path)
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - reported, then exit
+                try:
+                    os.write(2, f"cim_flow: background snapshot failed: {exc}\n".encode())
+                except OSError:
+                    pass
+            finally:
+                os._exit(code)
+        self._snap_child = (pid, self.engine.version, path, time.perf_counter())
+        self._snap_version = self.engine.version  # not due again while it is written
+        self._snap_time = time.time()
+        return path
+
+    def _reap_snapshot(self, block: bool = False) -> str | None:
+        """Collect a finished background snapshot (prune old ones); its path, or None
+        while it is still being written (``block``: wait for it)."""
+        if self._snap_child is None:
+            return None
+        pid, version, path, t0 = self._snap_child
+        try:
+            done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, 1 << 8
+        if done == 0:
+            return None
+        self._snap_child = None
+        if os.waitstatus_to_exitcode(status) == 0:
+            from ._snapshot import prune
+
+            prune(self.snapshot_dir, self.config.snapshots.keep)
+            self.counters["snapshots"] += 1
+            self.snapshot_seconds = time.perf_counter() - t0
+            self._snap_good = version
+            return path
+        # not retried at once (a full disk would fork a writer every batch): the next
+        # one is due N events or T seconds after this attempt
+        self._log(f"cim_flow: background snapshot at version {version} failed "
+                  f"(exit {os.waitstatus_to_exitcode(status)})")
+        return None
+
+    async def _snapshot_done(self) -> str | None:
+        """Wait (without blocking the loop) for the background snapshot in flight."""
+        while self._snap_child is not None:
+            path = self._reap_snapshot()
+            if path is not None:
+                return path
+            if self._snap_child is not None:
+                await asyncio.sleep(0.02)
+        return None
 
     def _count(self, res):
         self.counters["events_applied"] += res.applied
@@ -607,7 +689,14 @@ class Service:
         try:
             if not self.snapshots:
                 raise QueryError("disabled", "snapshots are disabled ([snapshots] enabled = false)")
-            path = self.write_snapshot()
+            await self._snapshot_done()  # one in flight may predate what was asked for
+            if self.config.snapshots.background and hasattr(os, "fork"):
+                self._fork_snapshot()
+                path = await self._snapshot_done()
+                if path is None:
+                    raise QueryError("internal", "the background snapshot failed (see the service log)")
+            else:
+                path = self.write_snapshot()
             await req.respond(_json.encode({"version": self.engine.version, "path": path}))
         except QueryError as exc:
             await req.respond(error_reply(exc.code, exc.message, self.engine.version))
@@ -724,6 +813,9 @@ class Service:
             "cache_hits": self.cache.hits, "cache_misses": self.cache.misses, "cache_entries": len(self.cache),
             "uptime_s": time.time() - self.started, "connected": self.connected,
             "jetstream": self.jetstream,
+            "snapshots": c["snapshots"], "snapshot_version": self._snap_version,
+            "snapshot_in_progress": self._snap_child is not None,
+            "snapshot_seconds": self.snapshot_seconds,
         }
 
     async def _status_loop(self):

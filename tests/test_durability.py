@@ -176,3 +176,35 @@ def test_nats_server_restart_mid_ingest(tmp_path):
         _stop(proc)
         srv.stop()
     assert proc.returncode == 0
+
+
+def test_background_snapshots_are_exact_at_their_version(tmp_path):
+    """Periodic snapshots are written by a forked child while ingest goes on; each one
+    holds exactly the projection of the stream up to its version."""
+    from cim_flow import Engine
+    from cim_flow._config import Config
+    from cim_flow._snapshot import list_snapshots
+    from cim_flow.service import Service
+    from conftest import RunningService
+    from test_projection import check_same
+
+    srv = NatsServer(port=0, store_dir=str(tmp_path / "js")).start()
+    try:
+        cfg = Config.from_dict({"snapshots": {"every_events": 300, "keep": 50},
+                                "event_processing": {"batch_size": 100, "enable_adaptive_batching": False}})
+        svc = Service(cfg, nats_url=srv.url, data_dir=str(tmp_path / "svc"), status_interval=0)
+        rs = RunningService(svc).start()
+        gen = SyntheticEvents(31, max_graphs=10, nodes_per_graph=200)
+        payloads = [gen.next() for _ in range(2000)]
+        _publisher(srv.url, payloads, threading.Event(), 0.005)
+        stats = request(srv.url, "query.graph.stats", {"min_version": 2000, "timeout_ms": 30000}, timeout=40)
+        assert stats["version"] == 2000
+        rs.stop()
+        snaps = list_snapshots(str(tmp_path / "svc" / "snapshots"))
+        background = [v for v, _ in snaps if v < 2000]
+        assert len(background) >= 3 and svc.counters["snapshots"] >= len(snaps)
+        assert snaps[0][0] == 2000  # and the one at shutdown
+        for version, path in snaps:
+            check_same(Engine.from_snapshot(path), _reference(payloads[:version]))
+    finally:
+        srv.stop()
