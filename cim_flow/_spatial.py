@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import sys
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -169,7 +170,7 @@ class SpatialIndex:
             return None
         if self._job is None:
             self._job_dirty, self._first_job = [], True
-            self._job = _builder().submit(_main_grid, N, True)
+            self._job = _builder().submit(_main_grid, _frozen(N), True)
         return self._job
 
     def update(self, N, dirty: np.ndarray) -> None:
@@ -195,7 +196,7 @@ class SpatialIndex:
                 return
             if self._job is None:
                 self._job_dirty = []
-                self._job = _builder().submit(_main_grid, N, True)
+                self._job = _builder().submit(_main_grid, _frozen(N), True)
         self._rebuild_delta(N)
 
     def _grow_where(self, N) -> None:
@@ -283,6 +284,25 @@ class SpatialIndex:
         update or query); for tests and benchmarks."""
         if self._job is not None:
             concurrent.futures.wait([self._job])
+
+
+class _FrozenNodes(NamedTuple):
+    pos: np.ndarray
+    alive: np.ndarray
+    graph: np.ndarray
+    meta: np.ndarray
+
+
+def _frozen(N) -> _FrozenNodes:
+    """What a background build reads of the node state, copied now, on the applying
+    thread.  The apply kernel moves and removes nodes in place while the build runs;
+    a build reading positions that change between its passes (box, count, place) puts
+    points in cells they were not counted in, leaving rows of its index unwritten or
+    writing past a cell's end (seen as garbage node indices in answers, and a crash).
+    Nodes changed after this copy are made stale and re-indexed by the delta when the
+    build is adopted.  A node's graph never changes: that column is shared."""
+    n = int(N.meta[0])
+    return _FrozenNodes(N.pos[:n].copy(), N.alive[:n].copy(), N.graph[:n], np.array([n], np.int64))
 
 
 def _main_grid(N, serial):

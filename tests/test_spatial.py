@@ -635,3 +635,50 @@ def test_kept_hits_overflow_and_large_radii_give_the_brute_force_answer(n_querie
             assert t.column("graph_id").to_pylist() == [by_node[x] for x in eng.node_ids(idx).to_pylist()]
             np.testing.assert_array_equal(t.column("distance").to_numpy(), np.sqrt(d2))
     assert (np.diff(eng.radius_csr(centers, radii)[0]) > 16).any()  # some queries overflowed the keep
+
+
+def _moves_batch(keys, g, pos, t):
+    """NodeAdded/NodeMoved rows for node keys ``(n, 2)`` words at ``pos``, built column-wise."""
+    from cim_flow._ids import words_to_fsb
+
+    n = len(keys)
+    gw = np.tile(np.frombuffer(g, np.uint64), (n, 1))
+    cols = {f.name: pa.nulls(n, f.type) for f in EVENT_SCHEMA}
+    cols["event_type"] = pa.array(np.full(n, t[0], np.int8))
+    cols["occurred_at"] = pa.array(np.full(n, t[1], np.int64)).cast(EVENT_SCHEMA.field("occurred_at").type)
+    cols["graph_id"] = words_to_fsb(gw)
+    cols["node_id"] = words_to_fsb(keys)
+    for k, name in enumerate("xyz"):
+        cols[name] = pa.array(pos[:, k])
+    return pa.RecordBatch.from_arrays([cols[f.name] for f in EVENT_SCHEMA], schema=EVENT_SCHEMA)
+
+
+def test_background_rebuilds_while_nodes_change_stay_exact():
+    """Background main-grid builds run while batches add and move nodes in place (the
+    service's situation): each build must read a copy of the node state.  Reading the
+    live arrays, this stream gave answers with unwritten rows (garbage node numbers, a
+    crash in the service) within a few hundred batches."""
+    from cim_flow import decode_json
+    from cim_flow._demo import SyntheticEvents
+
+    gen = SyntheticEvents(7, max_graphs=200, nodes_per_graph=2000)
+    eng = Engine()
+    for _ in range(12):
+        eng.apply(decode_json([gen.next()[2] for _ in range(50_000)])[0])
+    rng = np.random.default_rng(0)
+    centres = np.random.default_rng(1).uniform(0, 1000, (1024, 3))
+    eng.radius_csr(centres[:1], 25.0)
+    builds0 = eng._spatial.builds
+    for it in range(500):
+        eng.apply(decode_json([gen.next()[2] for _ in range(int(rng.integers(1, 200)))])[0])
+        k = int(rng.choice([1, 5, 40, 64, 65, 200]))
+        c = centres[rng.integers(0, 1024, k)]
+        offs, idx, _ = eng.radius_csr(c, 25.0)
+        n = int(eng._p.N.meta[0])
+        assert idx.size == 0 or (idx.min() >= 0 and idx.max() < n), f"node numbers out of range at batch {it}"
+        if it % 25 == 0:
+            N = eng._p.N
+            live = N.alive[:n].astype(bool) & ~np.isnan(N.pos[:n, 0])
+            want = np.flatnonzero(live & (((N.pos[:n] - c[0]) ** 2).sum(1) <= 625.0))
+            assert np.array_equal(np.sort(idx[offs[0]:offs[1]]), want)
+    assert eng._spatial.builds >= builds0 + 2  # background builds were adopted along the way
