@@ -26,6 +26,16 @@ from kernels import traverse as kt
 from ._time import from_micros, to_micros
 
 _NOT_INDEXED = -2
+def _checked_nodes(nodes, N) -> np.ndarray:
+    """Node numbers about to be gathered by a kernel without bounds checks: one that is
+    out of range would read (and crash) far outside the node arrays, so it is an error
+    here instead (an answer from a damaged index, never an expected input)."""
+    nodes = np.ascontiguousarray(nodes, np.int64)
+    if nodes.size and (nodes.min() < 0 or nodes.max() >= int(N.meta[0])):
+        raise RuntimeError("internal error: node number out of range in an answer")
+    return nodes
+
+
 _NO_TIME = int(np.iinfo(np.int64).min)  # created_of of a graph not in the by-date index
 
 SUMMARY_SCHEMA = pa.schema(
@@ -439,7 +449,7 @@ class Engine:
     def _node_table(self, query, nodes, dist=None, offsets=None) -> pa.Table:
         """``query``: the query number per row, or None with CSR ``offsets`` to derive it."""
         N, G = self._p.N, self._p.G
-        nodes = np.ascontiguousarray(nodes, np.int64)
+        nodes = _checked_nodes(nodes, N)
         gather = kt.gather_ids if nodes.shape[0] >= 8192 else kt.gather_ids_serial
         if query is None:
             query = np.empty(nodes.shape[0], np.int64)
@@ -452,7 +462,7 @@ class Engine:
         """``{"node_id":"..","graph_id":".."},`` per node index, fixed width
         (``kernels.traverse.ROW_LEN``): a run of rows is a slice."""
         N, G = self._p.N, self._p.G
-        return kt.node_rows_json(N.keys, N.graph, G.keys, np.ascontiguousarray(nodes, np.int64)).tobytes()
+        return kt.node_rows_json(N.keys, N.graph, G.keys, _checked_nodes(nodes, N)).tobytes()
 
     def nodes_within(self, centers, radius, *, graph_id=None, return_distance=False, sort=False,
                      count_only=False):
