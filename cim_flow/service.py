@@ -40,6 +40,8 @@ DLQ_SUBJECT = "dlq.graph"
 QUERY_PREFIX = "query.graph."
 SNAPSHOT_SUBJECT = "cmd.cim_flow.snapshot"
 _json = msgspec.json.Encoder()
+_SNAPSHOT_CHILD_LIMIT = 900  # seconds a background snapshot writer may take before it is killed
+_SNAPSHOT_WAIT_AT_STOP = 120.0  # seconds shutdown waits for one before writing in-line
 
 
 def _stream_seq(reply: str) -> int:
@@ -531,8 +533,11 @@ class Service:
             code = 1
             try:
                 os.closerange(3, 65536)  # sockets, the event loop: the parent's
-                for sig in (signal.SIGINT, signal.SIGTERM):
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
                     signal.signal(sig, signal.SIG_DFL)
+                # a child that cannot finish (a lock some parent thread held at the fork,
+                # a hung disk) dies on its own: the parent then logs it and goes on
+                signal.alarm(_SNAPSHOT_CHILD_LIMIT)
                 write_state(st, path)
                 code = 0
             except BaseException as exc:  # noqa: BLE001 - reported, then exit
@@ -554,7 +559,17 @@ class Service:
             return None
         pid, version, path, t0 = self._snap_child
         try:
-            done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == 0 and block:  # shutdown: wait, but not forever
+                deadline = time.monotonic() + _SNAPSHOT_WAIT_AT_STOP
+                while done == 0 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                if done == 0:
+                    self._log(f"cim_flow: background snapshot at version {version} still running after "
+                              f"{_SNAPSHOT_WAIT_AT_STOP:.0f} s: stopped")
+                    os.kill(pid, signal.SIGKILL)
+                    done, status = os.waitpid(pid, 0)
         except ChildProcessError:
             done, status = pid, 1 << 8
         if done == 0:

@@ -208,3 +208,43 @@ def test_background_snapshots_are_exact_at_their_version(tmp_path):
             check_same(Engine.from_snapshot(path), _reference(payloads[:version]))
     finally:
         srv.stop()
+
+
+def test_stuck_background_snapshot_is_stopped_at_shutdown(tmp_path, monkeypatch):
+    """A background writer that never finishes does not hang shutdown: after the wait
+    it is killed and the shutdown snapshot is written in-line, exact as ever."""
+    import cim_flow._snapshot as snap
+    import cim_flow.service as service
+    from cim_flow import Engine
+    from cim_flow._config import Config
+    from cim_flow._snapshot import list_snapshots
+    from conftest import RunningService
+    from test_projection import check_same
+
+    parent, real = os.getpid(), snap.write_state
+
+    def write_state(st, path, fmt=3):
+        if os.getpid() != parent:  # the forked writer hangs
+            time.sleep(3600)
+        return real(st, path, fmt)
+
+    monkeypatch.setattr(snap, "write_state", write_state)
+    monkeypatch.setattr(service, "_SNAPSHOT_WAIT_AT_STOP", 1.0)
+    srv = NatsServer(port=0, store_dir=str(tmp_path / "js")).start()
+    try:
+        cfg = Config.from_dict({"snapshots": {"every_events": 100}})
+        svc = service.Service(cfg, nats_url=srv.url, data_dir=str(tmp_path / "svc"), status_interval=0)
+        rs = RunningService(svc).start()
+        gen = SyntheticEvents(41, max_graphs=5, nodes_per_graph=100)
+        payloads = [gen.next() for _ in range(500)]
+        _publisher(srv.url, payloads, threading.Event(), 0.0)
+        stats = request(srv.url, "query.graph.stats", {"min_version": 500, "timeout_ms": 30000}, timeout=40)
+        assert stats["version"] == 500 and stats["snapshot_in_progress"] is True
+        t0 = time.monotonic()
+        rs.stop()
+        assert not rs.thread.is_alive() and time.monotonic() - t0 < 20
+        snaps = list_snapshots(str(tmp_path / "svc" / "snapshots"))
+        assert [v for v, _ in snaps] == [500]  # the hung one never renamed a file
+        check_same(Engine.from_snapshot(snaps[0][1]), _reference(payloads))
+    finally:
+        srv.stop()
