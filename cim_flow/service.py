@@ -101,7 +101,7 @@ class Service:
         self._snap_version = 0
         self._snap_time = time.time()
         self._snap_child = None  # (pid, version, path, started) of a background snapshot
-        self._snap_good = -1  # version of the last background snapshot that was written
+        self._snap_good = -1  # version of the last snapshot written (-1: none yet)
         self.snapshot_seconds = 0.0  # how long the last background one took
         self.demo = demo
         self.demo_rate = demo_rate
@@ -163,6 +163,7 @@ class Service:
                 self.engine = eng
                 self.engine._on_apply(self._note_touched)
                 self._log(f"cim_flow: loaded snapshot {path} (version {eng.version})")
+                self._snap_good = eng.version  # on disk already: no need to write it again at stop
             self._snap_version = self.engine.version
         if not self.nats_url:
             self.server = NatsServer(port=self.port, store_dir=f"{self.data_dir}/jetstream",
@@ -499,7 +500,7 @@ class Service:
         if v <= self._snap_version and not force:
             return None
         due = force or v - self._snap_version >= sc.every_events or time.time() - self._snap_time >= sc.every_seconds
-        if not due or (force and v == self._snap_good):  # shutdown right after a background one
+        if not due or (force and v == self._snap_good):  # shutdown right after one was written
             return None
         if not force and sc.background and self._snap_child is None and hasattr(os, "fork"):
             return self._fork_snapshot()
@@ -512,7 +513,7 @@ class Service:
 
         path = write_snapshot(self.engine, snapshot_path(self.snapshot_dir, self.engine.version))
         prune(self.snapshot_dir, self.config.snapshots.keep)
-        self._snap_version = self.engine.version
+        self._snap_version = self._snap_good = self.engine.version
         self._snap_time = time.time()
         self.counters["snapshots"] += 1
         return path
@@ -532,7 +533,7 @@ class Service:
         if pid == 0:  # the child: write and leave, touching nothing of the parent's
             code = 1
             try:
-                os.closerange(3, 65536)  # sockets, the event loop: the parent's
+                os.closerange(3, max(65536, os.sysconf("SC_OPEN_MAX")))  # sockets, the loop: the parent's
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
                     signal.signal(sig, signal.SIG_DFL)
                 # a child that cannot finish (a lock some parent thread held at the fork,
@@ -828,7 +829,7 @@ class Service:
             "cache_hits": self.cache.hits, "cache_misses": self.cache.misses, "cache_entries": len(self.cache),
             "uptime_s": time.time() - self.started, "connected": self.connected,
             "jetstream": self.jetstream,
-            "snapshots": c["snapshots"], "snapshot_version": self._snap_version,
+            "snapshots": c["snapshots"], "snapshot_version": self._snap_good,
             "snapshot_in_progress": self._snap_child is not None,
             "snapshot_seconds": self.snapshot_seconds,
         }
