@@ -303,7 +303,17 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
         # rows as dicts only when a request wants distances (float text); otherwise
         # fixed-width JSON rows (one compiled pass) sliced straight out of one buffer
         rows = _rows(t.drop_columns(["query"])) if any_d else None
-        blob = engine._node_rows_json(idx) if not all(a[5] for _, a in items) else b""
+        if not all(a[5] for _, a in items):
+            # JSON rows only for what the replies carry: the first `limit` hits of each
+            # center (a clustered center at radius 25 has ~2,000, a reply 100 by default)
+            limits_of = np.repeat([a[4] for _, a in items], [len(a[0]) for _, a in items])
+            take = np.minimum(np.diff(offsets), limits_of)
+            kept = np.zeros(take.size + 1, np.int64)
+            np.cumsum(take, out=kept[1:])
+            sel = np.arange(int(kept[-1]), dtype=np.int64) + np.repeat(offsets[:-1] - kept[:-1], take)
+            blob = engine._node_rows_json(idx[sel])
+        else:
+            blob, kept = b"", offsets
         j = 0
         for i, (cs, single, _r, _g, limit, with_d, _s) in items:
             j0 = j
@@ -316,8 +326,8 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
                     a, b = int(offsets[j]), int(offsets[j + 1])
                     tr = b - a > limit
                     truncated |= tr
-                    e = min(b, a + limit)
-                    nodes = blob[a * ROW_LEN:e * ROW_LEN - 1] if e > a else b""
+                    ka, kb = int(kept[j]), int(kept[j + 1])  # this center's kept rows
+                    nodes = blob[ka * ROW_LEN:kb * ROW_LEN - 1] if kb > ka else b""
                     if first is None:
                         first = (nodes, b - a)
                     parts.append(b'{"center":%s,"count":%d,"truncated":%s,"nodes":[%s]}'
