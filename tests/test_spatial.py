@@ -637,22 +637,6 @@ def test_kept_hits_overflow_and_large_radii_give_the_brute_force_answer(n_querie
     assert (np.diff(eng.radius_csr(centers, radii)[0]) > 16).any()  # some queries overflowed the keep
 
 
-def _moves_batch(keys, g, pos, t):
-    """NodeAdded/NodeMoved rows for node keys ``(n, 2)`` words at ``pos``, built column-wise."""
-    from cim_flow._ids import words_to_fsb
-
-    n = len(keys)
-    gw = np.tile(np.frombuffer(g, np.uint64), (n, 1))
-    cols = {f.name: pa.nulls(n, f.type) for f in EVENT_SCHEMA}
-    cols["event_type"] = pa.array(np.full(n, t[0], np.int8))
-    cols["occurred_at"] = pa.array(np.full(n, t[1], np.int64)).cast(EVENT_SCHEMA.field("occurred_at").type)
-    cols["graph_id"] = words_to_fsb(gw)
-    cols["node_id"] = words_to_fsb(keys)
-    for k, name in enumerate("xyz"):
-        cols[name] = pa.array(pos[:, k])
-    return pa.RecordBatch.from_arrays([cols[f.name] for f in EVENT_SCHEMA], schema=EVENT_SCHEMA)
-
-
 def test_background_rebuilds_while_nodes_change_stay_exact():
     """Background main-grid builds run while batches add and move nodes in place (the
     service's situation): each build must read a copy of the node state.  Reading the
