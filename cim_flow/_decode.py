@@ -34,6 +34,7 @@ from ._schema import EVENT_ALIASES, EVENT_SCHEMA, UUID_TYPE
 from ._time import to_micros
 from ._uuid_parse import parse_uuid_strings
 from ._projection import EventColumns, _ro
+from ._strings import utf8_array
 
 
 class DecodeError(NamedTuple):
@@ -373,13 +374,7 @@ _TS_TYPE = EVENT_SCHEMA.field("occurred_at").type
 
 def _utf8_from_spans(buf, spans, present, col, typ):
     offs, data = jsonscan.gather_spans(buf, spans, present, col)
-    valid = present[:, col]
-    m = len(valid)
-    mask = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    if typ == pa.utf8():
-        offs = offs.astype(np.int32)
-    return pa.Array.from_buffers(typ, m, [mask, pa.py_buffer(offs), pa.py_buffer(data)],
-                                 null_count=-1 if mask is not None else 0)
+    return utf8_array(offs, data, present[:, col], typ)
 
 
 def decode_spans(buf: bytes, starts: np.ndarray, ends: np.ndarray, *, received_at=None

@@ -6,6 +6,7 @@ Queries live in :mod:`cim_flow.engine`.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -249,9 +250,8 @@ class EventColumns:
 
     def with_seq(self, seq: np.ndarray) -> "EventColumns":
         """The same events at the given (uint64) sequences."""
-        c = EventColumns(self.n, _ro(np.asarray(seq, np.uint64)), _ro(np.ones(self.n, np.bool_)), self.kind,
-                         self.t, self.t_ok, self.ids, self.x, self.y, self.z, self.pos_ok, self.w, self.w_ok,
-                         self.name, self.ntype, self.etype)
+        c = copy.copy(self)
+        c.seq, c.seq_ok = _ro(np.asarray(seq, np.uint64)), _ro(np.ones(self.n, np.bool_))
         return c
 
     def events(self, strings: StringPool, types: StringPool) -> kp.Events:

@@ -57,10 +57,7 @@ class StringPool:
         n = present.shape[0]
         rows = np.flatnonzero(present)
         if rows.size > 64:  # one dictionary_encode in Arrow beats a Python loop
-            mask = None if rows.size == n else pa.py_buffer(np.packbits(present, bitorder="little"))
-            arr = pa.Array.from_buffers(pa.large_utf8(), n, [mask, pa.py_buffer(offs), pa.py_buffer(data)],
-                                        null_count=-1 if mask is not None else 0)
-            return self.encode(arr)
+            return self.encode(utf8_array(offs, data, present))
         out = np.full(n, -1, np.int32)
         if rows.size:
             raw = data.tobytes()
@@ -89,3 +86,14 @@ class StringPool:
 
     def values(self) -> list[str]:
         return list(self._values)
+
+
+def utf8_array(offsets: np.ndarray, data: np.ndarray, valid: np.ndarray, typ=pa.large_utf8()) -> pa.Array:
+    """String array of ``data`` cut at int64 ``offsets`` (one more than rows), null where
+    not ``valid``; the bytes are not copied."""
+    n = len(valid)
+    mask = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    if typ == pa.utf8():
+        offsets = offsets.astype(np.int32)
+    return pa.Array.from_buffers(typ, n, [mask, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 null_count=-1 if mask is not None else 0)
