@@ -40,6 +40,7 @@ DLQ_SUBJECT = "dlq.graph"
 QUERY_PREFIX = "query.graph."
 SNAPSHOT_SUBJECT = "cmd.cim_flow.snapshot"
 _json = msgspec.json.Encoder()
+_PULL_EXPIRES = 2.0  # seconds a pull request waits for messages before the server ends it
 _SNAPSHOT_CHILD_LIMIT = 900  # seconds a background snapshot writer may take before it is killed
 _SNAPSHOT_WAIT_AT_STOP = 120.0  # seconds shutdown waits for one before writing in-line
 
@@ -133,12 +134,20 @@ class Service:
         self.batch_time = LatencyWindow(4096)  # seconds spent processing each batch
         self.counters = dict(events_applied=0, events_ignored=0, events_skipped=0, events_dead_lettered=0,
                              batches=0, queries=0, query_errors=0, messages=0, radius_batches=0,
-                             index_builds_waited=0, snapshots=0)
+                             index_builds_waited=0, snapshots=0, consumer_resets=0, pull_stalls=0)
         self.started = time.time()
         self.connected = False
         self.url = None
         self.raw: _wire.RawConnection | None = None  # the consumer's inbox, off nats-py (see _wire)
         self._resume_lock = asyncio.Lock()
+        # Pull-request liveness. A pull request sent while the durable consumer is being
+        # re-created, or lost with a connection, is never answered; counted as open, it
+        # would stop all pulling for good. So no pulls go out during a reset, and a
+        # watchdog re-creates the consumer when open pulls get no reply in 3 expiries.
+        self._resetting = False
+        self._lost_n = 0  # connection losses seen (nats-py or raw)
+        self._resumed_n = 0  # losses a completed resume has covered
+        self._inbox_seen = self._pull_sent = time.monotonic()
         self.raw_wanted = False
         self.catch_up_stats = (0, 0.0)  # (stream messages, seconds) replayed before ready
         self.engine._on_apply(self._note_touched)
@@ -193,6 +202,8 @@ class Service:
         if self.status_interval:
             self._tasks.append(asyncio.create_task(self._status_loop()))
         if self.jetstream:
+            self._tasks.append(asyncio.create_task(self._watch_pulls()))
+        if self.jetstream:
             await self._catch_up()
         if self.demo:
             from ._demo import demo_publisher
@@ -240,6 +251,7 @@ class Service:
                   f"({(self.engine.version - start_v) / max(dt, 1e-9):,.0f}/s)")
 
     async def _disconnected(self):
+        self._lost_n += 1
         self.connected = False
 
     async def _reconnected(self):
@@ -248,33 +260,78 @@ class Service:
         else:
             self.connected = True
 
-    async def _resume(self):
-        """After any connection came back: restart the consumer at version + 1 and pull."""
+    async def _resume(self, force: bool = False):
+        """After any connection came back: restart the consumer at version + 1 and pull.
+
+        Both connections come back on their own and each one's return calls this; the
+        second call finds the losses already covered and does nothing (``force``: the pull
+        watchdog, which resets whatever the losses say).
+        """
         async with self._resume_lock:
             if self.raw_wanted and (self.raw is None or self.raw.closed):
                 return  # the raw connection's own reconnect loop resumes when it is back
             if not self.nc.is_connected:
                 return  # nats-py's reconnected callback resumes
+            lost = self._lost_n
+            if lost == self._resumed_n and not force:
+                self.connected = True
+                return
             self._pulls.clear()
+            self._resetting = True
             wait = 0.1
-            while not self._stop.is_set():
-                try:
-                    await self._reset_consumer()
-                    break
-                except Exception as exc:
-                    # JetStream may still be recovering its streams after a server restart.
-                    # Pulling now could find no consumer at all (deleted, not yet re-added)
-                    # and wait forever, so retry the reset with back-off until it holds.
-                    self._log(f"cim_flow: consumer reset after reconnect failed ({exc}); retrying")
-                    if not self.nc.is_connected:
-                        return  # lost again: the next reconnect resumes
+            try:
+                while not self._stop.is_set():
                     try:
-                        await asyncio.wait_for(self._stop.wait(), wait)
-                    except asyncio.TimeoutError:
-                        pass
-                    wait = min(2.0, wait * 2)
+                        await self._reset_consumer()
+                        break
+                    except Exception as exc:
+                        # JetStream may still be recovering its streams after a server restart.
+                        # Pulling now could find no consumer at all (deleted, not yet re-added)
+                        # and wait forever, so retry the reset with back-off until it holds.
+                        self._log(f"cim_flow: consumer reset after reconnect failed ({exc}); retrying")
+                        if not self.nc.is_connected:
+                            return  # lost again: the next reconnect resumes
+                        try:
+                            await asyncio.wait_for(self._stop.wait(), wait)
+                        except asyncio.TimeoutError:
+                            pass
+                        wait = min(2.0, wait * 2)
+            finally:
+                self._resetting = False
+            self._resumed_n = lost
+            self.counters["consumer_resets"] += 1
             self.connected = True
+            self._log(f"cim_flow: consuming again from seq {self.engine.version + 1}")
             await self._pull()
+
+    async def _watch_pulls(self):
+        """Re-create the consumer if open pull requests get no reply for 3 expiries.
+
+        Every pull request expires after ``_PULL_EXPIRES`` seconds with a status reply, so
+        silence that long means the requests were lost (sent to a consumer that was
+        being re-created, or on a connection that died): without this, the service
+        would wait for them forever.
+        """
+        limit = 3 * _PULL_EXPIRES
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+                return
+            except asyncio.TimeoutError:
+                pass
+            if not (self.connected and self._pulls) or self._resetting or self._pending:
+                continue
+            quiet = time.monotonic() - max(self._inbox_seen, self._pull_sent)
+            if quiet > limit:
+                await asyncio.sleep(0.2)  # replies may be waiting behind a long blocking step
+                quiet = time.monotonic() - max(self._inbox_seen, self._pull_sent)
+            if quiet > limit and self._pulls and not self._pending:
+                self.counters["pull_stalls"] += 1
+                self._log(f"cim_flow: no reply to pull requests in {quiet:.0f}s; re-creating the consumer")
+                try:
+                    await self._resume(force=True)
+                except Exception as exc:  # keep watching; the next round tries again
+                    self._log(f"cim_flow: consumer re-creation failed: {exc}")
 
     # -- the consumer's inbox on a raw connection ------------------------------------
     async def _raw_connect(self):
@@ -287,6 +344,7 @@ class Service:
         self.raw = conn
 
     def _raw_lost(self, exc):
+        self._lost_n += 1
         self.connected = False
         if not self._stop.is_set():
             self._background(self._raw_reconnect())
@@ -309,6 +367,7 @@ class Service:
     def _on_block(self, block: _wire.Block):
         """The messages of one socket read: pull statuses end pull requests, the rest wait."""
         pulls = self._pulls
+        self._inbox_seen = time.monotonic()
         kind = block.kind
         status = np.flatnonzero(kind == 2)
         prev = 0
@@ -403,14 +462,18 @@ class Service:
     async def _pull(self):
         """Keep two pull batches requested (pull requests on a plain subscription), so the
         server always has an open request while a batch is being applied."""
+        if self._resetting:
+            return  # the consumer is being re-created: the reset pulls when it is done
         b = self.config.jetstream.pull_batch
         while sum(self._pulls) <= b:
             self._pulls.append(b)
-            req = _json.encode({"batch": b, "expires": 2_000_000_000})
+            self._pull_sent = time.monotonic()
+            req = _json.encode({"batch": b, "expires": int(_PULL_EXPIRES * 1e9)})
             await self.nc.publish(self._next_subject, req, reply=self._inbox)
 
     async def _on_msg(self, msg):
         if self.jetstream and msg.subject == self._inbox:
+            self._inbox_seen = time.monotonic()
             # a status message: the front pull request ended (timeout, no messages, ...)
             if self._pulls:
                 self._pulls.popleft()
@@ -418,6 +481,7 @@ class Service:
                 await self._pull()
             return
         if self.jetstream and self._pulls:
+            self._inbox_seen = time.monotonic()
             self._pulls[0] -= 1
             if self._pulls[0] <= 0:
                 self._pulls.popleft()
@@ -832,6 +896,7 @@ class Service:
             "snapshots": c["snapshots"], "snapshot_version": self._snap_good,
             "snapshot_in_progress": self._snap_child is not None,
             "snapshot_seconds": self.snapshot_seconds,
+            "consumer_resets": c["consumer_resets"], "pull_stalls": c["pull_stalls"],
         }
 
     async def _status_loop(self):

@@ -59,9 +59,11 @@ def _reference(payloads):
 
 
 def _stop(proc):
-    """SIGTERM the service; its log goes to stderr so a failing test shows it."""
+    """SIGTERM the service; its log (stdout) and errors (stderr) go to stderr, so a
+    failing test shows them."""
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=60)
+    sys.stderr.write(out)
     sys.stderr.write(err)
 
 
@@ -176,6 +178,76 @@ def test_nats_server_restart_mid_ingest(tmp_path):
         _stop(proc)
         srv.stop()
     assert proc.returncode == 0
+
+
+def _pulling_service(tmp_path, seed):
+    """An in-process service on a fresh nats-server, with 300 events applied."""
+    from cim_flow._config import Config
+    from cim_flow.service import Service
+    from conftest import RunningService
+
+    srv = NatsServer(port=0, store_dir=str(tmp_path / "js")).start()
+    svc = Service(Config.from_dict({}), nats_url=srv.url, data_dir=str(tmp_path / "svc"), status_interval=0)
+    rs = RunningService(svc).start()
+    gen = SyntheticEvents(seed, max_graphs=10, nodes_per_graph=100)
+    payloads = [gen.next() for _ in range(600)]
+    _publisher(srv.url, payloads[:300], threading.Event(), 0.0)
+    assert request(srv.url, "query.graph.stats", {"min_version": 300, "timeout_ms": 30000}, timeout=40)["version"] == 300
+    return srv, svc, rs, payloads
+
+
+def test_consumer_deleted_from_outside_is_recreated(tmp_path):
+    """Someone deletes the durable consumer while the service waits for events: its open
+    pull requests end, and new ones reach no consumer and are never answered. The
+    watchdog sees the silence, re-creates the consumer at version + 1, and nothing is lost."""
+    from cim_flow._config import JetStream
+
+    srv, svc, rs, payloads = _pulling_service(tmp_path, 51)
+    try:
+        async def delete():
+            nc = await nats.connect(srv.url)
+            await nc.jetstream().delete_consumer(JetStream.stream, JetStream.durable)
+            await nc.close()
+
+        asyncio.run(delete())
+        _publisher(srv.url, payloads[300:], threading.Event(), 0.0)
+        _check(srv.url, _reference(payloads), 600)
+        stats = request(srv.url, "query.graph.stats")
+        assert stats["pull_stalls"] >= 1 and stats["connected"] is True
+    finally:
+        rs.stop()
+        srv.stop()
+
+
+def test_consumer_resets_keep_pulling(tmp_path):
+    """After a server restart both connections come back and each asked for a consumer
+    reset. Deleting the consumer ends its waiting pull requests with "409 Consumer
+    Deleted"; the top-up pull that status triggered went out before the consumer was
+    re-added, reached nothing and, counted as open, stopped all pulling (the CI failure
+    of test_nats_server_restart_mid_ingest). Now one loss gives one reset, and a reset
+    holds pulls back until the consumer exists: events flow on without the watchdog."""
+    srv, svc, rs, payloads = _pulling_service(tmp_path, 52)
+    try:
+        add = svc.js.add_consumer
+
+        async def slow_add(*a, **k):  # a busy JetStream API: the 409s land before the re-add
+            await asyncio.sleep(0.3)
+            return await add(*a, **k)
+
+        async def resets():
+            svc.js.add_consumer = slow_add
+            svc._lost_n += 1  # one connection loss, then both connections report back
+            await svc._resume()  # pull requests are waiting on the consumer it deletes
+            await svc._resume()
+
+        asyncio.run_coroutine_threadsafe(resets(), rs.loop).result(30)
+        _publisher(srv.url, payloads[300:], threading.Event(), 0.0)
+        _check(srv.url, _reference(payloads), 600)
+        stats = request(srv.url, "query.graph.stats")
+        assert stats["consumer_resets"] == 1 and stats["pull_stalls"] == 0
+    finally:
+        rs.stop()
+        srv.stop()
 
 
 def test_background_snapshots_are_exact_at_their_version(tmp_path):
