@@ -134,7 +134,8 @@ class Service:
         self.batch_time = LatencyWindow(4096)  # seconds spent processing each batch
         self.counters = dict(events_applied=0, events_ignored=0, events_skipped=0, events_dead_lettered=0,
                              batches=0, queries=0, query_errors=0, messages=0, radius_batches=0,
-                             index_builds_waited=0, snapshots=0, consumer_resets=0, pull_stalls=0)
+                             index_builds_waited=0, snapshots=0, consumer_resets=0, pull_stalls=0,
+                             server_restarts=0)
         self.started = time.time()
         self.connected = False
         self.url = None
@@ -150,6 +151,7 @@ class Service:
         self._inbox_seen = self._pull_sent = time.monotonic()
         self.raw_wanted = False
         self.catch_up_stats = (0, 0.0)  # (stream messages, seconds) replayed before ready
+        self.stream_behind = 0  # how far the stream's end is behind the version (0: fine)
         self.engine._on_apply(self._note_touched)
 
     def _note_touched(self, touched, dirty):
@@ -203,6 +205,8 @@ class Service:
             self._tasks.append(asyncio.create_task(self._status_loop()))
         if self.jetstream:
             self._tasks.append(asyncio.create_task(self._watch_pulls()))
+        if self.server is not None:
+            self._tasks.append(asyncio.create_task(self._watch_server()))
         if self.jetstream:
             await self._catch_up()
         if self.demo:
@@ -217,6 +221,7 @@ class Service:
         """Replay the stream up to its last sequence at start, before reporting ready."""
         info = await self.js.stream_info(self.config.jetstream.stream)
         target = info.state.last_seq
+        self._check_stream(target)
         start_v = self.engine.version
         self.catch_up_stats = (0, 0.0)
         if target <= start_v:
@@ -303,6 +308,51 @@ class Service:
             self.connected = True
             self._log(f"cim_flow: consuming again from seq {self.engine.version + 1}")
             await self._pull()
+            try:
+                info = await self.js.stream_info(self.config.jetstream.stream)
+                self._check_stream(info.state.last_seq)
+            except Exception:  # a check, not a step: the consumer runs either way
+                pass
+
+    def _check_stream(self, last_seq: int) -> None:
+        """Warn when the stream ends before the projection's version: it lost events the
+        projection has applied (a new stream under the old name, a server that died
+        before writing what it had acknowledged). New events would then get sequences
+        the projection counts as seen and skip them, so say it loudly and in stats."""
+        v = self.engine.version
+        self.stream_behind = max(0, v - last_seq)
+        if last_seq < v:
+            self._log(f"cim_flow: WARNING: stream {self.config.jetstream.stream} ends at seq {last_seq} but the "
+                      f"projection is at version {v}: events up to {v} were lost by the server or the stream "
+                      f"was re-created; new events up to seq {v} will be skipped. Rebuild with "
+                      f"`python -m cim_flow replay` or remove the snapshots to start over.")
+
+    async def _watch_server(self):
+        """Restart the embedded nats-server when it dies (a crash, the OOM killer, an
+        operator's kill): same port, same store. JetStream recovers the stream from its
+        files, both connections reconnect on their own and the consumer resumes at
+        version + 1, so nothing is lost or applied twice."""
+        loop = asyncio.get_running_loop()
+        wait = 0.5
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), wait)
+                return
+            except asyncio.TimeoutError:
+                pass
+            if self.server.alive:
+                wait = 0.5
+                continue
+            self.counters["server_restarts"] += 1
+            last = " | ".join(list(self.server.log)[-3:]) or "(nothing logged)"
+            self._log(f"cim_flow: the embedded nats-server exited ({self.server.returncode}); "
+                      f"restarting it. Its last lines: {last}")
+            try:
+                await loop.run_in_executor(None, self.server.restart)
+                self._log(f"cim_flow: embedded nats-server back on {self.server.url}")
+            except Exception as exc:  # the port still held, the store unreadable, ...: retry
+                self._log(f"cim_flow: restarting the embedded nats-server failed: {exc}")
+                wait = min(10.0, wait * 2)
 
     async def _watch_pulls(self):
         """Re-create the consumer if open pull requests get no reply for 3 expiries.
@@ -897,6 +947,7 @@ class Service:
             "snapshot_in_progress": self._snap_child is not None,
             "snapshot_seconds": self.snapshot_seconds,
             "consumer_resets": c["consumer_resets"], "pull_stalls": c["pull_stalls"],
+            "server_restarts": c["server_restarts"], "stream_behind": self.stream_behind,
         }
 
     async def _status_loop(self):
