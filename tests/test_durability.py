@@ -238,6 +238,38 @@ def _pulling_service(tmp_path, seed):
     return srv, svc, rs, payloads
 
 
+def test_stream_behind_the_projection_is_reported(tmp_path):
+    """The stream is deleted and re-created under the same name while the snapshot holds
+    version 300: new events would get sequences the projection counts as seen. The
+    service says so at start, in its log and as stats.stream_behind."""
+    import io
+
+    from cim_flow._config import Config, JetStream
+    from cim_flow.service import Service
+    from conftest import RunningService
+
+    srv, svc, rs, payloads = _pulling_service(tmp_path, 53)
+    try:
+        rs.stop()  # writes the shutdown snapshot at version 300
+
+        async def drop_stream():
+            nc = await nats.connect(srv.url)
+            await nc.jetstream().delete_stream(JetStream.stream)
+            await nc.close()
+
+        asyncio.run(drop_stream())
+        out = io.StringIO()
+        svc = Service(Config.from_dict({}), nats_url=srv.url, data_dir=str(tmp_path / "svc"),
+                      status_interval=0, out=out)
+        rs = RunningService(svc).start()
+        stats = request(srv.url, "query.graph.stats")
+        assert stats["version"] == 300 and stats["stream_behind"] == 300
+        assert "WARNING: stream CIM_GRAPH_EVENTS ends at seq 0 but the projection is at version 300" in out.getvalue()
+    finally:
+        rs.stop()
+        srv.stop()
+
+
 def test_consumer_deleted_from_outside_is_recreated(tmp_path):
     """Someone deletes the durable consumer while the service waits for events: its open
     pull requests end, and new ones reach no consumer and are never answered. The
