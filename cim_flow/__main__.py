@@ -98,10 +98,23 @@ def cmd_serve(args) -> int:
     svc = Service(cfg, nats_url=args.nats_url, port=args.port, data_dir=args.data_dir,
                   jetstream=False if args.no_jetstream else None, demo=args.demo, demo_rate=args.demo_rate,
                   status_interval=args.status_interval, connect_options=_connect_options(args, cfg))
+    import nats.errors
+
+    from ._natsserver import NatsServerError
+
     try:
         _run(svc.run())
     except KeyboardInterrupt:
         pass
+    except NatsServerError as exc:  # the port taken, ...: say so, no traceback
+        print(f"cim_flow: {exc}", file=sys.stderr)
+        return 1
+    except (nats.errors.NoServersError, OSError) as exc:
+        if svc.connected:  # lost after start: a real failure, keep the traceback
+            raise
+        print(f"cim_flow: cannot connect to {args.nats_url or 'the embedded server'}: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

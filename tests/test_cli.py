@@ -70,6 +70,22 @@ def test_serve_embedded_ready_and_sigterm(tmp_path):
     assert (tmp_path / "jetstream").exists()
 
 
+def test_serve_port_taken_is_a_clear_error(tmp_path):
+    """The embedded server cannot listen: one line naming the cause, exit 1, no traceback,
+    and no nats-server left behind."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = _spawn(["serve", "--port", str(port), "--data-dir", str(tmp_path)])
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "address already in use" in err and "Traceback" not in err
+    assert "cim_flow ready" not in out
+
+
 def test_serve_external_no_jetstream_env_flags(nats_server, tmp_path):
     proc = _spawn(["serve", "--status-interval", "0", "--data-dir", str(tmp_path)],
                   env={"CIM_FLOW_NATS_URL": nats_server.url, "CIM_FLOW_NO_JETSTREAM": "1"})
