@@ -25,7 +25,6 @@ from typing import Annotated, NamedTuple, Sequence, Union
 import msgspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from kernels import jsonscan
 from kernels.hashing import hash_spans
@@ -120,6 +119,14 @@ _PATH = re.compile(r"at `\$([^`]*)`")
 _SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+
+def _pc():
+    """pyarrow.compute, imported on first use (~65 ms at start-up otherwise; only the
+    Arrow decoding path for rare payload shapes uses it)."""
+    import pyarrow.compute
+
+    return pyarrow.compute
+
 def _reason_of(exc: Exception) -> str:
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
         return "invalid JSON"
@@ -213,7 +220,7 @@ def _coalesce(cols, *names):
     out = arrs[0]
     for a in arrs[1:]:
         if a.null_count < len(a):
-            out = pc.coalesce(out, a)
+            out = _pc().coalesce(out, a)
     return out
 
 
@@ -225,7 +232,7 @@ def _first_present(cols_raw, names, typ, m):
         if col.count(None) == m:
             continue
         arr = pa.array(col, typ)
-        out = arr if out is None else pc.coalesce(out, arr)
+        out = arr if out is None else _pc().coalesce(out, arr)
     return out if out is not None else pa.nulls(m, typ)
 
 
@@ -580,8 +587,8 @@ def _columns(evts, idx, payloads, received):
     etarr = _pyarray(cols_raw[_F["event_type"]], pa.utf8())
     if etarr is None:
         etarr = pa.array([str(v) if v is not None else None for v in cols_raw[_F["event_type"]]], pa.utf8())
-    names = pc.coalesce(tarr, etarr)
-    pos_in = pc.index_in(names, value_set=_ALIAS_NAMES).fill_null(len(_ALIAS_CODES) - 1).to_numpy()
+    names = _pc().coalesce(tarr, etarr)
+    pos_in = _pc().index_in(names, value_set=_ALIAS_NAMES).fill_null(len(_ALIAS_CODES) - 1).to_numpy()
     kind = _ALIAS_CODES[pos_in].copy()
     numeric = np.flatnonzero(kind == 0)
     py_names = names.to_pylist() if numeric.size else None
@@ -611,7 +618,7 @@ def _columns(evts, idx, payloads, received):
             continue
         arr = got[0]
         for other in got[1:]:
-            arr = pc.coalesce(arr, other)
+            arr = _pc().coalesce(arr, other)
         present.append(out_name)
         arrays_in.append(arr)
     out_ids = {name: (np.zeros((m, 16), np.uint8), np.zeros(m, bool)) for name in pairs}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 
 class StringPool:
@@ -47,7 +46,7 @@ class StringPool:
         if n == 0 or arr.null_count == n:
             return np.full(n, -1, np.int32)
         if not pa.types.is_dictionary(arr.type):
-            arr = pc.dictionary_encode(arr)
+            arr = arr.dictionary_encode()
         dictionary = arr.dictionary.to_pylist()
         lut = np.array([self.code(s) for s in dictionary] + [-1], np.int32)
         idx = arr.indices.fill_null(len(dictionary)).to_numpy(zero_copy_only=False)

@@ -1080,9 +1080,8 @@ def warm_kernels() -> None:
     rows.append(dict(event_type=12, graph_id=g, occurred_at=4, node_id=nodes[2], x=1.0, y=1.0, z=1.0))
     rows.append(dict(event_type=13, graph_id=g, occurred_at=5, node_id=nodes[3]))
     from ._schema import EVENT_SCHEMA
-    cols = {f.name: pa.array([r.get(f.name) for r in rows], f.type if f.name != "occurred_at" else pa.int64())
+    cols = {f.name: pa.array([r.get(f.name) for r in rows], f.type)  # (no pyarrow.compute: see _pc)
             for f in EVENT_SCHEMA if not pa.types.is_dictionary(f.type)}
-    cols["occurred_at"] = cols["occurred_at"].cast(EVENT_SCHEMA.field("occurred_at").type)
     eng.apply(pa.table(cols))
     for q in (rng.uniform(0, 10, (1, 3)), rng.uniform(0, 10, (100, 3))):  # serial and parallel paths
         eng.nodes_within(q, 2.0, return_distance=True, sort=True)

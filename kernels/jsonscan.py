@@ -56,19 +56,16 @@ def _powers_of_five():
     """128-bit mantissas of 5^q, q in [-342, 308] (truncated; reciprocals + 1)."""
     hi, lo = [], []
     for q in range(-342, 309):
-        if q >= 0:
+        if q >= 0:  # 5^q shifted to exactly 128 bits (one shift, not a bit at a time)
             v = 5**q
-            while v < (1 << 127):
-                v <<= 1
-            while v >= (1 << 128):
-                v >>= 1
+            k = 128 - v.bit_length()
+            v = v << k if k >= 0 else v >> -k
         else:
             p5 = 5**-q
             z = (p5 - 1).bit_length()
             b = z + 127 if q >= -27 else 2 * z + 128
             v = (1 << b) // p5 + 1
-            while v >= (1 << 128):
-                v >>= 1
+            v >>= max(0, v.bit_length() - 128)
         hi.append(v >> 64)
         lo.append(v & ((1 << 64) - 1))
     return np.array(hi, np.uint64), np.array(lo, np.uint64)
