@@ -619,7 +619,10 @@ class Service:
             await self.nc.publish(block.reply(n - 1), b"+ACK")
         self._adapt()
         await self._publish_updates()
-        self._maybe_snapshot()
+        try:
+            self._maybe_snapshot()
+        except Exception as exc:  # a full disk, ...: the batch is applied and acknowledged all the same
+            self._log(f"cim_flow: snapshot at version {eng.version} failed: {type(exc).__name__}: {exc}")
         self.batch_time.add(np.array([time.perf_counter() - t_start]))
         async with self._applied_cond:
             self._applied_cond.notify_all()
@@ -639,7 +642,10 @@ class Service:
         if not due or (force and v == self._snap_good):  # shutdown right after one was written
             return None
         if not force and sc.background and self._snap_child is None and hasattr(os, "fork"):
-            return self._fork_snapshot()
+            try:
+                return self._fork_snapshot()
+            except OSError as exc:  # no memory or process slot for a child: write it here
+                self._log(f"cim_flow: cannot fork a snapshot writer ({exc}); writing in-line")
         if self._snap_child is not None:
             return None  # one is being written; the next batch looks again
         return self.write_snapshot()
@@ -842,12 +848,17 @@ class Service:
             if not self.snapshots:
                 raise QueryError("disabled", "snapshots are disabled ([snapshots] enabled = false)")
             await self._snapshot_done()  # one in flight may predate what was asked for
+            path = None
             if self.config.snapshots.background and hasattr(os, "fork"):
-                self._fork_snapshot()
-                path = await self._snapshot_done()
-                if path is None:
-                    raise QueryError("internal", "the background snapshot failed (see the service log)")
-            else:
+                try:
+                    self._fork_snapshot()
+                except OSError as exc:  # no child possible: in-line below
+                    self._log(f"cim_flow: cannot fork a snapshot writer ({exc}); writing in-line")
+                else:
+                    path = await self._snapshot_done()
+                    if path is None:
+                        raise QueryError("internal", "the background snapshot failed (see the service log)")
+            if path is None:
                 path = self.write_snapshot()
             await req.respond(_json.encode({"version": self.engine.version, "path": path}))
         except QueryError as exc:

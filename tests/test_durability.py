@@ -356,6 +356,61 @@ def test_background_snapshots_are_exact_at_their_version(tmp_path):
         srv.stop()
 
 
+def test_snapshot_failures_never_stop_ingest(tmp_path, monkeypatch):
+    """No child can be forked (ENOMEM): snapshots are written in-line instead. Writing
+    fails (a full disk): logged, and ingest and queries go on; later snapshots, once the
+    disk is back, are exact."""
+    import errno
+    import io
+
+    import cim_flow._snapshot as snap
+    import cim_flow.service as service
+    from cim_flow import Engine
+    from cim_flow._config import Config
+    from cim_flow._snapshot import list_snapshots
+    from conftest import RunningService
+    from test_projection import check_same
+
+    def no_fork():
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(service.os, "fork", no_fork)
+    real, broken = snap.write_state, {"on": False}
+
+    def write_state(st, path, fmt=3):
+        if broken["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(st, path, fmt)
+
+    monkeypatch.setattr(snap, "write_state", write_state)
+    srv = NatsServer(port=0, store_dir=str(tmp_path / "js")).start()
+    out = io.StringIO()
+    try:
+        cfg = Config.from_dict({"snapshots": {"every_events": 100, "keep": 50},
+                                "event_processing": {"batch_size": 50, "enable_adaptive_batching": False}})
+        svc = service.Service(cfg, nats_url=srv.url, data_dir=str(tmp_path / "svc"), status_interval=0, out=out)
+        rs = RunningService(svc).start()
+        gen = SyntheticEvents(61, max_graphs=5, nodes_per_graph=100)
+        payloads = [gen.next() for _ in range(900)]
+        _publisher(srv.url, payloads[:300], threading.Event(), 0.01)
+        assert request(srv.url, "query.graph.stats", {"min_version": 300, "timeout_ms": 30000}, timeout=40)["version"] == 300
+        broken["on"] = True
+        _publisher(srv.url, payloads[300:600], threading.Event(), 0.01)
+        assert request(srv.url, "query.graph.stats", {"min_version": 600, "timeout_ms": 30000}, timeout=40)["version"] == 600
+        broken["on"] = False
+        _publisher(srv.url, payloads[600:], threading.Event(), 0.01)
+        _check(srv.url, _reference(payloads), 900)
+        rs.stop()
+        log = out.getvalue()
+        assert "cannot fork a snapshot writer" in log and "No space left on device" in log
+        versions = [v for v, _ in list_snapshots(str(tmp_path / "svc" / "snapshots"))]
+        assert any(v <= 300 for v in versions) and any(600 < v for v in versions)
+        for version, path in list_snapshots(str(tmp_path / "svc" / "snapshots")):
+            check_same(Engine.from_snapshot(path), _reference(payloads[:version]))
+    finally:
+        srv.stop()
+
+
 def test_stuck_background_snapshot_is_stopped_at_shutdown(tmp_path, monkeypatch):
     """A background writer that never finishes does not hang shutdown: after the wait
     it is killed and the shutdown snapshot is written in-line, exact as ever."""
