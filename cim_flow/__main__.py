@@ -101,12 +101,13 @@ def cmd_serve(args) -> int:
     import nats.errors
 
     from ._natsserver import NatsServerError
+    from .service import NatsAuthError
 
     try:
         _run(svc.run())
     except KeyboardInterrupt:
         pass
-    except NatsServerError as exc:  # the port taken, ...: say so, no traceback
+    except (NatsServerError, NatsAuthError) as exc:  # the port taken, bad credentials: say so, no traceback
         print(f"cim_flow: {exc}", file=sys.stderr)
         return 1
     except (nats.errors.NoServersError, OSError) as exc:

@@ -53,8 +53,10 @@ class NatsServer:
     """A nats-server child process with JetStream, listening on 127.0.0.1 only."""
 
     def __init__(self, port: int = 0, store_dir: str | None = None, jetstream: bool = True,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", args: tuple = (), scheme: str = "nats"):
         self.host = host
+        self.extra_args = tuple(args)  # more nats-server flags (auth, TLS, ...)
+        self.scheme = scheme
         self.port = port or free_port(host)
         self.store_dir = store_dir
         self.jetstream = jetstream
@@ -65,7 +67,7 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> "NatsServer":
         """Launch the server and wait until it accepts clients."""
@@ -81,6 +83,7 @@ class NatsServer:
                 self.store_dir = self._tmp.name
             os.makedirs(self.store_dir, exist_ok=True)
             args += ["-js", "-sd", self.store_dir]
+        args += list(self.extra_args)
         # Own session: a terminal's Ctrl-C goes to the whole foreground process group and
         # would kill the server before the service has drained; we stop it ourselves.
         # On Linux the server also gets SIGTERM if this process dies (kill -9), so it is

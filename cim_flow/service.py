@@ -188,10 +188,10 @@ class Service:
         opts.setdefault("reconnect_time_wait", 0.5)
         opts.setdefault("error_cb", self._nats_error)
         pending = self.config.nats.pending_size
-        self.nc = await nats.connect(self.url, name="cim_flow-ingest", pending_size=pending,
-                                     disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
-                                     **opts)
-        self.qnc = await nats.connect(self.url, name="cim_flow-query", **opts)
+        self.nc = await self._connect(name="cim_flow-ingest", pending_size=pending,
+                                      disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
+                                      **opts)
+        self.qnc = await self._connect(name="cim_flow-query", **opts)
         self.connected = True
         if self.serve_queries:
             await self._start_queries()
@@ -267,6 +267,27 @@ class Service:
         self.catch_up_stats = (self.engine.version - start_v, dt)
         self._log(f"cim_flow: replayed {self.engine.version - start_v:,} events in {dt:.2f}s "
                   f"({(self.engine.version - start_v) / max(dt, 1e-9):,.0f}/s)")
+
+    async def _connect(self, **opts):
+        """A first connection. A server not up yet is waited for (nats-py retries, and we
+        log each kind of error every 5 s); a server that rejects our credentials fails
+        the start at once: retrying cannot fix a configuration error."""
+        rejected = []
+        log = opts.pop("error_cb", self._nats_error)
+
+        async def on_error(exc):
+            if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower():
+                rejected.append(exc)
+            await log(exc)
+
+        task = asyncio.ensure_future(nats.connect(self.url, error_cb=on_error, **opts))
+        while not task.done():
+            await asyncio.wait([task], timeout=0.1)
+            if rejected and not task.done():
+                task.cancel()
+                raise NatsAuthError(f"the NATS server at {self.url} rejected our credentials "
+                                    f"({rejected[0]}): check --user/--password, --token or --creds")
+        return task.result()
 
     async def _nats_error(self, exc):
         """nats-py's errors (refused connections while a server restarts, ...): one log
@@ -1045,6 +1066,10 @@ class Service:
         await self._stop.wait()
         await self.stop()
         self._log("cim_flow stopped")
+
+
+class NatsAuthError(RuntimeError):
+    """The NATS server rejected the service's credentials at start."""
 
 
 def _skip_numba_blas_probe() -> None:
