@@ -1019,6 +1019,8 @@ class Service:
             p99 = self.latency.percentiles((99,))[0] * 1e3
             t = self.engine.totals()
             state = "" if self.connected else " DISCONNECTED"
+            if self.stream_behind:
+                state += f" STREAM BEHIND BY {self.stream_behind:,}"
             self._log(f"cim_flow {rate:,.0f} events/s  p99 {p99:.2f} ms  graphs {t['graphs']:,}  "
                       f"nodes {t['nodes']:,}  edges {t['edges']:,}  batch {self.batch_size}  "
                       f"version {self.engine.version}{state}")
