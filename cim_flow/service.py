@@ -201,6 +201,11 @@ class Service:
             for subj in self.config.jetstream.subjects:
                 await self.nc.subscribe(subj, cb=self._on_msg, pending_msgs_limit=1_000_000,
                                         pending_bytes_limit=1 << 30)
+        # nats-py only buffers a SUB until its next flush: make sure the server holds every
+        # subscription (events, queries) before we say ready, or a message published right
+        # after the ready line can find no subscriber (core NATS drops it).
+        await self.nc.flush()
+        await self.qnc.flush()
         self._tasks.append(asyncio.create_task(self._batch_loop()))
         if self.status_interval:
             self._tasks.append(asyncio.create_task(self._status_loop()))

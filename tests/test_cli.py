@@ -112,11 +112,12 @@ def test_serve_external_no_jetstream_env_flags(nats_server, tmp_path):
             if "error" not in r:
                 break
             time.sleep(0.05)
-        assert r["graph_id"] == g
+        assert r["graph_id"] == g, r
         assert request(url, "query.graph.stats")["jetstream"] is False
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
+        sys.stderr.write(out + err)  # shown when the test fails
     assert proc.returncode == 0
 
 

@@ -385,3 +385,43 @@ def test_uuid_texts_match_python_uuid_with_nulls_and_offsets():
     ids = [uuid.uuid4() for _ in range(50)]
     arr = pa.array([u.bytes if i % 3 else None for i, u in enumerate(ids)], pa.binary(16)).slice(5)
     assert uuid_texts(arr) == [str(u) if (i + 5) % 3 else None for i, u in enumerate(ids[5:])]
+
+
+def test_subscriptions_are_live_when_start_returns(tmp_path):
+    """Ready means subscribed: an event published the moment start() returns (core NATS,
+    nothing stored) is applied. nats-py buffers a SUB until its next flush; without the
+    start-up flushes 6 of 15 such events were lost here."""
+    import asyncio
+    import json
+    import time
+    import uuid
+
+    import nats
+    from cim_flow._config import Config
+    from cim_flow._natsserver import NatsServer
+    from cim_flow.service import Service
+    from conftest import RunningService
+
+    async def publish(url, body):
+        nc = await nats.connect(url)
+        await nc.publish("event.graph.graph.created", body)
+        await nc.flush()
+        await nc.close()
+
+    srv = NatsServer(port=0, jetstream=False).start()  # its own: no stream keeps these events
+    try:
+        for i in range(8):
+            svc = Service(Config.from_dict({}), nats_url=srv.url, data_dir=str(tmp_path / str(i)),
+                          jetstream=False, status_interval=0)
+            rs = RunningService(svc).start()
+            try:
+                body = json.dumps({"type": "GraphCreated", "graph_id": str(uuid.uuid4()), "occurred_at": 1})
+                asyncio.run(publish(srv.url, body.encode()))
+                deadline = time.time() + 10
+                while svc.counters["events_applied"] < 1 and time.time() < deadline:
+                    time.sleep(0.01)
+                assert svc.counters["events_applied"] == 1, f"start {i}: the event published at ready was lost"
+            finally:
+                rs.stop()
+    finally:
+        srv.stop()
