@@ -55,7 +55,7 @@ def list_snapshots(directory: str) -> list[tuple[int, str]]:
 
 def write_snapshot(engine, path: str) -> str:
     """Write the engine's state to ``path`` atomically; returns the path."""
-    return write_state(engine._p.state(), path)
+    return write_state(engine._snapshot_state(), path)
 
 
 # Per-batch scratch (the touched-graph and changed-node logs: refilled by every apply,
@@ -120,7 +120,7 @@ class _SparseSink:
 def write_state(st: dict, path: str, fmt: int = 3) -> str:
     """Write a projection state dict (``Projection.state()``) to ``path`` atomically."""
     meta = {"version": st["version"], "strings": st["strings"], "types": st["types"], "caps": list(st["caps"]),
-            "format": fmt}
+            "format": fmt, "spatial": bool(st.get("spatial", False))}
     schema = _SCHEMA.with_metadata({b"cim_flow": json.dumps(meta).encode()})
     batches = []
     for part in ("G", "N", "E"):
@@ -169,7 +169,7 @@ def read_snapshot(path: str) -> dict:
         table = pa.ipc.open_file(pa.py_buffer(whole)).read_all()
         meta = json.loads(table.schema.metadata[b"cim_flow"])
         st = {"version": meta["version"], "strings": meta["strings"], "types": meta["types"],
-              "caps": tuple(meta["caps"]), "G": {}, "N": {}, "E": {}}
+              "caps": tuple(meta["caps"]), "G": {}, "N": {}, "E": {}, "spatial": bool(meta.get("spatial", False))}
         parts = table.column("part").to_pylist()
         names = table.column("name").to_pylist()
         dtypes = table.column("dtype").to_pylist()
@@ -236,6 +236,7 @@ def load_engine(path: str):
     eng = Engine()
     eng._p.load_state(st)
     eng._rebuild_indices()
+    eng._spatial_hint = st["spatial"]
     return eng
 
 

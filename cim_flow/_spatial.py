@@ -180,6 +180,12 @@ class SpatialIndex:
         if self._job is not None:  # a build is running: these go to its delta on adoption
             self._job_dirty.append(np.array(dirty, dtype=np.int64))
         if not self.built:
+            if self._first_job and self._job.done():
+                # a first build started ahead of any query (after a restart): take it now,
+                # or the changes recorded for it would pile up until the first query
+                if self._adopt(N):
+                    self.built = True
+                    self._rebuild_delta(N)
             return
         self._grow_where(N)
         newly = self.where[dirty] != -2

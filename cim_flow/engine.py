@@ -86,6 +86,7 @@ class Engine:
         self._cr_g = np.empty(0, np.int64)  # graph index beside it
         self._cr_stale = 0
         self._spatial = SpatialIndex()
+        self._spatial_hint = False  # from a snapshot: its engine kept a spatial index
         self.last_touched = np.empty(0, np.int64)
         self.last_dirty = np.empty(0, np.int64)
         self._listeners = []
@@ -617,6 +618,13 @@ class Engine:
         from ._snapshot import load_engine
 
         return load_engine(str(path))
+
+    def _snapshot_state(self) -> dict:
+        """The projection's state for a snapshot, plus whether this engine keeps a spatial
+        index (the index itself is rebuilt from the nodes, not stored)."""
+        st = self._p.state()
+        st["spatial"] = bool(self._spatial.built or self._spatial._job is not None)
+        return st
 
     def _rebuild_indices(self) -> None:
         self._spatial = SpatialIndex()

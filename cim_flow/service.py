@@ -215,6 +215,10 @@ class Service:
             self._tasks.append(asyncio.create_task(self._watch_server()))
         if self.jetstream:
             await self._catch_up()
+        if self.engine._spatial_hint and not self.engine._spatial.built:
+            # the snapshot's service kept a spatial index: build it again now, in the
+            # background, so the first query after a restart need not wait for it
+            self.engine._spatial.start_build(self.engine._p.N)
         if self.demo:
             from ._demo import demo_publisher
             self._tasks.append(asyncio.create_task(demo_publisher(self.url, self.demo_rate, self._stop)))
@@ -694,7 +698,7 @@ class Service:
         from ._snapshot import snapshot_path, write_state
 
         path = snapshot_path(self.snapshot_dir, self.engine.version)
-        st = self.engine._p.state()
+        st = self.engine._snapshot_state()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
