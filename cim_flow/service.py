@@ -672,10 +672,9 @@ class Service:
         if not due or (force and v == self._snap_good):  # shutdown right after one was written
             return None
         if not force and sc.background and self._snap_child is None and hasattr(os, "fork"):
-            try:
-                return self._fork_snapshot()
-            except OSError as exc:  # no memory or process slot for a child: write it here
-                self._log(f"cim_flow: cannot fork a snapshot writer ({exc}); writing in-line")
+            path = self._fork_snapshot()
+            if path is not None:
+                return path
         if self._snap_child is not None:
             return None  # one is being written; the next batch looks again
         return self.write_snapshot()
@@ -690,18 +689,23 @@ class Service:
         self.counters["snapshots"] += 1
         return path
 
-    def _fork_snapshot(self) -> str:
+    def _fork_snapshot(self) -> str | None:
         """Write the current state from a forked child (copy-on-write pages: the parent
         goes on applying while the child writes; a 10M-node snapshot takes seconds of
         disk time here, all of which blocked ingest and queries before).  Returns the
-        path the child writes; :meth:`_reap_snapshot` collects it."""
+        path the child writes; :meth:`_reap_snapshot` collects it.  None when no child
+        can be forked (no memory or process slot): the caller writes in-line."""
         from ._snapshot import snapshot_path, write_state
 
         path = snapshot_path(self.snapshot_dir, self.engine.version)
         st = self.engine._snapshot_state()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self._log(f"cim_flow: cannot fork a snapshot writer ({exc}); writing in-line")
+            return None
         if pid == 0:  # the child: write and leave, touching nothing of the parent's
             code = 1
             try:
@@ -878,17 +882,11 @@ class Service:
             if not self.snapshots:
                 raise QueryError("disabled", "snapshots are disabled ([snapshots] enabled = false)")
             await self._snapshot_done()  # one in flight may predate what was asked for
-            path = None
-            if self.config.snapshots.background and hasattr(os, "fork"):
-                try:
-                    self._fork_snapshot()
-                except OSError as exc:  # no child possible: in-line below
-                    self._log(f"cim_flow: cannot fork a snapshot writer ({exc}); writing in-line")
-                else:
-                    path = await self._snapshot_done()
-                    if path is None:
-                        raise QueryError("internal", "the background snapshot failed (see the service log)")
-            if path is None:
+            if self.config.snapshots.background and hasattr(os, "fork") and self._fork_snapshot() is not None:
+                path = await self._snapshot_done()
+                if path is None:
+                    raise QueryError("internal", "the background snapshot failed (see the service log)")
+            else:  # in-line: configured so, or no child could be forked
                 path = self.write_snapshot()
             await req.respond(_json.encode({"version": self.engine.version, "path": path}))
         except QueryError as exc:

@@ -24,10 +24,10 @@ def _events(seed):
     return [gen.next() for _ in range(N_EVENTS)]
 
 
-def _serve_and_check(tmp_path, server_url, client_url, flags, seed):
+def _serve_and_check(tmp_path, server_url, client_url, flags, seed, env=None):
     payloads = _events(seed)
     proc = _spawn(["serve", "--nats-url", server_url, "--data-dir", str(tmp_path / "svc"),
-                   "--status-interval", "0", *flags])
+                   "--status-interval", "0", *flags], env=env)
     _wait_ready(proc)
     try:
         _publisher(client_url, payloads, threading.Event(), 0.0)
@@ -51,17 +51,8 @@ def test_user_and_password(tmp_path):
 def test_token_from_the_environment(tmp_path):
     srv = NatsServer(port=0, store_dir=str(tmp_path / "js"), args=("--auth", "t0ken")).start()
     try:
-        payloads = _events(72)
-        proc = _spawn(["serve", "--nats-url", srv.url, "--data-dir", str(tmp_path / "svc"), "--status-interval", "0"],
-                      env={"CIM_FLOW_TOKEN": "t0ken"})
-        _wait_ready(proc)
-        client = f"nats://t0ken@127.0.0.1:{srv.port}"
-        try:
-            _publisher(client, payloads, threading.Event(), 0.0)
-            _check(client, _reference(payloads), N_EVENTS)
-        finally:
-            _stop(proc)
-        assert proc.returncode == 0
+        _serve_and_check(tmp_path, srv.url, f"nats://t0ken@127.0.0.1:{srv.port}", [], 72,
+                         env={"CIM_FLOW_TOKEN": "t0ken"})
     finally:
         srv.stop()
 
