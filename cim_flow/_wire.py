@@ -8,8 +8,11 @@ This connection does one job: it holds the pull consumer's inbox
 subscription, frames every socket read in one compiled call
 (:mod:`kernels.natsframes`) and hands the service a :class:`Block` — spans of
 subject, reply and payload in the received bytes, the stream sequences, no
-per-message Python object.  The decoder then reads the payloads in place.  Everything else (JetStream
-management, acks, queries, dead letters, updates) stays on nats-py.
+per-message Python object.  The decoder then reads the payloads in place.  The service's
+query endpoints are read on a second one of these (requests answered as they are framed,
+replies written once per loop turn: :meth:`RawConnection.publish_soon`).  Everything else
+(JetStream management, acks, dead letters, updates, the micro service's $SRV verbs)
+stays on nats-py.
 
 It speaks plain TCP with optional user/password or token (from the URL);
 TLS and credentials files are nats-py's job: :func:`usable` says when this
@@ -97,6 +100,29 @@ class Block:
         return Block(b"".join(parts), sp, kind, np.asarray(times, np.float64))
 
 
+def _pub_frame(subject: str, data: bytes, reply: str | None, headers: dict | None) -> bytes:
+    r = f" {reply}" if reply else ""
+    if not headers:
+        return f"PUB {subject}{r} {len(data)}\r\n".encode() + data + _CRLF
+    hdr = ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+    return f"HPUB {subject}{r} {len(hdr)} {len(hdr) + len(data)}\r\n".encode() + hdr + data + _CRLF
+
+
+def headers_of(block: Block, i: int) -> dict | None:
+    """The headers of message ``i`` (an HMSG), or None.  They lie between its subject and
+    its payload, after the frame line; a plain MSG has only the sid and sizes there."""
+    gap = block.buf[block.sp[1, i]:block.sp[4, i]]
+    k = gap.find(b"NATS/1.0")
+    if k < 0:
+        return None
+    out = {}
+    for line in gap[k:].split(_CRLF)[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            out[name.strip().decode(errors="replace")] = value.strip().decode(errors="replace")
+    return out
+
+
 def usable(url: str, connect_options: dict) -> bool:
     """True when this connection can reach ``url`` with these options (no TLS, no creds)."""
     if any(connect_options.get(k) for k in ("tls", "user_credentials", "nkeys_seed", "signature_cb",
@@ -167,6 +193,7 @@ class RawConnection:
         self._subs: dict[bytes, str] = {}
         self._waiters: list[asyncio.Future] = []
         self._info_fut: asyncio.Future | None = None
+        self._queued: list[bytes] = []  # frames for publish_soon's next write
         self.error: str | None = None
 
     # -- connect ---------------------------------------------------------------
@@ -214,13 +241,27 @@ class RawConnection:
         self._write(b"PING\r\n")
         await fut
 
-    def subscribe(self, subject: str, sid: int = 1) -> None:
+    def subscribe(self, subject: str, sid: int = 1, queue: str | None = None) -> None:
         self._subs[str(sid).encode()] = subject
-        self._write(f"SUB {subject} {sid}\r\n".encode())
+        self._write(f"SUB {subject} {queue} {sid}\r\n".encode() if queue else f"SUB {subject} {sid}\r\n".encode())
 
-    def publish(self, subject: str, data: bytes, reply: str | None = None) -> None:
-        head = f"PUB {subject} {reply} {len(data)}\r\n" if reply else f"PUB {subject} {len(data)}\r\n"
-        self._write(head.encode() + data + _CRLF)
+    def publish(self, subject: str, data: bytes, reply: str | None = None, headers: dict | None = None) -> None:
+        self._write(_pub_frame(subject, data, reply, headers))
+
+    def publish_soon(self, subject: str, data: bytes, reply: str | None = None, headers: dict | None = None) -> None:
+        """Publish with the other frames queued in this turn of the event loop: one socket
+        write for all of them (a reply each to a burst of requests would otherwise cost a
+        system call each)."""
+        if self.closed:
+            raise ConnectionError("connection closed")
+        self._queued.append(_pub_frame(subject, data, reply, headers))
+        if len(self._queued) == 1:
+            asyncio.get_running_loop().call_soon(self._send_queued)
+
+    def _send_queued(self) -> None:
+        frames, self._queued = self._queued, []
+        if frames and not self.closed and self.transport is not None:
+            self.transport.write(b"".join(frames))
 
     def close(self) -> None:
         self.closed = True

@@ -3,6 +3,7 @@ dead letters, Arrow in and out, min_version, the micro service, results out."""
 import asyncio
 import json
 import random
+import time
 import uuid
 
 import msgspec
@@ -313,6 +314,76 @@ def test_stats_cache_and_micro_service(nats_server, service):
             "query.graph.neighbors"} <= subjects
     ping = request(nats_server.url, "$SRV.PING.cim_flow")
     assert ping["name"] == "cim_flow"
+
+
+def _endpoint_requests(url, name):
+    stats = request(url, "$SRV.STATS.cim_flow")
+    return next(e["num_requests"] for e in stats["endpoints"] if e["name"] == name)
+
+
+def _radius_ids(url, q, arrow=False):
+    if arrow:
+        msg = request_raw(url, "query.graph.nodes_in_radius", msgspec.json.encode(q),
+                          headers={"Accept": "application/vnd.apache.arrow.stream"})
+        assert msg.headers["Content-Type"] == "application/vnd.apache.arrow.stream"
+        t = pa.ipc.open_stream(msg.data).read_all()
+        return sorted(str(uuid.UUID(bytes=b)) for b in t.column("node_id").to_pylist())
+    reply = request(url, "query.graph.nodes_in_radius", q)
+    return sorted(n["node_id"] for n in reply["results"][0]["nodes"])
+
+
+def test_queries_on_the_lean_connection(nats_server, service):
+    """The query endpoints are read on the service's lean connection (nats-py's micro
+    subscriptions for them dropped), counted in $SRV.STATS, JSON and Arrow; when that
+    connection is lost, nats-py answers until it is back, and then it serves again."""
+    url = nats_server.url
+    old = service.qraw
+    assert old is not None and not old.closed
+    assert all(ep._subscription is None for ep in service._query_endpoints())
+    rng = random.Random(7)
+    g = str(uuid.uuid4())
+    events, pos = _node_events(g, 40, rng, "internal")
+    seq = _publish(url, events)
+    assert request(url, "query.graph.summary", {"graph_id": g, "min_version": seq})["node_count"] == 40
+    q = {"center": [5, 5, 5], "radius": 3.0, "graph_id": g}
+    ids = list(pos)
+    want = sorted(ids[i] for i in brute_radius([pos[n] for n in ids], [5, 5, 5], 3.0))
+    assert want, "the query must find something"
+    n0 = _endpoint_requests(url, "nodes_in_radius")
+    assert _radius_ids(url, q) == want
+    assert _radius_ids(url, q, arrow=True) == want
+    assert _endpoint_requests(url, "nodes_in_radius") == n0 + 2
+    # a query for a version not applied yet waits (off the lean connection's path) and is answered
+    late = str(uuid.uuid4())
+
+    async def ahead():
+        nc = await nats.connect(url)
+        try:
+            fut = asyncio.ensure_future(nc.request("query.graph.summary", msgspec.json.encode(
+                {"graph_id": late, "min_version": seq + 1, "timeout_ms": 20000}), timeout=25))
+            await asyncio.sleep(0.2)
+            assert not fut.done()
+            stats = await nc.request("query.graph.stats", b"{}", timeout=10)
+            assert json.loads(stats.data)["version"] == seq  # not held up by the waiting one
+            await asyncio.get_running_loop().run_in_executor(None, _publish, url, [(
+                "event.graph.graph.created", json.dumps({"type": "GraphCreated", "graph_id": late,
+                                                         "name": "late", "occurred_at": T0}).encode())])
+            return json.loads((await fut).data)
+        finally:
+            await nc.close()
+
+    assert run(ahead())["name"] == "late"
+    # lose the lean connection: nats-py serves meanwhile, then the lean one is back
+    service.loop.call_soon_threadsafe(old.transport.abort)
+    deadline = time.time() + 20
+    while (service.qraw is old or service.qraw.closed) and time.time() < deadline:
+        assert _radius_ids(url, q) == want
+        time.sleep(0.05)
+    assert service.qraw is not old and not service.qraw.closed
+    assert all(ep._subscription is None for ep in service._query_endpoints())
+    n1 = _endpoint_requests(url, "nodes_in_radius")
+    assert _radius_ids(url, q) == want
+    assert _endpoint_requests(url, "nodes_in_radius") == n1 + 1
 
 
 def test_updates_published(nats_server, service):
