@@ -1,11 +1,17 @@
-"""`serve --nats-url` against servers that require a user/password, a token or TLS:
+"""`serve --nats-url` against servers that require a user/password, a token, TLS or a
+credentials file (JWT + nkey seed, a server in operator mode):
 the options reach every connection the service opens (ingest, queries, the consumer's
 own connection), and ingest over them is exact."""
 import asyncio
+import base64
+import hashlib
+import json
+import os
 import shutil
 import ssl
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -122,6 +128,111 @@ def test_tls(tmp_path, certs):
         stats, graphs = (msgspec.json.decode(x) for x in asyncio.run(go()))
         ref = _reference(payloads)
         assert stats["version"] == N_EVENTS
+        assert (stats["graphs"], stats["nodes"], stats["edges"]) == tuple(ref.totals().values())
+        import uuid
+
+        assert {uuid.UUID(g["graph_id"]).bytes: (g["node_count"], g["edge_count"]) for g in graphs["graphs"]} == \
+            {g: (s["node_count"], s["edge_count"]) for g, s in ref.summaries().items()}
+    finally:
+        _stop(proc)
+        srv.stop()
+    assert proc.returncode == 0
+
+
+def _b64(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def _jwt(claims: dict, signer) -> str:
+    """A NATS JWT (v2): ``claims`` signed by the nkey ``signer``, who is its issuer."""
+    claims = {"iat": int(time.time()), "iss": signer.public_key.decode(), **claims}
+    claims["jti"] = base64.b32encode(hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()
+                                     ).decode().rstrip("=")
+    head = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    body = _b64(json.dumps(claims).encode())
+    return f"{head}.{body}.{_b64(signer.sign(f'{head}.{body}'.encode()))}"
+
+
+def _operator_setup(d):
+    """An operator, an account with JetStream and a user of it: the server's config
+    (operator mode, accounts preloaded) and the user's credentials file."""
+    import nkeys  # a dependency (nats-py[nkeys]): nats-py cannot read a credentials file without it
+
+    def key(prefix):
+        seed = nkeys.encode_seed(os.urandom(32), prefix)
+        return nkeys.from_seed(seed), seed
+
+    op, _ = key(nkeys.PREFIX_BYTE_OPERATOR)
+    acct, _ = key(nkeys.PREFIX_BYTE_ACCOUNT)
+    sys_acct, _ = key(nkeys.PREFIX_BYTE_ACCOUNT)
+    user, user_seed = key(nkeys.PREFIX_BYTE_USER)
+    unlimited = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": True,
+                 "conn": -1, "leaf": -1}
+    op_jwt = _jwt({"sub": op.public_key.decode(), "name": "cim_op",
+                   "nats": {"type": "operator", "version": 2}}, op)
+    acct_jwt = _jwt({"sub": acct.public_key.decode(), "name": "CIM", "nats": {
+        "type": "account", "version": 2,
+        "limits": {**unlimited, "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}}}, op)
+    sys_jwt = _jwt({"sub": sys_acct.public_key.decode(), "name": "SYS",
+                    "nats": {"type": "account", "version": 2, "limits": unlimited}}, op)
+    user_jwt = _jwt({"sub": user.public_key.decode(), "name": "cim_user", "nats": {
+        "type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}}, acct)
+    conf = d / "operator.conf"
+    conf.write_text(f"""operator: {op_jwt}
+system_account: {sys_acct.public_key.decode()}
+resolver: MEMORY
+resolver_preload: {{
+  {acct.public_key.decode()}: {acct_jwt}
+  {sys_acct.public_key.decode()}: {sys_jwt}
+}}
+""")
+    creds = d / "user.creds"
+    creds.write_text(f"""-----BEGIN NATS USER JWT-----
+{user_jwt}
+------END NATS USER JWT------
+
+-----BEGIN USER NKEY SEED-----
+{user_seed.decode()}
+------END USER NKEY SEED------
+""")
+    return conf, creds
+
+
+def test_credentials_file(tmp_path):
+    """--creds: a user JWT and its nkey seed, against a server that knows only the
+    operator's accounts. Nothing connects without them (checked), and with them ingest
+    and queries are exact."""
+    conf, creds = _operator_setup(tmp_path)
+    srv = NatsServer(port=0, store_dir=str(tmp_path / "js"), args=("-c", str(conf))).start()
+    payloads = _events(74)
+
+    async def refused():
+        with pytest.raises(Exception):
+            nc = await nats.connect(srv.url, allow_reconnect=False, connect_timeout=5)
+            await nc.close()
+
+    asyncio.run(refused())
+    proc = _spawn(["serve", "--nats-url", srv.url, "--data-dir", str(tmp_path / "svc"), "--status-interval", "0"],
+                  env={"CIM_FLOW_CREDS": str(creds)})
+    try:
+        _wait_ready(proc)
+
+        async def go():
+            nc = await nats.connect(srv.url, user_credentials=str(creds))
+            js = nc.jetstream()
+            for subject, eid, data in payloads:
+                await js.publish(subject, data, headers={"Nats-Msg-Id": eid})
+            msg = await nc.request("query.graph.stats", b'{"min_version": %d, "timeout_ms": 30000}' % N_EVENTS,
+                                   timeout=40)
+            graphs = await nc.request("query.graph.graphs", b'{"limit": 1000}', timeout=10)
+            await nc.close()
+            return msg.data, graphs.data
+
+        import msgspec
+
+        stats, graphs = (msgspec.json.decode(x) for x in asyncio.run(go()))
+        ref = _reference(payloads)
+        assert stats["version"] == N_EVENTS and stats["connected"] is True
         assert (stats["graphs"], stats["nodes"], stats["edges"]) == tuple(ref.totals().values())
         import uuid
 
