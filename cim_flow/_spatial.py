@@ -39,6 +39,7 @@ _RUN_POINTS = 16384
 # 8M cells (clustered) 1.34x faster; 130k cells (uniform) 0.75x, so the plain one there
 _RUNS_ABOVE_CELLS = 4_000_000
 _RUNS_MIN_POINTS = 65536
+_SERIAL_DELTA_BELOW = 2048  # delta grids this small are built on the calling thread (no parallel launch)
 
 
 def _empty_grid():
@@ -232,16 +233,12 @@ class SpatialIndex:
         return True
 
     def _rebuild_delta(self, N) -> None:
-        d = self.delta_nodes
-        keep = N.alive[d].astype(bool) & ~np.isnan(N.pos[d, 0])
-        live = d[keep]
+        live, lo, hi = ks.live_subset(N.alive, N.pos, self.delta_nodes)
         if live.size == 0:
             self.delta = _empty_grid()
-        else:
-            # the delta gets its own box and a cell size for its own density
-            p = N.pos[live]
-            lo, hi = p.min(axis=0), p.max(axis=0)
-            self.delta = self._grid(N.pos, live, N.graph, lo, hi, choose_cell_size(N.pos, live, lo, hi))
+        else:  # the delta gets its own box and a cell size for its own density
+            self.delta = self._grid(N.pos, live, N.graph, lo, hi, choose_cell_size(N.pos, live, lo, hi),
+                                    serial=live.size < _SERIAL_DELTA_BELOW)
 
     def ready(self, N) -> None:
         if self.built and self._job is not None and self._job.done():

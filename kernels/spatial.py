@@ -395,6 +395,29 @@ def live_points(alive, pos, n):
 
 
 @jit(fastmath=EXACT_MATH)
+def live_subset(alive, pos, nodes):
+    """:func:`live_points` over the nodes listed in ``nodes`` (a delta grid's): one pass
+    instead of numpy's fancy indexing and (n, 3) ``min(axis=0)``, which took 3.3 ms of a
+    3.9 ms delta rebuild at 20k nodes."""
+    out = np.empty(nodes.shape[0], np.int64)
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    m = 0
+    for j in range(nodes.shape[0]):
+        i = nodes[j]
+        if alive[i] != 0 and not np.isnan(pos[i, 0]):
+            out[m] = i
+            m += 1
+            for a in range(3):
+                v = pos[i, a]
+                if v < lo[a]:
+                    lo[a] = v
+                if v > hi[a]:
+                    hi[a] = v
+    return out[:m], lo, hi
+
+
+@jit(fastmath=EXACT_MATH)
 def occupancy(pos, nodes, origin, h, sample):
     """Mean points per occupied cell for cell size ``h`` over ``pos[nodes[sample]]``."""
     m = sample.shape[0]
