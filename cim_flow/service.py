@@ -905,9 +905,24 @@ class Service:
         for sid, ep in enumerate(eps, 1):
             conn.subscribe(ep._subject, sid, queue=ep._queue_group)
         await conn.flush()  # the server holds the lean subscriptions: now drop nats-py's
-        for ep in eps:
-            if ep._subscription is not None:
-                await ep._stop()
+        if self.qnc.is_connected:
+            await self._drop_micro_query_subs(conn)
+        else:
+            self._background(self._drop_micro_query_subs(conn))
+
+    async def _drop_micro_query_subs(self, conn):
+        """Unsubscribe nats-py's query endpoints once nats-py is connected.  Not before:
+        while nats-py reconnects it holds back UNSUB (its re-subscription is meant to
+        cover that) but still sends a SUB queued meanwhile, so the server would keep a
+        subscription nats-py no longer reads, and the queue group would send it every
+        other request, never answered (seen after a server restart)."""
+        while not self._stop.is_set() and conn is self.qraw and not conn.closed:
+            if self.qnc.is_connected:
+                for ep in self._query_endpoints():
+                    if ep._subscription is not None:
+                        await ep._stop()
+                return
+            await asyncio.sleep(0.1)
 
     def _query_raw_lost(self, exc):
         if self._stop.is_set():

@@ -215,6 +215,11 @@ def test_embedded_server_killed_mid_ingest_is_restarted(tmp_path):
             time.sleep(0.2)
         _publisher(url, payloads[1200:], threading.Event(), 0.0)
         _check(url, _reference(payloads), len(payloads))
+        # every request answered: a subscription left behind by the reconnect in the
+        # endpoints' queue group would take (and drop) about every other one
+        for _ in range(8):
+            for subject in ("query.graph.graphs", "query.graph.nodes_in_box"):
+                assert "version" in request(url, subject, {"lo": [0, 0, 0], "hi": [1, 1, 1]}, timeout=5.0)
         stats = request(url, "query.graph.stats")
         assert stats["server_restarts"] == 1 and stats["stream_behind"] == 0
     finally:
