@@ -1,10 +1,12 @@
 """Service time to answer radius requests near clusters (the JSON reply path of
 ``query.graph.nodes_in_radius``: one batched kernel call, rows, encoding), without NATS.
 
-    python asv_benchmarks/tools/radius_replies.py [--per-flush 1 4]
+    python asv_benchmarks/tools/radius_replies.py [--per-flush 1 4] [--centers nodes|loadgen]
 
-A 600k-event synthetic stream (~270k nodes in 200 clusters), centers on nodes,
-radius 25 (~900 hits each), limit 100: prints the median time per request.
+A 600k-event synthetic stream (~270k nodes in 200 clusters), radius 25, limit 100:
+prints the median time per request.  Centers on nodes (~900 hits each), or, with
+``--centers loadgen``, uniform in [0, 1000]^3 as the load generator's queries (most
+find nothing, a few hundreds).
 """
 import argparse
 import pathlib
@@ -23,13 +25,15 @@ from cim_flow._queries import encode_answer, q_nodes_in_radius_many  # noqa: E40
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-flush", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--centers", choices=["nodes", "loadgen"], default="nodes")
     a = ap.parse_args()
     gen = SyntheticEvents(1, max_graphs=200, nodes_per_graph=2000)
     eng = Engine()
     for _ in range(12):
         eng.apply(decode_json([gen.next()[2] for _ in range(50_000)])[0])
     pos = eng._p.N.pos[: int(eng._p.N.meta[0])]
-    centers = pos[np.random.default_rng(0).integers(0, len(pos), 1000)]
+    rng = np.random.default_rng(0)
+    centers = pos[rng.integers(0, len(pos), 1000)] if a.centers == "nodes" else rng.uniform(0, 1000, (1000, 3))
     reqs = [{"center": c.tolist(), "radius": 25.0, "limit": 100} for c in centers]
     limits = {"default": 10000, "max": 1_000_000}
     hits = np.diff(eng.radius_csr(centers[:200], 25.0)[0]).mean()
