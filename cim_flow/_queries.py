@@ -296,7 +296,9 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
     for (g, sort), items in groups.items():
         centers = [c for _, a in items for c in a[0]]
         radii = [a[2] for _, a in items for _c in a[0]]
-        offsets, idx, d2 = engine.radius_csr(np.array(centers), np.array(radii), graph_id=g, sort=sort)
+        # every value checked by _radius_args already: straight to the kernels
+        offsets, idx, d2 = engine._radius(np.array(centers, np.float64), np.array(radii, np.float64),
+                                          engine._gsel(g), sort, False)
         any_d = any(a[5] for _, a in items)
         any_arrow = want_arrow is None or any(want_arrow[i] for i, _ in items)
         t = engine._node_table(None, idx, np.sqrt(d2), offsets) if any_d or any_arrow else None
@@ -306,12 +308,8 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
         if not all(a[5] for _, a in items):
             # JSON rows only for what the replies carry: the first `limit` hits of each
             # center (a clustered center at radius 25 has ~2,000, a reply 100 by default)
-            limits_of = np.repeat([a[4] for _, a in items], [len(a[0]) for _, a in items])
-            take = np.minimum(np.diff(offsets), limits_of)
-            kept = np.zeros(take.size + 1, np.int64)
-            np.cumsum(take, out=kept[1:])
-            sel = np.arange(int(kept[-1]), dtype=np.int64) + np.repeat(offsets[:-1] - kept[:-1], take)
-            blob = engine._node_rows_json(idx[sel])
+            kept, blob = engine._first_rows_json(offsets, np.array([a[4] for _, a in items for _c in a[0]], np.int64),
+                                                 idx)
         else:
             blob, kept = b"", offsets
         j = 0

@@ -459,11 +459,15 @@ class Engine:
         nid, gid = gather(N.keys, N.graph, G.keys, nodes, query, offsets)
         return _ids_table(query, nid, gid, dist)
 
-    def _node_rows_json(self, nodes) -> bytes:
-        """``{"node_id":"..","graph_id":".."},`` per node index, fixed width
-        (``kernels.traverse.ROW_LEN``): a run of rows is a slice."""
+    def _first_rows_json(self, offsets, limits, idx) -> tuple[np.ndarray, bytes]:
+        """``(kept, rows)``: ``{"node_id":"..","graph_id":".."},`` (fixed width,
+        ``kernels.traverse.ROW_LEN``: a run of rows is a slice) for the first ``limits[j]``
+        hits of each query j of a CSR answer; query j's rows are ``kept[j]:kept[j + 1]``."""
         N, G = self._p.N, self._p.G
-        return kt.node_rows_json(N.keys, N.graph, G.keys, _checked_nodes(nodes, N)).tobytes()
+        kept, rows, ok = kt.first_hits_json(offsets, limits, idx, N.keys, N.graph, G.keys, int(N.meta[0]))
+        if not ok:
+            raise RuntimeError("internal error: node number out of range in an answer")
+        return kept, rows.tobytes()
 
     def nodes_within(self, centers, radius, *, graph_id=None, return_distance=False, sort=False,
                      count_only=False):

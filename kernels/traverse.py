@@ -183,6 +183,28 @@ def node_rows_json(node_keys, node_graph, graph_keys, nodes):
     return out
 
 
+@jit
+def first_hits_json(offsets, limits, idx, node_keys, node_graph, graph_keys, n_nodes):
+    """JSON rows (as :func:`node_rows_json`) of the first ``limits[j]`` hits of each query
+    ``j`` of a CSR answer (``offsets``, node indices ``idx``): what radius replies carry.
+    Returns ``(kept, rows, ok)``: query j's rows are rows ``kept[j]:kept[j + 1]``; ``ok`` is
+    False when a node index is out of range (a damaged index: nothing is read for it).
+    One call instead of a dozen small numpy ones a reply (~100 us of a one-request reply)."""
+    n = offsets.shape[0] - 1
+    kept = np.zeros(n + 1, np.int64)
+    for j in range(n):
+        kept[j + 1] = kept[j] + min(offsets[j + 1] - offsets[j], limits[j])
+    nodes = np.empty(kept[n], np.int64)
+    for j in range(n):
+        a = offsets[j]
+        for k in range(kept[j + 1] - kept[j]):
+            v = idx[a + k]
+            if v < 0 or v >= n_nodes:
+                return kept, np.empty(0, np.uint8), False
+            nodes[kept[j] + k] = v
+    return kept, node_rows_json(node_keys, node_graph, graph_keys, nodes), True
+
+
 ISO_LEN = 27  # "YYYY-MM-DDTHH:MM:SS.ffffffZ"
 
 
