@@ -456,19 +456,25 @@ class Service:
             self._background(self._raw_reconnect())
 
     async def _raw_reconnect(self):
+        if await self._retry(self._raw_connect):
+            await self._resume()
+
+    async def _retry(self, connect) -> bool:
+        """Await ``connect()`` until it succeeds (True) or the service stops (False),
+        waiting 0.1 s, doubling up to 2 s, after each failed attempt."""
         wait = 0.1
         while not self._stop.is_set():
             try:
-                await self._raw_connect()
+                await connect()
+                return True
             except (OSError, ConnectionError, asyncio.TimeoutError):
-                try:
-                    await asyncio.wait_for(self._stop.wait(), wait)
-                except asyncio.TimeoutError:
-                    pass
-                wait = min(2.0, wait * 2)
-                continue
-            await self._resume()
-            return
+                pass
+            try:
+                await asyncio.wait_for(self._stop.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+            wait = min(2.0, wait * 2)
+        return False
 
     def _on_block(self, block: _wire.Block):
         """The messages of one socket read: pull statuses end pull requests, the rest wait."""
@@ -934,19 +940,7 @@ class Service:
         for ep in self._query_endpoints():  # nats-py re-subscribes these once it is back
             if ep._subscription is None:
                 await ep._start()
-        wait = 0.1
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), wait)
-                return
-            except asyncio.TimeoutError:
-                pass
-            wait = min(2.0, wait * 2)
-            try:
-                await self._query_raw_connect()
-                return
-            except (OSError, ConnectionError, asyncio.TimeoutError):
-                continue
+        await self._retry(self._query_raw_connect)
 
     def _on_query_block(self, block: _wire.Block):
         """Requests of one socket read on the lean query connection, each handled now."""

@@ -382,16 +382,24 @@ def live_points(alive, pos, n):
     hi = np.full(3, -np.inf)
     m = 0
     for i in range(n):
-        if alive[i] != 0 and not np.isnan(pos[i, 0]):
-            out[m] = i
-            m += 1
-            for a in range(3):
-                v = pos[i, a]
-                if v < lo[a]:
-                    lo[a] = v
-                if v > hi[a]:
-                    hi[a] = v
+        m = _take_live(alive, pos, i, out, m, lo, hi)
     return out[:m], lo, hi
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _take_live(alive, pos, i, out, m, lo, hi):
+    """Node i appended to out[m] and the box (lo, hi) widened to it, if it is live and
+    has a position; the new count."""
+    if alive[i] == 0 or np.isnan(pos[i, 0]):
+        return m
+    out[m] = i
+    for a in range(3):
+        v = pos[i, a]
+        if v < lo[a]:
+            lo[a] = v
+        if v > hi[a]:
+            hi[a] = v
+    return m + 1
 
 
 @jit(fastmath=EXACT_MATH)
@@ -404,16 +412,7 @@ def live_subset(alive, pos, nodes):
     hi = np.full(3, -np.inf)
     m = 0
     for j in range(nodes.shape[0]):
-        i = nodes[j]
-        if alive[i] != 0 and not np.isnan(pos[i, 0]):
-            out[m] = i
-            m += 1
-            for a in range(3):
-                v = pos[i, a]
-                if v < lo[a]:
-                    lo[a] = v
-                if v > hi[a]:
-                    hi[a] = v
+        m = _take_live(alive, pos, nodes[j], out, m, lo, hi)
     return out[:m], lo, hi
 
 

@@ -47,3 +47,20 @@ async def _js_publish(url, items):
 def js_publish(url, items):
     """Publish (subject, data, headers) through JetStream; returns the last stream sequence."""
     return run(_js_publish(url, items))
+
+
+def wait_until_restarted(url, timeout=60.0):
+    """Poll ``query.graph.stats`` until the service says its embedded server was restarted
+    and it is connected again; returns those stats."""
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            stats = request(url, "query.graph.stats", timeout=1.0)
+            if stats["server_restarts"] >= 1 and stats["connected"]:
+                return stats
+        except Exception:  # refused, no responders, a timeout: not back yet
+            pass
+        assert time.time() < deadline, "the service did not bring its nats-server back"
+        time.sleep(0.1)

@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -106,37 +107,39 @@ def test_tls(tmp_path, certs):
     srv = NatsServer(port=0, store_dir=str(tmp_path / "js"), scheme="tls",
                      args=("--tls", "--tlscert", str(certs / "server.pem"), "--tlskey", str(certs / "server.key"))).start()
     ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
-    payloads = _events(73)
     proc = _spawn(["serve", "--nats-url", srv.url, "--data-dir", str(tmp_path / "svc"), "--status-interval", "0",
                    "--tls-ca", str(certs / "ca.pem")])
     try:
         _wait_ready(proc)
-
-        async def go():
-            nc = await nats.connect(srv.url, tls=ctx)
-            js = nc.jetstream()
-            for subject, eid, data in payloads:
-                await js.publish(subject, data, headers={"Nats-Msg-Id": eid})
-            msg = await nc.request("query.graph.stats", b'{"min_version": %d, "timeout_ms": 30000}' % N_EVENTS,
-                                   timeout=40)
-            graphs = await nc.request("query.graph.graphs", b'{"limit": 1000}', timeout=10)
-            await nc.close()
-            return msg.data, graphs.data
-
-        import msgspec
-
-        stats, graphs = (msgspec.json.decode(x) for x in asyncio.run(go()))
-        ref = _reference(payloads)
-        assert stats["version"] == N_EVENTS
-        assert (stats["graphs"], stats["nodes"], stats["edges"]) == tuple(ref.totals().values())
-        import uuid
-
-        assert {uuid.UUID(g["graph_id"]).bytes: (g["node_count"], g["edge_count"]) for g in graphs["graphs"]} == \
-            {g: (s["node_count"], s["edge_count"]) for g, s in ref.summaries().items()}
+        _publish_and_check(srv.url, _events(73), tls=ctx)
     finally:
         _stop(proc)
         srv.stop()
     assert proc.returncode == 0
+
+
+def _publish_and_check(url, payloads, **connect_options):
+    """Publish over a connection made with ``connect_options`` (TLS, credentials: what the
+    plain helpers cannot), then check totals and every graph's counts against the reference."""
+    import msgspec
+
+    async def go():
+        nc = await nats.connect(url, **connect_options)
+        js = nc.jetstream()
+        for subject, eid, data in payloads:
+            await js.publish(subject, data, headers={"Nats-Msg-Id": eid})
+        msg = await nc.request("query.graph.stats", b'{"min_version": %d, "timeout_ms": 30000}' % len(payloads),
+                               timeout=40)
+        graphs = await nc.request("query.graph.graphs", b'{"limit": 1000}', timeout=10)
+        await nc.close()
+        return msg.data, graphs.data
+
+    stats, graphs = (msgspec.json.decode(x) for x in asyncio.run(go()))
+    ref = _reference(payloads)
+    assert stats["version"] == len(payloads) and stats["connected"] is True
+    assert (stats["graphs"], stats["nodes"], stats["edges"]) == tuple(ref.totals().values())
+    assert {uuid.UUID(g["graph_id"]).bytes: (g["node_count"], g["edge_count"]) for g in graphs["graphs"]} == \
+        {g: (s["node_count"], s["edge_count"]) for g, s in ref.summaries().items()}
 
 
 def _b64(b: bytes) -> str:
@@ -204,7 +207,6 @@ def test_credentials_file(tmp_path):
     and queries are exact."""
     conf, creds = _operator_setup(tmp_path)
     srv = NatsServer(port=0, store_dir=str(tmp_path / "js"), args=("-c", str(conf))).start()
-    payloads = _events(74)
 
     async def refused():
         with pytest.raises(Exception):
@@ -216,28 +218,7 @@ def test_credentials_file(tmp_path):
                   env={"CIM_FLOW_CREDS": str(creds)})
     try:
         _wait_ready(proc)
-
-        async def go():
-            nc = await nats.connect(srv.url, user_credentials=str(creds))
-            js = nc.jetstream()
-            for subject, eid, data in payloads:
-                await js.publish(subject, data, headers={"Nats-Msg-Id": eid})
-            msg = await nc.request("query.graph.stats", b'{"min_version": %d, "timeout_ms": 30000}' % N_EVENTS,
-                                   timeout=40)
-            graphs = await nc.request("query.graph.graphs", b'{"limit": 1000}', timeout=10)
-            await nc.close()
-            return msg.data, graphs.data
-
-        import msgspec
-
-        stats, graphs = (msgspec.json.decode(x) for x in asyncio.run(go()))
-        ref = _reference(payloads)
-        assert stats["version"] == N_EVENTS and stats["connected"] is True
-        assert (stats["graphs"], stats["nodes"], stats["edges"]) == tuple(ref.totals().values())
-        import uuid
-
-        assert {uuid.UUID(g["graph_id"]).bytes: (g["node_count"], g["edge_count"]) for g in graphs["graphs"]} == \
-            {g: (s["node_count"], s["edge_count"]) for g, s in ref.summaries().items()}
+        _publish_and_check(srv.url, _events(74), user_credentials=str(creds))
     finally:
         _stop(proc)
         srv.stop()

@@ -17,7 +17,7 @@ import nats
 from cim_flow import decode_json
 from cim_flow._demo import SyntheticEvents
 from cim_flow._natsserver import NatsServer
-from natsutil import request
+from natsutil import request, wait_until_restarted
 from reference import RefProjection
 from test_cli import ROOT, _spawn, _wait_ready
 
@@ -203,16 +203,7 @@ def test_embedded_server_killed_mid_ingest_is_restarted(tmp_path):
         assert len(servers) == 1
         _publisher(url, payloads[:1200], threading.Event(), 0.0)
         os.kill(servers[0], signal.SIGKILL)
-        deadline = time.time() + 60
-        while True:  # back when a stats request gets through and says so
-            try:
-                stats = request(url, "query.graph.stats", timeout=2.0)
-                if stats["server_restarts"] >= 1 and stats["connected"]:
-                    break
-            except Exception:
-                pass
-            assert time.time() < deadline, "the service did not bring its nats-server back"
-            time.sleep(0.2)
+        wait_until_restarted(url)
         _publisher(url, payloads[1200:], threading.Event(), 0.0)
         _check(url, _reference(payloads), len(payloads))
         # every request answered: a subscription left behind by the reconnect in the

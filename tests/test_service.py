@@ -12,7 +12,7 @@ import pytest
 
 import nats
 from cim_flow import decode_json
-from natsutil import js_publish, request, request_raw, run
+from natsutil import js_publish, request, request_raw, run, wait_until_restarted
 from reference import RefProjection, brute_knn, brute_radius
 
 T0 = 1_714_564_800_000
@@ -404,16 +404,7 @@ def test_every_query_answered_after_the_server_restarts(tmp_path):
         url = svc.url
         assert request(url, "query.graph.stats")["server_restarts"] == 0
         os.kill(svc.server.proc.pid, signal.SIGKILL)
-        deadline = time.time() + 60
-        while True:
-            try:
-                s = request(url, "query.graph.stats", timeout=1.0)
-                if s["server_restarts"] >= 1 and s["connected"]:
-                    break
-            except Exception:
-                pass
-            assert time.time() < deadline, "the service did not come back"
-            time.sleep(0.1)
+        wait_until_restarted(url)
         time.sleep(0.5)  # both lean and nats-py connections settled
         for _ in range(10):
             for subject in ("query.graph.graphs", "query.graph.summary", "query.graph.nodes_in_box"):
