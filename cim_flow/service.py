@@ -1023,7 +1023,7 @@ class Service:
                     if name != "stats":
                         self.cache.put(key, hit)
                 data, headers = hit
-                await req.respond(data, headers=headers)
+                await req.respond(self._fits(data), headers=headers)
             except Exception as exc:  # a bug must not silence the reply
                 await req.respond(self._error_reply(exc))
 
@@ -1038,6 +1038,18 @@ class Service:
         if job is not None and not job.done():
             self.counters["index_builds_waited"] += 1
             await asyncio.wrap_future(job)
+
+    def _fits(self, data: bytes) -> bytes:
+        """``data``, if a reply that size can be published; else a ``too_large`` error.
+        The server closes a connection that publishes more than its max_payload (on the
+        lean query connection, with every reply queued behind it), and nats-py refuses
+        with a bare MaxPayloadError."""
+        limit = (self.qnc.max_payload if self.qnc is not None else 0) or 1 << 20
+        if len(data) + _REPLY_HEADROOM > limit:
+            raise QueryError("too_large", f"the reply is {len(data):,} bytes, more than the NATS server's "
+                                          f"max_payload ({limit:,} bytes) allows: ask for fewer rows (limit, "
+                                          f"offset) or fewer centers")
+        return data
 
     def _error_reply(self, exc) -> bytes:
         self.counters["query_errors"] += 1
@@ -1064,7 +1076,7 @@ class Service:
                     continue
                 data, headers = encode_answer(ans, version, arrow)
                 self.cache.put(("nodes_in_radius", req.data, arrow, version), (data, headers))
-                await req.respond(data, headers=headers)
+                await req.respond(self._fits(data), headers=headers)
             except Exception as exc:
                 try:
                     await req.respond(self._error_reply(exc))
@@ -1169,6 +1181,9 @@ class Service:
         await self._stop.wait()
         await self.stop()
         self._log("cim_flow stopped")
+
+
+_REPLY_HEADROOM = 1024  # bytes of max_payload kept for a reply's headers
 
 
 class _RawRequest:

@@ -415,6 +415,52 @@ def test_every_query_answered_after_the_server_restarts(tmp_path):
         rs.stop()
 
 
+def test_replies_over_max_payload_are_errors(tmp_path):
+    """A reply bigger than the server's max_payload is a clear `too_large` error, not a
+    dropped connection (the server closes one that publishes more): the same connection
+    answers the next request. Both reply paths: one-off (graphs) and batched (radius)."""
+    from cim_flow._config import Config
+    from cim_flow._natsserver import NatsServer
+    from cim_flow.service import Service
+    from conftest import RunningService
+
+    conf = tmp_path / "small.conf"
+    conf.write_text("max_payload: 8192\n")
+    srv = NatsServer(port=0, jetstream=False, args=("-c", str(conf))).start()
+    svc = Service(Config.from_dict({}), nats_url=srv.url, data_dir=str(tmp_path / "svc"), jetstream=False,
+                  status_interval=0)
+    rs = RunningService(svc).start()
+    try:
+        g = str(uuid.uuid4())
+        events = [json.dumps({"type": "GraphCreated", "graph_id": str(uuid.uuid4()), "name": f"g{i}",
+                              "occurred_at": T0 + i}).encode() for i in range(80)]
+        events.append(json.dumps({"type": "GraphCreated", "graph_id": g, "occurred_at": T0}).encode())
+        events += [json.dumps({"type": "NodeAdded", "graph_id": g, "node_id": str(uuid.uuid4()),
+                               "position": [0.01 * i, 0, 0], "occurred_at": T0}).encode() for i in range(150)]
+
+        async def publish():
+            nc = await nats.connect(srv.url)
+            for e in events:
+                await nc.publish("event.graph.any", e)
+            await nc.flush()
+            await nc.close()
+
+        run(publish())
+        assert request(srv.url, "query.graph.stats", {"min_version": len(events)})["version"] == len(events)
+        for _ in range(2):  # the second time from the cache
+            big = request(srv.url, "query.graph.graphs", {"limit": 1000})
+            assert big["error"]["code"] == "too_large" and "max_payload" in big["error"]["message"]
+            assert len(request(srv.url, "query.graph.graphs", {"limit": 5})["graphs"]) == 5
+            big = request(srv.url, "query.graph.nodes_in_radius", {"center": [0, 0, 0], "radius": 10.0})
+            assert big["error"]["code"] == "too_large"
+            small = request(srv.url, "query.graph.nodes_in_radius", {"center": [0, 0, 0], "radius": 10.0, "limit": 3})
+            assert small["count"] == 150 and len(small["nodes"]) == 3
+        assert svc.qraw is not None and not svc.qraw.closed  # never dropped by the server
+    finally:
+        rs.stop()
+        srv.stop()
+
+
 def test_updates_published(nats_server, service):
     async def go():
         nc = await nats.connect(nats_server.url)
