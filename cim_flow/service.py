@@ -636,7 +636,15 @@ class Service:
         headers = {"Cim-Error": reason[:1000], "Cim-Subject": subject}
         if seq:
             headers["Cim-Seq"] = str(seq)
+        room = self._payload_limit() - sum(len(k) + len(v) + 4 for k, v in headers.items()) - 64
+        if len(data) > room:  # headers added to a payload near the limit: the server would drop us
+            headers["Cim-Truncated"] = str(len(data))
+            data = data[:max(room - 32, 0)]
         await self.nc.publish(DLQ_SUBJECT, data, headers=headers)
+
+    def _payload_limit(self) -> int:
+        """The server's max_payload, the most one message (headers included) may carry."""
+        return (self.nc.max_payload if self.nc is not None else 0) or 1 << 20
 
     async def _process(self, block: _wire.Block):
         t_start = time.perf_counter()
@@ -658,7 +666,10 @@ class Service:
             eng._advance_to(int(block.seq[n - 1]))
             await self.nc.publish(block.reply(n - 1), b"+ACK")
         self._adapt()
-        await self._publish_updates()
+        try:
+            await self._publish_updates()
+        except Exception as exc:  # applied and acknowledged all the same: say so, go on
+            self._log(f"cim_flow: update for version {eng.version} not published: {type(exc).__name__}: {exc}")
         try:
             self._maybe_snapshot()
         except Exception as exc:  # a full disk, ...: the batch is applied and acknowledged all the same
@@ -867,11 +878,26 @@ class Service:
         gidx = np.array(sorted(self._touched), np.int64)
         live = gidx[G.alive[gidx].astype(bool)]
         dead = gidx[~G.alive[gidx].astype(bool)]
-        body = {"version": eng.version, "events_total": self.events_total(),
-                "graphs": eng._summary_rows(live), "deleted": uuid_texts_of(G.keys[dead])}
-        data = _json.encode(body)
+        rows, deleted = eng._summary_rows(live), uuid_texts_of(G.keys[dead])
+        head = {"version": eng.version, "events_total": self.events_total()}
         msg_id = f"summary-{eng.version}"
-        await self.nc.publish(UPDATES_SUBJECT, data, headers={"Nats-Msg-Id": msg_id})
+        data = _json.encode({**head, "graphs": rows, "deleted": deleted})
+        limit = self._payload_limit() - _REPLY_HEADROOM
+        if len(data) <= limit:
+            await self.nc.publish(UPDATES_SUBJECT, data, headers={"Nats-Msg-Id": msg_id})
+            return
+        # a batch that touched more graphs than one message holds (a bulk import): in
+        # parts, each with the version, "part" and "parts"; part k > 0 is "<id>.<k>"
+        n = -(-len(data) // limit) + 1
+        while True:
+            parts = [_json.encode({**head, "graphs": rows[k * len(rows) // n:(k + 1) * len(rows) // n],
+                                   "deleted": deleted[k * len(deleted) // n:(k + 1) * len(deleted) // n],
+                                   "part": k, "parts": n}) for k in range(n)]
+            if max(map(len, parts)) <= limit or n >= len(rows) + len(deleted):
+                break
+            n *= 2
+        for k, part in enumerate(parts):
+            await self.nc.publish(UPDATES_SUBJECT, part, headers={"Nats-Msg-Id": msg_id if k == 0 else f"{msg_id}.{k}"})
 
     def events_total(self) -> int:
         c = self.counters
@@ -1044,7 +1070,7 @@ class Service:
         The server closes a connection that publishes more than its max_payload (on the
         lean query connection, with every reply queued behind it), and nats-py refuses
         with a bare MaxPayloadError."""
-        limit = (self.qnc.max_payload if self.qnc is not None else 0) or 1 << 20
+        limit = self._payload_limit()
         if len(data) + _REPLY_HEADROOM > limit:
             raise QueryError("too_large", f"the reply is {len(data):,} bytes, more than the NATS server's "
                                           f"max_payload ({limit:,} bytes) allows: ask for fewer rows (limit, "

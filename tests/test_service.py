@@ -1,6 +1,7 @@
 """The NATS service against a real nats-server: ingest in every wire form, queries,
 dead letters, Arrow in and out, min_version, the micro service, results out."""
 import asyncio
+import functools
 import json
 import random
 import time
@@ -415,10 +416,11 @@ def test_every_query_answered_after_the_server_restarts(tmp_path):
         rs.stop()
 
 
-def test_replies_over_max_payload_are_errors(tmp_path):
-    """A reply bigger than the server's max_payload is a clear `too_large` error, not a
-    dropped connection (the server closes one that publishes more): the same connection
-    answers the next request. Both reply paths: one-off (graphs) and batched (radius)."""
+def test_messages_over_max_payload(tmp_path):
+    """Against a server with a small max_payload (it closes a connection that publishes
+    more): a reply too big is a clear `too_large` error and the same connection answers
+    the next request, on both reply paths (one-off: graphs; batched: radius); a batch's
+    update too big goes out in parts; a dead letter too big is truncated and says so."""
     from cim_flow._config import Config
     from cim_flow._natsserver import NatsServer
     from cim_flow.service import Service
@@ -427,26 +429,54 @@ def test_replies_over_max_payload_are_errors(tmp_path):
     conf = tmp_path / "small.conf"
     conf.write_text("max_payload: 8192\n")
     srv = NatsServer(port=0, jetstream=False, args=("-c", str(conf))).start()
-    svc = Service(Config.from_dict({}), nats_url=srv.url, data_dir=str(tmp_path / "svc"), jetstream=False,
-                  status_interval=0)
+    cfg = Config.from_dict({"event_processing": {"batch_size": 81, "batch_timeout": "5s",
+                                                 "enable_adaptive_batching": False}})
+    svc = Service(cfg, nats_url=srv.url, data_dir=str(tmp_path / "svc"), jetstream=False, status_interval=0)
     rs = RunningService(svc).start()
     try:
         g = str(uuid.uuid4())
-        events = [json.dumps({"type": "GraphCreated", "graph_id": str(uuid.uuid4()), "name": f"g{i}",
+        graphs = [json.dumps({"type": "GraphCreated", "graph_id": str(uuid.uuid4()), "name": f"g{i}",
                               "occurred_at": T0 + i}).encode() for i in range(80)]
-        events.append(json.dumps({"type": "GraphCreated", "graph_id": g, "occurred_at": T0}).encode())
-        events += [json.dumps({"type": "NodeAdded", "graph_id": g, "node_id": str(uuid.uuid4()),
-                               "position": [0.01 * i, 0, 0], "occurred_at": T0}).encode() for i in range(150)]
+        graphs.append(json.dumps({"type": "GraphCreated", "graph_id": g, "occurred_at": T0}).encode())
+        nodes = [json.dumps({"type": "NodeAdded", "graph_id": g, "node_id": str(uuid.uuid4()),
+                             "position": [0.01 * i, 0, 0], "occurred_at": T0}).encode() for i in range(150)]
+        bad = b'{"type": "NodeAdded", "name": "' + b"x" * 8100 + b'"'  # invalid JSON, just under max_payload
+        updates, dead = [], []
 
         async def publish():
             nc = await nats.connect(srv.url)
-            for e in events:
+
+            async def keep(into, m):
+                into.append(m)
+
+            await nc.subscribe("projection.graph.summary.updated", cb=functools.partial(keep, updates))
+            await nc.subscribe("dlq.graph", cb=functools.partial(keep, dead))
+            await nc.flush()
+            for e in graphs:  # at least these 81 in the first batch (batch_size 81, a 5 s timeout)
+                await nc.publish("event.graph.any", e)
+            await nc.publish("event.graph.any", bad)
+            for e in nodes:
                 await nc.publish("event.graph.any", e)
             await nc.flush()
+            stats = await nc.request("query.graph.stats", b'{"min_version": %d}' % (len(graphs) + len(nodes)),
+                                     timeout=10)
+            await asyncio.sleep(0.2)
             await nc.close()
+            return json.loads(stats.data)
 
-        run(publish())
-        assert request(srv.url, "query.graph.stats", {"min_version": len(events)})["version"] == len(events)
+        stats = run(publish())
+        assert stats["version"] == len(graphs) + len(nodes) and stats["events_dead_lettered"] == 1
+        # the bulk batch's update came in parts, each within max_payload, naming all 81 graphs
+        bodies = [json.loads(m.data) for m in updates]
+        split = max({b["version"] for b in bodies if b.get("parts", 1) > 1}, default=None)
+        assert split is not None, "no update came in parts"
+        first = [b for b in bodies if b["version"] == split]
+        assert len(first) >= 2 and all(len(m.data) <= 8192 for m in updates)
+        assert {u["parts"] for u in first} == {len(first)} and sorted(u["part"] for u in first) == list(range(len(first)))
+        assert {r["graph_id"] for u in first for r in u["graphs"]} == {json.loads(e)["graph_id"] for e in graphs}
+        # the dead letter kept its reason, truncated the payload and said so
+        assert len(dead) == 1 and dead[0].headers["Cim-Truncated"] == str(len(bad))
+        assert "invalid JSON" in dead[0].headers["Cim-Error"] and bad.startswith(dead[0].data)
         for _ in range(2):  # the second time from the cache
             big = request(srv.url, "query.graph.graphs", {"limit": 1000})
             assert big["error"]["code"] == "too_large" and "max_payload" in big["error"]["message"]
