@@ -240,6 +240,8 @@ async def run_load(url: str, rate: float, duration: float, arrow_batch: int = 0,
     applied = idx < un.size
     lat = ut[idx[applied]] - sched[applied] if un.size else np.zeros(0)
     done_t = ut[idx[applied]].max() if applied.any() else send_end
+    end_stats = _dec.decode((await nc.request("query.graph.stats", b"{}", timeout=10)).data)
+    cpu_s = end_stats["cpu_s"] - stats["cpu_s"] if "cpu_s" in stats and "cpu_s" in end_stats else None
     await nc.drain()
     if qnc is not None:
         await qnc.drain()
@@ -251,6 +253,10 @@ async def run_load(url: str, rate: float, duration: float, arrow_batch: int = 0,
         "send_rate_events_per_s": float(n_events / max(send_end - t0, 1e-9)),
         "event_to_applied": _pct(lat),
         "queries": {"rate_target": query_rate, "errors": q_err, **_pct(q_lat)},
+        # the service process's CPU over the run (stats cpu_s before and after), per event and query sent
+        "service_cpu": None if cpu_s is None else {
+            "seconds": cpu_s, "us_per_event": cpu_s / max(n_events, 1) * 1e6,
+            "us_per_query": cpu_s / n_queries * 1e6 if n_queries else None},
         "timeline": {"t": (sched[applied] - t0).tolist()[:: max(1, int(applied.sum() // 5000))],
                      "latency_ms": (lat * 1e3).tolist()[:: max(1, int(applied.sum() // 5000))]},
     }
@@ -391,6 +397,11 @@ def cmd_loadgen(args) -> int:
     if q.get("count"):
         print(f"queries: {q['count']:,} ok, {q['errors']} errors; p50 {q['p50_ms']:.2f} ms  "
               f"p99 {q['p99_ms']:.2f} ms  p99.9 {q['p999_ms']:.2f} ms  max {q['max_ms']:.2f} ms")
+    cpu = report["service_cpu"]
+    if cpu is not None:
+        per_q = f", {cpu['us_per_query']:.0f} us a query" if cpu["us_per_query"] else ""
+        print(f"service CPU: {cpu['seconds']:.2f} s over the run ({cpu['us_per_event']:.1f} us an event{per_q}, "
+              f"both sharing it)")
     with open(args.report, "w") as fh:
         json.dump(report, fh, indent=2)
     write_plot(report, args.plot)

@@ -636,10 +636,12 @@ class Service:
         headers = {"Cim-Error": reason[:1000], "Cim-Subject": subject}
         if seq:
             headers["Cim-Seq"] = str(seq)
+        # the headers count against max_payload too: a payload near the limit would make the
+        # server drop the connection, so it is cut (the original stays in the stream at Cim-Seq)
         room = self._payload_limit() - sum(len(k) + len(v) + 4 for k, v in headers.items()) - 64
-        if len(data) > room:  # headers added to a payload near the limit: the server would drop us
+        if len(data) > room:
             headers["Cim-Truncated"] = str(len(data))
-            data = data[:max(room - 32, 0)]
+            data = data[:max(room, 0)]
         await self.nc.publish(DLQ_SUBJECT, data, headers=headers)
 
     def _payload_limit(self) -> int:
@@ -1141,6 +1143,7 @@ class Service:
             "snapshot_seconds": self.snapshot_seconds,
             "consumer_resets": c["consumer_resets"], "pull_stalls": c["pull_stalls"],
             "server_restarts": c["server_restarts"], "stream_behind": self.stream_behind,
+            "cpu_s": time.process_time(),  # this process, all threads: a load run's cost is the difference
         }
 
     async def _status_loop(self):

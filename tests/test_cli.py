@@ -159,4 +159,10 @@ def test_loadgen_against_running_service(nats_server, service, tmp_path):
     assert r["events_applied"] == r["events"] == 4000
     assert r["event_to_applied"]["p99_ms"] > 0
     assert r["queries"]["count"] > 50 and r["queries"]["errors"] == 0
+    # the service's CPU over the run, from its stats before and after: 4,000 events and
+    # 100 queries cost it something, and the per-event / per-query shares follow from it
+    cpu = r["service_cpu"]
+    assert cpu["seconds"] > 0.01 and cpu["us_per_event"] == pytest.approx(cpu["seconds"] / 4000 * 1e6)
+    assert cpu["us_per_query"] == pytest.approx(cpu["seconds"] / 100 * 1e6)
+    assert "service CPU:" in proc.stdout
     assert "<svg" in plot.read_text()

@@ -8,11 +8,12 @@ import time
 import uuid
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pytest
 
 import nats
-from cim_flow import decode_json
+from cim_flow import Engine, decode_json
 from natsutil import js_publish, request, request_raw, run, wait_until_restarted
 from reference import RefProjection, brute_knn, brute_radius
 
@@ -558,6 +559,24 @@ def test_radius_reply_fast_json_equals_the_dict_encoding():
         want = strip(json.loads(encode_answer(gen, 9, False)[0]))
         assert got == want
     assert json.loads(encode_answer(fast[3], 9, False)[0])["truncated"] is True
+
+
+def test_radius_reply_rows_refuse_a_node_number_out_of_range():
+    """The rows a radius reply carries are gathered without bounds checks: a node number
+    outside the node arrays (only a damaged index could give one) is an error, not a read
+    far outside them."""
+    eng = Engine()
+    g = str(uuid.uuid4())
+    events = [{"type": "GraphCreated", "graph_id": g, "occurred_at": T0}]
+    events += [{"type": "NodeAdded", "graph_id": g, "node_id": str(uuid.uuid4()), "position": [x, 0, 0],
+                "occurred_at": T0} for x in (0.0, 1.0)]
+    assert eng.apply(decode_json([json.dumps(e).encode() for e in events])[0]).applied == 3
+    kept, rows = eng._first_rows_json(np.array([0, 2, 2]), np.array([1, 5]), np.array([1, 0]))
+    assert kept.tolist() == [0, 1, 1] and rows.count(b"node_id") == 1
+    with pytest.raises(RuntimeError, match="out of range"):
+        eng._first_rows_json(np.array([0, 2]), np.array([5]), np.array([0, 2]))
+    with pytest.raises(RuntimeError, match="out of range"):
+        eng._first_rows_json(np.array([0, 1]), np.array([5]), np.array([-1]))
 
 
 def test_uuid_texts_match_python_uuid_with_nulls_and_offsets():

@@ -224,19 +224,22 @@ def _check_against_reference(eng, ref, rng):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), batches=st.integers(1, 8))
 def test_moves_and_removals_stream(seed, batches):
-    """After every batch of a random stream (adds, moves, removes, graph deletes) the
-    spatial answers equal brute force over the reference projection's nodes."""
+    """After batches of a random stream (adds, moves, removes, graph deletes) the spatial
+    answers equal brute force over the reference projection's nodes. Queries come after
+    some batches only (always after the last): the delta grid is rebuilt by the next
+    query, so several batches' changes, a node moved again among them, must all reach it."""
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
     eng, ref = Engine(), RefProjection()
     eng._spatial.rebuild_fraction = rng.choice([0.0, 0.05, 10.0])  # exercise rebuild and delta paths
     eng._spatial.min_rebuild = rng.choice([1, 20, 4096])
     eng._spatial.background = rng.choice([True, False])
-    for _ in range(batches):
+    for b in range(batches):
         rows = random_rows(rng, rng.randrange(1, 150), n_graphs=3, n_nodes=40, n_edges=10)
         eng.apply(rows_to_batch(rows))
         ref.apply(rows)
-        _check_against_reference(eng, ref, nrng)
+        if b == batches - 1 or rng.random() < 0.5:
+            _check_against_reference(eng, ref, nrng)
 
 
 def test_incremental_moves_keep_exact_many_batches():
@@ -258,6 +261,27 @@ def test_incremental_moves_keep_exact_many_batches():
         for j, c in enumerate(centers):
             assert got[j] == {nids[i] for i in tree.query_ball_point(c, 4.0)}
     assert eng._spatial.builds == builds  # served from main + delta, no full rebuild
+
+
+def test_a_node_moved_again_while_in_the_delta_is_seen_at_its_new_place():
+    """The delta grid is rebuilt by the next query from the nodes it holds: batches that
+    only move nodes already in it (nothing new joins) must still make it stale, whether
+    a query came between the batches or not."""
+    pts = uniform(2000, 5)
+    eng, nids, owner = engine_with_points(pts)
+    eng.nodes_within([0, 0, 0], 1.0)  # build the index
+    far = [(200.0, 200.0, 200.0), (300.0, 300.0, 300.0), (400.0, 400.0, 400.0)]
+
+    def move(t, p):
+        eng.apply(rows_to_batch([_ev(EventType.NodeMoved, owner[7], t, node_id=nids[7], x=p[0], y=p[1], z=p[2])]))
+
+    move(10, far[0])  # node 7 joins the delta
+    assert result_sets(eng.nodes_within([far[0]], 1.0), 1)[0] == {nids[7]}
+    move(11, far[1])  # moved again: already in the delta, a query in between
+    assert result_sets(eng.nodes_within([far[0], far[1]], 1.0), 2) == [set(), {nids[7]}]
+    move(12, far[2])  # and again, twice with no query in between
+    move(13, far[0])
+    assert result_sets(eng.nodes_within(far, 1.0), 3) == [{nids[7]}, set(), set()]
 
 
 def test_graph_delete_cascade_larger_than_batch_updates_index():

@@ -1,0 +1,40 @@
+"""Time to rebuild the spatial index's delta grid (what the first query after a batch
+pays) for deltas of a given size, over a 400k-node clustered engine.
+
+    python asv_benchmarks/tools/delta_rebuild.py [--sizes 100 1000 5000 20000]
+
+Prints the median of 200 rebuilds per delta size (random live nodes as the delta).
+"""
+import argparse
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from benchmarks.spatial_data import engine_with  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000, 20000])
+    a = ap.parse_args()
+    eng = engine_with("clustered", 400_000)
+    N, sp = eng._p.N, eng._spatial
+    eng.nodes_within([0.0, 0.0, 0.0], 1.0)  # builds the index (and loads the kernels)
+    rng = np.random.default_rng(0)
+    for k in a.sizes:
+        sp.delta_nodes = np.sort(rng.choice(int(N.meta[0]), k, replace=False)).astype(np.int64)
+        times = []
+        for _ in range(200):
+            t = time.perf_counter()
+            sp._rebuild_delta(N)
+            times.append(time.perf_counter() - t)
+        print(f"{k:>6} delta nodes: {np.median(times) * 1e6:7.0f} us a rebuild (median of 200)")
+
+
+if __name__ == "__main__":
+    main()
