@@ -102,14 +102,19 @@ class JetStream:
     durable: str = "cim_flow"
     duplicate_window: float = 120.0
     storage: str = "file"
-    store_dir: str = ""
-    max_memory_store: int = 0
+    # the embedded server's JetStream (with --nats-url they are that server's business):
+    store_dir: str = ""                 # "" = <data-dir>/jetstream
+    max_memory_store: int = 0           # 0 = the server's default (a share of RAM / disk)
     max_file_store: int = 0
+    sync_interval: float | str = 0.0    # seconds between fsyncs, or "always"; 0 = default (2 min)
+    max_outstanding_catchup: int = 0
+    compression: str = "none"           # the stream's: "none" or "s2"
     pull_batch: int = 16384
     raw_consumer: bool = True
-    sync_interval: float = 0.0
-    compression: str = "none"
-    max_outstanding_catchup: int = 0
+
+    def server_limits(self) -> dict:
+        return {"max_memory_store": self.max_memory_store, "max_file_store": self.max_file_store,
+                "sync_interval": self.sync_interval, "max_outstanding_catchup": self.max_outstanding_catchup}
 
 
 @dataclass
@@ -168,6 +173,29 @@ class Config:
         cfg.validate()
         return cfg
 
+    def notices(self, external_server: bool = False) -> list[str]:
+        """Settings the seed's files carry that cim_flow takes but cannot honour as asked:
+        said once at start rather than ignored in silence."""
+        out = []
+        n = self.event_processing.max_concurrent_batches
+        if n > 1:
+            out.append(f"event_processing.max_concurrent_batches = {n}: batches are applied one at a "
+                       "time, in stream order (the version is the exactly-once checkpoint); the server "
+                       "always holds the next pull request while one is applied")
+        pool = [k for k in ("min_connections", "max_connections", "idle_timeout", "write_buffer_size",
+                            "read_buffer_size") if getattr(self.nats, k) != getattr(Nats, k)]
+        if pool:
+            out.append(f"nats.{', nats.'.join(pool)}: a connection pool's settings; the service keeps its "
+                       "own few connections (management, events, queries) open for its whole run")
+        if external_server:
+            js = self.jetstream
+            set_ = [k for k in ("store_dir", "max_memory_store", "max_file_store", "sync_interval",
+                                "max_outstanding_catchup") if getattr(js, k)]
+            if set_:
+                out.append(f"jetstream.{', jetstream.'.join(set_)}: server settings, applied to the "
+                           "embedded nats-server only; the server at --nats-url keeps its own")
+        return out
+
     def validate(self) -> None:
         ep = self.event_processing
         for k in ("batch_size", "min_batch_size", "max_batch_size", "max_concurrent_batches"):
@@ -185,6 +213,11 @@ class Config:
             raise ConfigError("query_cache.ttl_seconds must be >= 0")
         if self.jetstream.storage not in ("file", "memory"):
             raise ConfigError("jetstream.storage must be 'file' or 'memory'")
+        if self.jetstream.compression not in ("none", "s2"):
+            raise ConfigError(f"jetstream.compression must be 'none' or 's2', got {self.jetstream.compression!r}")
+        for k in ("max_memory_store", "max_file_store", "max_outstanding_catchup"):
+            if getattr(self.jetstream, k) < 0:
+                raise ConfigError(f"jetstream.{k} must not be negative")
         if self.queries.default_limit < 1:
             raise ConfigError("queries.default_limit must be >= 1")
 
@@ -197,6 +230,8 @@ _SIZE_KEYS = {"write_buffer_size", "read_buffer_size", "pending_size", "max_memo
 
 def _coerce(name, f, default, value):
     key = name.split(".")[-1]
+    if key == "sync_interval" and value == "always":  # nats-server's own word: fsync every write
+        return "always"
     if key in _DURATION_KEYS:
         return duration(value, name)
     if key in _SIZE_KEYS:

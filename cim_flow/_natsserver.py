@@ -45,6 +45,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _conf_str(text: str) -> str:
+    """A quoted string for nats-server's config syntax."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class NatsServerError(RuntimeError):
     """The embedded nats-server could not start (port taken, bad store, ...)."""
 
@@ -53,15 +58,20 @@ class NatsServer:
     """A nats-server child process with JetStream, listening on 127.0.0.1 only."""
 
     def __init__(self, port: int = 0, store_dir: str | None = None, jetstream: bool = True,
-                 host: str = "127.0.0.1", args: tuple = (), scheme: str = "nats"):
+                 host: str = "127.0.0.1", args: tuple = (), scheme: str = "nats",
+                 jetstream_limits: dict | None = None):
         self.host = host
         self.extra_args = tuple(args)  # more nats-server flags (auth, TLS, ...)
         self.scheme = scheme
         self.port = port or free_port(host)
         self.store_dir = store_dir
         self.jetstream = jetstream
+        # server-wide JetStream settings with no command-line flag (max_memory_store,
+        # max_file_store, sync_interval, max_outstanding_catchup): they go in a config file
+        self.jetstream_limits = {k: v for k, v in (jetstream_limits or {}).items() if v}
         self.proc: subprocess.Popen | None = None
         self._tmp = None
+        self._conf = None
         self.log: collections.deque = collections.deque(maxlen=200)  # its last stderr lines
         self._reader: threading.Thread | None = None
 
@@ -82,7 +92,10 @@ class NatsServer:
                 self._tmp = tempfile.TemporaryDirectory(prefix="cim_flow_js_")
                 self.store_dir = self._tmp.name
             os.makedirs(self.store_dir, exist_ok=True)
-            args += ["-js", "-sd", self.store_dir]
+            if self.jetstream_limits:
+                args += ["-c", self._write_config()]
+            else:
+                args += ["-js", "-sd", self.store_dir]
         args += list(self.extra_args)
         # Own session: a terminal's Ctrl-C goes to the whole foreground process group and
         # would kill the server before the service has drained; we stop it ourselves.
@@ -97,6 +110,22 @@ class NatsServer:
                                         name="nats-server-log", daemon=True)
         self._reader.start()
         return self
+
+    def _write_config(self) -> str:
+        """A config file holding the jetstream block (the flags above still set host and port)."""
+        lines = [f"  store_dir: {_conf_str(self.store_dir)}"]
+        for key, value in self.jetstream_limits.items():
+            if key == "sync_interval":
+                value = "always" if value == "always" else _conf_str(f"{round(float(value) * 1000)}ms")
+            elif not isinstance(value, int) or isinstance(value, bool):
+                raise NatsServerError(f"jetstream {key}: expected a byte count, got {value!r}")
+            lines.append(f"  {key}: {value}")
+        if self._conf is None:
+            self._conf = tempfile.TemporaryDirectory(prefix="cim_flow_conf_")
+        path = os.path.join(self._conf.name, "nats-server.conf")
+        with open(path, "w") as f:
+            f.write("jetstream {\n" + "\n".join(lines) + "\n}\n")
+        return path
 
     def wait_ready(self, timeout: float = 10.0) -> "NatsServer":
         deadline = time.monotonic() + timeout
@@ -152,9 +181,10 @@ class NatsServer:
 
     def stop(self) -> None:
         self._end_process()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        for tmp in (self._tmp, self._conf):
+            if tmp is not None:
+                tmp.cleanup()
+        self._tmp = self._conf = None
 
     def __enter__(self):
         return self.start()

@@ -8,6 +8,7 @@ batching, acks and the life cycle.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import os
@@ -22,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 import nats
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StoreCompression, StreamConfig
 
 from . import __version__
 from . import _wire
@@ -135,7 +136,7 @@ class Service:
         self.counters = dict(events_applied=0, events_ignored=0, events_skipped=0, events_dead_lettered=0,
                              batches=0, queries=0, query_errors=0, messages=0, radius_batches=0,
                              index_builds_waited=0, snapshots=0, consumer_resets=0, pull_stalls=0,
-                             server_restarts=0)
+                             server_restarts=0, cache_warmed=0)
         self.started = time.time()
         self.connected = False
         self.url = None
@@ -170,9 +171,12 @@ class Service:
 
     async def start(self) -> str:
         self.loop = asyncio.get_running_loop()
+        for line in self.config.notices(external_server=bool(self.nats_url)):
+            self._log(f"cim_flow: {line}")
         if not self.nats_url:  # the embedded server boots in its own process meanwhile
-            self.server = NatsServer(port=self.port, store_dir=f"{self.data_dir}/jetstream",
-                                     jetstream=True).launch()
+            js = self.config.jetstream
+            self.server = NatsServer(port=self.port, store_dir=js.store_dir or f"{self.data_dir}/jetstream",
+                                     jetstream=True, jetstream_limits=js.server_limits()).launch()
         try:
             warm_kernels()
             self._load_snapshot()
@@ -219,6 +223,8 @@ class Service:
             self._tasks.append(asyncio.create_task(self._watch_server()))
         if self.jetstream:
             await self._catch_up()
+        if self.config.query_cache.warm_cache_on_startup:
+            await self._warm_cache()
         if self.engine._spatial_hint and not self.engine._spatial.built:
             # the snapshot's service kept a spatial index: build it again now, in the
             # background, so the first query after a restart need not wait for it
@@ -230,6 +236,39 @@ class Service:
         # run: keep it out of the cyclic collector's full passes, which otherwise walk it all.
         gc.freeze()
         return self.url
+
+    async def _warm_cache(self):
+        """Answer ``[query_cache] warm_cache_queries`` once before ready, into the cache.
+
+        An entry is an endpoint name (``"graphs"``: its request with no body and ``{}``)
+        or a name and the exact request text (``'graphs {"limit": 50}'``); the cache
+        matches request bytes, so a client sending that text hits.  Entries are keyed by
+        version like every other, so they serve until the next batch is applied; the
+        first answer also builds what it needs (a graph index, the spatial grid) before
+        clients come.  The seed's ``get_all_graphs`` means ``graphs``; other unknown names
+        are reported and skipped.
+        """
+        if not self.cache.enabled:
+            return
+        version = self.engine.version
+        for entry in self.config.query_cache.warm_cache_queries:
+            name, _, text = str(entry).strip().partition(" ")
+            name = _WARM_ALIASES.get(name, name)
+            if name not in HANDLERS or name == "stats":
+                self._log(f"cim_flow: query_cache.warm_cache_queries: {entry!r} is not a cached query "
+                          f"(known: {', '.join(n for n in HANDLERS if n != 'stats')}); skipped")
+                continue
+            bodies = [text.strip().encode()] if text.strip() else [b"", b"{}"]
+            for data in bodies:
+                try:
+                    if name in ("nodes_in_radius", "knn", "nodes_in_box") and not self.engine._spatial.built:
+                        await self._spatial_ready()
+                    ans = HANDLERS[name](self.engine, parse_request(data), self.limits)
+                except QueryError as exc:
+                    self._log(f"cim_flow: query_cache.warm_cache_queries: {entry!r}: {exc.message}; skipped")
+                    break
+                self.cache.put((name, data, False, version), encode_answer(ans, version, False))
+                self.counters["cache_warmed"] += 1
 
     def _load_snapshot(self):
         if self.snapshots and self._own_engine:
@@ -535,13 +574,7 @@ class Service:
     async def _start_jetstream(self):
         js_cfg = self.config.jetstream
         self.js = self.nc.jetstream()
-        storage = StorageType.FILE if js_cfg.storage == "file" else StorageType.MEMORY
-        cfg = StreamConfig(name=js_cfg.stream, subjects=list(js_cfg.subjects), storage=storage,
-                           duplicate_window=js_cfg.duplicate_window)
-        try:
-            await self.js.stream_info(js_cfg.stream)
-        except nats.js.errors.NotFoundError:
-            await self.js.add_stream(cfg)
+        await self._ensure_stream()
         await self._reset_consumer()
         self._inbox = self.nc.new_inbox()
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{js_cfg.stream}.{js_cfg.durable}"
@@ -552,6 +585,36 @@ class Service:
             await self.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=1_000_000,
                                     pending_bytes_limit=1 << 30)
         await self._pull()
+
+    async def _ensure_stream(self):
+        """Create the stream if missing; on an existing one, apply the configured duplicate
+        window and compression (the settings a running stream can change) and say so."""
+        js_cfg = self.config.jetstream
+        storage = StorageType.FILE if js_cfg.storage == "file" else StorageType.MEMORY
+        compression = StoreCompression.S2 if js_cfg.compression == "s2" else StoreCompression.NONE
+        try:
+            info = await self.js.stream_info(js_cfg.stream)
+        except nats.js.errors.NotFoundError:
+            await self.js.add_stream(StreamConfig(
+                name=js_cfg.stream, subjects=list(js_cfg.subjects), storage=storage,
+                duplicate_window=js_cfg.duplicate_window, compression=compression))
+            return
+        have = info.config
+        if have.storage != storage:  # (nats-py gives these back as plain strings)
+            self._log(f"cim_flow: stream {js_cfg.stream} keeps its {getattr(have.storage, 'value', have.storage)} storage "
+                      f"(jetstream.storage = {js_cfg.storage!r} applies to a new stream)")
+        changes = {}
+        if abs((have.duplicate_window or 0) - js_cfg.duplicate_window) > 1e-6:
+            changes["duplicate_window"] = js_cfg.duplicate_window
+        if (have.compression or "none") != compression:
+            changes["compression"] = compression
+        if changes:
+            try:
+                await self.js.update_stream(dataclasses.replace(have, **changes))
+                self._log(f"cim_flow: stream {js_cfg.stream} updated: "
+                          + ", ".join(f"{k} = {getattr(v, 'value', v)}" for k, v in changes.items()))
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                self._log(f"cim_flow: stream {js_cfg.stream} not updated ({exc}); using it as it is")
 
     async def _reset_consumer(self):
         """(Re)create the durable consumer right after the engine's version.
@@ -1136,6 +1199,7 @@ class Service:
             "queries": c["queries"], "query_errors": c["query_errors"], "radius_batches": c["radius_batches"],
             "index_builds_waited": c["index_builds_waited"],
             "cache_hits": self.cache.hits, "cache_misses": self.cache.misses, "cache_entries": len(self.cache),
+            "cache_warmed": c["cache_warmed"],
             "uptime_s": time.time() - self.started, "connected": self.connected,
             "jetstream": self.jetstream,
             "snapshots": c["snapshots"], "snapshot_version": self._snap_good,
@@ -1214,6 +1278,9 @@ class Service:
 
 
 _REPLY_HEADROOM = 1024  # bytes of max_payload kept for a reply's headers
+
+
+_WARM_ALIASES = {"get_all_graphs": "graphs", "get_graphs": "graphs", "get_stats": "stats"}
 
 
 class _RawRequest:

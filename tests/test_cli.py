@@ -23,6 +23,61 @@ def test_example_config_loads():
     assert cfg.nats.pending_size == 8_000_000
 
 
+SEED_CONFIG = """
+[event_processing]
+batch_size = 100
+batch_timeout = "10ms"
+max_concurrent_batches = 10
+enable_adaptive_batching = true
+min_batch_size = 10
+max_batch_size = 500
+target_latency = "5ms"
+
+[query_cache]
+enabled = true
+max_entries = 10000
+ttl_seconds = 300
+cache_key_prefix = "cim:query:"
+warm_cache_on_startup = true
+warm_cache_queries = ["get_all_graphs", "get_recent_nodes"]
+
+[nats]
+min_connections = 5
+max_connections = 20
+connection_timeout = "5s"
+idle_timeout = "300s"
+write_buffer_size = "64KB"
+read_buffer_size = "64KB"
+pending_size = "8MB"
+
+[jetstream]
+store_dir = "/fast-ssd/nats/jetstream"
+max_memory_store = "8GB"
+max_file_store = "1TB"
+sync_interval = "30s"
+max_outstanding_catchup = "128MB"
+compression = "s2"
+"""
+
+
+def test_the_seed_guides_settings_load_and_what_is_not_honoured_is_said(tmp_path):
+    """Every setting the seed guide shows loads (its jetstream block rewritten as TOML);
+    the ones that cannot be honoured as asked are named in a start-up notice."""
+    path = tmp_path / "seed.toml"
+    path.write_text(SEED_CONFIG)
+    cfg = Config.from_toml(path)
+    assert cfg.event_processing.batch_timeout == pytest.approx(0.010)
+    assert cfg.jetstream.sync_interval == pytest.approx(30.0) and cfg.jetstream.compression == "s2"
+    assert cfg.jetstream.server_limits()["max_file_store"] == 10**12
+    notices = "\n".join(cfg.notices(external_server=True))
+    for key in ("max_concurrent_batches = 10", "nats.min_connections", "jetstream.store_dir",
+                "jetstream.max_file_store"):
+        assert key in notices, notices
+    assert "jetstream." not in "\n".join(cfg.notices(external_server=False))
+    assert Config.from_dict({}).notices(external_server=True) == []
+    assert Config.from_dict({"jetstream": {"sync_interval": "always"}}).jetstream.sync_interval == "always"
+
+
 @pytest.mark.parametrize("data,needle", [
     ({"event_processing": {"batch_sise": 10}}, "event_processing.batch_sise"),
     ({"evnt_processing": {}}, "evnt_processing"),
@@ -32,6 +87,10 @@ def test_example_config_loads():
     ({"query_cache": {"enabled": "yes"}}, "query_cache.enabled"),
     ({"nats": {"pending_size": "lots"}}, "nats.pending_size"),
     ({"jetstream": {"storage": "tape"}}, "jetstream.storage"),
+    ({"jetstream": {"compression": "zstd"}}, "jetstream.compression"),
+    ({"jetstream": {"sync_interval": "sometimes"}}, "jetstream.sync_interval"),
+    ({"jetstream": {"max_file_store": -5}}, "jetstream.max_file_store"),
+    ({"query_cache": {"warm_cache_queries": "graphs"}}, "query_cache.warm_cache_queries"),
 ])
 def test_config_errors_name_the_key(data, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

@@ -627,3 +627,81 @@ def test_subscriptions_are_live_when_start_returns(tmp_path):
                 rs.stop()
     finally:
         srv.stop()
+
+
+def test_seed_jetstream_settings_and_cache_warming(tmp_path):
+    """The seed's server-side [jetstream] settings reach the embedded nats-server; the
+    stream takes the configured compression and duplicate window, also when it already
+    exists; [query_cache] warm_cache_queries are answered into the cache before ready,
+    and a client sending the same request gets that answer (a hit, equal to a fresh one)."""
+    import io
+    import os
+
+    from cim_flow._config import Config
+    from cim_flow.service import Service
+    from conftest import RunningService
+
+    store = tmp_path / "js-store"
+    js = {"store_dir": str(store), "max_file_store": "1GiB", "max_memory_store": "64MiB",
+          "sync_interval": "1s", "compression": "s2"}
+    out = io.StringIO()
+    svc = Service(Config.from_dict({"jetstream": js}), port=0, data_dir=str(tmp_path / "svc"),
+                  status_interval=0, out=out)
+    rs = RunningService(svc).start()
+    try:
+        log = "\n".join(svc.server.log)
+        assert "Max Storage:     1.00 GB" in log and "Max Memory:      64.00 MB" in log, log
+        assert os.path.isdir(store / "jetstream" / "$G" / "streams" / "CIM_GRAPH_EVENTS")
+        info = run(_stream_config(svc.url))
+        assert info.compression == "s2" and info.duplicate_window == 120
+        rng = np.random.default_rng(11)
+        events = []
+        for g in range(8):
+            gid = str(uuid.uuid4())
+            events.append({"type": "GraphCreated", "graph_id": gid, "name": f"g{g}", "occurred_at": 1000 + g})
+            events += [{"type": "NodeAdded", "graph_id": gid, "node_id": str(uuid.uuid4()),
+                        "position": rng.uniform(0, 100, 3).tolist(), "occurred_at": 2000} for _ in range(g + 1)]
+        js_publish(svc.url, [("event.graph.x", json.dumps(e).encode(), None) for e in events])
+        deadline = time.time() + 30
+        while svc.engine.version < len(events) and time.time() < deadline:
+            time.sleep(0.02)
+        assert svc.engine.version == len(events)
+    finally:
+        rs.stop()
+
+    warm = ["graphs", 'graphs {"limit": 3}', "get_recent_nodes",
+            'nodes_in_box {"lo": [-1e9, -1e9, -1e9], "hi": [1e9, 1e9, 1e9], "limit": 5}',
+            'summary {"graph_id": "not-a-uuid"}']
+    cfg = Config.from_dict({"jetstream": {**js, "compression": "none", "duplicate_window": "30s"},
+                            "query_cache": {"warm_cache_on_startup": True, "warm_cache_queries": warm}})
+    out = io.StringIO()
+    svc = Service(cfg, port=0, data_dir=str(tmp_path / "svc"), status_interval=0, out=out)
+    rs = RunningService(svc).start()
+    try:
+        text = out.getvalue()
+        assert "updated: duplicate_window = 30.0, compression = none" in text, text
+        assert "'get_recent_nodes' is not a cached query" in text and "'summary" in text, text
+        info = run(_stream_config(svc.url))
+        assert info.compression == "none" and info.duplicate_window == 30
+        st = request(svc.url, "query.graph.stats")
+        assert st["version"] == 44 and st["cache_warmed"] == 4  # graphs x2 (no body, {}), limit 3, box
+        hits = st["cache_hits"]
+        box_req = b'{"lo": [-1e9, -1e9, -1e9], "hi": [1e9, 1e9, 1e9], "limit": 5}'
+        got = request_raw(svc.url, "query.graph.graphs", b'{"limit": 3}').data
+        box = request_raw(svc.url, "query.graph.nodes_in_box", box_req).data
+        assert request(svc.url, "query.graph.stats")["cache_hits"] == hits + 2
+        svc.cache.enabled = False  # the same requests answered afresh
+        assert request_raw(svc.url, "query.graph.graphs", b'{"limit": 3}').data == got
+        assert request_raw(svc.url, "query.graph.nodes_in_box", box_req).data == box
+        reply = json.loads(got)
+        assert reply["total"] == 8 and len(reply["graphs"]) == 3 and len(json.loads(box)["nodes"]) == 5
+    finally:
+        rs.stop()
+
+
+async def _stream_config(url):
+    nc = await nats.connect(url)
+    try:
+        return (await nc.jetstream().stream_info("CIM_GRAPH_EVENTS")).config
+    finally:
+        await nc.close()
