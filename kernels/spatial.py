@@ -377,29 +377,7 @@ def grid_build(pos, nodes, graph_of, origin, h, table_size):
 @jit(fastmath=EXACT_MATH)
 def live_points(alive, pos, n):
     """Indices of live nodes with a position among the first ``n``, and their bounding box."""
-    out = np.empty(n, np.int64)
-    lo = np.full(3, np.inf)
-    hi = np.full(3, -np.inf)
-    m = 0
-    for i in range(n):
-        m = _take_live(alive, pos, i, out, m, lo, hi)
-    return out[:m], lo, hi
-
-
-@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
-def _take_live(alive, pos, i, out, m, lo, hi):
-    """Node i appended to out[m] and the box (lo, hi) widened to it, if it is live and
-    has a position; the new count."""
-    if alive[i] == 0 or np.isnan(pos[i, 0]):
-        return m
-    out[m] = i
-    for a in range(3):
-        v = pos[i, a]
-        if v < lo[a]:
-            lo[a] = v
-        if v > hi[a]:
-            hi[a] = v
-    return m + 1
+    return _live_scan(alive, pos, np.empty(0, np.int64), n)
 
 
 @jit(fastmath=EXACT_MATH)
@@ -407,13 +385,35 @@ def live_subset(alive, pos, nodes):
     """:func:`live_points` over the nodes listed in ``nodes`` (a delta grid's): one pass
     instead of numpy's fancy indexing and (n, 3) ``min(axis=0)``, which took 3.3 ms of a
     3.9 ms delta rebuild at 20k nodes."""
-    out = np.empty(nodes.shape[0], np.int64)
-    lo = np.full(3, np.inf)
-    hi = np.full(3, -np.inf)
+    return _live_scan(alive, pos, nodes, nodes.shape[0])
+
+
+@jit(fastmath=EXACT_MATH, inline=True)
+def _live_scan(alive, pos, nodes, n):
+    """Nodes ``nodes[:n]`` (or ``0..n-1`` when ``nodes`` is empty) that are live and have a
+    position, and their box.  The box is kept in six locals, not in the lo/hi arrays: stores
+    to arrays the compiler cannot prove apart from ``out`` kept every bound in memory, and
+    the pass took 26 ms for 1M nodes against 3.4 ms this way."""
+    listed = nodes.shape[0] > 0
+    out = np.empty(n, np.int64)
+    lx = ly = lz = np.inf
+    hx = hy = hz = -np.inf
     m = 0
-    for j in range(nodes.shape[0]):
-        m = _take_live(alive, pos, nodes[j], out, m, lo, hi)
-    return out[:m], lo, hi
+    for j in range(n):
+        i = nodes[j] if listed else j
+        x = pos[i, 0]
+        if alive[i] != 0 and not np.isnan(x):  # NaN x: no position yet (finite otherwise)
+            out[m] = i
+            m += 1
+            y = pos[i, 1]
+            z = pos[i, 2]
+            lx = min(lx, x)
+            hx = max(hx, x)
+            ly = min(ly, y)
+            hy = max(hy, y)
+            lz = min(lz, z)
+            hz = max(hz, z)
+    return out[:m], np.array([lx, ly, lz]), np.array([hx, hy, hz])
 
 
 @jit(fastmath=EXACT_MATH)

@@ -3,7 +3,7 @@
     python asv_benchmarks/tools/spatial_pairs.py [--repeat 5]
 
 1M points (uniform in [0,100]^3 and ~200 Gaussian clusters), 10k query points,
-radius giving ~30 neighbours on the uniform set, and the radius sweep of
+radius giving ~30 neighbours on the uniform set, the index build, and the radius sweep of
 benchmarks/spatial_data.py (0.1x/1x/10x the median nearest-neighbour distance, and
 10x the 30-neighbour radius on 1k queries).  Each timing is a median of ``--repeat`` warm calls;
 ``asv run --quick`` (make bench) times one cold call, which on this 2-core machine
@@ -68,6 +68,10 @@ def main():
                 peer = med(lambda: tree.query_ball_point(qs, rs, workers=-1), a.repeat)
                 rows[f"radius table, {name}"] = (med(lambda: eng.nodes_within(qs, rs), a.repeat), peer)
                 rows[f"radius CSR indices, {name}"] = (med(lambda: eng.radius_csr(qs, rs), a.repeat), peer)
+        build = med(lambda: eng._spatial.build(eng._p.N), a.repeat)
+        rows["index build (cKDTree fast-build settings)"] = (
+            build, med(lambda: cKDTree(o.pts, balanced_tree=False, compact_nodes=False), a.repeat))
+        rows["index build (cKDTree defaults)"] = (build, med(lambda: cKDTree(o.pts), a.repeat))
         for name, (ours, peer) in rows.items():
             print(f"{kind:9s} {name:48s} cim_flow {ours:8.1f} ms  cKDTree {peer:8.1f} ms  ratio {peer / ours:5.2f}x")
 
