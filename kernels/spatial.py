@@ -46,8 +46,11 @@ KEEP_SMALL = 64  # hits kept per query by the serial (few-query) path
 
 Grid = namedtuple("Grid", "origin h lim dims dst nstale tkeys tstart tcount pts idx grp cells")
 # origin (3,), h (1,): cell size; lim (3,) int64: largest cell index per axis; dims = lim + 1.
-# dense: dst (prod(dims) + 1,) int32 cell starts, nstale (prod(dims),) uint8 stale entries per
-#   cell (saturating at 255: one byte a cell keeps the first update's page faults few).
+# dense: dst (prod(dims) + 1,) int32 cell starts, nstale (prod(dims) + dims[0] * dims[1],) uint8:
+#   stale entries per cell (saturating at 255: one byte a cell keeps the first update's page
+#   faults few), then one flag per (x, y) column, set when any of its cells has one: a large
+#   count query on a fresh grid spent half its time reading zero counts (clustered, r = 10x
+#   the 30-neighbour radius: 436 -> 223 ms).
 # hashed: dst and nstale empty; tkeys/tstart/tcount the cell table (key EMPTY = free),
 #   cells the slots of the occupied cells (for whole-grid scans).
 # pts (m, 3) positions (NaN: stale entry), idx (m,) node index, grp (m,) graph index.
@@ -452,6 +455,8 @@ def mark_stale(where, g, nodes):
                 c = _dense_cell(g.origin, inv_h, g.lim, g.dims, g.pts[w, 0], g.pts[w, 1], g.pts[w, 2])
                 if g.nstale[c] < 255:  # saturates: 255 means "many", see _stale_in
                     g.nstale[c] += 1
+                ncell = g.dims[0] * g.dims[1] * g.dims[2]
+                g.nstale[ncell + c // g.dims[2]] = 1  # its column has stale entries
             g.pts[w, 0] = np.nan
             g.pts[w, 1] = np.nan
             g.pts[w, 2] = np.nan
@@ -522,7 +527,10 @@ def _col_llvm(g, ix, iy, za, zb):
 def _stale_in(g, ix, iy, za, zb):
     """Stale entries in cells za..zb of a dense grid's column; -1 when a cell's count
     saturated (the caller then tests the points)."""
-    base = (ix * g.dims[1] + iy) * g.dims[2]
+    col = ix * g.dims[1] + iy
+    if g.nstale[g.dims[0] * g.dims[1] * g.dims[2] + col] == 0:
+        return 0  # the column's flag: nothing stale in it (a fresh grid: every column)
+    base = col * g.dims[2]
     k = 0
     for c in range(base + za, base + zb + 1):
         v = g.nstale[c]
@@ -627,6 +635,10 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w, cap):
         if inner:
             fx = max(abs(cx - (o[0] + ix * h - marg)), abs(o[0] + (ix + 1) * h + marg - cx))
         for iy in range(y0, y1 + 1):
+            if dense:
+                zbase = (ix * g.dims[1] + iy) * g.dims[2]
+                if g.dst[zbase + z0] == g.dst[zbase + z1 + 1]:
+                    continue  # nothing in the column's part of the cube (most, on clustered data)
             if inner and 0 < ix < g.lim[0] and 0 < iy < g.lim[1]:
                 fy = max(abs(cy - (o[1] + iy * h - marg)), abs(o[1] + (iy + 1) * h + marg - cy))
                 fxy = fx * fx + fy * fy

@@ -1,6 +1,6 @@
 """Spatial queries against scipy's cKDTree in the same process, repeated, as ratios.
 
-    python asv_benchmarks/tools/spatial_pairs.py [--repeat 5]
+    python asv_benchmarks/tools/spatial_pairs.py [--repeat 5] [--kinds uniform clustered]
 
 1M points (uniform in [0,100]^3 and ~200 Gaussian clusters), 10k query points,
 radius giving ~30 neighbours on the uniform set, the index build, and the radius sweep of
@@ -34,8 +34,9 @@ def med(fn, repeat):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--kinds", nargs="+", default=["uniform", "clustered"], choices=["uniform", "clustered"])
     a = ap.parse_args()
-    for kind in ("uniform", "clustered"):
+    for kind in a.kinds:
         o = type("Holder", (), {})()
         B._load(o, kind, 10_000)
         r = B.radius_for(o.n)
