@@ -978,6 +978,10 @@ class Service:
             await self.svc.add_endpoint(name=name, subject=QUERY_PREFIX + name, handler=self._handler(name))
         await self.svc.add_endpoint(name="snapshot", subject=SNAPSHOT_SUBJECT, handler=self._snapshot_handler)
         if self.config.queries.raw_connection and _wire.usable(self.url, self.connect_options):
+            if not _micro_internals_known(self.svc):
+                self._log("cim_flow: queries stay on nats-py: its micro service's internals are not the "
+                          "ones the lean connection takes its endpoints from (nats-py 2.16)")
+                return
             try:
                 await self._query_raw_connect()
             except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
@@ -1278,6 +1282,17 @@ class Service:
 
 
 _REPLY_HEADROOM = 1024  # bytes of max_payload kept for a reply's headers
+
+
+def _micro_internals_known(svc) -> bool:
+    """The lean query connection takes over the endpoints' subscriptions through nats-py's
+    micro internals (2.16): check they are what it uses before relying on them."""
+    eps = getattr(svc, "_endpoints", None)
+    if not eps:
+        return False
+    return all(hasattr(ep, a) for ep in eps
+               for a in ("_name", "_subject", "_queue_group", "_subscription", "_stop", "_start",
+                         "_num_requests", "_processing_time"))
 
 
 _WARM_ALIASES = {"get_all_graphs": "graphs", "get_graphs": "graphs", "get_stats": "stats"}

@@ -705,3 +705,14 @@ async def _stream_config(url):
         return (await nc.jetstream().stream_info("CIM_GRAPH_EVENTS")).config
     finally:
         await nc.close()
+
+
+def test_lean_queries_only_with_the_micro_internals_they_use(nats_server, service):
+    """The lean connection borrows nats-py's micro endpoints (2.16 internals): with this
+    nats-py they are there (and the service uses them); anything else keeps queries on
+    nats-py instead of failing at start."""
+    from cim_flow.service import _micro_internals_known
+
+    assert _micro_internals_known(service.svc) and service.qraw is not None
+    assert not _micro_internals_known(type("Svc", (), {"_endpoints": [object()]})())
+    assert not _micro_internals_known(object())
