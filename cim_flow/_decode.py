@@ -400,14 +400,22 @@ def decode_spans_columns(buf: bytes, starts: np.ndarray, ends: np.ndarray, *, re
     ``(None, batch, errors)`` as :func:`decode_spans` gives them."""
     starts = np.ascontiguousarray(starts, np.int64)
     ends = np.ascontiguousarray(ends, np.int64)
-    return _decode_scanned(buf, starts, ends, _received_micros(received_at, len(starts)), columns=True)
+    received = _received_micros(received_at, len(starts))
+    ok, c = jsonscan.scan_columns(np.frombuffer(buf, np.uint8), starts, ends, *_KW, received)
+    if not ok:  # some payload needs the general decoder (or is bad): the batch path names why
+        return (None, *_decode_scanned(buf, starts, ends, received))
+    ro = _ro
+    return EventColumns(
+        len(starts), seq=ro(c[0]), seq_ok=ro(c[1]), kind=ro(c[2]), t=ro(c[3]), t_ok=ro(c[4]),
+        ids=((ro(c[5]), ro(c[6])), (ro(c[7]), ro(c[8])), (ro(c[9]), ro(c[10])), (ro(c[11]), ro(c[12])),
+             (ro(c[13]), ro(c[14]))),
+        x=ro(c[15]), y=ro(c[16]), z=ro(c[17]), pos_ok=ro(c[18]), w=ro(c[19]), w_ok=ro(c[20]),
+        name=(c[21], c[22], c[23]), ntype=(c[24], c[25], c[26]), etype=(c[27], c[28], c[29])), None, []
 
 
-def _decode_scanned(joined, starts, ends, received, columns=False):
+def _decode_scanned(joined, starts, ends, received):
     """The compiled scanner for every payload it fully understands; the general path
-    (which also names every error) for the rest; rows back in input order.
-    With ``columns``: ``(EventColumns, None, [])`` when every payload scanned, else
-    ``(None, batch, errors)``."""
+    (which also names every error) for the rest; rows back in input order."""
     n = len(starts)
     buf = np.frombuffer(joined, np.uint8)
     status = np.empty(n, np.uint8)
@@ -427,11 +435,6 @@ def _decode_scanned(joined, starts, ends, received, columns=False):
     jsonscan.scan(buf, starts, ends, *_KW, status, kind, oid, oidp, tus, tusp, seq, seqp,
                   spans, spp, xyz, xyzp, wgt, wgtp, jsonscan.new_scratch())
     ok = status == 0
-    if columns:
-        if ok.all():
-            return _scanned_columns(buf, received, kind, oid, oidp, tus, tusp, seq, seqp,
-                                    spans, spp, xyz, xyzp, wgt, wgtp), None, []
-        return (None, *_decode_scanned(joined, starts, ends, received))
     if ok.all():
         return _decode_scanned_rows(buf, None, received, kind, oid, oidp, tus, tusp,
                                     seq, seqp, spans, spp, xyz, xyzp, wgt, wgtp), []
@@ -452,23 +455,6 @@ def _decode_scanned(joined, starts, ends, received, columns=False):
     batches = table.combine_chunks().to_batches()
     batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=EVENT_SCHEMA)
     return batch, errors
-
-
-def _scanned_columns(buf, received, kind, oid, oidp, tus, tusp, seq, seqp, spans, spp, xyz, xyzp, wgt, wgtp):
-    """The scanner's arrays as :class:`EventColumns` (what :func:`events_of` would make of
-    :func:`_decode_scanned_rows`'s batch)."""
-    n = len(kind)
-    ro = _ro
-    ids = tuple((ro(oid[k].view(np.uint64)), ro(oidp[k])) for k in range(5))
-    nan = np.nan
-    pos = np.where(xyzp[:, None], xyz, nan)
-    strings = [(*jsonscan.gather_spans(buf, spans, spp, col), spp[:, col]) for col in range(3)]
-    return EventColumns(
-        n, seq=ro(np.where(seqp, seq, 0).view(np.uint64)), seq_ok=ro(seqp), kind=ro(kind),
-        t=ro(np.where(tusp, tus, received)), t_ok=ro(np.ones(n, np.bool_)), ids=ids,
-        x=ro(pos[:, 0]), y=ro(pos[:, 1]), z=ro(pos[:, 2]), pos_ok=ro(xyzp),
-        w=ro(np.where(wgtp, wgt, nan).astype(np.float32)), w_ok=ro(wgtp),
-        name=strings[0], ntype=strings[1], etype=strings[2])
 
 
 def _decode_scanned_rows(buf, sel, received, kind, oid, oidp, tus, tusp, seq, seqp,
