@@ -716,3 +716,43 @@ def test_lean_queries_only_with_the_micro_internals_they_use(nats_server, servic
     assert _micro_internals_known(service.svc) and service.qraw is not None
     assert not _micro_internals_known(type("Svc", (), {"_endpoints": [object()]})())
     assert not _micro_internals_known(object())
+
+
+def test_adaptive_batch_size_moves_between_min_and_max():
+    """Batches that close full grow the size (up to max_batch_size); batches that close on
+    the timeout while p99 is over target_latency shrink it (down to min_batch_size), at
+    most once per p99 reading; p99 under target leaves it; adaptive off never moves it."""
+    from cim_flow._config import Config
+    from cim_flow.service import Service
+
+    def service(adaptive=True):
+        cfg = Config.from_dict({"event_processing": {"batch_size": 100, "min_batch_size": 10, "max_batch_size": 400,
+                                                     "target_latency": "5ms", "enable_adaptive_batching": adaptive}})
+        return Service(cfg, status_interval=0)
+
+    svc = service()
+    svc._closed_full = True
+    sizes = []
+    for _ in range(6):
+        svc._adapt()
+        sizes.append(svc.batch_size)
+    assert sizes[0] == 151 and sizes == sorted(sizes) and sizes[-1] == 400
+    svc._closed_full = False
+    svc.latency.add(np.full(100, 0.020))  # p99 20 ms, over the 5 ms target
+    svc._adapt_t = 0.0
+    svc._adapt()
+    assert svc.batch_size == 380
+    svc._adapt()  # the same reading: not again until the next one
+    assert svc.batch_size == 380
+    for _ in range(200):
+        svc._adapt_t = 0.0
+        svc._adapt()
+    assert svc.batch_size == 10
+    svc.latency.add(np.full(4096, 0.001))  # p99 1 ms: under target, the size stays
+    svc._adapt_t = 0.0
+    svc._adapt()
+    assert svc.batch_size == 10
+    off = service(adaptive=False)
+    off._closed_full = True
+    off._adapt()
+    assert off.batch_size == 100
