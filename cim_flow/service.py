@@ -588,8 +588,9 @@ class Service:
         await self._pull()
 
     async def _ensure_stream(self):
-        """Create the stream if missing; on an existing one, apply the configured duplicate
-        window and compression (the settings a running stream can change) and say so."""
+        """Create the stream if missing.  On an existing one of the embedded server, apply
+        the configured duplicate window and compression (the settings a stream can change)
+        and say so; on a server given by --nats-url only say how it differs."""
         js_cfg = self.config.jetstream
         storage = StorageType.FILE if js_cfg.storage == "file" else StorageType.MEMORY
         compression = StoreCompression.S2 if js_cfg.compression == "s2" else StoreCompression.NONE
@@ -609,7 +610,12 @@ class Service:
             changes["duplicate_window"] = js_cfg.duplicate_window
         if (have.compression or "none") != compression:
             changes["compression"] = compression
-        if changes:
+        if changes and self.nats_url:
+            # someone else's server: their stream, their settings (a shorter window there
+            # would drop de-duplication their publishers rely on); say what differs
+            self._log(f"cim_flow: stream {js_cfg.stream} on {self.nats_url} kept as it is; it differs from the "
+                      "config in " + ", ".join(f"{k} (config {getattr(v, 'value', v)})" for k, v in changes.items()))
+        elif changes:
             try:
                 await self.js.update_stream(dataclasses.replace(have, **changes))
                 self._log(f"cim_flow: stream {js_cfg.stream} updated: "

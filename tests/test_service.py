@@ -756,3 +756,40 @@ def test_adaptive_batch_size_moves_between_min_and_max():
     off._closed_full = True
     off._adapt()
     assert off.batch_size == 100
+
+
+def test_a_stream_on_someone_elses_server_keeps_its_settings(tmp_path):
+    """With --nats-url the stream belongs to that server's owner: a config whose duplicate
+    window or compression differs is reported, and the stream is left as it is."""
+    import io
+
+    from cim_flow._config import Config
+    from cim_flow._natsserver import NatsServer
+    from cim_flow.service import Service
+    from conftest import RunningService
+    from nats.js.api import StreamConfig
+
+    async def create(url):
+        nc = await nats.connect(url)
+        try:
+            await nc.jetstream().add_stream(StreamConfig(name="CIM_GRAPH_EVENTS", subjects=["event.graph.>"],
+                                                         duplicate_window=600))
+        finally:
+            await nc.close()
+
+    srv = NatsServer(port=0, store_dir=str(tmp_path / "js")).start()
+    try:
+        run(create(srv.url))
+        out = io.StringIO()
+        cfg = Config.from_dict({"jetstream": {"duplicate_window": "30s", "compression": "s2"}})
+        rs = RunningService(Service(cfg, nats_url=srv.url, data_dir=str(tmp_path / "svc"), status_interval=0,
+                                    out=out)).start()
+        try:
+            assert "kept as it is; it differs from the config in duplicate_window (config 30.0), compression " \
+                   "(config s2)" in out.getvalue(), out.getvalue()
+            info = run(_stream_config(srv.url))
+            assert info.duplicate_window == 600 and info.compression == "none"
+        finally:
+            rs.stop()
+    finally:
+        srv.stop()
