@@ -113,6 +113,7 @@ class Service:
         ep = self.config.event_processing
         self.batch_size = ep.batch_size
         self._adapt_t = 0.0  # when _adapt last read the p99
+        self._phase_s = [0.0, 0.0, 0.0, 0.0]  # decode + apply, ack, update message, snapshot check
         self.cache = QueryCache(self.config.query_cache.max_entries, self.config.query_cache.ttl_seconds,
                                 self.config.query_cache.enabled)
         self.limits = {"default": self.config.queries.default_limit, "max": self.config.queries.max_limit}
@@ -731,6 +732,7 @@ class Service:
                 await self._apply_arrow(block, a, b)
             else:
                 await self._apply_json(block, a, b)
+        t_applied = time.perf_counter()
         self.latency.add(time.time() - block.t)
         self.counters["batches"] += 1
         self.counters["messages"] += n
@@ -738,15 +740,23 @@ class Service:
             eng._advance_to(int(block.seq[n - 1]))
             await self.nc.publish(block.reply(n - 1), b"+ACK")
         self._adapt()
+        t_acked = time.perf_counter()
         try:
             await self._publish_updates()
         except Exception as exc:  # applied and acknowledged all the same: say so, go on
             self._log(f"cim_flow: update for version {eng.version} not published: {type(exc).__name__}: {exc}")
+        t_updated = time.perf_counter()
         try:
             self._maybe_snapshot()
         except Exception as exc:  # a full disk, ...: the batch is applied and acknowledged all the same
             self._log(f"cim_flow: snapshot at version {eng.version} failed: {type(exc).__name__}: {exc}")
-        self.batch_time.add(np.array([time.perf_counter() - t_start]))
+        t_end = time.perf_counter()
+        self.batch_time.add(np.array([t_end - t_start]))
+        ph = self._phase_s  # where a batch's time goes, summed (stats: batch_phase_us, per batch)
+        ph[0] += t_applied - t_start
+        ph[1] += t_acked - t_applied
+        ph[2] += t_updated - t_acked
+        ph[3] += t_end - t_updated
         async with self._applied_cond:
             self._applied_cond.notify_all()
 
@@ -1211,6 +1221,8 @@ class Service:
             "batches": c["batches"], "batch_size": self.batch_size,
             "latency_ms": {"p50": p50 * 1e3, "p99": p99 * 1e3, "p999": p999 * 1e3},
             "batch_ms": dict(zip(("p50", "p99", "max"), (v * 1e3 for v in self.batch_time.percentiles((50, 99, 100))))),
+            "batch_phase_us": dict(zip(("decode_apply", "ack", "update", "snapshot_check"),
+                                       (v / max(c["batches"], 1) * 1e6 for v in self._phase_s))),
             "queries": c["queries"], "query_errors": c["query_errors"], "radius_batches": c["radius_batches"],
             "index_builds_waited": c["index_builds_waited"],
             "cache_hits": self.cache.hits, "cache_misses": self.cache.misses, "cache_entries": len(self.cache),

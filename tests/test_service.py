@@ -308,6 +308,9 @@ def test_stats_cache_and_micro_service(nats_server, service):
               "cache_misses", "uptime_s"):
         assert k in s1, k
     assert set(s1["latency_ms"]) == {"p50", "p99", "p999"}
+    phases = s1["batch_phase_us"]
+    assert set(phases) == {"decode_apply", "ack", "update", "snapshot_check"}
+    assert min(phases.values()) >= 0 and (phases["decode_apply"] > 0) == (s1["batches"] > 0)
     info = request(nats_server.url, "$SRV.INFO.cim_flow")
     assert info["name"] == "cim_flow"
     subjects = {e["subject"] for e in info["endpoints"]}
