@@ -189,8 +189,7 @@ class Config:
                        "own few connections (management, events, queries) open for its whole run")
         if external_server:
             js = self.jetstream
-            set_ = [k for k in ("store_dir", "max_memory_store", "max_file_store", "sync_interval",
-                                "max_outstanding_catchup") if getattr(js, k)]
+            set_ = [k for k in ("store_dir", *js.server_limits()) if getattr(js, k)]
             if set_:
                 out.append(f"jetstream.{', jetstream.'.join(set_)}: server settings, applied to the "
                            "embedded nats-server only; the server at --nats-url keeps its own")

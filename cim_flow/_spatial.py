@@ -147,9 +147,9 @@ class SpatialIndex:
                 else:
                     nparts = numba.get_num_threads() if m >= 65536 else 1
                     dst, pts, idx, grp = ks.grid_build_dense(pos, nodes, graph, origin, float(h), dims, nparts)
+                nstale = np.zeros(dst.shape[0] - 1 + int(dims[0] * dims[1]), np.uint8)  # + column flags
                 return ks.Grid(origin=origin, h=np.array([h]), lim=dims - 1, dims=dims, dst=dst,
-                               nstale=np.zeros(dst.shape[0] - 1 + int(dims[0] * dims[1]), np.uint8), pts=pts, idx=idx, grp=grp,
-                               **_NO_TABLE)
+                               nstale=nstale, pts=pts, idx=idx, grp=grp, **_NO_TABLE)
         size = 16
         while size < 4 * m / TARGET_OCCUPANCY:
             size *= 2

@@ -263,7 +263,7 @@ class Service:
             bodies = [text.strip().encode()] if text.strip() else [b"", b"{}"]
             for data in bodies:
                 try:
-                    if name in ("nodes_in_radius", "knn", "nodes_in_box") and not self.engine._spatial.built:
+                    if name in _SPATIAL and not self.engine._spatial.built:
                         await self._spatial_ready()
                     ans = HANDLERS[name](self.engine, parse_request(data), self.limits)
                 except QueryError as exc:
@@ -1107,7 +1107,7 @@ class Service:
     def _handler(self, name):
         fn = HANDLERS[name]
         batched = name == "nodes_in_radius"
-        spatial = name in ("nodes_in_radius", "knn", "nodes_in_box")
+        spatial = name in _SPATIAL
 
         async def handle(req):
             self.counters["queries"] += 1
@@ -1318,7 +1318,8 @@ def _micro_internals_known(svc) -> bool:
                          "_num_requests", "_processing_time"))
 
 
-_WARM_ALIASES = {"get_all_graphs": "graphs", "get_graphs": "graphs", "get_stats": "stats"}
+_WARM_ALIASES = {"get_all_graphs": "graphs", "get_graphs": "graphs"}  # the seed's names
+_SPATIAL = frozenset({"nodes_in_radius", "knn", "nodes_in_box"})  # endpoints that need the grid
 
 
 class _RawRequest:

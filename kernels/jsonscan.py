@@ -1109,8 +1109,10 @@ def scan(buf, starts, ends, kw, kwo, kwc, slots, status, kind, oid, oidp, tus, t
         status[r] = 0
 
 
+@jit
 def new_scratch():
-    """Per-level working arrays for :func:`scan` (:func:`scan_columns` makes the same)."""
+    """Per-level working arrays for :func:`scan` (compiled: :func:`scan_columns` makes
+    them too)."""
     bits = np.zeros(1, np.uint64)
     return (np.empty((2, 2), np.int64), np.zeros((2, 11, 16), np.uint8), np.zeros((2, 11), np.bool_),
             np.zeros((2, 6, 2), np.int64), np.zeros((2, 6), np.bool_), np.zeros((2, 12), np.float64),
@@ -1146,14 +1148,8 @@ def scan_columns(buf, starts, ends, kw, kwo, kwc, slots, received):
     xyzp = np.zeros(n, np.bool_)
     wgt = np.zeros(n)
     wgtp = np.zeros(n, np.bool_)
-    bits = np.zeros(1, np.uint64)  # new_scratch(), made here
-    scratch = (np.empty((2, 2), np.int64), np.zeros((2, 11, 16), np.uint8), np.zeros((2, 11), np.bool_),
-               np.zeros((2, 6, 2), np.int64), np.zeros((2, 6), np.bool_), np.zeros((2, 12), np.float64),
-               np.zeros((2, 12), np.bool_), np.zeros((2, 4), np.int64), np.zeros((2, 4), np.bool_),
-               np.zeros(2, np.int64), np.zeros(2, np.bool_), np.zeros(64, np.int8), bits,
-               bits.view(np.float64))
     scan(buf, starts, ends, kw, kwo, kwc, slots, status, kind, oid, oidp, tus, tusp, seq, seqp,
-         spans, spp, xyz, xyzp, wgt, wgtp, scratch)
+         spans, spp, xyz, xyzp, wgt, wgtp, new_scratch())
     ok = True
     seq_u = np.zeros(n, np.uint64)
     t = np.empty(n, np.int64)

@@ -636,8 +636,8 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w, cap):
             fx = max(abs(cx - (o[0] + ix * h - marg)), abs(o[0] + (ix + 1) * h + marg - cx))
         for iy in range(y0, y1 + 1):
             if dense:
-                zbase = (ix * g.dims[1] + iy) * g.dims[2]
-                if g.dst[zbase + z0] == g.dst[zbase + z1 + 1]:
+                a, b = _col(g, ix, iy, z0, z1)
+                if a == b:
                     continue  # nothing in the column's part of the cube (most, on clustered data)
             if inner and 0 < ix < g.lim[0] and 0 < iy < g.lim[1]:
                 fy = max(abs(cy - (o[1] + iy * h - marg)), abs(o[1] + (iy + 1) * h + marg - cy))
@@ -658,7 +658,8 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w, cap):
                                 a, b = _col(g, ix, iy, zb + 1, z1)
                                 w += _count_run(g.pts, g.grp, a, b, cx, cy, cz, r2, gsel)
                             continue
-            a, b = _col(g, ix, iy, z0, z1)
+            if not dense:  # (dense: a, b are still the whole column's, from the top)
+                a, b = _col(g, ix, iy, z0, z1)
             w = _run(g, a, b, cx, cy, cz, r2, gsel, mode, out_i, out_d, w, cap)
     return w
 

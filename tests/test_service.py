@@ -721,6 +721,31 @@ def test_lean_queries_only_with_the_micro_internals_they_use(nats_server, servic
     assert not _micro_internals_known(object())
 
 
+
+def test_queries_stay_on_nats_py_without_those_internals(tmp_path, monkeypatch):
+    """A nats-py whose micro internals differ (stood in for by the check saying so): the
+    service starts, says why, keeps no lean query connection, and nats-py answers."""
+    import io
+
+    import cim_flow.service as service_mod
+    from cim_flow._config import Config
+    from conftest import RunningService
+
+    monkeypatch.setattr(service_mod, "_micro_internals_known", lambda svc: False)
+    out = io.StringIO()
+    svc = service_mod.Service(Config.from_dict({}), port=0, data_dir=str(tmp_path / "svc"), status_interval=0,
+                              out=out)
+    rs = RunningService(svc).start()
+    try:
+        assert svc.qraw is None and "queries stay on nats-py" in out.getvalue()
+        assert all(ep._subscription is not None for ep in svc._query_endpoints())
+        reply = request(svc.url, "query.graph.graphs", {})
+        assert reply["total"] == 0 and reply["version"] == 0
+        assert request(svc.url, "query.graph.stats")["queries"] >= 1
+    finally:
+        rs.stop()
+
+
 def test_adaptive_batch_size_moves_between_min_and_max():
     """Batches that close full grow the size (up to max_batch_size); batches that close on
     the timeout while p99 is over target_latency shrink it (down to min_batch_size), at
