@@ -235,9 +235,11 @@ class RawConnection:
         self._write(frames)
 
     async def flush(self) -> None:
-        """Round trip (PING/PONG): everything written before has been processed by the server."""
+        """Round trip (PING/PONG): everything written or queued before has been processed
+        by the server."""
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
+        self._send_queued()
         self._write(b"PING\r\n")
         await fut
 
@@ -264,6 +266,7 @@ class RawConnection:
             self.transport.write(b"".join(frames))
 
     def close(self) -> None:
+        self._send_queued()  # written before the transport closes (it sends what it holds)
         self.closed = True
         if self.transport is not None:
             self.transport.close()
