@@ -126,3 +126,61 @@ def prefetch(typingctx, arr, i):
         return context.get_dummy_value()
 
     return types.void(arr, i), codegen
+
+
+# --- transparent huge pages for big fresh arrays ----------------------------------
+# An array a kernel creates comes from numba's allocator (malloc: a fresh mmap for big
+# sizes) and is faulted in 4 KiB at a time as the kernel first writes it. NumPy asks the
+# kernel for transparent huge pages on its own big allocations (madvise(MADV_HUGEPAGE);
+# "madvise" is the usual THP setting), numba does not. Measured on the 2-core VM,
+# filling a fresh 288 MB array from a parallel kernel took 115 ms when numba allocated
+# it and 27 ms when NumPy had (18M page faults' worth of kernel time, 512x fewer faults).
+
+_MADV_HUGEPAGE = 14  # Linux
+_HUGE_MIN = 4 << 20  # what NumPy uses: smaller arrays gain nothing
+_LINUX = __import__("sys").platform.startswith("linux")
+
+
+@intrinsic
+def _madvise_huge(typingctx, addr, length):
+    """``madvise(addr, length, MADV_HUGEPAGE)`` on Linux, nothing elsewhere (the
+    symbol is resolved from the C library when the kernel is loaded)."""
+    if not (isinstance(addr, types.Integer) and isinstance(length, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        if _LINUX:
+            i8p = ir.IntType(8).as_pointer()
+            fnty = ir.FunctionType(ir.IntType(32), [i8p, ir.IntType(64), ir.IntType(32)])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "madvise")
+            a = context.cast(builder, args[0], sig.args[0], types.int64)
+            n = context.cast(builder, args[1], sig.args[1], types.int64)
+            builder.call(fn, [builder.inttoptr(a, i8p), n, ir.IntType(32)(_MADV_HUGEPAGE)])
+        return context.get_dummy_value()
+
+    return types.void(addr, length), codegen
+
+
+@intrinsic
+def _data_address(typingctx, arr):
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.ptrtoint(ary.data, ir.IntType(64))
+
+    return types.int64(arr), codegen
+
+
+@jit(llvm_inline=True)
+def hugepages(a):
+    """``a`` (a fresh array, not yet written), its pages asked for as transparent huge
+    pages when it is big; a hint only, results never depend on it."""
+    nbytes = a.size * a.itemsize
+    if nbytes >= _HUGE_MIN:
+        start = _data_address(a)
+        lo = (start + 4095) & ~4095
+        if start + nbytes > lo:
+            _madvise_huge(lo, start + nbytes - lo)
+    return a

@@ -37,7 +37,7 @@ from numba import prange
 from numba.core import types
 from numba.experimental import structref
 
-from ._jit import EXACT_MATH, jit, pjit
+from ._jit import EXACT_MATH, hugepages, jit, pjit
 from .intern import _mix
 from .traverse import _gather_row, _query_rows
 
@@ -172,8 +172,8 @@ def _dense_layout(dst, m):
     point arrays of a dense grid of ``m`` points."""
     for c in range(1, dst.shape[0]):
         dst[c] += dst[c - 1]
-    return (dst[:-1].copy(), np.empty((m, 3), np.float64), np.empty(m, np.int32),
-            np.empty(m, np.int32))
+    return (dst[:-1].copy(), hugepages(np.empty((m, 3), np.float64)), hugepages(np.empty(m, np.int32)),
+            hugepages(np.empty(m, np.int32)))
 
 
 @pjit
@@ -186,7 +186,7 @@ def grid_build_dense(pos, nodes, graph_of, origin, h, dims, nparts):
     m = nodes.shape[0]
     inv_h = 1.0 / h
     ncell = dims[0] * dims[1] * dims[2]
-    cell_of = np.empty(m, np.int64)
+    cell_of = hugepages(np.empty(m, np.int64))
     for j in prange(m):
         n = nodes[j]
         cell_of[j] = _dense_cell(origin, inv_h, dims - 1, dims, pos[n, 0], pos[n, 1], pos[n, 2])
@@ -206,7 +206,7 @@ def grid_build_dense_serial(pos, nodes, graph_of, origin, h, dims):
     thread, where a parallel launch is not safe under every threading layer."""
     m = nodes.shape[0]
     inv_h = 1.0 / h
-    cell_of = np.empty(m, np.int64)
+    cell_of = hugepages(np.empty(m, np.int64))
     for j in range(m):
         n = nodes[j]
         cell_of[j] = _dense_cell(origin, inv_h, dims - 1, dims, pos[n, 0], pos[n, 1], pos[n, 2])
@@ -300,7 +300,7 @@ def grid_build_dense_runs(pos, nodes, graph_of, origin, h, dims, shift):
     ncell = dims[0] * dims[1] * dims[2]
     nruns = ((ncell - 1) >> shift) + 1
     nchunk = min(max(m // 65536, 1), 16)
-    cell_of = np.empty(m, np.int32)
+    cell_of = hugepages(np.empty(m, np.int32))
     hist = np.zeros((nchunk, nruns), np.int64)
     for t in prange(nchunk):
         _dense_cells(pos, nodes, origin, inv_h, dims, shift, cell_of, hist, t,
@@ -308,16 +308,16 @@ def grid_build_dense_runs(pos, nodes, graph_of, origin, h, dims, shift):
     cursor = np.empty((nchunk, nruns), np.int64)
     starts = np.empty(nruns + 1, np.int64)
     _run_starts(hist, cursor, starts)
-    rec = np.empty(5 * m, np.uint64)
+    rec = hugepages(np.empty(5 * m, np.uint64))
     recf = rec.view(np.float64)
     for t in prange(nchunk):
         _dense_partition(pos, nodes, graph_of, cell_of, shift, cursor, t, rec, recf,
                          m * t // nchunk, m * (t + 1) // nchunk)
     dst = np.zeros(ncell + 1, np.int32)
     dst[ncell] = m
-    pts = np.empty((m, 3), np.float64)
-    idx = np.empty(m, np.int32)
-    grp = np.empty(m, np.int32)
+    pts = hugepages(np.empty((m, 3), np.float64))
+    idx = hugepages(np.empty(m, np.int32))
+    grp = hugepages(np.empty(m, np.int32))
     for p in prange(nruns):
         _dense_run(rec, recf, dst, pts, idx, grp, starts[p], starts[p + 1],
                    p << shift, min((p + 1) << shift, ncell))
@@ -339,7 +339,7 @@ def grid_build(pos, nodes, graph_of, origin, h, table_size):
     size = table_size
     tkeys = np.full(size, EMPTY, np.uint64)
     tcount = np.zeros(size, np.int32)
-    slot_of = np.empty(m, np.int64)
+    slot_of = hugepages(np.empty(m, np.int64))
     mask = np.uint64(size - 1)
     ncells = 0
     for j in range(m):
@@ -370,9 +370,9 @@ def grid_build(pos, nodes, graph_of, origin, h, table_size):
         tstart[s] = acc
         acc += tcount[s]
     fill = tstart.copy()
-    pts = np.empty((m, 3), np.float64)
-    idx = np.empty(m, np.int32)
-    grp = np.empty(m, np.int32)
+    pts = hugepages(np.empty((m, 3), np.float64))
+    idx = hugepages(np.empty(m, np.int32))
+    grp = hugepages(np.empty(m, np.int32))
     _scatter(pos, nodes, graph_of, slot_of, fill, pts, idx, grp, 0, size)
     return tkeys, tstart, tcount, pts, idx, grp, cells
 
@@ -788,8 +788,8 @@ def radius_fill_kept(main, delta, centers, radii, gsel, offsets, want_sort, orde
     """The answers in CSR order (``offsets`` from the counts): kept ones copied, the
     rest found by a second walk that writes them."""
     n = centers.shape[0]
-    out_i = np.empty(offsets[n], np.int64)
-    out_d = np.empty(offsets[n], np.float64)
+    out_i = hugepages(np.empty(offsets[n], np.int64))
+    out_d = hugepages(np.empty(offsets[n], np.float64))
     for p in prange(n):
         j = order[p]
         if kept[j]:
@@ -848,7 +848,7 @@ def _pack_rows(offsets, idx, d2, want_dist, node_keys, node_graph, graph_keys):
     (float64 bits) ``[5m, 6m)``.  One returned array: boxing each array numba returns
     costs about a microsecond, as much as a small search."""
     m = idx.shape[0]
-    w = np.empty((6 if want_dist else 5) * m, np.uint64)
+    w = hugepages(np.empty((6 if want_dist else 5) * m, np.uint64))
     q = w[:m].view(np.int64)
     for j in range(offsets.shape[0] - 1):
         _query_rows(q, offsets, j)

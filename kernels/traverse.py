@@ -3,7 +3,7 @@ and the gather that turns answer node indices into id columns."""
 import numpy as np
 from numba import prange
 
-from ._jit import jit, pjit
+from ._jit import hugepages, jit, pjit
 
 
 @jit(nrt=False)
@@ -71,8 +71,8 @@ def gather_ids(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets):
     their graphs' ids (``(m, 2)`` uint64 words each) and, when ``offsets`` (CSR) is
     given, the query number of each row."""
     m = nodes.shape[0]
-    out_n = np.empty((m, 2), np.uint64)
-    out_g = np.empty((m, 2), np.uint64)
+    out_n = hugepages(np.empty((m, 2), np.uint64))
+    out_g = hugepages(np.empty((m, 2), np.uint64))
     for j in prange(m):
         _gather_row(node_keys, node_graph, graph_keys, nodes, out_n, out_g, j)
     for q in prange(offsets.shape[0] - 1):
@@ -84,8 +84,8 @@ def gather_ids(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets):
 def gather_ids_serial(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets):
     """:func:`gather_ids` on the calling thread, for small answers (no thread hand-off)."""
     m = nodes.shape[0]
-    out_n = np.empty((m, 2), np.uint64)
-    out_g = np.empty((m, 2), np.uint64)
+    out_n = hugepages(np.empty((m, 2), np.uint64))
+    out_g = hugepages(np.empty((m, 2), np.uint64))
     for j in range(m):
         _gather_row(node_keys, node_graph, graph_keys, nodes, out_n, out_g, j)
     for q in range(offsets.shape[0] - 1):
@@ -115,8 +115,8 @@ def gather_slot_ids(mkeys, mgrp, dkeys, dgrp, nmain, graph_keys, slots, query_of
     the delta grid), from node ids stored in grid order: a query's hits sit in a few
     runs of cells, so these reads are nearly sequential where node rows are scattered."""
     m = slots.shape[0]
-    out_n = np.empty((m, 2), np.uint64)
-    out_g = np.empty((m, 2), np.uint64)
+    out_n = hugepages(np.empty((m, 2), np.uint64))
+    out_g = hugepages(np.empty((m, 2), np.uint64))
     for j in prange(m):
         _gather_slot(mkeys, mgrp, dkeys, dgrp, nmain, graph_keys, slots, out_n, out_g, j)
     for q in prange(offsets.shape[0] - 1):

@@ -48,3 +48,44 @@ def test_every_kernel_is_cached_dispatcher():
                 fm = obj.targetoptions.get("fastmath") or set()
                 assert fm is not True and "nnan" not in fm and "ninf" not in fm and "fast" not in fm, name
     assert seen >= 5
+
+
+def _vm_flags(addr):
+    """The VmFlags of the mapping holding ``addr`` in this process (Linux), or None."""
+    try:
+        text = pathlib.Path("/proc/self/smaps").read_text()
+    except OSError:
+        return None
+    inside = False
+    for line in text.splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    return None
+
+
+def test_hugepages_marks_big_fresh_arrays_and_keeps_values():
+    """hugepages asks the kernel for huge pages behind a kernel's big fresh array (the
+    mapping then carries the "hg" flag) and is only a hint: values are unchanged, small
+    arrays are left alone."""
+    import sys
+
+    import numpy as np
+
+    from kernels._jit import hugepages, jit
+
+    @jit
+    def fill(n):
+        a = hugepages(np.empty(n, np.int64))
+        for i in range(n):
+            a[i] = 3 * i
+        return a
+
+    big, small = fill(1 << 21), fill(1000)  # 16 MiB and 8 KB
+    assert np.array_equal(big, 3 * np.arange(1 << 21)) and np.array_equal(small, 3 * np.arange(1000))
+    if sys.platform.startswith("linux"):
+        flags = _vm_flags(big.ctypes.data + big.nbytes // 2)
+        assert flags is not None and "hg" in flags, flags
