@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import json as _json_std
+import math
 import re
 import time as _time
 from typing import Annotated, NamedTuple, Sequence, Union
@@ -127,9 +129,9 @@ def _pc():
 
     return pyarrow.compute
 
-def _reason_of(exc: Exception) -> str:
+def _reason_of(exc: Exception, payload: bytes = b"") -> str:
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
-        return "invalid JSON"
+        return _non_finite_reason(payload) or "invalid JSON"
     msg = str(exc)
     m = _PATH.search(msg)
     if not m:
@@ -147,6 +149,42 @@ def _reason_of(exc: Exception) -> str:
     if field in _TIME_FIELDS:
         return f"bad time in {field}: expected RFC 3339 text or epoch milliseconds"
     return f"bad value in {field}: {msg.split(' - at ')[0]}"
+
+
+def _non_finite_reason(p: bytes) -> str | None:
+    """The reason for a payload that is JSON but for a non-finite number: Python's
+    ``json.dumps`` writes ``NaN`` / ``Infinity`` for such floats by default, and a number
+    beyond float64's range (``1e400``) is valid JSON that parses to infinity.  Such a
+    payload is named by the field holding the number (``position must be 3 finite
+    numbers``), not just ``invalid JSON``.  None when ``p`` is not that case."""
+    try:
+        obj = _json_std.loads(p)  # the standard library reads NaN / Infinity; rare path
+    except (ValueError, TypeError, RecursionError):
+        return None
+    path = _non_finite_path(obj, [])
+    if path is None:
+        return None
+    keys = [k for k in path if isinstance(k, str)]
+    field = keys[-1] if keys else "?"
+    if "metadata" in keys:
+        return f"metadata must be JSON (NaN or Infinity at {field})"
+    if any(k in ("position", "new_position") for k in keys) or field in _POS_FIELDS:
+        return "position must be 3 finite numbers"
+    if field in _TIME_FIELDS:
+        return f"bad time in {field}: expected RFC 3339 text or epoch milliseconds"
+    return f"{field} must be a finite number (NaN and Infinity are not JSON numbers)"
+
+
+def _non_finite_path(v, path):
+    """Keys and indices down to the first non-finite float in ``v``, or None."""
+    if isinstance(v, float):
+        return None if math.isfinite(v) else path
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+    for k, x in items:
+        found = _non_finite_path(x, path + [k])
+        if found is not None:
+            return found
+    return None
 
 
 def _decode_batch(payloads):
@@ -517,10 +555,12 @@ def _decode_general(payloads, received_at):
             try:
                 if type(p) is not bytes:
                     p = p.encode() if isinstance(p, str) else bytes(p)
+                if p[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte order mark (some writers add one)
+                    p = p[3:]
                 evts.append(_decode_one(p))
                 idx.append(i)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                errors[i] = _reason_of(exc)
+                errors[i] = _reason_of(exc, p)
             except _Reject as exc:
                 errors[i] = str(exc)
             except Exception as exc:  # never let one payload stop the others

@@ -150,6 +150,16 @@ ERRORS = [
     (b'{"type": "NodeAdded", "graph_id": "%s", "position": [1, 2, 1e999]}' % str(G).encode(),
      "position must be 3 finite numbers"),
     (enc({"type": "NodeAdded", "graph_id": str(G), "timestamp": "yesterday"}), "bad time in timestamp"),
+    # what Python's json.dumps writes for non-finite floats (NaN, Infinity: not JSON numbers)
+    (json.dumps({"type": "NodeAdded", "graph_id": str(G), "position": [float("nan"), 0, 0]}).encode(),
+     "position must be 3 finite numbers"),
+    (json.dumps({"type": "NodeMoved", "graph_id": str(G), "new_position": {"x": 0, "y": float("-inf"), "z": 0}}
+                ).encode(), "position must be 3 finite numbers"),
+    (json.dumps({"type": "EdgeAdded", "graph_id": str(G), "weight": float("inf")}).encode(),
+     "weight must be a finite number"),
+    (json.dumps({"type": "NodeAdded", "graph_id": str(G), "metadata": {"k": float("nan")}}).encode(),
+     "metadata must be JSON"),
+    (b'{"type": "NodeAdded", "graph_id": "%s", "position": [1, 2, NaN' % str(G).encode(), "invalid JSON"),
 ]
 
 
@@ -187,6 +197,12 @@ def test_mixed_forms_one_call_feed_engine():
     assert (res.applied, res.ignored) == (7, 0)
     s = eng.graph_summary(G)
     assert (s["node_count"], s["edge_count"], s["name"]) == (5, 1, "g")
+
+
+def test_a_utf8_byte_order_mark_is_skipped():
+    p = enc({"type": "GraphCreated", "graph_id": str(G), "name": "bom", "occurred_at": T_MS})
+    b, e = decode_json([b"\xef\xbb\xbf" + p, p])
+    assert e == [] and b.column("name").to_pylist() == ["bom", "bom"]
 
 
 def test_accepts_str_and_memoryview():
