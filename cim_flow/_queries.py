@@ -4,6 +4,7 @@ encode the reply (JSON by default, Arrow IPC when asked).  Also the query cache.
 from __future__ import annotations
 
 import datetime as _dt
+import json as _json_std
 import math
 import time
 import uuid
@@ -43,10 +44,25 @@ def parse_request(data: bytes) -> dict:
     try:
         req = _dec.decode(data)
     except msgspec.DecodeError:
-        raise QueryError("bad_request", "invalid JSON") from None
+        raise QueryError("bad_request", _non_finite_message(data) or "invalid JSON") from None
     if not isinstance(req, dict):
         raise QueryError("bad_request", "request must be a JSON object")
     return req
+
+
+def _non_finite_message(data: bytes) -> str | None:
+    """For a request that is JSON but for a NaN or Infinity (what Python's json.dumps
+    writes for such floats): the field it is in, as for other non-finite values."""
+    from ._decode import _non_finite_path
+
+    try:
+        path = _non_finite_path(_json_std.loads(data), [])
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if path is None:
+        return None
+    keys = [k for k in path if isinstance(k, str)]
+    return f"{keys[-1] if keys else 'request'} must be finite (NaN and Infinity are not JSON numbers)"
 
 
 def _iso(v):

@@ -276,6 +276,20 @@ def test_bad_requests_get_error_replies(nats_server, service, subject, body, cod
     assert "version" in r
 
 
+def test_a_nan_from_json_dumps_is_named_in_the_error():
+    """Python's json.dumps writes NaN / Infinity: the error names the field, not just
+    "invalid JSON"; text that is not JSON at all still says so."""
+    from cim_flow._queries import QueryError, parse_request
+
+    for body, field in ((json.dumps({"center": [float("nan"), 0, 0], "radius": 1}), "center"),
+                        (json.dumps({"center": [0, 0, 0], "radius": float("inf")}), "radius")):
+        with pytest.raises(QueryError) as err:
+            parse_request(body.encode())
+        assert err.value.code == "bad_request" and err.value.message.startswith(f"{field} must be finite")
+    with pytest.raises(QueryError, match="invalid JSON"):
+        parse_request(b'{"center": [NaN, 0')
+
+
 def test_graphs_listing_and_filters(nats_server, service):
     rng = random.Random(3)
     g = str(uuid.uuid4())
