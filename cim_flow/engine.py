@@ -727,6 +727,8 @@ def _radii(radius, n) -> np.ndarray:
         if r < 0:
             raise ValueError("radius must be >= 0")
         return np.full(n, r)
+    if isinstance(radius, (bool, np.bool_, str, bytes)) or np.asarray(radius).dtype.kind not in "iuf":
+        raise ValueError(f"radius must be a number or one number per center, got {type(radius).__name__}")
     try:
         r = np.asarray(radius, dtype=np.float64)
     except (TypeError, ValueError):

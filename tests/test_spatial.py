@@ -186,7 +186,7 @@ def test_bad_input():
     for bad in ([np.nan, 0, 0], [[0, 0]], "abc", [[0, 0, np.inf]]):
         with pytest.raises(ValueError):
             eng.nodes_within(bad, 1.0)
-    for r in (-1.0, np.nan, np.inf, [1.0, 2.0]):
+    for r in (-1.0, np.nan, np.inf, [1.0, 2.0], True, np.bool_(True), "1"):
         with pytest.raises(ValueError):
             eng.nodes_within([0, 0, 0], r)
     for k in (0, -3, 1.5, True):
