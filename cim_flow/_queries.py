@@ -145,6 +145,8 @@ def _graph_id(req, key="graph_id", required=True):
         if required:
             raise QueryError("bad_request", f"missing field {key!r}")
         return None
+    if isinstance(v, dict) and len(v) == 1 and isinstance(v.get("id"), str):
+        v = v["id"]  # {"id": "<uuid>"}, as events may carry it (cim-domain-graph's GraphId)
     if not isinstance(v, str):
         raise QueryError("bad_request", f"{key} must be UUID text")
     try:

@@ -1155,7 +1155,7 @@ class Service:
                         ans = fn(self.engine, body, self.limits, self.stats)
                     else:
                         ans = fn(self.engine, body, self.limits)
-                    hit = encode_answer(ans, version, arrow)
+                    hit = self._to_fit(name, body, encode_answer(ans, version, arrow), version, arrow)
                     if name != "stats":
                         self.cache.put(key, hit)
                 data, headers = hit
@@ -1174,6 +1174,25 @@ class Service:
         if job is not None and not job.done():
             self.counters["index_builds_waited"] += 1
             await asyncio.wrap_future(job)
+
+    def _to_fit(self, name: str, body: dict, reply: tuple, version: int, arrow: bool) -> tuple:
+        """``reply`` (data, headers), or, when it is too big for one message and the
+        request set no ``limit``, the same query answered with fewer rows: the default
+        limit promises an answer capped with ``"truncated": true``, and 10,000 rows of
+        ids (~100 bytes each) exceed the usual 1 MB max_payload.  An explicit limit is
+        the requester's choice: that answer stays a ``too_large`` error (see _fits)."""
+        data = reply[0]
+        room = self._payload_limit() - _REPLY_HEADROOM
+        if len(data) <= room or "limit" in body or name not in _PAGED:
+            return reply
+        fn, limit = HANDLERS[name], min(self.limits["default"], self.limits["max"])
+        for _ in range(8):
+            limit = max(1, min(limit - 1, int(limit * room / len(data) * 0.9)))
+            reply = encode_answer(fn(self.engine, {**body, "limit": limit}, self.limits), version, arrow)
+            data = reply[0]
+            if len(data) <= room or limit == 1:
+                break
+        return reply
 
     def _fits(self, data: bytes) -> bytes:
         """``data``, if a reply that size can be published; else a ``too_large`` error.
@@ -1210,7 +1229,8 @@ class Service:
                 if isinstance(ans, Exception):
                     await req.respond(self._error_reply(ans))
                     continue
-                data, headers = encode_answer(ans, version, arrow)
+                data, headers = self._to_fit("nodes_in_radius", _body, encode_answer(ans, version, arrow),
+                                             version, arrow)
                 self.cache.put(("nodes_in_radius", req.data, arrow, version), (data, headers))
                 await req.respond(self._fits(data), headers=headers)
             except Exception as exc:
@@ -1329,6 +1349,9 @@ class Service:
 
 
 _REPLY_HEADROOM = 1024  # bytes of max_payload kept for a reply's headers
+# endpoints whose answers are capped by "limit" (and so can be answered with fewer rows)
+_PAGED = frozenset({"graphs", "graphs_by_date", "graphs_by_node_count", "nodes_in_radius", "nodes_in_box",
+                    "find_nodes", "neighbors"})
 
 
 def _micro_internals_known(svc) -> bool:

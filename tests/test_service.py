@@ -299,6 +299,9 @@ def test_graphs_listing_and_filters(nats_server, service):
     seq = _publish(nats_server.url, events)
     r = request(nats_server.url, "query.graph.graphs", {"name": "listing-unique", "min_version": seq})
     assert [x["graph_id"] for x in r["graphs"]] == [g] and r["total"] == 1
+    # a graph id as events may carry it, {"id": "<uuid>"}, and in capitals
+    assert request(nats_server.url, "query.graph.summary", {"graph_id": {"id": g}})["node_count"] == 12
+    assert request(nats_server.url, "query.graph.summary", {"graph_id": g.upper()})["graph_id"] == g
     r = request(nats_server.url, "query.graph.graphs", {"node_count_between": [12, 12]})
     assert g in {x["graph_id"] for x in r["graphs"]}
     r = request(nats_server.url, "query.graph.graphs", {"top_by_node_count": 1000})
@@ -443,8 +446,9 @@ def test_every_query_answered_after_the_server_restarts(tmp_path):
 
 def test_messages_over_max_payload(tmp_path):
     """Against a server with a small max_payload (it closes a connection that publishes
-    more): a reply too big is a clear `too_large` error and the same connection answers
-    the next request, on both reply paths (one-off: graphs; batched: radius); a batch's
+    more): a reply too big for an explicit limit is a clear `too_large` error and the same
+    connection answers the next request, on both reply paths (one-off: graphs; batched:
+    radius); without a limit the answer is capped to fit, `truncated`; a batch's
     update too big goes out in parts; a dead letter too big is truncated and says so."""
     from cim_flow._config import Config
     from cim_flow._natsserver import NatsServer
@@ -506,10 +510,19 @@ def test_messages_over_max_payload(tmp_path):
             big = request(srv.url, "query.graph.graphs", {"limit": 1000})
             assert big["error"]["code"] == "too_large" and "max_payload" in big["error"]["message"]
             assert len(request(srv.url, "query.graph.graphs", {"limit": 5})["graphs"]) == 5
-            big = request(srv.url, "query.graph.nodes_in_radius", {"center": [0, 0, 0], "radius": 10.0})
+            big = request(srv.url, "query.graph.nodes_in_radius", {"center": [0, 0, 0], "radius": 10.0, "limit": 150})
             assert big["error"]["code"] == "too_large"
             small = request(srv.url, "query.graph.nodes_in_radius", {"center": [0, 0, 0], "radius": 10.0, "limit": 3})
             assert small["count"] == 150 and len(small["nodes"]) == 3
+            # no limit asked for: the default's promise, an answer capped to what one message holds
+            capped = request(srv.url, "query.graph.nodes_in_radius", {"center": [0, 0, 0], "radius": 10.0})
+            assert capped["count"] == 150 and capped["truncated"] is True and 10 < len(capped["nodes"]) < 150
+            assert len(json.dumps(capped)) < 8192
+            ids = {n["node_id"] for n in capped["nodes"]}
+            assert ids <= {json.loads(e)["node_id"] for e in nodes} and len(ids) == len(capped["nodes"])
+            listing = request(srv.url, "query.graph.graphs", {})
+            assert listing["total"] == 81 and listing["truncated"] is True and 0 < len(listing["graphs"]) < 81
+            assert listing["limit"] == len(listing["graphs"])
         assert svc.qraw is not None and not svc.qraw.closed  # never dropped by the server
     finally:
         rs.stop()
