@@ -110,6 +110,10 @@ class JetStream:
     max_outstanding_catchup: int = 0
     compression: str = "none"           # the stream's: "none" or "s2"
     pull_batch: int = 16384
+    # bytes one pull request may bring (two are kept open): the server cuts off a client
+    # with more than its max_pending (64 MiB by default) waiting to be read as a "slow
+    # consumer", and 16384 Arrow batch messages of ~1 MB each would be 16 GB
+    pull_max_bytes: int = 16 * 2**20
     raw_consumer: bool = True
 
     def server_limits(self) -> dict:
@@ -224,7 +228,7 @@ class Config:
 _DURATION_KEYS = {"batch_timeout", "target_latency", "connection_timeout", "idle_timeout",
                   "duplicate_window", "sync_interval", "min_version_timeout", "every_seconds"}
 _SIZE_KEYS = {"write_buffer_size", "read_buffer_size", "pending_size", "max_memory_store",
-              "max_file_store", "max_outstanding_catchup"}
+              "max_file_store", "max_outstanding_catchup", "pull_max_bytes"}
 
 
 def _coerce(name, f, default, value):

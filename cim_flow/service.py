@@ -648,10 +648,12 @@ class Service:
         if self._resetting:
             return  # the consumer is being re-created: the reset pulls when it is done
         b = self.config.jetstream.pull_batch
+        # at least two of the largest messages the server takes, else one would never come
+        max_bytes = max(self.config.jetstream.pull_max_bytes, 2 * self._payload_limit() + 4096)
         while sum(self._pulls) <= b:
             self._pulls.append(b)
             self._pull_sent = time.monotonic()
-            req = _json.encode({"batch": b, "expires": int(_PULL_EXPIRES * 1e9)})
+            req = _json.encode({"batch": b, "expires": int(_PULL_EXPIRES * 1e9), "max_bytes": max_bytes})
             # on nats-py, not the raw connection: the raw one holds the inbox and asks for
             # no-responder statuses, so with the consumer gone (deleted from outside) each
             # request's 503 would come straight back, end the pull and send the next one, a

@@ -848,3 +848,58 @@ def test_a_stream_on_someone_elses_server_keeps_its_settings(tmp_path):
             rs.stop()
     finally:
         srv.stop()
+
+
+def test_big_arrow_messages_keep_the_consumer_under_max_pending(tmp_path):
+    """A pull request asks for at most ``pull_max_bytes``: a stream of big Arrow batch
+    messages is taken in pieces the server's max_pending allows.  Without the bound the
+    two open pull requests (16,384 messages each) let the server queue everything for the
+    consumer at once; past max_pending it cut the connection off as a slow consumer and
+    every cut cost a reconnect and a consumer reset (seen at 1M events/s in 1 MB messages)."""
+    from nats.js.api import StorageType, StreamConfig
+
+    from cim_flow._config import Config
+    from cim_flow._natsserver import NatsServer
+    from cim_flow.service import Service
+    from conftest import RunningService
+
+    conf = tmp_path / "pending.conf"
+    conf.write_text("max_pending: 6MB\nmax_payload: 1MB\n")
+    srv = NatsServer(port=0, store_dir=str(tmp_path / "js"), args=("-c", str(conf))).start()
+    rs = None
+    try:
+        g = str(uuid.uuid4())
+        rng = random.Random(4)
+        messages = []
+        for m in range(24):  # 24 x ~0.5 MB, all in the stream before the service starts
+            payloads = [json.dumps({"type": "NodeAdded", "graph_id": g, "node_id": str(uuid.uuid4()),
+                                    "position": [rng.random(), rng.random(), rng.random()],
+                                    "occurred_at": T0 + i}).encode() for i in range(3000)]
+            if m == 0:
+                payloads[0] = json.dumps({"type": "GraphCreated", "graph_id": g, "occurred_at": T0}).encode()
+            batch, _ = decode_json(payloads)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, batch.schema) as w:
+                w.write_batch(batch)
+            messages.append(("event.graph.batch", sink.getvalue().to_pybytes(), None))
+        assert sum(len(d) for _, d, _ in messages) > 2 * 6_000_000
+
+        async def fill():
+            nc = await nats.connect(srv.url)
+            await nc.jetstream().add_stream(StreamConfig(name="CIM_GRAPH_EVENTS", subjects=["event.graph.>"],
+                                                         storage=StorageType.FILE))
+            await nc.close()
+
+        run(fill())
+        seq = js_publish(srv.url, messages)
+        cfg = Config.from_dict({"jetstream": {"pull_max_bytes": "2MiB"}})
+        svc = Service(cfg, nats_url=srv.url, data_dir=str(tmp_path / "svc"), status_interval=0)
+        rs = RunningService(svc).start()
+        stats = request(srv.url, "query.graph.stats", {"min_version": seq, "timeout_ms": 60000}, timeout=75)
+        assert stats["version"] == seq and stats["nodes"] == 24 * 3000 - 1
+        assert stats["consumer_resets"] == 0, stats
+        assert not [line for line in srv.log if "Slow Consumer" in line], list(srv.log)[-5:]
+    finally:
+        if rs is not None:
+            rs.stop()
+        srv.stop()
