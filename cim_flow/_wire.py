@@ -243,6 +243,14 @@ class RawConnection:
         self._write(b"PING\r\n")
         await fut
 
+    def set_inbox(self, inbox: str) -> None:
+        """The subject whose messages are pull statuses (kind 2) from now on."""
+        self._inbox_b = np.frombuffer(inbox.encode(), np.uint8)
+
+    def unsubscribe(self, sid: int) -> None:
+        self._subs.pop(str(sid).encode(), None)
+        self._write(f"UNSUB {sid}\r\n".encode())
+
     def subscribe(self, subject: str, sid: int = 1, queue: str | None = None) -> None:
         self._subs[str(sid).encode()] = subject
         self._write(f"SUB {subject} {queue} {sid}\r\n".encode() if queue else f"SUB {subject} {sid}\r\n".encode())

@@ -151,6 +151,12 @@ class Service:
         self._resetting = False
         self._lost_n = 0  # connection losses seen (nats-py or raw)
         self._resumed_n = 0  # losses a completed resume has covered
+        # Deliveries are trusted only from pull requests sent since the consumer was last
+        # (re)created, on an inbox of that generation (see _fresh_inbox): from a loss of the
+        # connection that reads them until then, whatever arrives is dropped.
+        self._discard = False
+        self._inbox_sid = 1
+        self._inbox_sub = None  # the nats-py subscription, when the inbox is read by nats-py
         self._inbox_seen = self._pull_sent = time.monotonic()
         self.raw_wanted = False
         # queries on a lean connection of their own (see _on_query_block): subject -> route
@@ -355,6 +361,8 @@ class Service:
     async def _disconnected(self):
         self._lost_n += 1
         self.connected = False
+        if self.jetstream and not self.raw_wanted:  # nats-py reads the inbox: suspect until the resume
+            self._discard = True
 
     async def _reconnected(self):
         if self.jetstream:
@@ -384,6 +392,7 @@ class Service:
             try:
                 while not self._stop.is_set():
                     try:
+                        await self._fresh_inbox()
                         await self._reset_consumer()
                         break
                     except Exception as exc:
@@ -391,7 +400,7 @@ class Service:
                         # Pulling now could find no consumer at all (deleted, not yet re-added)
                         # and wait forever, so retry the reset with back-off until it holds.
                         self._log(f"cim_flow: consumer reset after reconnect failed ({exc}); retrying")
-                        if not self.nc.is_connected:
+                        if not self.nc.is_connected or (self.raw_wanted and (self.raw is None or self.raw.closed)):
                             return  # lost again: the next reconnect resumes
                         try:
                             await asyncio.wait_for(self._stop.wait(), wait)
@@ -410,6 +419,37 @@ class Service:
                 self._check_stream(info.state.last_seq)
             except Exception:  # a check, not a step: the consumer runs either way
                 pass
+
+    async def _fresh_inbox(self):
+        """Read the consumer's deliveries on a new inbox from now on, and drop the old one.
+
+        Pull requests outlive the connection that reads their deliveries: after the inbox's
+        reader was cut off (a slow consumer, a network break) they kept delivering, and a
+        reader back on the same inbox got the tail of a run whose head was lost with the
+        old connection.  Applied, its last seq was acknowledged (AckAll), the lost head
+        with it: a gap, never redelivered (seen when a server cut the consumer off again
+        and again).  Now the reader subscribes a new inbox, unsubscribes the old, and after
+        a round trip (everything the server queued for the old inbox has come and been
+        dropped) takes deliveries again; the consumer is re-created after this at version
+        + 1 and only pull requests sent after that reply to the new inbox."""
+        inbox = self.nc.new_inbox()
+        raw = self.raw if self.raw_wanted else None
+        if raw is not None:
+            if raw.closed:
+                raise ConnectionError("the consumer connection is down")
+            self._inbox_sid += 1
+            raw.set_inbox(inbox)
+            raw.subscribe(inbox, self._inbox_sid)
+            raw.unsubscribe(self._inbox_sid - 1)
+            self._inbox = inbox
+            await raw.flush()
+        elif self._inbox_sub is not None:
+            sub = await self.nc.subscribe(inbox, cb=self._on_msg, pending_msgs_limit=1_000_000,
+                                          pending_bytes_limit=1 << 30)
+            stale, self._inbox_sub, self._inbox = self._inbox_sub, sub, inbox
+            await stale.unsubscribe()
+            await self.nc.flush()
+        self._discard = False
 
     def _check_stream(self, last_seq: int) -> None:
         """Warn when the stream ends before the projection's version: it lost events the
@@ -486,13 +526,14 @@ class Service:
         conn = _wire.RawConnection(self._on_block, self._raw_lost, inbox=self._inbox,
                                    batch_subject=BATCH_SUBJECT, name="cim_flow-consumer")
         await conn.connect(self.url, user=o.get("user"), password=o.get("password"), token=o.get("token"))
-        conn.subscribe(self._inbox)
+        conn.subscribe(self._inbox, self._inbox_sid)
         await conn.flush()
         self.raw = conn
 
     def _raw_lost(self, exc):
         self._lost_n += 1
         self.connected = False
+        self._discard = True
         if not self._stop.is_set():
             self._background(self._raw_reconnect())
 
@@ -519,6 +560,8 @@ class Service:
 
     def _on_block(self, block: _wire.Block):
         """The messages of one socket read: pull statuses end pull requests, the rest wait."""
+        if self._discard:
+            return  # from before the consumer's reset (see _fresh_inbox): it redelivers
         pulls = self._pulls
         self._inbox_seen = time.monotonic()
         kind = block.kind
@@ -584,8 +627,8 @@ class Service:
         if self.raw_wanted:
             await self._raw_connect()
         else:
-            await self.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=1_000_000,
-                                    pending_bytes_limit=1 << 30)
+            self._inbox_sub = await self.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=1_000_000,
+                                                      pending_bytes_limit=1 << 30)
         await self._pull()
 
     async def _ensure_stream(self):
@@ -661,6 +704,8 @@ class Service:
             await self.nc.publish(self._next_subject, req, reply=self._inbox)
 
     async def _on_msg(self, msg):
+        if self._discard or (self._inbox_sub is not None and getattr(msg, "_sid", None) not in (None, self._inbox_sub._id)):
+            return  # from before the consumer's reset, or for a dropped inbox (see _fresh_inbox)
         if self.jetstream and msg.subject == self._inbox:
             self._inbox_seen = time.monotonic()
             # a status message: the front pull request ended (timeout, no messages, ...)
