@@ -1108,8 +1108,16 @@ class Service:
         while not self._stop.is_set() and conn is self.qraw and not conn.closed:
             if self.qnc.is_connected:
                 for ep in self._query_endpoints():
-                    if ep._subscription is not None:
-                        await ep._stop()
+                    sub = ep._subscription
+                    if sub is not None:
+                        # drained, not just unsubscribed: a request the server handed to
+                        # nats-py during the handover is still answered (unsubscribing
+                        # dropped it, and its requester timed out)
+                        ep._subscription = None
+                        try:
+                            await sub.drain()
+                        except Exception:  # closed or draining: nothing left to answer
+                            pass
                 return
             await asyncio.sleep(0.1)
 
