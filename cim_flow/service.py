@@ -434,15 +434,18 @@ class Service:
         + 1 and only pull requests sent after that reply to the new inbox."""
         inbox = self.nc.new_inbox()
         raw = self.raw if self.raw_wanted else None
+        # also when nothing was lost (the watchdog, a nats-py reconnect): the old inbox's
+        # last deliveries and statuses are dropped, and the new consumer sends them again
+        self._discard = True
         if raw is not None:
             if raw.closed:
                 raise ConnectionError("the consumer connection is down")
             self._inbox_sid += 1
-            raw.set_inbox(inbox)
             raw.subscribe(inbox, self._inbox_sid)
             raw.unsubscribe(self._inbox_sid - 1)
-            self._inbox = inbox
             await raw.flush()
+            raw.set_inbox(inbox)  # only now: until here a status on the old inbox is one
+            self._inbox = inbox
         elif self._inbox_sub is not None:
             sub = await self.nc.subscribe(inbox, cb=self._on_msg, pending_msgs_limit=1_000_000,
                                           pending_bytes_limit=1 << 30)
