@@ -151,28 +151,17 @@ def _reason_of(exc: Exception, payload: bytes = b"") -> str:
     return f"bad value in {field}: {msg.split(' - at ')[0]}"
 
 
-def _non_finite_reason(p: bytes) -> str | None:
-    """The reason for a payload that is JSON but for a non-finite number: Python's
-    ``json.dumps`` writes ``NaN`` / ``Infinity`` for such floats by default, and a number
-    beyond float64's range (``1e400``) is valid JSON that parses to infinity.  Such a
-    payload is named by the field holding the number (``position must be 3 finite
-    numbers``), not just ``invalid JSON``.  None when ``p`` is not that case."""
+def non_finite_keys(p: bytes) -> list | None:
+    """For text that is JSON but for a non-finite number, the object keys down to the
+    first one (``["position"]``); None otherwise.  Python's ``json.dumps`` writes ``NaN``
+    / ``Infinity`` for such floats by default, and a number beyond float64's range
+    (``1e400``) is valid JSON that parses to infinity: such input is named by its field,
+    not just called invalid JSON.  For error paths only (the text is read again)."""
     try:
-        obj = _json_std.loads(p)  # the standard library reads NaN / Infinity; rare path
+        path = _non_finite_path(_json_std.loads(p), [])  # the standard library reads NaN
     except (ValueError, TypeError, RecursionError):
         return None
-    path = _non_finite_path(obj, [])
-    if path is None:
-        return None
-    keys = [k for k in path if isinstance(k, str)]
-    field = keys[-1] if keys else "?"
-    if "metadata" in keys:
-        return f"metadata must be JSON (NaN or Infinity at {field})"
-    if any(k in ("position", "new_position") for k in keys) or field in _POS_FIELDS:
-        return "position must be 3 finite numbers"
-    if field in _TIME_FIELDS:
-        return f"bad time in {field}: expected RFC 3339 text or epoch milliseconds"
-    return f"{field} must be a finite number (NaN and Infinity are not JSON numbers)"
+    return None if path is None else [k for k in path if isinstance(k, str)]
 
 
 def _non_finite_path(v, path):
@@ -185,6 +174,20 @@ def _non_finite_path(v, path):
         if found is not None:
             return found
     return None
+
+
+def _non_finite_reason(p: bytes) -> str | None:
+    keys = non_finite_keys(p)
+    if keys is None:
+        return None
+    field = keys[-1] if keys else "?"
+    if "metadata" in keys:
+        return f"metadata must be JSON (NaN or Infinity at {field})"
+    if any(k in ("position", "new_position") for k in keys) or field in _POS_FIELDS:
+        return "position must be 3 finite numbers"
+    if field in _TIME_FIELDS:
+        return f"bad time in {field}: expected RFC 3339 text or epoch milliseconds"
+    return f"{field} must be a finite number (NaN and Infinity are not JSON numbers)"
 
 
 def _decode_batch(payloads):

@@ -4,7 +4,6 @@ encode the reply (JSON by default, Arrow IPC when asked).  Also the query cache.
 from __future__ import annotations
 
 import datetime as _dt
-import json as _json_std
 import math
 import time
 import uuid
@@ -17,6 +16,7 @@ import pyarrow as pa
 from kernels import traverse as kt
 from kernels.traverse import ROW_LEN
 
+from ._decode import non_finite_keys
 from ._ids import validity
 
 ARROW_MIME = "application/vnd.apache.arrow.stream"
@@ -53,15 +53,9 @@ def parse_request(data: bytes) -> dict:
 def _non_finite_message(data: bytes) -> str | None:
     """For a request that is JSON but for a NaN or Infinity (what Python's json.dumps
     writes for such floats): the field it is in, as for other non-finite values."""
-    from ._decode import _non_finite_path
-
-    try:
-        path = _non_finite_path(_json_std.loads(data), [])
-    except (ValueError, TypeError, RecursionError):
+    keys = non_finite_keys(data)
+    if keys is None:
         return None
-    if path is None:
-        return None
-    keys = [k for k in path if isinstance(k, str)]
     return f"{keys[-1] if keys else 'request'} must be finite (NaN and Infinity are not JSON numbers)"
 
 
