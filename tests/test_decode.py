@@ -160,6 +160,9 @@ ERRORS = [
     (json.dumps({"type": "NodeAdded", "graph_id": str(G), "metadata": {"k": float("nan")}}).encode(),
      "metadata must be JSON"),
     (b'{"type": "NodeAdded", "graph_id": "%s", "position": [1, 2, NaN' % str(G).encode(), "invalid JSON"),
+    # nested deep: the walk to the NaN finds it (no RecursionError out of decode_json)
+    (b'{"type": "NodeAdded", "graph_id": "%s", "metadata": %sNaN%s}' % (str(G).encode(), b"[" * 200, b"]" * 200),
+     "metadata must be JSON"),
 ]
 
 
