@@ -133,15 +133,32 @@ def cmd_snapshot(args) -> int:
 
     import nats
 
+    errors = []
+
     async def go():
-        nc = await nats.connect(args.nats_url)
+        async def keep(exc):  # reported below, once, not as nats-py's traceback per attempt
+            errors.append(exc)
+
+        try:  # nats-py retries a first connection for ever: give it 5 s
+            nc = await asyncio.wait_for(nats.connect(args.nats_url, error_cb=keep), 5)
+        except asyncio.TimeoutError:
+            raise OSError(f"cannot connect ({type(errors[-1]).__name__}: {errors[-1]})" if errors
+                          else "cannot connect") from None
         try:
             msg = await nc.request("cmd.cim_flow.snapshot", b"{}", timeout=args.timeout)
         finally:
             await nc.close()
         return json.loads(msg.data)
 
-    reply = _run(go())
+    import nats.errors
+
+    try:
+        reply = _run(go())
+    except (nats.errors.NoServersError, nats.errors.NoRespondersError, nats.errors.TimeoutError, OSError) as exc:
+        why = {nats.errors.NoRespondersError: "no cim_flow service is serving there",
+               nats.errors.TimeoutError: f"no reply within {args.timeout:g} s"}.get(type(exc), f"{type(exc).__name__}: {exc}")
+        print(f"cim_flow snapshot: {args.nats_url}: {why}", file=sys.stderr)
+        return 1
     print(json.dumps(reply))
     return 1 if "error" in reply else 0
 
@@ -154,6 +171,10 @@ def cmd_replay(args) -> int:
     from .engine import Engine
     from .service import Service
 
+    if args.from_seq < 1:
+        print(f"cim_flow replay: --from-seq must be >= 1 (stream sequences start at 1), got {args.from_seq}",
+              file=sys.stderr)
+        return 2
     cfg = _load_config(args)
     if cfg is None:
         return 2

@@ -364,6 +364,13 @@ def _start_service(tmp: str):
 def cmd_loadgen(args) -> int:
     from .__main__ import _run
 
+    bad = [f"--{name.replace('_', '-')} must be {why}" for name, ok, why in (
+        ("rate", args.rate > 0, "> 0"), ("duration", args.duration > 0, "> 0"),
+        ("query_rate", args.query_rate >= 0, ">= 0"), ("arrow_batch", args.arrow_batch >= 0, ">= 0"),
+        ("replay", (args.replay or 0) >= 0, ">= 0")) if not ok]
+    if bad:
+        print("cim_flow loadgen: " + "; ".join(bad), file=sys.stderr)
+        return 2
     if args.replay:
         r = _run(run_replay(args.replay, args.seed, args.arrow_batch, args.replay_snapshot))
         print(f"replay: {r['events_applied']:,}/{r['events']:,} events ({r['messages']:,} messages) "

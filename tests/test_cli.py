@@ -189,6 +189,29 @@ def test_bad_config_file_exits_clearly(tmp_path):
     assert "event_processing.batch_sise" in err
 
 
+def test_tool_commands_with_bad_arguments_or_no_service_say_so():
+    """snapshot with nothing listening, or no service behind the server; replay and loadgen
+    with impossible numbers: a one-line reason and a non-zero exit, no traceback, no hang."""
+    from cim_flow._natsserver import NatsServer, free_port
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "cim_flow", *args], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT)
+
+    srv = NatsServer(port=0, jetstream=False).start()  # its own: no service ever on it
+    try:
+        r = cli("snapshot", "--nats-url", f"nats://127.0.0.1:{free_port('127.0.0.1')}")
+        assert r.returncode == 1 and "cannot connect" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        r = cli("snapshot", "--nats-url", srv.url, "--timeout", "5")  # a server, no cim_flow on it
+        assert r.returncode == 1 and "no cim_flow service" in r.stderr, r.stderr
+        r = cli("replay", "--from-seq", "0", "--nats-url", srv.url)
+        assert r.returncode == 2 and "--from-seq must be >= 1" in r.stderr
+        r = cli("loadgen", "--rate", "-5", "--duration", "0", "--nats-url", srv.url)
+        assert r.returncode == 2 and "--rate must be > 0" in r.stderr and "--duration must be > 0" in r.stderr
+    finally:
+        srv.stop()
+
+
 def test_help_explains_flags():
     out = subprocess.run([sys.executable, "-m", "cim_flow", "serve", "--help"], capture_output=True, text=True,
                          timeout=60, cwd=ROOT).stdout
