@@ -377,11 +377,17 @@ class Projection:
         if len(self.types) > _INT16_MAX:
             raise ValueError("more than 32767 distinct node/edge types")
         self.reserve(n, ev.kind)
-        self.G = self.G._replace(tlist=np.empty(n, np.int32))
+        # Per-batch logs, kept from batch to batch and replaced only when too small: a new
+        # one every batch was a namedtuple _replace each and, for dlist on a big engine, an
+        # mmap and munmap of (2n + live) int32 (40 MB at 10M nodes) 2,000 times a second.
+        if self.G.tlist.shape[0] < n:
+            self.G = self.G._replace(tlist=np.empty(max(n, 2 * self.G.tlist.shape[0]), np.int32))
         # the changed-node log takes one entry per node event plus one per node a graph
         # deletion cascades to (at most every node live now or added in this batch):
         # 2n + live.  np.empty commits no pages until they are written.
-        self.N = self.N._replace(dlist=np.empty(2 * n + int(self.N.meta[1]) + 1, np.int32))
+        need = 2 * n + int(self.N.meta[1]) + 1
+        if self.N.dlist.shape[0] < need:
+            self.N = self.N._replace(dlist=np.empty(need + need // 4, np.int32))
         status = np.empty(n, np.int8)
         seq = np.empty(n, np.uint64)
         self.version = int(kp.apply_events(self.G, self.N, self.E, ev, np.uint64(self.version), status, seq))
