@@ -707,8 +707,8 @@ class Service:
             await self.nc.publish(self._next_subject, req, reply=self._inbox)
 
     async def _on_msg(self, msg):
-        if self._discard or (self._inbox_sub is not None and getattr(msg, "_sid", None) not in (None, self._inbox_sub._id)):
-            return  # from before the consumer's reset, or for a dropped inbox (see _fresh_inbox)
+        if self._discard:
+            return  # from before the consumer's reset (see _fresh_inbox): it redelivers
         if self.jetstream and msg.subject == self._inbox:
             self._inbox_seen = time.monotonic()
             # a status message: the front pull request ended (timeout, no messages, ...)

@@ -172,8 +172,14 @@ def _dense_layout(dst, m):
     point arrays of a dense grid of ``m`` points."""
     for c in range(1, dst.shape[0]):
         dst[c] += dst[c - 1]
-    return (dst[:-1].copy(), hugepages(np.empty((m, 3), np.float64)), hugepages(np.empty(m, np.int32)),
-            hugepages(np.empty(m, np.int32)))
+    pts, idx, grp = _point_arrays(m)
+    return dst[:-1].copy(), pts, idx, grp
+
+
+@jit
+def _point_arrays(m):
+    """A grid's per-point arrays for ``m`` points, unfilled: positions, node numbers, graphs."""
+    return hugepages(np.empty((m, 3), np.float64)), hugepages(np.empty(m, np.int32)), hugepages(np.empty(m, np.int32))
 
 
 @pjit
@@ -315,9 +321,7 @@ def grid_build_dense_runs(pos, nodes, graph_of, origin, h, dims, shift):
                          m * t // nchunk, m * (t + 1) // nchunk)
     dst = np.zeros(ncell + 1, np.int32)
     dst[ncell] = m
-    pts = hugepages(np.empty((m, 3), np.float64))
-    idx = hugepages(np.empty(m, np.int32))
-    grp = hugepages(np.empty(m, np.int32))
+    pts, idx, grp = _point_arrays(m)
     for p in prange(nruns):
         _dense_run(rec, recf, dst, pts, idx, grp, starts[p], starts[p + 1],
                    p << shift, min((p + 1) << shift, ncell))
@@ -370,9 +374,7 @@ def grid_build(pos, nodes, graph_of, origin, h, table_size):
         tstart[s] = acc
         acc += tcount[s]
     fill = tstart.copy()
-    pts = hugepages(np.empty((m, 3), np.float64))
-    idx = hugepages(np.empty(m, np.int32))
-    grp = hugepages(np.empty(m, np.int32))
+    pts, idx, grp = _point_arrays(m)
     _scatter(pos, nodes, graph_of, slot_of, fill, pts, idx, grp, 0, size)
     return tkeys, tstart, tcount, pts, idx, grp, cells
 

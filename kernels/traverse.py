@@ -6,6 +6,12 @@ from numba import prange
 from ._jit import hugepages, jit, pjit
 
 
+@jit
+def _id_columns(m):
+    """Node and graph id words for ``m`` answer rows, unfilled (``(m, 2)`` uint64 each)."""
+    return hugepages(np.empty((m, 2), np.uint64)), hugepages(np.empty((m, 2), np.uint64))
+
+
 @jit(nrt=False)
 def graph_nodes(nhead, gnext, g, out):
     """Node indices of graph ``g`` into ``out`` (sized to its node count); returns the count."""
@@ -71,8 +77,7 @@ def gather_ids(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets):
     their graphs' ids (``(m, 2)`` uint64 words each) and, when ``offsets`` (CSR) is
     given, the query number of each row."""
     m = nodes.shape[0]
-    out_n = hugepages(np.empty((m, 2), np.uint64))
-    out_g = hugepages(np.empty((m, 2), np.uint64))
+    out_n, out_g = _id_columns(m)
     for j in prange(m):
         _gather_row(node_keys, node_graph, graph_keys, nodes, out_n, out_g, j)
     for q in prange(offsets.shape[0] - 1):
@@ -84,8 +89,7 @@ def gather_ids(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets):
 def gather_ids_serial(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets):
     """:func:`gather_ids` on the calling thread, for small answers (no thread hand-off)."""
     m = nodes.shape[0]
-    out_n = hugepages(np.empty((m, 2), np.uint64))
-    out_g = hugepages(np.empty((m, 2), np.uint64))
+    out_n, out_g = _id_columns(m)
     for j in range(m):
         _gather_row(node_keys, node_graph, graph_keys, nodes, out_n, out_g, j)
     for q in range(offsets.shape[0] - 1):
@@ -115,8 +119,7 @@ def gather_slot_ids(mkeys, mgrp, dkeys, dgrp, nmain, graph_keys, slots, query_of
     the delta grid), from node ids stored in grid order: a query's hits sit in a few
     runs of cells, so these reads are nearly sequential where node rows are scattered."""
     m = slots.shape[0]
-    out_n = hugepages(np.empty((m, 2), np.uint64))
-    out_g = hugepages(np.empty((m, 2), np.uint64))
+    out_n, out_g = _id_columns(m)
     for j in prange(m):
         _gather_slot(mkeys, mgrp, dkeys, dgrp, nmain, graph_keys, slots, out_n, out_g, j)
     for q in prange(offsets.shape[0] - 1):

@@ -492,3 +492,37 @@ def test_stuck_background_snapshot_is_stopped_at_shutdown(tmp_path, monkeypatch)
         check_same(Engine.from_snapshot(snaps[0][1]), _reference(payloads))
     finally:
         srv.stop()
+
+
+def test_acks_reach_the_server_and_the_last_one_before_stop(tmp_path):
+    """A batch's ack leaves on the lean connection, queued until the event loop's turn
+    ends: the consumer's ack floor, read from the server, follows the version, and the
+    last batch's ack has been processed when stop returns.  Broken acks would not change
+    the projection, only bring every event back after ack_wait, so this reads the
+    server's own count (with the ack left out, the floor stays 0: checked).  stop also
+    flushes the connection; here the loop's own turns had sent it already, so that flush
+    is a safeguard this test does not isolate."""
+    from cim_flow._config import JetStream
+
+    async def consumer(url):
+        nc = await nats.connect(url)
+        try:
+            return await nc.jetstream().consumer_info(JetStream.stream, JetStream.durable)
+        finally:
+            await nc.close()
+
+    srv, svc, rs, payloads = _pulling_service(tmp_path, 55)
+    try:
+        deadline = time.time() + 10
+        while (info := asyncio.run(consumer(srv.url))).ack_floor.stream_seq < 300 and time.time() < deadline:
+            time.sleep(0.05)
+        assert info.ack_floor.stream_seq == 300 and info.num_ack_pending == 0, info
+        _publisher(srv.url, payloads[300:], threading.Event(), 0.0)
+        assert request(srv.url, "query.graph.stats", {"min_version": 600, "timeout_ms": 30000},
+                       timeout=40)["version"] == 600
+        rs.stop()
+        info = asyncio.run(consumer(srv.url))
+        assert info.ack_floor.stream_seq == 600 and info.num_ack_pending == 0, info
+    finally:
+        rs.stop()
+        srv.stop()
