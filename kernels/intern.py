@@ -25,14 +25,14 @@ _S27 = np.uint64(27)
 _S31 = np.uint64(31)
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _mix(h):
     h = (h ^ (h >> _S30)) * _M1
     h = (h ^ (h >> _S27)) * _M2
     return h ^ (h >> _S31)
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def hash_key(g, k0, k1):
     h = _mix(k0 + _G)
     h = _mix(h ^ (k1 + _G))
@@ -95,13 +95,13 @@ def _rehash(keys, owner, ngraph, by_src, n, new_slots):
         new_slots[s] = i
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def lookup(slots, keys, owner, g, k0, k1):
     """Index of key ``(g, k0, k1)`` or ``-1``."""
     return _probe(slots, keys, owner, owner, False, g, k0, k1)[1]
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def intern(slots, keys, owner, meta, g, k0, k1):
     """Index of the key, adding it with index ``meta[0]`` when new.
 
@@ -125,13 +125,13 @@ def rehash(keys, owner, n, new_slots):
 # changes, so the owner is ``ngraph[src]``.  A removed edge keeps its source as
 # ``~src`` (negative: "removed"), so its owner stays known for a later re-add.
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def lookup_edge(slots, keys, src, ngraph, g, k0, k1):
     """Index of edge key ``(g, k0, k1)`` or ``-1`` (see :func:`lookup`)."""
     return _probe(slots, keys, src, ngraph, True, g, k0, k1)[1]
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def intern_edge(slots, keys, src, ngraph, meta, g, k0, k1, s_new):
     """:func:`intern` for edges: a new edge gets ``src = s_new`` at once, so its owner
     is known before anything else probes the table.  Returns ``(index, is_new)``."""

@@ -77,7 +77,7 @@ Events = namedtuple(
 _ONE = np.uint64(1)
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _touch(G, g):
     if G.touched[g] == 0:
         G.touched[g] = 1
@@ -85,13 +85,13 @@ def _touch(G, g):
         G.meta[3] += 1
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _dirty(N, n):
     N.dlist[N.meta[2]] = n
     N.meta[2] += 1
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _swap(G, p, q):
     a = G.order[p]
     b = G.order[q]
@@ -101,7 +101,7 @@ def _swap(G, p, q):
     G.pos[a] = q
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _count_inc(G, g):
     c = G.ncount[g]
     _swap(G, G.pos[g], G.lo[c])
@@ -109,7 +109,7 @@ def _count_inc(G, g):
     G.ncount[g] = c + 1
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _count_dec(G, g):
     c = G.ncount[g]
     _swap(G, G.pos[g], G.lo[c - 1] - 1)
@@ -117,7 +117,7 @@ def _count_dec(G, g):
     G.ncount[g] = c - 1
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _link_half(E, N, h, n):
     head = N.ihead[n]
     E.hnext[h] = head
@@ -127,7 +127,7 @@ def _link_half(E, N, h, n):
     N.ihead[n] = h
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _unlink_half(E, N, h, n):
     p = E.hprev[h]
     q = E.hnext[h]
@@ -139,7 +139,7 @@ def _unlink_half(E, N, h, n):
         E.hprev[q] = p
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _remove_edge(G, N, E, e):
     s = E.src[e]
     _unlink_half(E, N, 2 * e, s)
@@ -149,7 +149,7 @@ def _remove_edge(G, N, E, e):
     E.meta[1] -= 1
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _remove_node(G, N, E, n):
     while N.ihead[n] >= 0:
         _remove_edge(G, N, E, N.ihead[n] >> 1)
@@ -168,7 +168,7 @@ def _remove_node(G, N, E, n):
     _dirty(N, n)
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _create_graph(G, g, t):
     G.alive[g] = 1
     G.name[g] = -1
@@ -184,7 +184,7 @@ def _create_graph(G, g, t):
     G.meta[1] += 1
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _delete_graph(G, N, E, g):
     while G.nhead[g] >= 0:
         _remove_node(G, N, E, np.int64(G.nhead[g]))  # int64 like the other call: one specialisation
@@ -196,7 +196,7 @@ def _delete_graph(G, N, E, g):
     G.meta[1] -= 1
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _finite3(x, y, z):
     return np.isfinite(x) and np.isfinite(y) and np.isfinite(z)
 
