@@ -248,3 +248,20 @@ def test_loadgen_against_running_service(nats_server, service, tmp_path):
     assert cpu["us_per_query"] == pytest.approx(cpu["seconds"] / 100 * 1e6)
     assert "service CPU:" in proc.stdout
     assert "<svg" in plot.read_text()
+
+
+def test_loadgen_arrow_batches_and_a_batch_too_big_for_the_server(nats_server, service, tmp_path):
+    """Arrow runs: column-wise generated batches (compressed here) all apply; a message the
+    server would refuse is a clear error before anything is sent, not a dropped connection."""
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "cim_flow", "loadgen", "--nats-url", nats_server.url,
+                               "--no-progress", "--report", str(tmp_path / "r.json"),
+                               "--plot", str(tmp_path / "p.html"), *extra],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    proc = run("--rate", "20000", "--duration", "1", "--arrow-batch", "2000", "--arrow-compression", "lz4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["events_applied"] == r["events"] == 20000 and r["mode"] == "arrow-batch 2000, lz4"
+    proc = run("--rate", "60000", "--duration", "1", "--arrow-batch", "60000")
+    assert proc.returncode == 2 and "max_payload" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
