@@ -322,6 +322,9 @@ class Projection:
         """Grow one entity kind, releasing each old array as its copy is made."""
         ent = getattr(self, attr)
         need = int(ent.meta[0]) + rows
+        if need > kintern.MAX_ENTRIES:  # a slot keeps the index in IDX_BITS bits (see kernels.intern)
+            raise ValueError(f"this batch could take the engine past {kintern.MAX_ENTRIES:,} "
+                             f"{('graphs', 'nodes', 'edges')[which]}, its limit")
         # the hash table is sized for the keys it may hold by the end of this batch, not
         # for the arrays' capacity (for 20M edges that is 134 MB of slots, not 268 MB)
         rehash = need > ent.slots.shape[0] * kintern.MAX_LOAD

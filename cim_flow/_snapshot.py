@@ -117,7 +117,12 @@ class _SparseSink:
         return True
 
 
-def write_state(st: dict, path: str, fmt: int = 3) -> str:
+#: Format 4: hash slots hold a tag above the index (kernels.intern); older files' slot
+#: tables are rebuilt on load.  3: XXH3 checksums, copy-on-write map.  1-2: see below.
+FORMAT = 4
+
+
+def write_state(st: dict, path: str, fmt: int = FORMAT) -> str:
     """Write a projection state dict (``Projection.state()``) to ``path`` atomically."""
     meta = {"version": st["version"], "strings": st["strings"], "types": st["types"], "caps": list(st["caps"]),
             "format": fmt, "spatial": bool(st.get("spatial", False))}
@@ -169,7 +174,8 @@ def read_snapshot(path: str) -> dict:
         table = pa.ipc.open_file(pa.py_buffer(whole)).read_all()
         meta = json.loads(table.schema.metadata[b"cim_flow"])
         st = {"version": meta["version"], "strings": meta["strings"], "types": meta["types"],
-              "caps": tuple(meta["caps"]), "G": {}, "N": {}, "E": {}, "spatial": bool(meta.get("spatial", False))}
+              "caps": tuple(meta["caps"]), "G": {}, "N": {}, "E": {}, "spatial": bool(meta.get("spatial", False)),
+              "format": int(meta.get("format", 1))}
         parts = table.column("part").to_pylist()
         names = table.column("name").to_pylist()
         dtypes = table.column("dtype").to_pylist()
@@ -207,7 +213,21 @@ def read_snapshot(path: str) -> dict:
         missing = set(cls._fields) - set(st[part])
         if missing:
             raise SnapshotError(f"{path}: missing arrays {sorted(missing)} in {part}")
+    if st["format"] < 4:
+        _upgrade_slots(st)
     return st
+
+
+def _upgrade_slots(st: dict) -> None:
+    """Before format 4 a hash slot held the bare index; now it also carries a tag of the
+    key's hash.  The same keys go back into slot tables of the same sizes."""
+    from kernels import intern as ki
+
+    G, N, E = st["G"], st["N"], st["E"]
+    G["slots"] = ki.rehash(G["keys"], G["owner"], int(G["meta"][0]), np.full(G["slots"].shape[0], -1, np.int32))
+    N["slots"] = ki.rehash(N["keys"], N["graph"], int(N["meta"][0]), np.full(N["slots"].shape[0], -1, np.int32))
+    E["slots"] = ki.rehash_edges(E["keys"], E["src"], N["graph"], int(E["meta"][0]),
+                                 np.full(E["slots"].shape[0], -1, np.int32))
 
 
 def _upgrade_edges(st: dict) -> None:

@@ -25,7 +25,7 @@ from collections import namedtuple
 import numpy as np
 
 from ._jit import jit, prefetch
-from .intern import intern, intern_edge, lookup, lookup_edge, slot_of
+from .intern import index_at, intern, intern_edge, lookup, lookup_edge, slot_of
 
 # -- event type codes (cim_flow.EventType mirrors these) --------------------
 GRAPH_CREATED = 1
@@ -349,7 +349,9 @@ def _warm_node(N, g, k0, k1, entries):
         return
     n = N.slots[h]
     if n >= 0:
+        n = index_at(n)
         prefetch(N.keys, n)
+        prefetch(N.graph, n)  # the probe compares the owner too
         prefetch(N.alive, n)
         prefetch(N.pos, n)
         prefetch(N.ihead, n)
@@ -376,6 +378,7 @@ def _warm(G, N, E, ev, j, entries):
         else:
             e = E.slots[h]
             if e >= 0:
+                e = index_at(e)
                 prefetch(E.keys, e)
                 prefetch(E.src, e)
     if k == EDGE_ADDED and ev.sid_ok[j] and ev.tid_ok[j]:

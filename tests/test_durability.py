@@ -420,10 +420,10 @@ def test_snapshot_failures_never_stop_ingest(tmp_path, monkeypatch):
     monkeypatch.setattr(service.os, "fork", no_fork)
     real, broken = snap.write_state, {"on": False}
 
-    def write_state(st, path, fmt=3):
+    def write_state(st, path, *args, **kwargs):
         if broken["on"]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(st, path, fmt)
+        return real(st, path, *args, **kwargs)
 
     monkeypatch.setattr(snap, "write_state", write_state)
     srv = NatsServer(port=0, store_dir=str(tmp_path / "js")).start()
@@ -467,10 +467,10 @@ def test_stuck_background_snapshot_is_stopped_at_shutdown(tmp_path, monkeypatch)
 
     parent, real = os.getpid(), snap.write_state
 
-    def write_state(st, path, fmt=3):
+    def write_state(st, path, *args, **kwargs):
         if os.getpid() != parent:  # the forked writer hangs
             time.sleep(3600)
-        return real(st, path, fmt)
+        return real(st, path, *args, **kwargs)
 
     monkeypatch.setattr(snap, "write_state", write_state)
     monkeypatch.setattr(service, "_SNAPSHOT_WAIT_AT_STOP", 1.0)

@@ -145,3 +145,34 @@ def test_growth_headroom_is_left_as_holes_and_reads_back(tmp_path):
             assert got.dtype == arr.dtype and got.shape == arr.shape, (part, name)
             assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(arr).tobytes(), (part, name)
     assert _answers(Engine.from_snapshot(path)) == _answers(eng)
+
+
+def test_format3_snapshot_with_untagged_hash_slots_loads(tmp_path):
+    """Before format 4 a hash slot held the bare index (no tag of the key's hash); such a
+    file's slot tables are rebuilt on load, so every id is found and nothing is added twice."""
+    from cim_flow._snapshot import write_state
+    from kernels.intern import IDX_BITS
+
+    rng = random.Random(4)
+    kw = dict(n_graphs=3, n_nodes=20, n_edges=40)
+    rows = random_rows(rng, 2000, with_seq=True, **kw)
+    eng, ref = Engine(), RefProjection()
+    eng.apply(rows_to_batch(rows))
+    ref.apply(rows)
+    st = eng._p.state()
+    old = {}
+    for part in ("G", "N", "E"):
+        d = dict(st[part])
+        slots = d["slots"]
+        assert (slots[slots >= 0] >> IDX_BITS).any()  # tags are there to strip
+        d["slots"] = np.where(slots >= 0, slots & ((1 << IDX_BITS) - 1), -1).astype(np.int32)
+        old[part] = d
+    back = Engine.from_snapshot(write_state({**st, **old}, str(tmp_path / "v3.arrow"), fmt=3))
+    check_same(back, ref)
+    for part in ("G", "N", "E"):
+        assert np.array_equal(getattr(back._p, part).slots, st[part]["slots"])
+    for _ in range(3):
+        more = random_rows(rng, 400, **kw)
+        back.apply(rows_to_batch(more))
+        ref.apply(more)
+        check_same(back, ref)
