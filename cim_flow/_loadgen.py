@@ -99,6 +99,16 @@ def _make_messages(n_events: int, arrow_batch: int, seed: int, compression: str 
     return msgs, arrow_batch
 
 
+async def _stream_last_seq(nc) -> int | None:
+    """The event stream's last sequence, or None when the server has no such stream."""
+    from ._config import Config
+
+    try:
+        return int((await nc.jetstream().stream_info(Config().jetstream.stream)).state.last_seq)
+    except Exception:  # no JetStream, no stream, no permission: nothing to report
+        return None
+
+
 def _check_sizes(msgs, max_payload: int, arrow_batch: int) -> None:
     """A clear error, before anything is sent, for a message the server would refuse (it
     closes a connection that publishes more than its max_payload)."""
@@ -129,6 +139,7 @@ async def run_load(url: str, rate: float, duration: float, arrow_batch: int = 0,
     _check_sizes(msgs, nc.max_payload, arrow_batch)
     qnc = await nats.connect(url, name="cim_flow-loadgen-q") if query_rate and not _wire.usable(url, {}) else None
     stats = _dec.decode((await nc.request("query.graph.stats", b"{}", timeout=10)).data)
+    seq0 = await _stream_last_seq(nc)
     base = (stats["events_applied"] + stats["events_ignored"] + stats["events_skipped"]
             + stats["events_dead_lettered"])
     updates_t, updates_n = [], []
@@ -265,6 +276,7 @@ async def run_load(url: str, rate: float, duration: float, arrow_batch: int = 0,
     lat = ut[idx[applied]] - sched[applied] if un.size else np.zeros(0)
     done_t = ut[idx[applied]].max() if applied.any() else send_end
     end_stats = _dec.decode((await nc.request("query.graph.stats", b"{}", timeout=10)).data)
+    seq1 = await _stream_last_seq(nc)
     cpu_s = end_stats["cpu_s"] - stats["cpu_s"] if "cpu_s" in stats and "cpu_s" in end_stats else None
     await nc.drain()
     if qnc is not None:
@@ -274,6 +286,9 @@ async def run_load(url: str, rate: float, duration: float, arrow_batch: int = 0,
                  if arrow_batch else "json"),
         "rate_target": rate, "duration_s": duration, "events": n_events, "messages": n_msgs,
         "events_applied": int(applied.sum()), "events_lost_or_late": int((~applied).sum()),
+        # messages the stream took during the run (None without JetStream): fewer than sent
+        # means the server refused some (publishes here are fire-and-forget, open loop)
+        "messages_stored": None if seq0 is None or seq1 is None else seq1 - seq0,
         "throughput_events_per_s": float(applied.sum() / max(done_t - t0, 1e-9)),
         "send_rate_events_per_s": float(n_events / max(send_end - t0, 1e-9)),
         "event_to_applied": _pct(lat),
@@ -441,6 +456,11 @@ def _loadgen(args) -> int:
     if q.get("count"):
         print(f"queries: {q['count']:,} ok, {q['errors']} errors; p50 {q['p50_ms']:.2f} ms  "
               f"p99 {q['p99_ms']:.2f} ms  p99.9 {q['p999_ms']:.2f} ms  max {q['max_ms']:.2f} ms")
+    stored = report["messages_stored"]
+    if stored is not None and stored < report["messages"]:
+        print(f"the server stored {stored:,} of {report['messages']:,} messages: JetStream refused "
+              f"{report['messages'] - stored:,} at this rate (sent without waiting for an ack, open "
+              f"loop), so their events never reached the service")
     cpu = report["service_cpu"]
     if cpu is not None:
         per_q = f", {cpu['us_per_query']:.0f} us a query" if cpu["us_per_query"] else ""

@@ -263,5 +263,6 @@ def test_loadgen_arrow_batches_and_a_batch_too_big_for_the_server(nats_server, s
     assert proc.returncode == 0, proc.stdout + proc.stderr
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["events_applied"] == r["events"] == 20000 and r["mode"] == "arrow-batch 2000, lz4"
+    assert r["messages"] == r["messages_stored"] == 10  # all taken by the stream, none refused
     proc = run("--rate", "60000", "--duration", "1", "--arrow-batch", "60000")
     assert proc.returncode == 2 and "max_payload" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
