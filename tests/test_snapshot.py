@@ -81,17 +81,24 @@ def test_prune_keeps_newest(tmp_path):
     assert not any(".tmp-" in f for f in os.listdir(tmp_path))
 
 
+def _streamed(seed, n):
+    """An engine and the reference after the same ``n`` random rows over small id pools
+    (collisions, removals and re-adds are frequent); the rng and pool sizes go on."""
+    rng = random.Random(seed)
+    kw = dict(n_graphs=3, n_nodes=20, n_edges=40)
+    rows = random_rows(rng, n, with_seq=True, **kw)
+    eng, ref = Engine(), RefProjection()
+    eng.apply(rows_to_batch(rows))
+    ref.apply(rows)
+    return rng, kw, eng, ref
+
+
 def test_format2_snapshot_with_edge_graphs_upgrades(tmp_path):
     """Format 2 stored each edge's graph and marked a removed edge src = -1; such a file
     still loads, and a removed edge re-added later is found again, not duplicated."""
     from cim_flow._snapshot import write_state
 
-    rng = random.Random(3)
-    kw = dict(n_graphs=3, n_nodes=20, n_edges=40)
-    rows = random_rows(rng, 3000, with_seq=True, **kw)
-    eng, ref = Engine(), RefProjection()
-    eng.apply(rows_to_batch(rows))
-    ref.apply(rows)
+    rng, kw, eng, ref = _streamed(3, 3000)
     st = eng._p.state()
     E, N = dict(st["E"]), st["N"]
     n = int(E["meta"][0])
@@ -153,12 +160,7 @@ def test_format3_snapshot_with_untagged_hash_slots_loads(tmp_path):
     from cim_flow._snapshot import write_state
     from kernels.intern import IDX_BITS
 
-    rng = random.Random(4)
-    kw = dict(n_graphs=3, n_nodes=20, n_edges=40)
-    rows = random_rows(rng, 2000, with_seq=True, **kw)
-    eng, ref = Engine(), RefProjection()
-    eng.apply(rows_to_batch(rows))
-    ref.apply(rows)
+    rng, kw, eng, ref = _streamed(4, 2000)
     st = eng._p.state()
     old = {}
     for part in ("G", "N", "E"):
