@@ -180,7 +180,7 @@ def synthetic_batches(n_events: int, batch_size: int, seed: int = 0, *, max_grap
     edge_words = _uuid_words(rng, n_events)
     weight = rng.random(n_events).astype(np.float32)
     # graph names, then the node label "n": the name column is a take from these
-    words = pa.array([f"graph-{i + 1}" for i in range(max(n_g, 1))] + ["n"], pa.utf8())
+    vocab = pa.array([f"graph-{i + 1}" for i in range(max(n_g, 1))] + ["n"], pa.utf8())
     name_at = np.where(kind == EventType.GraphCreated, g, np.where(kind == EventType.NodeAdded, max(n_g, 1), -1))
     out = []
     for a in range(0, n_events, batch_size):
@@ -198,7 +198,7 @@ def synthetic_batches(n_events: int, batch_size: int, seed: int = 0, *, max_grap
             words_to_fsb(src[s], e),
             words_to_fsb(dst[s], e),
             *(pa.array(xyz[s, c], mask=~has_pos[s]) for c in range(3)),
-            words.take(pa.array(name_at[s], mask=name_at[s] < 0)),
+            vocab.take(pa.array(name_at[s], mask=name_at[s] < 0)),
             pa.nulls(k, EVENT_SCHEMA.field("node_type").type),
             pa.nulls(k, EVENT_SCHEMA.field("edge_type").type),
             pa.array(weight[s], mask=~e),

@@ -46,11 +46,12 @@ def jit(fn=None, *, fastmath=SAFE_MATH, nrt=True, inline=False, llvm_inline=Fals
     column lookup, and every per-event helper of the projection kernel (hashing, probe,
     the count-order swaps, the incident-list links): left as calls, those passed the
     state tuples by value (same-hour A/B: a NodeMoved on cached state 75-81 -> 67-70 ns,
-    the 1M-event mixed stream's kernel time 299-350 -> 260-292 ms).
+    the 1M-event mixed stream's kernel time 299-350 -> 260-292 ms).  Not for the
+    spatial point loops: there it measured 6-19% slower.
 
     Numba's cache checks only the source file of the cached function: after editing a
     helper in another module (``intern.py``, this file), delete ``kernels/__pycache__``
-    before measuring, or callers run their old inlined copy.  Not for the spatial point loops: there it measured 6-19% slower.
+    before measuring, or callers run their old inlined copy.
 
     Pass int64 / ``np.bool_`` values, not literals, to helpers called from several
     places: a literal argument (``0``, ``True``) makes numba type and compile a

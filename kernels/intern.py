@@ -82,7 +82,8 @@ def _owner_at(owner, ngraph, by_src, i):
 
 @jit(nrt=False, inline=True)
 def _probe(slots, keys, owner, ngraph, by_src, g, k0, k1):
-    """``(slot, index)`` of key ``(g, k0, k1)``; index -1 and the free slot when absent."""
+    """``(slot, index, tag)`` of key ``(g, k0, k1)``; index -1 and the free slot when
+    absent; ``tag`` is what the key's slot value carries above the index."""
     mask = np.uint64(slots.shape[0] - 1)
     h = hash_key(g, k0, k1)
     s = h & mask
