@@ -250,3 +250,24 @@ def test_synthetic_batches_apply_cleanly_and_match_the_reference():
     assert counts == [60] * 9  # ~200 adds a graph, capped
     kinds = pa.Table.from_batches(batches).column("event_type").to_numpy()
     assert (kinds == EventType.EdgeAdded).sum() > 300 and (kinds == EventType.NodeMoved).sum() > 1500
+
+
+def test_string_pool_codes_dictionary_and_plain_columns_with_nulls_and_offsets():
+    """Codes read from the Arrow buffers: a sliced array (offset), nulls, int8 and int32
+    dictionary indices and a plain string column give the same codes, -1 at nulls."""
+    import numpy as np
+
+    from cim_flow._strings import StringPool
+
+    vals = ["a", None, "b", "a", None, "c", "b"]
+    pool = StringPool(["z"])
+    plain = pa.array(vals, pa.utf8())
+    want = [pool.code(v) if v is not None else -1 for v in vals]
+    assert pool.encode(plain).tolist() == want
+    for index_type in (pa.int8(), pa.int32()):
+        d = plain.dictionary_encode().cast(pa.dictionary(index_type, pa.utf8()))
+        assert pool.encode(d).tolist() == want
+        assert pool.encode(d.slice(2, 4)).tolist() == want[2:6]
+    assert pool.encode(plain.slice(1, 5)).tolist() == want[1:6]
+    assert np.array_equal(pool.encode(pa.nulls(3, pa.dictionary(pa.int32(), pa.utf8()))), [-1, -1, -1])
+    assert pool.value(want[0]) == "a" and len(pool) == 4
