@@ -348,7 +348,8 @@ class Projection:
         if kinds is None:
             new = (rows, rows, rows)
         else:
-            new = tuple(int(np.count_nonzero(kinds == k)) for k in (kp.GRAPH_CREATED, kp.NODE_ADDED, kp.EDGE_ADDED))
+            c = np.bincount(np.asarray(kinds).astype(np.uint8, copy=False), minlength=256)  # one pass
+            new = (int(c[kp.GRAPH_CREATED]), int(c[kp.NODE_ADDED]), int(c[kp.EDGE_ADDED]))
         self._grow("G", 0, _GRAPH_FIELDS, kp.Graphs, new[0])
         self._grow("N", 1, _NODE_FIELDS, kp.Nodes, new[1])
         self._grow("E", 2, _EDGE_FIELDS, kp.Edges, new[2])

@@ -194,12 +194,10 @@ class Engine:
                 [self._created_of, np.full(grow, _NO_TIME, np.int64)])
         if touched.size == 0:
             return
-        alive = G.alive[touched].astype(bool)
+        changed, moved = kp.index_changes(G.alive, G.name, G.created, self._name_of, self._created_of,
+                                          touched, _NOT_INDEXED, _NO_TIME)
         # by name
-        new_name = np.where(alive, G.name[touched], _NOT_INDEXED)
-        changed = np.flatnonzero(new_name != self._name_of[touched])
-        for j in changed:
-            g = int(touched[j])
+        for g in touched[changed].tolist():
             old = int(self._name_of[g])
             if old != _NOT_INDEXED:
                 s = self._by_name.get(old)
@@ -207,19 +205,19 @@ class Engine:
                     s.discard(g)
                     if not s:
                         del self._by_name[old]
-            new = int(new_name[j])
+            new = int(G.name[g]) if G.alive[g] else _NOT_INDEXED
             if new != _NOT_INDEXED:
                 self._by_name.setdefault(new, set()).add(g)
             self._name_of[g] = new
         # by creation date: append new (g, created) pairs, drop stale ones lazily
-        created = np.where(alive, G.created[touched], _NO_TIME)
-        moved = created != self._created_of[touched]
-        if moved.any():
-            self._cr_stale += int(np.count_nonzero(self._created_of[touched[moved]] != _NO_TIME))
-            self._created_of[touched[moved]] = created[moved]
-            add = moved & alive
-            if add.any():
-                nt, ng = created[add], touched[add]
+        if moved.size:
+            tm = touched[moved]
+            alive = G.alive[tm].astype(bool)
+            created = np.where(alive, G.created[tm], _NO_TIME)
+            self._cr_stale += int(np.count_nonzero(self._created_of[tm] != _NO_TIME))
+            self._created_of[tm] = created
+            if alive.any():
+                nt, ng = created[alive], tm[alive]
                 o = np.lexsort((ng, nt))
                 nt, ng = nt[o], ng[o]
                 at = np.searchsorted(self._cr_t, nt, side="right")

@@ -415,6 +415,31 @@ def apply_events(G, N, E, ev, version, status, seq_out):
     return v
 
 
+@jit
+def index_changes(alive, name, created, name_of, created_of, touched, not_indexed, no_time):
+    """For the secondary indices after a batch: positions ``j`` in ``touched`` whose graph's
+    indexed name (``name``, or ``not_indexed`` once deleted) differs from ``name_of``, and
+    those whose creation time (``no_time`` once deleted) differs from ``created_of``.
+    One call instead of a dozen NumPy ones on a handful of graphs."""
+    m = touched.shape[0]
+    names = np.empty(m, np.int64)
+    times = np.empty(m, np.int64)
+    a = 0
+    b = 0
+    for j in range(m):
+        g = touched[j]
+        live = alive[g] != 0
+        nm = name[g] if live else not_indexed
+        if nm != name_of[g]:
+            names[a] = j
+            a += 1
+        t = created[g] if live else no_time
+        if t != created_of[g]:
+            times[b] = j
+            b += 1
+    return names[:a], times[:b]
+
+
 @jit(nrt=False)
 def count_range(lo, order_len, a, b):
     """``(start, stop)`` into ``order`` of graphs with ``a <= node_count <= b``."""
