@@ -112,7 +112,10 @@ async def _stream_last_seq(nc) -> int | None:
 def _check_sizes(msgs, max_payload: int, arrow_batch: int) -> None:
     """A clear error, before anything is sent, for a message the server would refuse (it
     closes a connection that publishes more than its max_payload)."""
-    big = max((len(d) + 64 for _, _, d in msgs), default=0)  # + the Nats-Msg-Id header
+    if not msgs:
+        return
+    _, headers, data = max(msgs, key=lambda m: len(m[2]))
+    big = len(data) + len(_header_block(headers))
     if big > max_payload:
         hint = (f"; use --arrow-batch {max(1, int(arrow_batch * max_payload / big * 0.9)):,} or less"
                 if arrow_batch else "")
@@ -120,11 +123,16 @@ def _check_sizes(msgs, max_payload: int, arrow_batch: int) -> None:
                          f"({max_payload:,} bytes){hint}")
 
 
+def _header_block(headers: dict) -> bytes:
+    """A message's NATS header block, as HPUB sends it (counted in max_payload)."""
+    return b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n"
+
+
 def _hpub_frames(msgs) -> tuple[bytes, np.ndarray]:
     """Every (subject, headers, payload) as one HPUB frame, concatenated; end offsets."""
     parts = []
     for subject, headers, data in msgs:
-        hdr = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n"
+        hdr = _header_block(headers)
         parts.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(hdr), len(hdr) + len(data), hdr, data))
     return b"".join(parts), np.cumsum([len(p) for p in parts])
 
