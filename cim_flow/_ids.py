@@ -65,6 +65,24 @@ def validity(arr: pa.Array) -> np.ndarray | None:
     return np.unpackbits(bits, bitorder="little", count=arr.offset + n)[arr.offset:].astype(np.bool_)
 
 
+def filled_values(arr: pa.Array, fill) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(values, validity)`` of a fixed-width numeric array read from its buffers: the
+    values in the array's own dtype (timestamps as int64) with ``fill`` at nulls, and
+    :func:`validity` (None: no nulls).  Compute calls (``fill_null``) cost ~20-40 µs each
+    on the 2-core machine; a small batch has a dozen such columns."""
+    n = len(arr)
+    t = pa.int64() if pa.types.is_timestamp(arr.type) else arr.type
+    dt = np.dtype(t.to_pandas_dtype())
+    data = arr.buffers()[1]
+    if n == 0 or arr.null_count == n or data is None:
+        return np.full(n, fill, dt), (np.zeros(n, np.bool_) if n else None)
+    vals = np.frombuffer(data, dt, count=n, offset=arr.offset * dt.itemsize)
+    ok = validity(arr)
+    if ok is not None:
+        vals = np.where(ok, vals, np.array(fill).astype(dt))
+    return vals, ok
+
+
 def _valid_mask(arr: pa.Array) -> np.ndarray:
     ok = validity(arr)
     return np.ones(len(arr), np.bool_) if ok is None else ok

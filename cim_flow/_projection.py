@@ -15,7 +15,7 @@ import pyarrow as pa
 from kernels import intern as kintern
 from kernels import projection as kp
 
-from ._ids import fsb_words, validity, words_to_fsb
+from ._ids import filled_values, fsb_words, words_to_fsb
 from ._schema import EVENT_SCHEMA, UUID_TYPE
 from ._uuid_parse import parse_uuid_strings
 from ._strings import StringPool
@@ -204,19 +204,8 @@ def _num(arr, dtype, fill):
     """``(values, valid)``: values as ``dtype`` with ``fill`` at nulls, and the validity,
     read straight from the Arrow buffers (pyarrow compute calls cost ~20 µs each here: a
     small batch paid that per column), the bitmap unpacked once for both."""
-    n = len(arr)
-    t = arr.type
-    if pa.types.is_timestamp(t):
-        t = pa.int64()
-    bufs = arr.buffers()
-    if n == 0 or arr.null_count == n or bufs[1] is None:
-        return _ro(np.full(n, fill, dtype)), _ro(np.zeros(n, np.bool_))
-    dt = np.dtype(t.to_pandas_dtype())
-    vals = np.frombuffer(bufs[1], dt, count=n, offset=arr.offset * dt.itemsize)
-    ok = validity(arr)
-    if ok is not None:
-        vals = np.where(ok, vals, np.array(fill).astype(vals.dtype))
-    return _ro(vals.astype(dtype, copy=False)), _ro(np.ones(n, np.bool_) if ok is None else ok)
+    vals, ok = filled_values(arr, fill)
+    return _ro(vals.astype(dtype, copy=False)), _ro(np.ones(len(arr), np.bool_) if ok is None else ok)
 
 
 def _ids(arr):
