@@ -45,8 +45,8 @@ def jit(fn=None, *, fastmath=SAFE_MATH, nrt=True, inline=False, llvm_inline=Fals
     used for the JSON scanner's per-byte and per-token helpers, the spatial grid's
     column lookup, and every per-event helper of the projection kernel (hashing, probe,
     the count-order swaps, the incident-list links): left as calls, those passed the
-    state tuples by value (same-hour A/B: a NodeMoved on cached state 75-81 -> 67-70 ns,
-    the 1M-event mixed stream's kernel time 299-350 -> 260-292 ms).  Not for the
+    state tuples by value (``asv_benchmarks/tools/apply_costs.py kinds`` times the
+    kernel per event kind).  Not for the
     spatial point loops: there it measured 6-19% slower.
 
     Numba's cache checks only the source file of the cached function: after editing a

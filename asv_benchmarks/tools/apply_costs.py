@@ -1,0 +1,180 @@
+"""Where the apply path's time goes: kernel cost per event kind, hash-table insert and
+lookup, and the Python steps around one small batch.
+
+    python asv_benchmarks/tools/apply_costs.py kinds [--nodes 1000000]
+    python asv_benchmarks/tools/apply_costs.py intern [--keys 1048576]
+    python asv_benchmarks/tools/apply_costs.py phases [--size 15]
+
+``kinds``: an engine holding ``--nodes`` live nodes in 1,000 graphs takes 65,536-event
+batches of one kind (NodeAdded of new nodes, NodeMoved, EdgeAdded within a graph); the
+kernel's time per event, median of 5 fresh engines.  ``intern``: 65,536 new keys
+inserted into, and 65,536 present keys looked up in, a table of ``--keys`` keys, with
+the slots prefetched 16 keys ahead as the kernel does.  ``phases``: the demo's JSON
+traffic in ``--size``-event batches through the service's path (scanner columns straight
+to the engine); the median time of each step of ``Engine._apply_columns``.
+"""
+import argparse
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "asv_benchmarks"))
+
+import kernels.projection as kp  # noqa: E402
+from benchmarks.datasets import T0, _batch, _ids  # noqa: E402
+from cim_flow import Engine  # noqa: E402
+
+BATCH = 65_536
+
+
+def _timed(obj, name, into):
+    """Wrap ``obj.name`` so every call's duration is appended to ``into``."""
+    fn = getattr(obj, name)
+
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            into.append(time.perf_counter() - t)
+
+    setattr(obj, name, wrapper)
+    return fn
+
+
+def kinds(n_nodes: int) -> None:
+    rng = np.random.default_rng(0)
+    n_graphs = 1000
+    gids = _ids(rng, n_graphs)
+    got = {"NodeAdded": [], "NodeMoved": [], "EdgeAdded": []}
+    for _ in range(5):
+        eng = Engine(node_capacity=n_nodes + 2 * BATCH, edge_capacity=2 * BATCH)
+        eng.apply(_batch(np.full(n_graphs, 1), T0 + np.arange(n_graphs), gids))
+        nids, ng = _ids(rng, n_nodes), rng.integers(0, n_graphs, n_nodes)
+        yes = np.ones(n_nodes, bool)
+        eng.apply(_batch(np.full(n_nodes, 10), T0 + np.arange(n_nodes), gids[ng], nid=(nids, yes),
+                         xyz=(rng.uniform(0, 100, (n_nodes, 3)), yes)))
+        one = np.ones(BATCH, bool)
+        t = T0 + np.arange(BATCH)
+        pick = rng.integers(0, n_nodes, BATCH)
+        # a second node of the same graph for each edge
+        order = np.argsort(ng, kind="stable")
+        start = np.searchsorted(ng[order], np.arange(n_graphs))
+        count = np.bincount(ng, minlength=n_graphs)
+        other = order[start[ng[pick]] + (rng.random(BATCH) * count[ng[pick]]).astype(np.int64)]
+        batches = {
+            "NodeAdded": _batch(np.full(BATCH, 10), t, gids[rng.integers(0, n_graphs, BATCH)],
+                                nid=(_ids(rng, BATCH), one), xyz=(rng.uniform(0, 100, (BATCH, 3)), one)),
+            "NodeMoved": _batch(np.full(BATCH, 12), t, gids[ng[pick]], nid=(nids[pick], one),
+                                xyz=(rng.uniform(0, 100, (BATCH, 3)), one)),
+            "EdgeAdded": _batch(np.full(BATCH, 20), t, gids[ng[pick]], eid=(_ids(rng, BATCH), one),
+                                sid=(nids[pick], one), tid=(nids[other], one)),
+        }
+        for kind, b in batches.items():
+            times = []
+            orig = _timed(kp, "apply_events", times)
+            try:
+                eng.apply(b)
+            finally:
+                kp.apply_events = orig
+            got[kind].append(times[0] / BATCH)
+    print(f"kernel, {n_nodes:,} live nodes, 65,536-event batches (median of 5): "
+          + ", ".join(f"{k} {np.median(v) * 1e9:.0f} ns" for k, v in got.items()) + " an event")
+
+
+def intern(n_keys: int) -> None:
+    from numba import njit
+
+    from kernels._jit import prefetch
+    from kernels.intern import intern as put, lookup, slot_of
+
+    @njit(_nrt=False)
+    def insert_all(slots, keys, owner, meta, new):
+        for j in range(new.shape[0]):
+            if j + 16 < new.shape[0]:
+                prefetch(slots, slot_of(slots, 3, new[j + 16, 0], new[j + 16, 1]))
+            put(slots, keys, owner, meta, 3, new[j, 0], new[j, 1])
+
+    @njit(_nrt=False)
+    def look_all(slots, keys, owner, q):
+        acc = 0
+        for j in range(q.shape[0]):
+            if j + 16 < q.shape[0]:
+                prefetch(slots, slot_of(slots, 3, q[j + 16, 0], q[j + 16, 1]))
+            acc += lookup(slots, keys, owner, 3, q[j, 0], q[j, 1])
+        return acc
+
+    rng = np.random.default_rng(0)
+    size = 16
+    while size * 0.7 < n_keys + BATCH:
+        size *= 2
+    ins, look = [], []
+    for _ in range(7):
+        cap = n_keys + 2 * BATCH
+        keys, owner, meta = np.zeros((cap, 2), np.uint64), np.zeros(cap, np.int32), np.zeros(2, np.int64)
+        slots = np.full(size, -1, np.int32)
+        first = _ids(rng, n_keys)
+        insert_all(slots, keys, owner, meta, first)
+        new = _ids(rng, BATCH)
+        t = time.perf_counter()
+        insert_all(slots, keys, owner, meta, new)
+        ins.append(time.perf_counter() - t)
+        q = first[rng.integers(0, n_keys, BATCH)]
+        t = time.perf_counter()
+        look_all(slots, keys, owner, q)
+        look.append(time.perf_counter() - t)
+    print(f"hash table of {n_keys:,} keys (median of 7): insert {np.median(ins) / BATCH * 1e9:.0f} ns, "
+          f"lookup {np.median(look) / BATCH * 1e9:.0f} ns a key")
+
+
+def phases(size: int) -> None:
+    from cim_flow import decode_json
+    from cim_flow._decode import decode_spans_columns
+    from cim_flow._demo import SyntheticEvents
+    from cim_flow._projection import EventColumns, Projection
+
+    gen = SyntheticEvents(1, max_graphs=200, nodes_per_graph=2000)
+    payloads = [gen.next()[2] for _ in range(40_000)]
+    eng = Engine()
+    eng.apply(decode_json(payloads[:1000])[0])
+    cols = []
+    for a in range(1000, len(payloads) - size, size):
+        part = payloads[a:a + size]
+        ends = np.cumsum([len(p) for p in part])
+        cols.append(decode_spans_columns(b"".join(part), ends - [len(p) for p in part], ends)[0])
+    steps = {"string coding (EventColumns.events)": [], "reserve": [], "kernel call": [],
+             "index upkeep (_reindex)": [], "whole _apply_columns": []}
+    names = list(steps)
+    originals = [(EventColumns, "events", _timed(EventColumns, "events", steps[names[0]])),
+                 (Projection, "reserve", _timed(Projection, "reserve", steps[names[1]])),
+                 (kp, "apply_events", _timed(kp, "apply_events", steps[names[2]])),
+                 (Engine, "_reindex", _timed(Engine, "_reindex", steps[names[3]]))]
+    try:
+        for c in cols:
+            t = time.perf_counter()
+            eng._apply_columns(c)
+            steps[names[4]].append(time.perf_counter() - t)
+    finally:
+        for obj, name, fn in originals:
+            setattr(obj, name, fn)
+    skip = len(cols) // 4  # after the engine's arrays stopped growing
+    print(f"{size}-event JSON batches, median of {len(cols) - skip:,}: "
+          + "; ".join(f"{k} {np.median(v[skip:]) * 1e6:.1f} us" for k, v in steps.items()))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["kinds", "intern", "phases"])
+    ap.add_argument("--nodes", type=int, default=1_000_000)
+    ap.add_argument("--keys", type=int, default=1 << 20)
+    ap.add_argument("--size", type=int, default=15)
+    a = ap.parse_args()
+    {"kinds": lambda: kinds(a.nodes), "intern": lambda: intern(a.keys), "phases": lambda: phases(a.size)}[a.what]()
+
+
+if __name__ == "__main__":
+    main()
