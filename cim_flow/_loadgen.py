@@ -99,13 +99,13 @@ def _make_messages(n_events: int, arrow_batch: int, seed: int, compression: str 
     return msgs, arrow_batch
 
 
-async def _stream_last_seq(nc) -> int | None:
-    """The event stream's last sequence, or None when the server has no such stream."""
-    from ._config import Config
-
+async def _stream_last_seq(nc, stream: str | None) -> int | None:
+    """The last sequence of the service's event stream, or None without one."""
+    if not stream:
+        return None
     try:
-        return int((await nc.jetstream().stream_info(Config().jetstream.stream)).state.last_seq)
-    except Exception:  # no JetStream, no stream, no permission: nothing to report
+        return int((await nc.jetstream().stream_info(stream)).state.last_seq)
+    except Exception:  # gone, no permission: nothing to report
         return None
 
 
@@ -147,7 +147,8 @@ async def run_load(url: str, rate: float, duration: float, arrow_batch: int = 0,
     _check_sizes(msgs, nc.max_payload, arrow_batch)
     qnc = await nats.connect(url, name="cim_flow-loadgen-q") if query_rate and not _wire.usable(url, {}) else None
     stats = _dec.decode((await nc.request("query.graph.stats", b"{}", timeout=10)).data)
-    seq0 = await _stream_last_seq(nc)
+    stream = stats.get("stream")  # the service's event stream (None: it reads core NATS)
+    seq0 = await _stream_last_seq(nc, stream)
     base = (stats["events_applied"] + stats["events_ignored"] + stats["events_skipped"]
             + stats["events_dead_lettered"])
     updates_t, updates_n = [], []
@@ -284,7 +285,7 @@ async def run_load(url: str, rate: float, duration: float, arrow_batch: int = 0,
     lat = ut[idx[applied]] - sched[applied] if un.size else np.zeros(0)
     done_t = ut[idx[applied]].max() if applied.any() else send_end
     end_stats = _dec.decode((await nc.request("query.graph.stats", b"{}", timeout=10)).data)
-    seq1 = await _stream_last_seq(nc)
+    seq1 = await _stream_last_seq(nc, stream)
     cpu_s = end_stats["cpu_s"] - stats["cpu_s"] if "cpu_s" in stats and "cpu_s" in end_stats else None
     await nc.drain()
     if qnc is not None:

@@ -1325,7 +1325,7 @@ class Service:
             "cache_hits": self.cache.hits, "cache_misses": self.cache.misses, "cache_entries": len(self.cache),
             "cache_warmed": c["cache_warmed"],
             "uptime_s": time.time() - self.started, "connected": self.connected,
-            "jetstream": self.jetstream,
+            "jetstream": self.jetstream, "stream": self.config.jetstream.stream if self.jetstream else None,
             "snapshots": c["snapshots"], "snapshot_version": self._snap_good,
             "snapshot_in_progress": self._snap_child is not None,
             "snapshot_seconds": self.snapshot_seconds,

@@ -328,6 +328,7 @@ def test_stats_cache_and_micro_service(nats_server, service):
     phases = s1["batch_phase_us"]
     assert set(phases) == {"decode_apply", "ack", "update", "snapshot_check"}
     assert min(phases.values()) >= 0 and (phases["decode_apply"] > 0) == (s1["batches"] > 0)
+    assert s1["jetstream"] is True and s1["stream"] == "CIM_GRAPH_EVENTS"
     info = request(nats_server.url, "$SRV.INFO.cim_flow")
     assert info["name"] == "cim_flow"
     subjects = {e["subject"] for e in info["endpoints"]}
