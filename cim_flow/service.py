@@ -310,7 +310,13 @@ class Service:
                 bar = None
         t0 = last_log = time.time()
         while self.engine.version < target and not self._stop.is_set():
-            await asyncio.sleep(0.05)
+            # woken by the batch that reaches the target (polling every 50 ms made ready
+            # up to 50 ms late); the timeout keeps the progress display and stop check going
+            try:
+                async with self._applied_cond:
+                    await asyncio.wait_for(self._applied_cond.wait_for(lambda: self.engine.version >= target), 0.25)
+            except asyncio.TimeoutError:
+                pass
             now = time.time()
             done = self.engine.version - start_v
             if bar is not None:
