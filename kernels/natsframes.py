@@ -28,29 +28,30 @@ def _int(buf, s, e):
     return _digits(buf, s, e - s)
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def ack_seq(buf, s, e):
     """Stream sequence from a JetStream ack subject ``$JS.ACK...`` (v1: 9 tokens, the
-    6th; v2: the 5th from the end); 0 when it is not one."""
+    6th; v2: the 5th from the end); 0 when it is not one.
+
+    One pass keeps the positions of the last five dots: with 8 dots (v1) the
+    sequence lies between the 4th and 3rd dot from the end, else between the 5th
+    and the 4th."""
     if e - s < 8 or buf[s] != 36:  # '$'
         return 0
-    ntok = 1
+    d1 = d2 = d3 = d4 = d5 = -1  # d1: the last dot, d5: the fifth from the end
+    ndots = 0
     for j in range(s, e):
         if buf[j] == 46:
-            ntok += 1
-    want = 5 if ntok == 9 else ntok - 5
-    if want < 0:
+            d5, d4, d3, d2, d1 = d4, d3, d2, d1, j
+            ndots += 1
+    if ndots == 8:
+        a, b = d4 + 1, d3
+    elif ndots >= 5:
+        a, b = d5 + 1, d4
+    else:  # fewer than 6 tokens: not an ack subject
         return 0
-    tok = 0
-    a = s
-    for j in range(s, e + 1):
-        if j == e or buf[j] == 46:
-            if tok == want:
-                v = _int(buf, a, j)
-                return v if v > 0 else 0
-            tok += 1
-            a = j + 1
-    return 0
+    v = _int(buf, a, b)
+    return v if v > 0 else 0
 
 
 @jit(nrt=False)
@@ -60,6 +61,9 @@ def frames(buf, pos, inbox, batch_subject, ss, se, rs, re, ds, de, seq, kind, cs
     Returns the position after the last complete frame or line consumed (-1: a
     malformed frame header); ``counts`` = [messages, control lines].  Stops early
     when an output is full.
+
+    A MSG/HMSG header line is read once: its tokens are split while looking for
+    its end (a subject, sid, reply or size never holds a space or a CR).
     """
     n = buf.shape[0]
     m = 0
@@ -67,29 +71,30 @@ def frames(buf, pos, inbox, batch_subject, ss, se, rs, re, ds, de, seq, kind, cs
     cap_m = ss.shape[0]
     cap_c = cs.shape[0]
     while pos < n:
-        eol = pos
-        while eol + 1 < n and not (buf[eol] == 13 and buf[eol + 1] == 10):
-            eol += 1
-        if eol + 1 >= n:
-            break
         b0 = buf[pos]
-        is_msg = eol - pos > 4 and b0 == 77 and buf[pos + 1] == 83 and buf[pos + 2] == 71 and buf[pos + 3] == 32
-        is_hmsg = (eol - pos > 5 and b0 == 72 and buf[pos + 1] == 77 and buf[pos + 2] == 83
-                   and buf[pos + 3] == 71 and buf[pos + 4] == 32)
-        if is_msg or is_hmsg:
+        op = 0
+        if b0 == 77 and pos + 4 < n and buf[pos + 1] == 83 and buf[pos + 2] == 71 and buf[pos + 3] == 32:
+            op = 4  # "MSG "
+        elif (b0 == 72 and pos + 5 < n and buf[pos + 1] == 77 and buf[pos + 2] == 83
+              and buf[pos + 3] == 71 and buf[pos + 4] == 32):
+            op = 5  # "HMSG "
+        if op:
             if m >= cap_m:
                 break
             # tokens after the op: subject sid [reply] [hdr_len] total_len
             t0s = t0e = t2s = t2e = t3s = t3e = t4s = t4e = 0  # token 1 (the sid) is not needed
             ntok = 0
-            j = pos + (4 if is_msg else 5)
-            while j < eol:
-                while j < eol and buf[j] == 32:
+            j = pos + op
+            while j < n:
+                ch = buf[j]
+                if ch == 32:
                     j += 1
-                if j >= eol:
+                    continue
+                if ch == 13:
                     break
                 a = j
-                while j < eol and buf[j] != 32:
+                j += 1
+                while j < n and buf[j] > 32:  # not a space, a CR or another control byte
                     j += 1
                 if ntok == 0:
                     t0s, t0e = a, j
@@ -100,8 +105,13 @@ def frames(buf, pos, inbox, batch_subject, ss, se, rs, re, ds, de, seq, kind, cs
                 elif ntok == 4:
                     t4s, t4e = a, j
                 ntok += 1
-            has_reply = ntok == (4 if is_msg else 5)
-            if is_msg:
+            if j + 1 >= n:
+                break  # the header line is not complete yet
+            if buf[j + 1] != 10:
+                return -1  # a CR inside the header line
+            eol = j
+            has_reply = ntok == op
+            if op == 4:
                 if ntok == 4:
                     hl, tl = 0, _int(buf, t3s, t3e)
                 elif ntok == 3:
@@ -141,6 +151,11 @@ def frames(buf, pos, inbox, batch_subject, ss, se, rs, re, ds, de, seq, kind, cs
             m += 1
             pos = end + 2
         else:
+            eol = pos
+            while eol + 1 < n and not (buf[eol] == 13 and buf[eol + 1] == 10):
+                eol += 1
+            if eol + 1 >= n:
+                break
             if c >= cap_c:
                 break
             cs[c] = pos

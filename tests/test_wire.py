@@ -80,6 +80,53 @@ def test_ack_seq_forms():
     assert seq(b"_INBOX.x") == 0 and seq(b"$JS.ACK.S.C.1.x.7.1.0") == 0
 
 
+def _ref_ack_seq(reply: bytes) -> int:
+    """The ack subject's stream sequence as the JetStream docs define the two forms."""
+    if not reply.startswith(b"$"):
+        return 0
+    tok = reply.split(b".")
+    want = 5 if len(tok) == 9 else len(tok) - 5
+    if want < 0 or not tok[want].isdigit() or len(tok[want]) > 18:
+        return 0
+    return int(tok[want])
+
+
+def test_frames_match_a_plain_parser_on_random_streams():
+    """Random mixes of MSG/HMSG frames (with and without reply, v1 and v2 acks, payloads
+    holding CRLF) and control lines, split anywhere: the same frames a plain parser finds."""
+    rng = random.Random(7)
+    for trial in range(30):
+        want, lines, stream = [], [], b""
+        for _ in range(rng.randrange(1, 25)):
+            r = rng.random()
+            if r < 0.15:
+                line = rng.choice([b"PING", b"PONG", b"+OK", b'INFO {"a":1}', b"-ERR 'x'"])
+                stream += line + b"\r\n"
+                lines.append(line)
+                continue
+            subject = rng.choice([b"event.graph.n", b"a", BATCH, INBOX, b"event.graph." + b"x" * rng.randrange(1, 60)])
+            toks = [b"$JS", b"ACK", b"S", b"C", b"1", str(rng.randrange(1, 10**12)).encode(), b"9", b"17", b"0"]
+            if rng.random() < 0.3:
+                toks = toks[:2] + [b"dom", b"hash"] + toks[2:] + [b"tok"]
+            reply = rng.choice([b"", b".".join(toks), b"_INBOX.r" + str(rng.randrange(99)).encode(),
+                                b"$JS.ACK.x.y"])
+            payload = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 80))) + b"\r\n"[: rng.randrange(3)]
+            headers = b"NATS/1.0\r\nNats-Msg-Id: %d\r\n\r\n" % rng.randrange(999) if rng.random() < 0.5 else b""
+            stream += _frame(subject, payload, reply, headers)
+            want.append((subject, reply, payload, _ref_ack_seq(reply) if reply else 0,
+                         2 if subject == INBOX else 1 if subject == BATCH else 0))
+        msgs, got_lines = _parse_all(stream, cap=rng.choice([1, 3, 64]))
+        assert msgs == want and got_lines == lines, trial
+
+
+def test_a_bare_cr_in_a_frame_header_is_malformed():
+    out = [np.empty(4, np.int64) for _ in range(7)] + [np.empty(4, np.int8)] + \
+          [np.empty(2, np.int64), np.empty(2, np.int64)]
+    b = np.frombuffer(b"MSG a 1 3\rx\r\nabc\r\n", np.uint8)
+    assert natsframes.frames(b, 0, np.frombuffer(INBOX, np.uint8), np.frombuffer(BATCH, np.uint8),
+                             *out, np.zeros(2, np.int64)) == -1
+
+
 def test_raw_connection_against_nats_server(nats_server):
     async def go():
         got = []
