@@ -6,6 +6,7 @@ the batch, not per row.
 """
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 
@@ -18,6 +19,10 @@ class StringPool:
         self._values: list[str] = []
         self._arrow: pa.Array | None = None
         self._by_bytes: dict[bytes, int] = {}  # ASCII spans already seen -> code
+        # the values' JSON text, appended as codes are added (see json_values)
+        self._json_n = 0
+        self._json_offs = np.zeros(1, np.int64)
+        self._json_bytes = np.empty(0, np.uint8)
         for v in values:
             self.code(v)
 
@@ -88,6 +93,33 @@ class StringPool:
 
     def values(self) -> list[str]:
         return list(self._values)
+
+    def json_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets, data)``: code ``c``'s value as JSON text (quoted and escaped, as
+        msgspec writes it) is ``data[offsets[c]:offsets[c + 1]]``.  Kept up to date by
+        appending the values added since the last call (both arrays grow by doubling)."""
+        n = len(self._values)
+        if self._json_n < n:
+            new = [_JSON.encode(v) for v in self._values[self._json_n:n]]
+            lens = np.fromiter(map(len, new), np.int64, len(new))
+            start = int(self._json_offs[self._json_n])
+            need = start + int(lens.sum())
+            if self._json_offs.shape[0] < n + 1:
+                offs = np.zeros(max(n + 1, 2 * self._json_offs.shape[0]), np.int64)
+                offs[:self._json_n + 1] = self._json_offs[:self._json_n + 1]
+                self._json_offs = offs
+            if self._json_bytes.shape[0] < need:
+                data = np.empty(max(need, 2 * self._json_bytes.shape[0]), np.uint8)
+                data[:start] = self._json_bytes[:start]
+                self._json_bytes = data
+            np.cumsum(lens, out=self._json_offs[self._json_n + 1:n + 1])
+            self._json_offs[self._json_n + 1:n + 1] += start
+            self._json_bytes[start:need] = np.frombuffer(b"".join(new), np.uint8)
+            self._json_n = n
+        return self._json_offs[:n + 1], self._json_bytes[:self._json_offs[n]]
+
+
+_JSON = msgspec.json.Encoder()
 
 
 def utf8_array(offsets: np.ndarray, data: np.ndarray, valid: np.ndarray, typ=pa.large_utf8()) -> pa.Array:

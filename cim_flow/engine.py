@@ -278,6 +278,18 @@ class Engine:
         keys = SUMMARY_SCHEMA.names
         return [dict(zip(keys, row)) for row in zip(*cols)]
 
+    def _summary_json(self, gidx) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`_summary_rows` as JSON text in one compiled pass: ``(data, ends)``, row
+        ``j`` (an object and a comma) is ``data[ends[j - 1]:ends[j]]``; None when a time
+        is outside the years 0..9999 (then :meth:`_summary_rows` says it).  The service
+        sends this after every batch: the dicts cost ~5 µs a graph."""
+        G = self._p.G
+        gidx = np.ascontiguousarray(gidx, np.int64)
+        offs, data = self._p.strings.json_values()
+        out, ends, ok = kt.summary_rows_json(gidx, G.keys, G.name, G.ncount, G.ecount,
+                                             G.created, G.lastmod, G.archived, offs, data)
+        return (out, ends) if ok else None
+
     def _live_graphs(self) -> np.ndarray:
         G = self._p.G
         return np.flatnonzero(G.alive[: G.meta[0]])

@@ -132,7 +132,7 @@ class Service:
         self._pulls: deque = deque()
         self._tasks: list = []
         self._bg: set = set()
-        self._touched: set = set()
+        self._touched: list = []  # graph indices each apply of the batch changed (arrays)
         self.latency = LatencyWindow()
         self.batch_time = LatencyWindow(4096)  # seconds spent processing each batch
         self.counters = dict(events_applied=0, events_ignored=0, events_skipped=0, events_dead_lettered=0,
@@ -168,7 +168,8 @@ class Service:
         self.engine._on_apply(self._note_touched)
 
     def _note_touched(self, touched, dirty):
-        self._touched.update(touched.tolist())
+        if len(touched):
+            self._touched.append(np.asarray(touched, np.int64))
 
     # -- life cycle -------------------------------------------------------------
     def _log(self, line: str) -> None:
@@ -798,7 +799,7 @@ class Service:
         t_start = time.perf_counter()
         eng = self.engine
         n = len(block)
-        self._touched = set()
+        self._touched = []
         # runs of JSON messages and runs of Arrow messages, in stream order
         kind = block.kind
         cuts = [0, *(np.flatnonzero(kind[1:] != kind[:-1]) + 1).tolist(), n] if n else [0]
@@ -1036,13 +1037,28 @@ class Service:
             return
         eng = self.engine
         G = eng._p.G
-        gidx = np.array(sorted(self._touched), np.int64)
+        gidx = np.unique(np.concatenate(self._touched))
         live = gidx[G.alive[gidx].astype(bool)]
         dead = gidx[~G.alive[gidx].astype(bool)]
-        rows, deleted = eng._summary_rows(live), uuid_texts_of(G.keys[dead]) if dead.size else []
-        head = {"version": eng.version, "events_total": self.events_total()}
+        deleted = uuid_texts_of(G.keys[dead]) if dead.size else []
+        head = _json.encode({"version": eng.version, "events_total": self.events_total()})[:-1]
         msg_id = f"summary-{eng.version}"
-        data = _json.encode({**head, "graphs": rows, "deleted": deleted})
+        got = eng._summary_json(live)
+        if got is None:  # a time RFC 3339 cannot say: the general path names it
+            rows = [_json.encode(r) + b"," for r in eng._summary_rows(live)]
+            ends = np.cumsum(np.fromiter(map(len, rows), np.int64, len(rows)))
+            got = (np.frombuffer(b"".join(rows), np.uint8), ends)
+        text, ends = got
+        n_rows = len(ends)
+
+        def message(a: int, b: int, da: int, db: int, part: bytes = b"") -> bytes:
+            # rows a..b-1 (their bytes without the last row's comma), deleted da..db-1
+            lo = int(ends[a - 1]) if a else 0
+            hi = int(ends[b - 1]) - 1 if b > a else lo
+            return b"".join((head, b',"graphs":[', text[lo:hi].tobytes(), b'],"deleted":',
+                             _json.encode(deleted[da:db]), part, b"}"))
+
+        data = message(0, n_rows, 0, len(deleted))
         limit = self._payload_limit() - _REPLY_HEADROOM
         if len(data) <= limit:
             await self._send(UPDATES_SUBJECT, data, headers={"Nats-Msg-Id": msg_id})
@@ -1050,11 +1066,11 @@ class Service:
         # a batch that touched more graphs than one message holds (a bulk import): in
         # parts, each with the version, "part" and "parts"; part k > 0 is "<id>.<k>"
         n = -(-len(data) // limit) + 1
+        nd = len(deleted)
         while True:
-            parts = [_json.encode({**head, "graphs": rows[k * len(rows) // n:(k + 1) * len(rows) // n],
-                                   "deleted": deleted[k * len(deleted) // n:(k + 1) * len(deleted) // n],
-                                   "part": k, "parts": n}) for k in range(n)]
-            if max(map(len, parts)) <= limit or n >= len(rows) + len(deleted):
+            parts = [message(k * n_rows // n, (k + 1) * n_rows // n, k * nd // n, (k + 1) * nd // n,
+                             b',"part":%d,"parts":%d' % (k, n)) for k in range(n)]
+            if max(map(len, parts)) <= limit or n >= n_rows + nd:
                 break
             n *= 2
         for k, part in enumerate(parts):

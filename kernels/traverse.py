@@ -139,14 +139,14 @@ _ROW_C = np.frombuffer(b'"},', np.uint8).copy()
 ROW_LEN = _ROW_A.shape[0] + _ROW_B.shape[0] + _ROW_C.shape[0] + 72
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _put(out, o, piece):
     for k in range(piece.shape[0]):
         out[o + k] = piece[k]
     return o + piece.shape[0]
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _put_uuid(out, o, w0, w1):
     """Canonical UUID text (36 chars, lower-case hex) of the 16 bytes of words w0, w1."""
     for b in range(16):
@@ -211,25 +211,26 @@ def first_hits_json(offsets, limits, idx, node_keys, node_graph, graph_keys, n_n
 ISO_LEN = 27  # "YYYY-MM-DDTHH:MM:SS.ffffffZ"
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _put_digits(out, o, v, width):
+    u = np.uint64(v)  # never negative here: unsigned division by 10 is a multiply and a shift
     for k in range(width - 1, -1, -1):
-        out[o + k] = 48 + v % 10
-        v //= 10
+        out[o + k] = np.uint8(48 + u % np.uint64(10))
+        u //= np.uint64(10)
 
 
-@jit
-def iso_text_rows(us):
-    """RFC 3339 UTC text per int64 µs since the epoch, ``ISO_LEN`` bytes a row:
-    ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` NUL-padded (fractional part only when not zero).
-    Returns ``(rows, ok)``; ``ok`` is False when a year falls outside 0..9999."""
-    n = us.shape[0]
-    out = np.zeros(n * ISO_LEN, np.uint8)
-    ok = True
-    for j in range(n):
-        t = us[j]
-        days = t // 86_400_000_000  # floor division: correct before 1970 too
-        rem = t - days * 86_400_000_000
+@jit(nrt=False, llvm_inline=True)
+def _put_iso(out, o, t, memo):
+    """RFC 3339 UTC text of ``t`` µs since the epoch at ``out[o:]``:
+    ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (fractional part only when not zero).  Returns the
+    position after it, or -1 (nothing written) when the year falls outside 0..9999.
+    ``memo`` (int64[4]: day, year, month, day of month; day = INT64_MIN at first) keeps
+    the last civil date: the times of one reply mostly fall on one day."""
+    days = t // 86_400_000_000  # floor division: correct before 1970 too
+    rem = t - days * 86_400_000_000
+    if days == memo[0]:
+        y, m, d = memo[1], memo[2], memo[3]
+    else:
         # civil date from days since 1970-01-01 (H. Hinnant's algorithm)
         z = days + 719468
         era = z // 146097  # floor division (the C original truncates, hence its z - 146096)
@@ -242,27 +243,127 @@ def iso_text_rows(us):
         m = mp + 3 if mp < 10 else mp - 9
         if m <= 2:
             y += 1
-        if y < 0 or y > 9999:
+        memo[0], memo[1], memo[2], memo[3] = days, y, m, d
+    if y < 0 or y > 9999:
+        return -1
+    _put_digits(out, o, y, 4)
+    out[o + 4] = 45
+    _put_digits(out, o + 5, m, 2)
+    out[o + 7] = 45
+    _put_digits(out, o + 8, d, 2)
+    out[o + 10] = 84
+    secs = rem // 1_000_000  # rem >= 0
+    frac = rem - secs * 1_000_000
+    _put_digits(out, o + 11, secs // 3600, 2)
+    out[o + 13] = 58
+    _put_digits(out, o + 14, (secs // 60) % 60, 2)
+    out[o + 16] = 58
+    _put_digits(out, o + 17, secs % 60, 2)
+    if frac:
+        out[o + 19] = 46
+        _put_digits(out, o + 20, frac, 6)
+        out[o + 26] = 90
+        return o + 27
+    out[o + 19] = 90
+    return o + 20
+
+
+_NO_DAY = np.iinfo(np.int64).min
+
+
+@jit
+def iso_text_rows(us):
+    """RFC 3339 UTC text per int64 µs since the epoch, ``ISO_LEN`` bytes a row:
+    ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` NUL-padded (fractional part only when not zero).
+    Returns ``(rows, ok)``; ``ok`` is False when a year falls outside 0..9999."""
+    n = us.shape[0]
+    out = np.zeros(n * ISO_LEN, np.uint8)
+    memo = np.full(4, _NO_DAY, np.int64)
+    ok = True
+    for j in range(n):
+        if _put_iso(out, j * ISO_LEN, us[j], memo) < 0:
             ok = False
-            continue
-        o = j * ISO_LEN
-        _put_digits(out, o, y, 4)
-        out[o + 4] = 45
-        _put_digits(out, o + 5, m, 2)
-        out[o + 7] = 45
-        _put_digits(out, o + 8, d, 2)
-        out[o + 10] = 84
-        secs = rem // 1_000_000
-        frac = rem - secs * 1_000_000
-        _put_digits(out, o + 11, secs // 3600, 2)
-        out[o + 13] = 58
-        _put_digits(out, o + 14, (secs // 60) % 60, 2)
-        out[o + 16] = 58
-        _put_digits(out, o + 17, secs % 60, 2)
-        if frac:
-            out[o + 19] = 46
-            _put_digits(out, o + 20, frac, 6)
-            out[o + 26] = 90
-        else:
-            out[o + 19] = 90
     return out, ok
+
+
+@jit(nrt=False, llvm_inline=True)
+def _put_int(out, o, v):
+    """Decimal text of int64 ``v`` at ``out[o:]``; the position after it."""
+    if v < 0:
+        out[o] = 45
+        o += 1
+        if v == -9223372036854775808:
+            return _put(out, o, _INT64_MIN_DIGITS)
+        v = -v
+    n = 1
+    x = v
+    while x >= 10:
+        x //= 10
+        n += 1
+    _put_digits(out, o, v, n)
+    return o + n
+
+
+_INT64_MIN_DIGITS = np.frombuffer(b"9223372036854775808", np.uint8).copy()
+_SUM_GID = np.frombuffer(b'{"graph_id":"', np.uint8).copy()
+_SUM_NAME = np.frombuffer(b'","name":', np.uint8).copy()
+_SUM_NC = np.frombuffer(b',"node_count":', np.uint8).copy()
+_SUM_EC = np.frombuffer(b',"edge_count":', np.uint8).copy()
+_SUM_CR = np.frombuffer(b',"created_at":"', np.uint8).copy()
+_SUM_LM = np.frombuffer(b'","last_modified":"', np.uint8).copy()
+_SUM_AR = np.frombuffer(b'","archived":', np.uint8).copy()
+_NULL = np.frombuffer(b"null", np.uint8).copy()
+_TRUE = np.frombuffer(b"true", np.uint8).copy()
+_FALSE = np.frombuffer(b"false", np.uint8).copy()
+_SUM_FIXED = (_SUM_GID.shape[0] + 36 + _SUM_NAME.shape[0] + _SUM_NC.shape[0] + 20 + _SUM_EC.shape[0] + 20
+              + _SUM_CR.shape[0] + ISO_LEN + _SUM_LM.shape[0] + ISO_LEN + _SUM_AR.shape[0] + 5 + 2)
+
+
+@jit
+def summary_rows_json(gidx, key_words, name, ncount, ecount, created, lastmod, archived, name_offs, name_json):
+    """The graph summaries of rows ``gidx`` as JSON objects, each followed by a comma:
+    ``{"graph_id","name","node_count","edge_count","created_at","last_modified","archived"}``
+    (the keys and values of ``Engine._summary_rows``).  ``name_json[name_offs[c]:name_offs[c + 1]]``
+    is the JSON text of name code ``c`` (-1: null).  Returns ``(out, ends, ok)``: row j
+    is ``out[ends[j - 1]:ends[j]]`` (comma included); ``ok`` is False when a time's year
+    falls outside 0..9999 (RFC 3339 cannot say it; the caller takes the general path)."""
+    m = gidx.shape[0]
+    size = 0
+    for j in range(m):
+        c = name[gidx[j]]
+        size += _SUM_FIXED + (name_offs[c + 1] - name_offs[c] if c >= 0 else 4)
+    out = np.empty(size, np.uint8)
+    ends = np.empty(m, np.int64)
+    memo = np.full(4, _NO_DAY, np.int64)
+    o = 0
+    for j in range(m):
+        g = gidx[j]
+        o = _put(out, o, _SUM_GID)
+        o = _put_uuid(out, o, key_words[g, 0], key_words[g, 1])
+        o = _put(out, o, _SUM_NAME)
+        c = name[g]
+        if c >= 0:
+            for k in range(name_offs[c], name_offs[c + 1]):
+                out[o] = name_json[k]
+                o += 1
+        else:
+            o = _put(out, o, _NULL)
+        o = _put(out, o, _SUM_NC)
+        o = _put_int(out, o, ncount[g])
+        o = _put(out, o, _SUM_EC)
+        o = _put_int(out, o, ecount[g])
+        o = _put(out, o, _SUM_CR)
+        o = _put_iso(out, o, created[g], memo)
+        if o < 0:
+            return out[:0], ends, False
+        o = _put(out, o, _SUM_LM)
+        o = _put_iso(out, o, lastmod[g], memo)
+        if o < 0:
+            return out[:0], ends, False
+        o = _put(out, o, _SUM_AR)
+        o = _put(out, o, _TRUE if archived[g] else _FALSE)
+        out[o] = 125  # '}'
+        out[o + 1] = 44  # ','
+        o += 2
+        ends[j] = o
+    return out[:o], ends, True

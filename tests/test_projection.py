@@ -1,5 +1,6 @@
 """Engine projections against the plain-Python reference, on hostile random streams."""
 import datetime as dt
+import json
 import random
 import uuid
 
@@ -207,6 +208,48 @@ def test_summary_rows_match_the_summary_table():
     assert len(gidx) >= 2
     assert eng._summary_rows(gidx) == _rows(eng._summary_table(gidx))
     assert eng._summary_rows(gidx[:0]) == []
+    assert _summary_json_rows(eng, gidx) == eng._summary_rows(gidx)
+    assert _summary_json_rows(eng, gidx[:0]) == []
+
+
+def _summary_json_rows(eng, gidx):
+    got = eng._summary_json(gidx)
+    assert got is not None
+    text, ends = got
+    assert len(ends) == len(gidx) and (not len(ends) or ends[-1] == len(text))
+    starts = [0, *ends[:-1].tolist()]
+    assert all(text[e - 1] == ord(",") for e in ends.tolist())
+    return [json.loads(text[a:e - 1].tobytes()) for a, e in zip(starts, ends.tolist())]
+
+
+def test_summary_json_is_the_summary_rows_for_any_name_and_time():
+    """The update message's compiled JSON rows say what the dict rows say: names with
+    quotes, backslashes, control characters, non-ASCII and none; times before 1970, with
+    and without microseconds; counts; archived.  A year JSON's RFC 3339 cannot hold gives
+    None (the caller's general path)."""
+    names = ['plain', 'q"uote', "back\\slash", "tab\tnew\nline\x01", "ünïcødé ✓ 🚀", "", None]
+    times = [0, -1, -86_400_000_001, 1_700_000_000_123_456, 1_700_000_000_000_000, 253_402_300_799_999_999]
+    rows, gs = [], []
+    for i, name in enumerate(names):
+        g = uuid.uuid4().bytes
+        gs.append(g)
+        rows.append(_ev(EventType.GraphCreated, g, times[i % len(times)], name=name))
+        for k in range(i):
+            rows.append(_ev(EventType.NodeAdded, g, times[(i + k) % len(times)], node_id=uuid.uuid4().bytes,
+                            x=0.0, y=0.0, z=0.0))
+    rows.append(_ev(EventType.GraphArchived, gs[2], 5))
+    eng = Engine()
+    eng.apply(rows_to_batch(rows))
+    gidx = eng._live_graphs()
+    assert len(gidx) == len(names)
+    want = eng._summary_rows(gidx)
+    assert [r["name"] for r in want] == names and any(r["archived"] for r in want)
+    assert _summary_json_rows(eng, gidx) == want
+    assert _summary_json_rows(eng, gidx[::-1]) == want[::-1]
+    late = uuid.uuid4().bytes  # year 10000: past what RFC 3339 text holds
+    eng.apply(rows_to_batch([_ev(EventType.GraphCreated, late, 253_402_300_800_000_000)]))
+    assert eng._summary_json(eng._live_graphs()) is None
+    assert eng._summary_json(gidx) is not None
 
 
 def test_capacity_grows_only_for_the_kinds_a_batch_can_add():

@@ -1,6 +1,7 @@
 """The NATS service against a real nats-server: ingest in every wire form, queries,
 dead letters, Arrow in and out, min_version, the micro service, results out."""
 import asyncio
+import datetime
 import functools
 import json
 import random
@@ -546,13 +547,17 @@ def test_updates_published(nats_server, service):
             body = msgspec.json.decode(m.data)
             if any(x["graph_id"] == g for x in body["graphs"]):
                 await nc.close()
-                return m, body
+                return m, body, g
         await nc.close()
         raise AssertionError("no update for the graph")
 
-    m, body = run(go())
-    assert body["version"] >= 1
+    m, body, g = run(go())
+    assert body["version"] >= 1 and body["events_total"] >= 1 and isinstance(body["deleted"], list)
     assert m.headers["Nats-Msg-Id"] == f"summary-{body['version']}"
+    when = datetime.datetime.fromtimestamp(T0 / 1000, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    row = next(x for x in body["graphs"] if x["graph_id"] == g)
+    assert row == {"graph_id": g, "name": "upd", "node_count": 0, "edge_count": 0, "created_at": when,
+                   "last_modified": when, "archived": False}
 
 
 def test_radius_reply_fast_json_equals_the_dict_encoding():
