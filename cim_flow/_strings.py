@@ -10,6 +10,8 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from kernels.hashing import span_groups
+
 from ._ids import filled_values
 
 
@@ -61,22 +63,22 @@ class StringPool:
         return lut[filled_values(arr.indices, len(dictionary))[0]]
 
     def _encode_spans(self, offs: np.ndarray, data: np.ndarray, present: np.ndarray) -> np.ndarray:
-        n = present.shape[0]
-        rows = np.flatnonzero(present)
-        if rows.size > 64:  # one dictionary_encode in Arrow beats a Python loop
-            return self.encode(utf8_array(offs, data, present))
-        out = np.full(n, -1, np.int32)
-        if rows.size:
-            raw = data.tobytes()
-            bounds = offs.tolist()
-            seen = self._by_bytes
-            for r in rows.tolist():
-                b = raw[bounds[r]:bounds[r + 1]]
-                c = seen.get(b)
-                if c is None:
-                    c = seen[b] = self.code(b.decode("utf-8"))
-                out[r] = c
-        return out
+        # rows grouped by their bytes in one compiled pass; Python sees each distinct value
+        # once (a 1,400-row batch's dictionary_encode in Arrow and a per-row loop for small
+        # ones were ~50 us a column)
+        if not present.any():
+            return np.full(present.shape[0], -1, np.int32)
+        first, rep = span_groups(offs, data, present)
+        seen = self._by_bytes
+        lut = np.empty(len(first) + 1, np.int32)
+        lut[-1] = -1  # absent rows (rep -1)
+        for k, r in enumerate(first.tolist()):
+            b = data[offs[r]:offs[r + 1]].tobytes()
+            c = seen.get(b)
+            if c is None:
+                c = seen[b] = self.code(b.decode("utf-8"))
+            lut[k] = c
+        return lut[rep]
 
     def decode(self, codes: np.ndarray) -> pa.Array:
         """utf8 array for int32 codes (-1 becomes null)."""

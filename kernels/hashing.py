@@ -51,3 +51,67 @@ def hash_spans(data, offsets):
     for i in range(n):
         span_hash(data, offsets[i], offsets[i + 1], out, i)
     return out
+
+
+@jit(nrt=False, llvm_inline=True)
+def _span_hash64(data, s, e):
+    h = _S1
+    j = s
+    while j + 8 <= e:
+        w = load_u64(data, j)
+        h = (h ^ w) * _P1
+        h ^= h >> _R
+        j += 8
+    w = np.uint64(0)
+    for k in range(e - 1, j - 1, -1):
+        w = (w << _B) | np.uint64(data[k])
+    return _mix((h ^ w) * _P1 ^ np.uint64(e - s))
+
+
+@jit
+def span_groups(offsets, data, present):
+    """Rows of equal bytes grouped: ``(first, rep)``.  ``first``: the row where each
+    distinct value ``data[offsets[r]:offsets[r + 1]]`` first appears, in that order;
+    ``rep[r]``: the position in ``first`` of row r's value, -1 where not ``present``.
+    (A string column of a batch holds a few distinct values in many rows: the caller
+    then looks up only those.)"""
+    n = present.shape[0]
+    cap = 8
+    while cap < 2 * n:
+        cap *= 2
+    mask = cap - 1
+    slot_row = np.full(cap, -1, np.int64)
+    slot_hash = np.empty(cap, np.uint64)
+    slot_pos = np.empty(cap, np.int64)
+    first = np.empty(n, np.int64)
+    rep = np.full(n, -1, np.int64)
+    nf = 0
+    for r in range(n):
+        if not present[r]:
+            continue
+        a = offsets[r]
+        b = offsets[r + 1]
+        h = _span_hash64(data, a, b)
+        i = np.int64(h & np.uint64(mask))
+        while True:
+            s = slot_row[i]
+            if s < 0:
+                slot_row[i] = r
+                slot_hash[i] = h
+                slot_pos[i] = nf
+                first[nf] = r
+                rep[r] = nf
+                nf += 1
+                break
+            if slot_hash[i] == h and offsets[s + 1] - offsets[s] == b - a:
+                sa = offsets[s]
+                same = True
+                for k in range(b - a):
+                    if data[sa + k] != data[a + k]:
+                        same = False
+                        break
+                if same:
+                    rep[r] = slot_pos[i]
+                    break
+            i = (i + 1) & mask
+    return first[:nf], rep

@@ -314,3 +314,28 @@ def test_string_pool_codes_dictionary_and_plain_columns_with_nulls_and_offsets()
     assert pool.encode(plain.slice(1, 5)).tolist() == want[1:6]
     assert np.array_equal(pool.encode(pa.nulls(3, pa.dictionary(pa.int32(), pa.utf8()))), [-1, -1, -1])
     assert pool.value(want[0]) == "a" and len(pool) == 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.sampled_from(["", "a", "ab", "node", "exactly8", "nine char", "x" * 40]),
+                          st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20)), max_size=80),
+       st.lists(st.text(max_size=5), max_size=5))
+def test_string_pool_codes_spans_as_a_dict_would(vals, known):
+    """The scanner's (offsets, bytes, present) columns: rows grouped by their bytes in a
+    compiled pass, then coded; the same codes a plain dict gives, -1 where absent, and
+    values first seen in row order get the next codes."""
+    import numpy as np
+
+    from cim_flow._strings import StringPool
+
+    pool = StringPool(known)
+    ref = {v: i for i, v in enumerate(dict.fromkeys(known))}
+    raw = [v.encode() if v is not None else b"" for v in vals]
+    offs = np.zeros(len(vals) + 1, np.int64)
+    np.cumsum([len(b) for b in raw], out=offs[1:])
+    present = np.array([v is not None for v in vals], bool)
+    for _ in range(2):  # the second time every value is known
+        got = pool.encode((offs, np.frombuffer(b"".join(raw), np.uint8), present))
+        want = [ref.setdefault(v, len(ref)) if v is not None else -1 for v in vals]
+        assert got.dtype == np.int32 and got.tolist() == want
+        assert [pool.value(c) for c in got.tolist()] == vals
