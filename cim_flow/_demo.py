@@ -109,8 +109,104 @@ def synthetic_batches(n_events: int, batch_size: int, seed: int = 0, *, max_grap
     applies; a graph stops growing at ``nodes_per_graph`` (its later adds become moves).
     Row order is event order; ``seq`` is left null.
     """
-    if n_events < 0 or batch_size < 1 or max_graphs < 1 or nodes_per_graph < 2:
-        raise ValueError("need n_events >= 0, batch_size >= 1, max_graphs >= 1, nodes_per_graph >= 2")
+    if batch_size < 1:
+        raise ValueError("need batch_size >= 1")
+    c = _synthetic_columns(n_events, seed, max_graphs, nodes_per_graph, t0_ms)
+    kind, g, gids, eids, t_us = c["kind"], c["g"], c["gids"], c["eids"], c["t_us"]
+    node_id, node_ok, edge_words, src, dst = c["node_id"], c["node_ok"], c["edge_words"], c["src"], c["dst"]
+    xyz, has_pos, edge_ok, weight, n_g = c["xyz"], c["has_pos"], c["edge_ok"], c["weight"], c["n_g"]
+    # graph names, then the node label "n": the name column is a take from these
+    vocab = pa.array([f"graph-{i + 1}" for i in range(max(n_g, 1))] + ["n"], pa.utf8())
+    name_at = np.where(kind == EventType.GraphCreated, g, np.where(kind == EventType.NodeAdded, max(n_g, 1), -1))
+    out = []
+    for a in range(0, n_events, batch_size):
+        s = slice(a, min(a + batch_size, n_events))
+        k = s.stop - s.start
+        e = edge_ok[s]
+        cols = [
+            pa.nulls(k, pa.uint64()),
+            words_to_fsb(eids[s]),
+            pa.array(kind[s], pa.int8()),
+            pa.array(t_us[s], pa.int64()).cast(EVENT_SCHEMA.field("occurred_at").type),
+            words_to_fsb(gids[g[s]]),
+            words_to_fsb(node_id[s], node_ok[s]),
+            words_to_fsb(edge_words[s], e),
+            words_to_fsb(src[s], e),
+            words_to_fsb(dst[s], e),
+            *(pa.array(xyz[s, c], mask=~has_pos[s]) for c in range(3)),
+            vocab.take(pa.array(name_at[s], mask=name_at[s] < 0)),
+            pa.nulls(k, EVENT_SCHEMA.field("node_type").type),
+            pa.nulls(k, EVENT_SCHEMA.field("edge_type").type),
+            pa.array(weight[s], mask=~e),
+            pa.nulls(k, pa.large_utf8()),
+            pa.nulls(k, UUID_TYPE),
+            pa.nulls(k, UUID_TYPE),
+        ]
+        out.append(pa.RecordBatch.from_arrays(cols, schema=EVENT_SCHEMA))
+    return out
+
+
+def synthetic_json(n_events: int, seed: int = 0, *, max_graphs: int = 200, nodes_per_graph: int = 2000,
+                   t0_ms: int | None = None) -> list[tuple[str, str, bytes]]:
+    """The events of :func:`synthetic_batches` (same arguments, same events) as
+    ``(subject, event_id, payload)``: one JSON event each, in the wire forms
+    :class:`SyntheticEvents` sends (GraphCreated and EdgeAdded internally tagged,
+    NodeAdded externally tagged with an ``{x, y, z}`` position, NodeMoved in the CIM
+    envelope with a ``[x, y, z]`` new_position).  Ids are written by a compiled pass
+    and each payload by one format string (~19 µs an event through SyntheticEvents)."""
+    from kernels import traverse as kt
+
+    c = _synthetic_columns(n_events, seed, max_graphs, nodes_per_graph, t0_ms)
+    kind, g, t_ms = c["kind"], c["g"], c["t_us"] // 1000
+
+    def texts(words, rows):  # canonical UUID text (bytes) of the rows' ids, one compiled pass
+        return kt.uuid_text_rows(np.ascontiguousarray(words[rows])).view("S36").tolist()
+
+    def pos(rows):
+        return (c["xyz"][rows, k].tolist() for k in range(3))
+
+    out: list = [None] * n_events
+    eid = texts(c["eids"], slice(None))
+    gid = texts(c["gids"], slice(None))
+
+    def put(rows, subject, payloads):
+        for i, p in zip(rows.tolist(), payloads):
+            out[i] = (subject, eid[i].decode(), p)
+
+    rows = np.flatnonzero(kind == EventType.NodeMoved)
+    x, y, z = pos(rows)
+    put(rows, "event.graph.node.moved", [
+        b'{"event_id":"%s","event_type":"NodeMoved","aggregate_id":"%s","timestamp":%d,'
+        b'"payload":{"node_id":"%s","new_position":[%r,%r,%r]}}' % a
+        for a in zip((eid[i] for i in rows.tolist()), (gid[j] for j in g[rows].tolist()), t_ms[rows].tolist(),
+                     texts(c["node_id"], rows), x, y, z)])
+    rows = np.flatnonzero(kind == EventType.NodeAdded)
+    x, y, z = pos(rows)
+    put(rows, "event.graph.node.created", [
+        b'{"NodeAdded":{"event_id":"%s","graph_id":"%s","node_id":"%s",'
+        b'"position":{"x":%r,"y":%r,"z":%r},"label":"n","occurred_at":%d}}' % a
+        for a in zip((eid[i] for i in rows.tolist()), (gid[j] for j in g[rows].tolist()),
+                     texts(c["node_id"], rows), x, y, z, t_ms[rows].tolist())])
+    rows = np.flatnonzero(kind == EventType.GraphCreated)
+    put(rows, "event.graph.graph.created", [
+        b'{"type":"GraphCreated","event_id":"%s","graph_id":"%s","name":"graph-%d","occurred_at":%d}' % a
+        for a in zip((eid[i] for i in rows.tolist()), (gid[j] for j in g[rows].tolist()),
+                     (g[rows] + 1).tolist(), t_ms[rows].tolist())])
+    rows = np.flatnonzero(kind == EventType.EdgeAdded)
+    put(rows, "event.graph.edge.created", [
+        b'{"type":"EdgeAdded","event_id":"%s","graph_id":"%s","edge_id":"%s","source":"%s","target":"%s",'
+        b'"weight":%r,"occurred_at":%d}' % a
+        for a in zip((eid[i] for i in rows.tolist()), (gid[j] for j in g[rows].tolist()),
+                     texts(c["edge_words"], rows), texts(c["src"], rows), texts(c["dst"], rows),
+                     c["weight"][rows].astype(np.float64).tolist(), t_ms[rows].tolist())])
+    return out
+
+
+def _synthetic_columns(n_events: int, seed: int, max_graphs: int, nodes_per_graph: int, t0_ms) -> dict:
+    """The columns both renderings of the synthetic traffic are drawn from (see
+    :func:`synthetic_batches`)."""
+    if n_events < 0 or max_graphs < 1 or nodes_per_graph < 2:
+        raise ValueError("need n_events >= 0, max_graphs >= 1, nodes_per_graph >= 2")
     rng = np.random.default_rng(seed)
     n_g = min(max_graphs, n_events)
     n = n_events - n_g
@@ -179,32 +275,6 @@ def synthetic_batches(n_events: int, batch_size: int, seed: int = 0, *, max_grap
     eids = _uuid_words(rng, n_events)
     edge_words = _uuid_words(rng, n_events)
     weight = rng.random(n_events).astype(np.float32)
-    # graph names, then the node label "n": the name column is a take from these
-    vocab = pa.array([f"graph-{i + 1}" for i in range(max(n_g, 1))] + ["n"], pa.utf8())
-    name_at = np.where(kind == EventType.GraphCreated, g, np.where(kind == EventType.NodeAdded, max(n_g, 1), -1))
-    out = []
-    for a in range(0, n_events, batch_size):
-        s = slice(a, min(a + batch_size, n_events))
-        k = s.stop - s.start
-        e = edge_ok[s]
-        cols = [
-            pa.nulls(k, pa.uint64()),
-            words_to_fsb(eids[s]),
-            pa.array(kind[s], pa.int8()),
-            pa.array(t_us[s], pa.int64()).cast(EVENT_SCHEMA.field("occurred_at").type),
-            words_to_fsb(gids[g[s]]),
-            words_to_fsb(node_id[s], node_ok[s]),
-            words_to_fsb(edge_words[s], e),
-            words_to_fsb(src[s], e),
-            words_to_fsb(dst[s], e),
-            *(pa.array(xyz[s, c], mask=~has_pos[s]) for c in range(3)),
-            vocab.take(pa.array(name_at[s], mask=name_at[s] < 0)),
-            pa.nulls(k, EVENT_SCHEMA.field("node_type").type),
-            pa.nulls(k, EVENT_SCHEMA.field("edge_type").type),
-            pa.array(weight[s], mask=~e),
-            pa.nulls(k, pa.large_utf8()),
-            pa.nulls(k, UUID_TYPE),
-            pa.nulls(k, UUID_TYPE),
-        ]
-        out.append(pa.RecordBatch.from_arrays(cols, schema=EVENT_SCHEMA))
-    return out
+    return dict(kind=kind, g=g, gids=gids, eids=eids, t_us=t_us, node_id=node_id, node_ok=node_ok,
+                edge_words=edge_words, src=src, dst=dst, xyz=xyz, has_pos=has_pos, edge_ok=edge_ok,
+                weight=weight, n_g=n_g)

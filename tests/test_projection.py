@@ -295,6 +295,27 @@ def test_synthetic_batches_apply_cleanly_and_match_the_reference():
     assert (kinds == EventType.EdgeAdded).sum() > 300 and (kinds == EventType.NodeMoved).sum() > 1500
 
 
+def test_synthetic_json_is_the_synthetic_batches_in_the_demo_wire_forms():
+    """The load generator's JSON traffic (formatted from the same columns) decodes to the
+    very events of synthetic_batches, in the four wire forms of SyntheticEvents."""
+    from cim_flow import decode_json
+    from cim_flow._demo import synthetic_batches, synthetic_json
+
+    kw = dict(seed=8, max_graphs=7, nodes_per_graph=40, t0_ms=1_700_000_000_000)
+    msgs = synthetic_json(3000, **kw)
+    want = pa.Table.from_batches(synthetic_batches(3000, 1000, **kw))
+    got, errors = decode_json([p for _, _, p in msgs])
+    assert errors == [] and got.num_rows == 3000
+    got = pa.Table.from_batches([got])
+    for col in ("event_id", "event_type", "occurred_at", "graph_id", "node_id", "edge_id", "source_id",
+                "target_id", "x", "y", "z", "name", "weight"):
+        assert got.column(col).to_pylist() == want.column(col).to_pylist(), col
+    assert [uuid.UUID(e).bytes for _, e, _ in msgs] == want.column("event_id").to_pylist()
+    forms = {s: p[:12] for s, _, p in msgs}
+    assert forms == {"event.graph.graph.created": b'{"type":"Gra', "event.graph.node.created": b'{"NodeAdded"',
+                     "event.graph.node.moved": b'{"event_id":', "event.graph.edge.created": b'{"type":"Edg'}
+
+
 def test_string_pool_codes_dictionary_and_plain_columns_with_nulls_and_offsets():
     """Codes read from the Arrow buffers: a sliced array (offset), nulls, int8 and int32
     dictionary indices and a plain string column give the same codes, -1 at nulls."""
