@@ -4,6 +4,7 @@ lookup, and the Python steps around one small batch.
     python asv_benchmarks/tools/apply_costs.py kinds [--nodes 1000000]
     python asv_benchmarks/tools/apply_costs.py intern [--keys 1048576]
     python asv_benchmarks/tools/apply_costs.py phases [--size 15]
+    python asv_benchmarks/tools/apply_costs.py summaries
 
 ``kinds``: an engine holding ``--nodes`` live nodes in 1,000 graphs takes 65,536-event
 batches of one kind (NodeAdded of new nodes, NodeMoved, EdgeAdded within a graph); the
@@ -12,6 +13,9 @@ inserted into, and 65,536 present keys looked up in, a table of ``--keys`` keys,
 the slots prefetched 16 keys ahead as the kernel does.  ``phases``: the demo's JSON
 traffic in ``--size``-event batches through the service's path (scanner columns straight
 to the engine); the median time of each step of ``Engine._apply_columns``.
+``summaries``: the graph summaries a batch's update message carries, for 15, 200 and
+1,000 graphs of an engine fed the demo traffic: the compiled JSON rows the service sends
+(``Engine._summary_json``) against dict rows encoded by msgspec (its general path).
 """
 import argparse
 import pathlib
@@ -166,14 +170,39 @@ def phases(size: int) -> None:
           + "; ".join(f"{k} {np.median(v[skip:]) * 1e6:.1f} us" for k, v in steps.items()))
 
 
+def summaries() -> None:
+    import timeit
+
+    import msgspec
+
+    from cim_flow._demo import synthetic_batches
+
+    eng = Engine()
+    for b in synthetic_batches(300_000, 20_000, 1, max_graphs=1000):
+        eng.apply(b)
+    enc = msgspec.json.Encoder()
+    for n in (15, 200, 1000):
+        gidx = np.arange(n, dtype=np.int64)
+        ways = {"compiled JSON rows": lambda: eng._summary_json(gidx),
+                "dict rows + msgspec": lambda: enc.encode(eng._summary_rows(gidx))}
+        got = {}
+        for name, fn in ways.items():
+            fn()
+            number = max(1, 20_000 // n)
+            got[name] = np.median(timeit.repeat(fn, number=number, repeat=7)) / number
+        print(f"{n:5d} graphs: " + "; ".join(f"{k} {v * 1e6:.1f} us" for k, v in got.items())
+              + f"; ratio {got['dict rows + msgspec'] / got['compiled JSON rows']:.1f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["kinds", "intern", "phases"])
+    ap.add_argument("what", choices=["kinds", "intern", "phases", "summaries"])
     ap.add_argument("--nodes", type=int, default=1_000_000)
     ap.add_argument("--keys", type=int, default=1 << 20)
     ap.add_argument("--size", type=int, default=15)
     a = ap.parse_args()
-    {"kinds": lambda: kinds(a.nodes), "intern": lambda: intern(a.keys), "phases": lambda: phases(a.size)}[a.what]()
+    {"kinds": lambda: kinds(a.nodes), "intern": lambda: intern(a.keys), "phases": lambda: phases(a.size),
+     "summaries": summaries}[a.what]()
 
 
 if __name__ == "__main__":
