@@ -13,14 +13,11 @@ _L = np.uint64(35)
 _B = np.uint64(8)
 
 
-@jit(nrt=False)
-def span_hash(data, s, e, out, r):
-    """Hash data[s:e] into out[r, :16] as a UUID version 8 (RFC 9562 custom).
-
-    Two independent 64-bit lanes, eight bytes a step (multiply, xor-rotate),
-    each finalised with a SplitMix64 mix and the length: the same bytes always
-    give the same id, and the id does not depend on where the bytes sit.
-    """
+@jit(nrt=False, llvm_inline=True)
+def _lanes(data, s, e):
+    """The two 64-bit lanes of data[s:e]: eight bytes a step (multiply, xor-rotate),
+    each finalised with a SplitMix64 mix and the length.  Inlined, a caller that uses
+    one lane has the other's work removed by the compiler."""
     h1 = _S1
     h2 = _S2
     j = s
@@ -34,8 +31,17 @@ def span_hash(data, s, e, out, r):
     w = np.uint64(0)
     for k in range(e - 1, j - 1, -1):
         w = (w << _B) | np.uint64(data[k])
-    h1 = _mix((h1 ^ w) * _P1 ^ np.uint64(e - s))
-    h2 = _mix((h2 ^ w ^ np.uint64(0xFF)) * _P2)
+    return _mix((h1 ^ w) * _P1 ^ np.uint64(e - s)), _mix((h2 ^ w ^ np.uint64(0xFF)) * _P2)
+
+
+@jit(nrt=False)
+def span_hash(data, s, e, out, r):
+    """Hash data[s:e] into out[r, :16] as a UUID version 8 (RFC 9562 custom).
+
+    Two independent 64-bit lanes (:func:`_lanes`): the same bytes always give the
+    same id, and the id does not depend on where the bytes sit.
+    """
+    h1, h2 = _lanes(data, s, e)
     for b in range(8):
         out[r, b] = np.uint8((h1 >> np.uint64(8 * b)) & np.uint64(0xFF))
         out[r, 8 + b] = np.uint8((h2 >> np.uint64(8 * b)) & np.uint64(0xFF))
@@ -51,21 +57,6 @@ def hash_spans(data, offsets):
     for i in range(n):
         span_hash(data, offsets[i], offsets[i + 1], out, i)
     return out
-
-
-@jit(nrt=False, llvm_inline=True)
-def _span_hash64(data, s, e):
-    h = _S1
-    j = s
-    while j + 8 <= e:
-        w = load_u64(data, j)
-        h = (h ^ w) * _P1
-        h ^= h >> _R
-        j += 8
-    w = np.uint64(0)
-    for k in range(e - 1, j - 1, -1):
-        w = (w << _B) | np.uint64(data[k])
-    return _mix((h ^ w) * _P1 ^ np.uint64(e - s))
 
 
 @jit
@@ -91,7 +82,7 @@ def span_groups(offsets, data, present):
             continue
         a = offsets[r]
         b = offsets[r + 1]
-        h = _span_hash64(data, a, b)
+        h = _lanes(data, a, b)[0]
         i = np.int64(h & np.uint64(mask))
         while True:
             s = slot_row[i]
