@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from kernels import arrowcols as karrow
 from kernels import intern as kintern
 from kernels import projection as kp
 
@@ -254,8 +255,19 @@ class EventColumns:
         )
 
 
+# EVENT_SCHEMA columns read by kernels.arrowcols.event_columns, in its slot order
+_SMALL_COLS = [EVENT_SCHEMA.get_field_index(name) for name in (
+    "seq", "event_type", "occurred_at", "graph_id", "node_id", "edge_id", "source_id", "target_id",
+    "x", "y", "z", "weight")]
+_NAME, _NTYPE, _ETYPE = (EVENT_SCHEMA.get_field_index(c) for c in ("name", "node_type", "edge_type"))
+_SMALL_ROWS = 6144  # up to here one compiled pass copies the columns (faster below ~6k rows); beyond, zero-copy views
+
+
 def events_of(batch: pa.RecordBatch) -> EventColumns:
-    """Kernel view of a normalised batch (ids are zero-copy views)."""
+    """Kernel view of a normalised batch: for a small one, its columns read from the
+    Arrow buffers in one compiled pass; for a big one, zero-copy views of the ids."""
+    if batch.num_rows <= _SMALL_ROWS:
+        return _events_of_small(batch)
     c = batch.column
     seq, seq_ok = _num(c("seq"), np.uint64, 0)
     t, t_ok = _num(c("occurred_at"), np.int64, 0)
@@ -268,6 +280,29 @@ def events_of(batch: pa.RecordBatch) -> EventColumns:
         ids=tuple(_ids(c(k)) for k in ("graph_id", "node_id", "edge_id", "source_id", "target_id")),
         x=x, y=y, z=z, pos_ok=_ro(x_ok & y_ok & z_ok), w=w, w_ok=w_ok,
         name=c("name"), ntype=c("node_type"), etype=c("edge_type"),
+    )
+
+
+def _events_of_small(batch: pa.RecordBatch) -> EventColumns:
+    cols = batch.columns  # one call (batch.column(k) makes a new wrapper each: ~2 us)
+    addr, off, nulls = [], [], []
+    for k in _SMALL_COLS:
+        arr = cols[k]
+        bufs = arr.buffers()
+        addr.append(bufs[0].address if bufs[0] is not None else 0)
+        addr.append(bufs[1].address if len(bufs) > 1 and bufs[1] is not None else 0)
+        off.append(arr.offset)
+        nulls.append(arr.null_count)
+    n = batch.num_rows
+    seq, seq_ok, kind, t, t_ok, ids, ids_ok, x, y, z, pos_ok, w, w_ok = karrow.event_columns(
+        n, np.array(addr, np.int64), np.array(off, np.int64), np.array(nulls, np.int64))
+    for a in (seq, seq_ok, kind, t, t_ok, ids, ids_ok, x, y, z, pos_ok, w, w_ok):
+        a.flags.writeable = False  # read-only as the zero-copy path's (one kernel type: see _ro)
+    return EventColumns(
+        n, seq=seq, seq_ok=seq_ok, kind=kind, t=t, t_ok=t_ok,
+        ids=tuple((ids[j], ids_ok[j]) for j in range(5)),
+        x=x, y=y, z=z, pos_ok=pos_ok, w=w, w_ok=w_ok,
+        name=cols[_NAME], ntype=cols[_NTYPE], etype=cols[_ETYPE],
     )
 
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from kernels.hashing import span_groups
 
-from ._ids import filled_values
+from ._ids import filled_values, validity
 
 
 class StringPool:
@@ -54,7 +54,17 @@ class StringPool:
         n = len(arr)
         if n == 0 or arr.null_count == n:
             return np.full(n, -1, np.int32)
-        if not pa.types.is_dictionary(arr.type):
+        typ = arr.type
+        if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+            # read from the buffers and grouped in one compiled pass (dictionary_encode
+            # cost ~25 us a column of a 15-row batch)
+            valid_buf, offs_buf, data_buf = arr.buffers()
+            odt = np.int32 if pa.types.is_string(typ) else np.int64
+            offs = np.frombuffer(offs_buf, odt, count=n + 1, offset=arr.offset * np.dtype(odt).itemsize)
+            data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+            present = validity(arr)
+            return self._encode_spans(offs.astype(np.int64), data, np.ones(n, np.bool_) if present is None else present)
+        if not pa.types.is_dictionary(typ):
             arr = arr.dictionary_encode()
         dictionary = arr.dictionary.to_pylist()
         lut = np.array([self.code(s) for s in dictionary] + [-1], np.int32)

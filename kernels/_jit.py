@@ -181,6 +181,20 @@ def _data_address(typingctx, arr):
     return types.int64(arr), codegen
 
 
+@intrinsic
+def u8_pointer(typingctx, addr):
+    """A ``uint8`` pointer to memory at the integer ``addr``, for ``numba.carray``: how a
+    kernel reads an Arrow buffer given its address (``pyarrow.Buffer.address``).  The
+    caller keeps the buffer alive and reads only within it."""
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+
+    return types.CPointer(types.uint8)(addr), codegen
+
+
 @jit(llvm_inline=True)
 def hugepages(a):
     """``a`` (a fresh array, not yet written), its pages asked for as transparent huge

@@ -316,6 +316,41 @@ def test_synthetic_json_is_the_synthetic_batches_in_the_demo_wire_forms():
                      "event.graph.node.moved": b'{"event_id":', "event.graph.edge.created": b'{"type":"Edg'}
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_small_batch_columns_read_in_one_pass_equal_the_arrow_views(seed, monkeypatch):
+    """A small batch's kernel columns come from one compiled read of the Arrow buffers,
+    a big one's from zero-copy views: for random rows (null times, ids and seqs, NaN and
+    missing positions), sliced batches (an offset into every buffer) and all-null
+    columns, both give the same columns."""
+    import numpy as np
+
+    import cim_flow._projection as pj
+
+    rng = random.Random(seed)
+    batch = rows_to_batch(random_rows(rng, 300, with_seq=seed % 2 == 0))
+    cases = [batch, batch.slice(rng.randrange(1, 50), rng.randrange(1, 200)), batch.slice(7, 0),
+             pj.normalize_batch(pa.RecordBatch.from_pydict({"event_type": pa.array([1, 10], pa.int8()),
+                                                            "graph_id": pa.array([bytes(16)] * 2, pa.binary(16))}))]
+    for b in cases:
+        small = pj._events_of_small(b)
+        monkeypatch.setattr(pj, "_SMALL_ROWS", -1)
+        big = pj.events_of(b)
+        monkeypatch.undo()
+        assert small.n == big.n == b.num_rows
+        for f in ("seq_ok", "kind", "t_ok", "pos_ok", "w_ok"):
+            assert np.array_equal(getattr(small, f), getattr(big, f)), f
+        for f, ok in (("seq", "seq_ok"), ("t", "t_ok")):
+            m = getattr(big, ok)
+            assert np.array_equal(getattr(small, f)[m], getattr(big, f)[m]), f
+        for f in ("x", "y", "z", "w"):
+            assert np.array_equal(getattr(small, f), getattr(big, f), equal_nan=True), f
+        for (sw, sv), (bw, bv) in zip(small.ids, big.ids):
+            assert np.array_equal(sv, bv) and np.array_equal(sw[sv], bw[bv])
+            assert sw.shape == bw.shape == (b.num_rows, 2) and sw.dtype == bw.dtype
+        for a in (small.seq, small.kind, small.t, small.x, small.w, *small.ids[0]):
+            assert not a.flags.writeable and a.flags.c_contiguous
+
+
 def test_string_pool_codes_dictionary_and_plain_columns_with_nulls_and_offsets():
     """Codes read from the Arrow buffers: a sliced array (offset), nulls, int8 and int32
     dictionary indices and a plain string column give the same codes, -1 at nulls."""
@@ -335,6 +370,14 @@ def test_string_pool_codes_dictionary_and_plain_columns_with_nulls_and_offsets()
     assert pool.encode(plain.slice(1, 5)).tolist() == want[1:6]
     assert np.array_equal(pool.encode(pa.nulls(3, pa.dictionary(pa.int32(), pa.utf8()))), [-1, -1, -1])
     assert pool.value(want[0]) == "a" and len(pool) == 4
+    # plain and large strings read from their buffers: empty, non-ASCII, sliced
+    more = ["", "ünï ✓", None, "a", "", "ünï ✓", "b"]
+    want = [pool.code(v) if v is not None else -1 for v in more]
+    for typ in (pa.utf8(), pa.large_utf8()):
+        arr = pa.array(["pad", *more], typ).slice(1)
+        assert pool.encode(arr).tolist() == want
+        assert pool.encode(arr.slice(2, 3)).tolist() == want[2:5]
+        assert pool.encode(pa.array(["", ""], typ)).tolist() == [pool.code("")] * 2
 
 
 @settings(max_examples=60, deadline=None)

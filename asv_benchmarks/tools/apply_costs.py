@@ -3,7 +3,7 @@ lookup, and the Python steps around one small batch.
 
     python asv_benchmarks/tools/apply_costs.py kinds [--nodes 1000000]
     python asv_benchmarks/tools/apply_costs.py intern [--keys 1048576]
-    python asv_benchmarks/tools/apply_costs.py phases [--size 15]
+    python asv_benchmarks/tools/apply_costs.py phases [--size 15] [--arrow]
     python asv_benchmarks/tools/apply_costs.py summaries
 
 ``kinds``: an engine holding ``--nodes`` live nodes in 1,000 graphs takes 65,536-event
@@ -12,7 +12,8 @@ kernel's time per event, median of 5 fresh engines.  ``intern``: 65,536 new keys
 inserted into, and 65,536 present keys looked up in, a table of ``--keys`` keys, with
 the slots prefetched 16 keys ahead as the kernel does.  ``phases``: the demo's JSON
 traffic in ``--size``-event batches through the service's path (scanner columns straight
-to the engine); the median time of each step of ``Engine._apply_columns``.
+to the engine); the median time of each step of ``Engine._apply_columns``; with
+``--arrow``, record batches of the same traffic through ``Engine.apply``.
 ``summaries``: the graph summaries a batch's update message carries, for 15, 200 and
 1,000 graphs of an engine fed the demo traffic: the compiled JSON rows the service sends
 (``Engine._summary_json``) against dict rows encoded by msgspec (its general path).
@@ -135,38 +136,49 @@ def intern(n_keys: int) -> None:
           f"lookup {np.median(look) / BATCH * 1e9:.0f} ns a key")
 
 
-def phases(size: int) -> None:
+def phases(size: int, arrow: bool = False) -> None:
+    import cim_flow._projection as pj
     from cim_flow import decode_json
     from cim_flow._decode import decode_spans_columns
-    from cim_flow._demo import SyntheticEvents
+    from cim_flow._demo import SyntheticEvents, synthetic_batches
     from cim_flow._projection import EventColumns, Projection
 
-    gen = SyntheticEvents(1, max_graphs=200, nodes_per_graph=2000)
-    payloads = [gen.next()[2] for _ in range(40_000)]
     eng = Engine()
-    eng.apply(decode_json(payloads[:1000])[0])
-    cols = []
-    for a in range(1000, len(payloads) - size, size):
-        part = payloads[a:a + size]
-        ends = np.cumsum([len(p) for p in part])
-        cols.append(decode_spans_columns(b"".join(part), ends - [len(p) for p in part], ends)[0])
+    if arrow:  # Engine.apply of small record batches (an embedding program's way)
+        items = synthetic_batches(40_000, size, 1, max_graphs=200, nodes_per_graph=2000)
+        eng.apply(items[0])
+        items = items[1:]
+        run = eng.apply
+    else:  # the service's way: scanner columns straight to the engine
+        gen = SyntheticEvents(1, max_graphs=200, nodes_per_graph=2000)
+        payloads = [gen.next()[2] for _ in range(40_000)]
+        eng.apply(decode_json(payloads[:1000])[0])
+        items = []
+        for a in range(1000, len(payloads) - size, size):
+            part = payloads[a:a + size]
+            ends = np.cumsum([len(p) for p in part])
+            items.append(decode_spans_columns(b"".join(part), ends - [len(p) for p in part], ends)[0])
+        run = eng._apply_columns
     steps = {"string coding (EventColumns.events)": [], "reserve": [], "kernel call": [],
-             "index upkeep (_reindex)": [], "whole _apply_columns": []}
+             "index upkeep (_reindex)": []}
+    targets = [(EventColumns, "events"), (Projection, "reserve"), (kp, "apply_events"), (Engine, "_reindex")]
+    if arrow:
+        steps = {"columns from Arrow (events_of)": [], **steps}
+        targets = [(pj, "events_of")] + targets
+    whole = "whole Engine.apply" if arrow else "whole _apply_columns"
+    steps[whole] = []
     names = list(steps)
-    originals = [(EventColumns, "events", _timed(EventColumns, "events", steps[names[0]])),
-                 (Projection, "reserve", _timed(Projection, "reserve", steps[names[1]])),
-                 (kp, "apply_events", _timed(kp, "apply_events", steps[names[2]])),
-                 (Engine, "_reindex", _timed(Engine, "_reindex", steps[names[3]]))]
+    originals = [(obj, name, _timed(obj, name, steps[names[k]])) for k, (obj, name) in enumerate(targets)]
     try:
-        for c in cols:
+        for c in items:
             t = time.perf_counter()
-            eng._apply_columns(c)
-            steps[names[4]].append(time.perf_counter() - t)
+            run(c)
+            steps[whole].append(time.perf_counter() - t)
     finally:
         for obj, name, fn in originals:
             setattr(obj, name, fn)
-    skip = len(cols) // 4  # after the engine's arrays stopped growing
-    print(f"{size}-event JSON batches, median of {len(cols) - skip:,}: "
+    skip = len(items) // 4  # after the engine's arrays stopped growing
+    print(f"{size}-event {'Arrow' if arrow else 'JSON'} batches, median of {len(items) - skip:,}: "
           + "; ".join(f"{k} {np.median(v[skip:]) * 1e6:.1f} us" for k, v in steps.items()))
 
 
@@ -200,8 +212,9 @@ def main():
     ap.add_argument("--nodes", type=int, default=1_000_000)
     ap.add_argument("--keys", type=int, default=1 << 20)
     ap.add_argument("--size", type=int, default=15)
+    ap.add_argument("--arrow", action="store_true", help="phases: Engine.apply of record batches")
     a = ap.parse_args()
-    {"kinds": lambda: kinds(a.nodes), "intern": lambda: intern(a.keys), "phases": lambda: phases(a.size),
+    {"kinds": lambda: kinds(a.nodes), "intern": lambda: intern(a.keys), "phases": lambda: phases(a.size, a.arrow),
      "summaries": summaries}[a.what]()
 
 
