@@ -411,7 +411,8 @@ class Projection:
             self.N = self.N._replace(dlist=np.empty(need + need // 4, np.int32))
         status = np.empty(n, np.int8)
         seq = np.empty(n, np.uint64)
-        self.version = int(kp.apply_events(self.G, self.N, self.E, ev, np.uint64(self.version), status, seq))
+        self.version = int(kp.apply_events_tuples(tuple(self.G), tuple(self.N), tuple(self.E), tuple(ev),
+                                                  np.uint64(self.version), status, seq))
         counts = np.bincount(np.minimum(status, 2), minlength=3)
         res = ApplyResult(int(counts[0]), int(counts[2]), int(counts[1]), self.version, status, seq)
         G, N = self.G, self.N

@@ -161,7 +161,8 @@ def phases(size: int, arrow: bool = False) -> None:
         run = eng._apply_columns
     steps = {"string coding (EventColumns.events)": [], "reserve": [], "kernel call": [],
              "index upkeep (_reindex)": []}
-    targets = [(EventColumns, "events"), (Projection, "reserve"), (kp, "apply_events"), (Engine, "_reindex")]
+    targets = [(EventColumns, "events"), (Projection, "reserve"),
+               (kp, "apply_events_tuples" if hasattr(kp, "apply_events_tuples") else "apply_events"), (Engine, "_reindex")]
     if arrow:
         steps = {"columns from Arrow (events_of)": [], **steps}
         targets = [(pj, "events_of")] + targets
