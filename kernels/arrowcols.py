@@ -39,72 +39,47 @@ def _bytes(addr, off, k, n, width):
     return numba.carray(u8_pointer(addr[2 * k + 1]), (off[k] + n) * width)
 
 
+@jit(llvm_inline=True)
+def _copy(vals, o, ok, out):
+    """out[i] = vals[o + i] where ok[i] (the rest keep their fill); nothing without values."""
+    if vals.shape[0] < o + out.shape[0]:
+        return  # no values buffer (every row null)
+    for i in range(out.shape[0]):
+        if ok[i]:
+            out[i] = vals[o + i]
+
+
 @jit
 def event_columns(n, addr, off, nulls):
     """``(seq, seq_ok, kind, t, t_ok, ids (5, n, 2) uint64, ids_ok (5, n), x, y, z, pos_ok,
     w, w_ok)`` of an EVENT_SCHEMA batch of ``n`` rows: nulls filled with 0 (seq, time,
     kind, ids) or NaN (x, y, z, weight)."""
     seq_ok = np.empty(n, np.bool_)
-    _valid(addr, off, nulls, SEQ, n, seq_ok)
-    seq = np.zeros(n, np.uint64)
-    b = _bytes(addr, off, SEQ, n, 8)
-    if b.size:
-        v = b.view(np.uint64)
-        for i in range(n):
-            if seq_ok[i]:
-                seq[i] = v[off[SEQ] + i]
     kind_ok = np.empty(n, np.bool_)
-    _valid(addr, off, nulls, KIND, n, kind_ok)
-    kind = np.zeros(n, np.int8)
-    b = _bytes(addr, off, KIND, n, 1)
-    if b.size:
-        v8 = b.view(np.int8)
-        for i in range(n):
-            if kind_ok[i]:
-                kind[i] = v8[off[KIND] + i]
     t_ok = np.empty(n, np.bool_)
-    _valid(addr, off, nulls, TIME, n, t_ok)
+    w_ok = np.empty(n, np.bool_)
+    seq = np.zeros(n, np.uint64)
+    kind = np.zeros(n, np.int8)
     t = np.zeros(n, np.int64)
-    b = _bytes(addr, off, TIME, n, 8)
-    if b.size:
-        vt = b.view(np.int64)
-        for i in range(n):
-            if t_ok[i]:
-                t[i] = vt[off[TIME] + i]
-    ids = np.zeros((5, n, 2), np.uint64)
-    ids_ok = np.empty((5, n), np.bool_)
-    for c in range(5):
-        k = GID + c
-        _valid(addr, off, nulls, k, n, ids_ok[c])
-        b = _bytes(addr, off, k, n, 16)
-        if b.size:
-            w = b.view(np.uint64)
-            o = off[k]
-            for i in range(n):
-                if ids_ok[c, i]:
-                    ids[c, i, 0] = w[2 * (o + i)]
-                    ids[c, i, 1] = w[2 * (o + i) + 1]
+    wt = np.full(n, np.nan, np.float32)
+    _valid(addr, off, nulls, SEQ, n, seq_ok)
+    _valid(addr, off, nulls, KIND, n, kind_ok)
+    _valid(addr, off, nulls, TIME, n, t_ok)
+    _valid(addr, off, nulls, W, n, w_ok)
+    _copy(_bytes(addr, off, SEQ, n, 8).view(np.uint64), off[SEQ], seq_ok, seq)
+    _copy(_bytes(addr, off, KIND, n, 1).view(np.int8), off[KIND], kind_ok, kind)
+    _copy(_bytes(addr, off, TIME, n, 8).view(np.int64), off[TIME], t_ok, t)
+    _copy(_bytes(addr, off, W, n, 4).view(np.float32), off[W], w_ok, wt)
     xyz = np.full((3, n), np.nan)
     pos_ok = np.ones(n, np.bool_)
     ok = np.empty(n, np.bool_)
     for c in range(3):
-        k = X + c
-        _valid(addr, off, nulls, k, n, ok)
-        b = _bytes(addr, off, k, n, 8)
-        if b.size:
-            vf = b.view(np.float64)
-            for i in range(n):
-                if ok[i]:
-                    xyz[c, i] = vf[off[k] + i]
-        for i in range(n):
-            pos_ok[i] = pos_ok[i] and ok[i]
-    w_ok = np.empty(n, np.bool_)
-    _valid(addr, off, nulls, W, n, w_ok)
-    wt = np.full(n, np.nan, np.float32)
-    b = _bytes(addr, off, W, n, 4)
-    if b.size:
-        vw = b.view(np.float32)
-        for i in range(n):
-            if w_ok[i]:
-                wt[i] = vw[off[W] + i]
+        _valid(addr, off, nulls, X + c, n, ok)
+        _copy(_bytes(addr, off, X + c, n, 8).view(np.float64), off[X + c], ok, xyz[c])
+        pos_ok &= ok
+    ids = np.zeros((5, n, 2), np.uint64)
+    ids_ok = np.empty((5, n), np.bool_)
+    for c in range(5):
+        _valid(addr, off, nulls, GID + c, n, ids_ok[c])
+        _copy(_bytes(addr, off, GID + c, n, 16).view(np.uint64).reshape(-1, 2), off[GID + c], ids_ok[c], ids[c])
     return seq, seq_ok, kind, t, t_ok, ids, ids_ok, xyz[0], xyz[1], xyz[2], pos_ok, wt, w_ok
