@@ -187,6 +187,10 @@ def node_rows_json(node_keys, node_graph, graph_keys, nodes):
     m = nodes.shape[0]
     out = np.empty(m * ROW_LEN, np.uint8)
     for j in range(m):
+        if j + _GATHER_AHEAD < m:  # nodes in no memory order (see _gather_row)
+            a = nodes[j + _GATHER_AHEAD]
+            prefetch(node_keys, a)
+            prefetch(node_graph, a)
         n = nodes[j]
         g = node_graph[n]
         o = _put(out, j * ROW_LEN, _ROW_A)
