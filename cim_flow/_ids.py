@@ -65,6 +65,17 @@ def validity(arr: pa.Array) -> np.ndarray | None:
     return np.unpackbits(bits, bitorder="little", count=arr.offset + n)[arr.offset:].astype(np.bool_)
 
 
+def string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, data)`` of a utf8 or large_utf8 array read from its buffers (no copy):
+    row i is ``data[offsets[i]:offsets[i + 1]]``; offsets int32 or int64 as the type's."""
+    n = len(arr)
+    _, offs_buf, data_buf = arr.buffers()
+    odt = np.dtype(np.int64 if pa.types.is_large_string(arr.type) else np.int32)
+    offs = np.frombuffer(offs_buf, odt, count=n + 1, offset=arr.offset * odt.itemsize)
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    return offs, data
+
+
 def filled_values(arr: pa.Array, fill) -> tuple[np.ndarray, np.ndarray | None]:
     """``(values, validity)`` of a fixed-width numeric array read from its buffers: the
     values in the array's own dtype (timestamps as int64) with ``fill`` at nulls, and

@@ -11,6 +11,8 @@ import uuid
 import numpy as np
 import pyarrow as pa
 
+from ._ids import string_buffers
+
 _HEX = np.full(256, 255, np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):
     _HEX[_c] = _i
@@ -34,9 +36,7 @@ def parse_uuid_strings(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarra
         arr = arr.cast(pa.utf8())
     valid = np.ones(n, bool) if arr.null_count == 0 else arr.is_valid().to_numpy(zero_copy_only=False)
     bad = np.zeros(n, bool)
-    offs = np.frombuffer(arr.buffers()[1], np.int32, count=n + 1, offset=arr.offset * 4)
-    data = arr.buffers()[2]
-    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    offs, data = string_buffers(arr)
     lens = np.diff(offs)
     canon = valid & (lens == 36)
     idx = np.flatnonzero(canon)

@@ -617,9 +617,8 @@ class Service:
             self._wake_full()
 
     def _wake_full(self) -> None:
-        f = self._full_waiter
-        if f is not None and not f.done():
-            f.set_result(None)
+        if self._full_waiter is not None:
+            _resolve(self._full_waiter)
 
     def _take_pending(self) -> _wire.Block | None:
         items, self._pending, self._pending_n = self._pending, [], 0
