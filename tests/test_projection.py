@@ -351,6 +351,30 @@ def test_small_batch_columns_read_in_one_pass_equal_the_arrow_views(seed, monkey
             assert not a.flags.writeable and a.flags.c_contiguous
 
 
+@pytest.mark.parametrize("typ", [pa.utf8(), pa.large_utf8()])
+def test_uuid_text_id_columns_apply_as_the_binary_ones(typ):
+    """Id columns given as UUID text (either string type, sliced, with nulls) are parsed
+    from the string buffers: the projection equals the reference's over the same events;
+    bad text names its column and row."""
+    rows = random_rows(random.Random(4), 400)
+    ids = ("graph_id", "node_id", "edge_id", "source_id", "target_id")
+    binary = rows_to_batch(rows)
+    text = pa.RecordBatch.from_arrays(
+        [pa.array([None if v is None else str(uuid.UUID(bytes=v)) for v in binary.column(f).to_pylist()], typ)
+         if f in ids else binary.column(f) for f in binary.schema.names], names=binary.schema.names)
+    eng, ref = Engine(), RefProjection()
+    eng.apply(text.slice(0, 150))  # offsets into the string buffers
+    eng.apply(text.slice(150))
+    ref.apply(rows)
+    check_same(eng, ref)
+    bad = text.column("node_id").to_pylist()
+    row = next(i for i, v in enumerate(bad) if v is not None)
+    bad[row] = "not-a-uuid"
+    broken = text.set_column(text.schema.get_field_index("node_id"), "node_id", pa.array(bad, typ))
+    with pytest.raises(ValueError, match=rf"column 'node_id': row {row} is not a UUID"):
+        Engine().apply(broken)
+
+
 def test_string_pool_codes_dictionary_and_plain_columns_with_nulls_and_offsets():
     """Codes read from the Arrow buffers: a sliced array (offset), nulls, int8 and int32
     dictionary indices and a plain string column give the same codes, -1 at nulls."""

@@ -923,3 +923,49 @@ def test_big_arrow_messages_and_a_consumer_cut_off(tmp_path, pull_max_bytes, cut
         if rs is not None:
             rs.stop()
         srv.stop()
+
+
+def test_a_batch_closes_at_batch_size_or_batch_timeout(tmp_path):
+    """batch_size 50, batch_timeout 2 s (adaptive batching off), core NATS: 50 events are
+    applied at once, in one batch, well before the timeout; 10 events wait in the open
+    batch (nothing applied after 0.8 s) and are applied together when the timeout ends."""
+    from cim_flow._config import Config
+    from cim_flow._natsserver import NatsServer
+    from cim_flow.service import Service
+    from conftest import RunningService
+
+    srv = NatsServer(port=0, jetstream=False).start()  # its own: no stream captures these events
+    cfg = Config.from_dict({"event_processing": {"batch_size": 50, "batch_timeout": "2s",
+                                                 "enable_adaptive_batching": False}})
+    svc = Service(cfg, nats_url=srv.url, data_dir=str(tmp_path / "svc"), jetstream=False, status_interval=0)
+    rs = RunningService(svc).start()
+    url = srv.url
+
+    def events(n):
+        g = str(uuid.uuid4())
+        return [json.dumps({"type": "GraphCreated", "graph_id": g, "occurred_at": T0}).encode()] + [
+            json.dumps({"type": "NodeAdded", "graph_id": g, "node_id": str(uuid.uuid4()),
+                        "position": [i, 0, 0], "occurred_at": T0}).encode() for i in range(n - 1)]
+
+    async def publish(payloads):
+        nc = await nats.connect(url)
+        for p in payloads:
+            await nc.publish("event.graph.any", p)
+        await nc.flush()
+        await nc.close()
+
+    try:
+        t0 = time.monotonic()
+        run(publish(events(50)))
+        s = request(url, "query.graph.stats", {"min_version": 50, "timeout_ms": 10_000})
+        full = time.monotonic() - t0
+        assert s["events_applied"] == 50 and s["batches"] == 1
+        assert full < 1.5, f"a full batch waited {full:.2f} s"
+        run(publish(events(10)))
+        time.sleep(0.8)
+        assert request(url, "query.graph.stats")["events_applied"] == 50  # still open
+        s = request(url, "query.graph.stats", {"min_version": 60, "timeout_ms": 10_000})
+        assert s["events_applied"] == 60 and s["batches"] == 2
+    finally:
+        rs.stop()
+        srv.stop()
