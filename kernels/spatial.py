@@ -564,20 +564,50 @@ def _count_run(pts, grp, a, b, cx, cy, cz, r2, gsel):
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _fill_run(pts, idx, grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w, cap):
     """Hits of points a..b written from out_*[w]; from ``cap`` on they are only counted
-    (a query's share of the keep buffer: see _keep_q; other callers have room for all)."""
+    (a query's share of the keep buffer: see _keep_q; other callers have room for all).
+
+    Branch-free: every tested point is written at slot ``w`` (below ``cap``) and ``w``
+    moves on only for a hit, so a miss is overwritten by the next write.  About half the
+    points of a cube around a sphere are hits, so an ``if hit`` branch mispredicts often;
+    the unconditional store does not.  Slots from the caller's ``w`` up to ``cap`` must be
+    the caller's to scribble on (``cap`` is the end of its share, never another query's)."""
+    if gsel == -1:
+        for q in range(a, b):
+            dx = pts[q, 0] - cx
+            dy = pts[q, 1] - cy
+            dz = pts[q, 2] - cz
+            d2 = dx * dx + dy * dy + dz * dz
+            if w < cap:
+                out_i[w] = idx[q]
+                out_d[w] = d2
+            w += d2 <= r2
+        return w
     for q in range(a, b):
-        if gsel != -1 and grp[q] != gsel:
-            continue
         dx = pts[q, 0] - cx
         dy = pts[q, 1] - cy
         dz = pts[q, 2] - cz
         d2 = dx * dx + dy * dy + dz * dz
-        if d2 <= r2:
-            if w < cap:
-                out_i[w] = idx[q]
-                out_d[w] = d2
-            w += 1
+        if w < cap:
+            out_i[w] = idx[q]
+            out_d[w] = d2
+        w += (d2 <= r2) & (grp[q] == gsel)
     return w
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _copy_run(pts, idx, a, b, cx, cy, cz, out_i, out_d, w, cap):
+    """Points a..b all inside the sphere (whole cells, none stale): written from
+    out_*[w] without a test, a straight copy the compiler vectorises; as in _fill_run,
+    from ``cap`` on they are only counted."""
+    n = min(b - a, cap - w)
+    for t in range(n):
+        q = a + t
+        dx = pts[q, 0] - cx
+        dy = pts[q, 1] - cy
+        dz = pts[q, 2] - cz
+        out_i[w + t] = idx[q]
+        out_d[w + t] = dx * dx + dy * dy + dz * dz
+    return w + (b - a)
 
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
@@ -623,20 +653,44 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w, cap):
         return w
     h = g.h[0]
     o = g.origin
-    # Counting adds whole cells inside the sphere without testing their points.  A cell
+    # Counting adds whole cells inside the sphere without testing their points, and a
+    # fill copies them (_copy_run).  A cell
     # counts as inside when the box widened by `marg` is inside the sphere of radius
     # r - marg: `marg` dwarfs every rounding here (cell assignment, the bounds below, the
     # float distance brute force computes), so each such point passes `d2 <= r2`.
-    inner = dense and mode == 0 and gsel == -1 and r > 3.0 * h
+    inner = dense and gsel == -1 and r > 3.0 * h
     marg = 1e-10 * (abs(cx) + abs(cy) + abs(cz) + r + h + abs(o[0]) + abs(o[1]) + abs(o[2]))
     ri = r - marg
     ri2 = ri * ri
+    ro = r + marg
+    ro2 = ro * ro
     inv_h = 1.0 / h
+    zall0 = z0
+    zall1 = z1
     for ix in range(x0, x1 + 1):
         fx = 0.0
         if inner:
             fx = max(abs(cx - (o[0] + ix * h - marg)), abs(o[0] + (ix + 1) * h + marg - cx))
+        # nearest x distance from the centre to the column (0 for the edge cells, which also
+        # hold the points beyond the grid's bounds)
+        nx = 0.0
+        if 0 < ix < g.lim[0]:
+            nx = max(0.0, o[0] + ix * h - cx, cx - (o[0] + (ix + 1) * h)) - marg
+            nx = max(nx, 0.0)
         for iy in range(y0, y1 + 1):
+            # Only the cells of the column the sphere reaches: its z-extent over the
+            # column's nearest point, widened by `marg` (so no hit is left out however the
+            # bounds round).  The cube's corner columns hold half its volume.
+            ny = 0.0
+            if 0 < iy < g.lim[1]:
+                ny = max(0.0, o[1] + iy * h - cy, cy - (o[1] + (iy + 1) * h)) - marg
+                ny = max(ny, 0.0)
+            nxy = nx * nx + ny * ny
+            if nxy > ro2:
+                continue
+            tz = np.sqrt(ro2 - nxy) + marg
+            z0 = max(zall0, _cell(cz - tz, o[2], inv_h, g.lim[2]))
+            z1 = min(zall1, _cell(cz + tz, o[2], inv_h, g.lim[2]))
             if dense:
                 a, b = _col(g, ix, iy, z0, z1)
                 if a == b:
@@ -650,15 +704,19 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w, cap):
                         za = max(int(np.ceil((cz - t - o[2] + marg) * inv_h)), z0, 1)
                         zb = min(int(np.floor((cz + t - o[2] - marg) * inv_h)) - 1, z1, g.lim[2] - 1)
                         stale = _stale_in(g, ix, iy, za, zb) if za <= zb else -1
-                        if stale >= 0:
+                        # a fill copies whole cells only when none of their entries is stale
+                        if stale == 0 or (stale > 0 and mode == 0):
                             a, b = _col(g, ix, iy, za, zb)
-                            w += b - a - stale
+                            if mode == 0:
+                                w += b - a - stale
+                            else:
+                                w = _copy_run(g.pts, g.idx, a, b, cx, cy, cz, out_i, out_d, w, cap)
                             if za > z0:
                                 a, b = _col(g, ix, iy, z0, za - 1)
-                                w += _count_run(g.pts, g.grp, a, b, cx, cy, cz, r2, gsel)
+                                w = _run(g, a, b, cx, cy, cz, r2, gsel, mode, out_i, out_d, w, cap)
                             if zb < z1:
                                 a, b = _col(g, ix, iy, zb + 1, z1)
-                                w += _count_run(g.pts, g.grp, a, b, cx, cy, cz, r2, gsel)
+                                w = _run(g, a, b, cx, cy, cz, r2, gsel, mode, out_i, out_d, w, cap)
                             continue
             if not dense:  # (dense: a, b are still the whole column's, from the top)
                 a, b = _col(g, ix, iy, z0, z1)
@@ -704,7 +762,7 @@ def _sort_range(out_i, out_d, a, w):
 @jit(fastmath=EXACT_MATH)
 def _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j):
     a = offsets[j]
-    cap = out_i.shape[0]
+    cap = offsets[j + 1]  # the end of query j's rows: _fill_run writes misses too
     w = a
     for gi in range(2):
         g = main if gi == 0 else delta

@@ -327,6 +327,17 @@ def test_counts_by_whole_cells_match_point_tests():
         assert eng.nodes_within(centers[:8], r, count_only=True).tolist() == want[:8].tolist()  # serial
         t = eng.nodes_within(centers, r)
         assert np.bincount(t.column("query").to_numpy(), minlength=len(centers)).tolist() == want.tolist()
+        _assert_same_sets(t, tree.query_ball_point(centers, r), nids)  # whole cells copied by the fill
+
+
+def _assert_same_sets(table, want_lists, nids):
+    """Each query's node ids in ``table`` are exactly the brute-force (cKDTree) set."""
+    q = table.column("query").to_numpy()
+    got = table.column("node_id").to_pylist()
+    for j, want in enumerate(want_lists):
+        have = [got[t] for t in np.flatnonzero(q == j)]
+        assert len(have) == len(set(have)), f"query {j}: a node twice"
+        assert set(have) == {nids[i] for i in want}, f"query {j}"
 
 
 def test_sparse_points_use_the_hashed_grid():
@@ -541,6 +552,7 @@ def test_whole_cell_counts_with_a_saturated_stale_count():
     for r in (4.0, 6.0, 9.5):
         want = tree.query_ball_point(centers, r, return_length=True)
         assert eng.nodes_within(centers, r, count_only=True).tolist() == want.tolist()
+        _assert_same_sets(eng.nodes_within(centers, r), tree.query_ball_point(centers, r), nids)
 
 
 def _random_changes(rng, nids, cur, g, t, moves, step):
