@@ -141,7 +141,11 @@ def _reason_of(exc: Exception, payload: bytes = b"") -> str:
     segs = _SEGMENT.findall(m.group(1))
     while segs and segs[-1] in ("id",) and len(segs) > 1:
         segs.pop()
-    field = segs[-1] if segs else "?"
+    if not segs:  # the value under an external tag, e.g. {"NodeAdded": 5}
+        if "Expected `object`" in msg:
+            return "event fields must be a JSON object"
+        return f"invalid event: {msg.split(' - at ')[0]}"
+    field = segs[-1]
     if field in _POS_FIELDS:
         return "position must be 3 finite numbers"
     if field in _ID_FIELDS:

@@ -141,6 +141,8 @@ ERRORS = [
     (b"[1, 2]", "payload must be a JSON object"),
     (enc({"type": "Foo", "graph_id": str(G)}), "unknown event type 'Foo'"),
     (enc({"Foo": {"graph_id": str(G)}}), "unknown event type 'Foo'"),
+    (enc({"NodeAdded": 5}), "event fields must be a JSON object"),
+    (enc({"NodeAdded": [str(G)]}), "event fields must be a JSON object"),
     (enc({"graph_id": str(G)}), "event type missing"),
     (enc({"type": "NodeAdded", "node_id": str(N)}), "graph_id missing"),
     (enc({"type": "NodeAdded", "graph_id": str(G), "node_id": "not-a-uuid"}), "bad UUID in node_id"),
