@@ -375,6 +375,37 @@ def test_uuid_text_id_columns_apply_as_the_binary_ones(typ):
         Engine().apply(broken)
 
 
+@pytest.mark.parametrize("form", ["name", "alias", "dictionary"])
+def test_event_type_names_apply_as_the_codes(form):
+    """An event_type column of names (as other tools write Parquet) applies as the int8
+    codes; an unknown name is a ValueError naming the row and the name."""
+    from cim_flow._schema import EVENT_ALIASES
+
+    known = {int(e) for e in EventType}
+    rows = [r for r in random_rows(random.Random(5), 300) if int(r["event_type"]) in known]  # names exist
+    binary = rows_to_batch(rows)
+    alias_of = {}
+    for name, code in EVENT_ALIASES.items():
+        alias_of.setdefault(int(code), []).append(name)
+    codes = binary.column("event_type").to_pylist()
+    if form == "alias":  # the last alias of each code (snake or dotted forms, EdgeConnected ...)
+        names = [alias_of[c][-1] for c in codes]
+    else:
+        names = [EventType(c).name for c in codes]
+    col = pa.array(names)
+    if form == "dictionary":
+        col = col.dictionary_encode()
+    named = binary.set_column(binary.schema.get_field_index("event_type"), "event_type", col)
+    eng, ref = Engine(), RefProjection()
+    eng.apply(named)
+    ref.apply(rows)
+    check_same(eng, ref)
+    names[7] = "NodeTeleported"
+    broken = binary.set_column(binary.schema.get_field_index("event_type"), "event_type", pa.array(names))
+    with pytest.raises(ValueError, match="column 'event_type': row 7 has unknown event type 'NodeTeleported'"):
+        Engine().apply(broken)
+
+
 def test_string_pool_codes_dictionary_and_plain_columns_with_nulls_and_offsets():
     """Codes read from the Arrow buffers: a sliced array (offset), nulls, int8 and int32
     dictionary indices and a plain string column give the same codes, -1 at nulls."""
