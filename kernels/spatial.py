@@ -571,17 +571,7 @@ def _fill_run(pts, idx, grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w, cap):
     points of a cube around a sphere are hits, so an ``if hit`` branch mispredicts often;
     the unconditional store does not.  Slots from the caller's ``w`` up to ``cap`` must be
     the caller's to scribble on (``cap`` is the end of its share, never another query's)."""
-    if gsel == -1:
-        for q in range(a, b):
-            dx = pts[q, 0] - cx
-            dy = pts[q, 1] - cy
-            dz = pts[q, 2] - cz
-            d2 = dx * dx + dy * dy + dz * dz
-            if w < cap:
-                out_i[w] = idx[q]
-                out_d[w] = d2
-            w += d2 <= r2
-        return w
+    anyg = gsel == -1  # loop-invariant: the compiler makes two loops of this one
     for q in range(a, b):
         dx = pts[q, 0] - cx
         dy = pts[q, 1] - cy
@@ -590,7 +580,7 @@ def _fill_run(pts, idx, grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w, cap):
         if w < cap:
             out_i[w] = idx[q]
             out_d[w] = d2
-        w += (d2 <= r2) & (grp[q] == gsel)
+        w += (d2 <= r2) & (anyg or grp[q] == gsel)
     return w
 
 
