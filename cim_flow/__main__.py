@@ -1,4 +1,4 @@
-"""Command line: ``python -m cim_flow serve | loadgen``.
+"""Command line: ``python -m cim_flow serve | loadgen | query | snapshot | replay``.
 
 Every flag falls back to a ``CIM_FLOW_*`` environment variable
 (``--nats-url`` -> ``CIM_FLOW_NATS_URL``, ``--demo-rate`` -> ``CIM_FLOW_DEMO_RATE`` ...).
@@ -128,39 +128,93 @@ def _run(coro):
         return asyncio.run(coro)
 
 
-def cmd_snapshot(args) -> int:
-    import json
-
+def _request(url: str, subject: str, payload: bytes, timeout: float) -> bytes:
+    """One request/reply on a fresh connection; the reply's bytes.  Raises nats-py's
+    NoServers/NoResponders/Timeout errors or OSError (see :func:`_request_failure`)."""
     import nats
 
     errors = []
 
     async def go():
-        async def keep(exc):  # reported below, once, not as nats-py's traceback per attempt
+        async def keep(exc):  # reported by the caller, once, not as nats-py's traceback per attempt
             errors.append(exc)
 
         try:  # nats-py retries a first connection for ever: give it 5 s
-            nc = await asyncio.wait_for(nats.connect(args.nats_url, error_cb=keep), 5)
+            nc = await asyncio.wait_for(nats.connect(url, error_cb=keep), 5)
         except asyncio.TimeoutError:
             raise OSError(f"cannot connect ({type(errors[-1]).__name__}: {errors[-1]})" if errors
                           else "cannot connect") from None
         try:
-            msg = await nc.request("cmd.cim_flow.snapshot", b"{}", timeout=args.timeout)
+            msg = await nc.request(subject, payload, timeout=timeout)
         finally:
             await nc.close()
-        return json.loads(msg.data)
+        return msg.data
 
+    return _run(go())
+
+
+def _request_failure(exc, timeout: float) -> str | None:
+    """Why a :func:`_request` failed, in words; None for an exception it does not expect."""
     import nats.errors
 
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return "no cim_flow service is serving there"
+    if isinstance(exc, nats.errors.TimeoutError):
+        return f"no reply within {timeout:g} s"
+    if isinstance(exc, (nats.errors.NoServersError, OSError)):
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def cmd_snapshot(args) -> int:
+    import json
+
     try:
-        reply = _run(go())
-    except (nats.errors.NoServersError, nats.errors.NoRespondersError, nats.errors.TimeoutError, OSError) as exc:
-        why = {nats.errors.NoRespondersError: "no cim_flow service is serving there",
-               nats.errors.TimeoutError: f"no reply within {args.timeout:g} s"}.get(type(exc), f"{type(exc).__name__}: {exc}")
+        reply = json.loads(_request(args.nats_url, "cmd.cim_flow.snapshot", b"{}", args.timeout))
+    except Exception as exc:
+        why = _request_failure(exc, args.timeout)
+        if why is None:
+            raise
         print(f"cim_flow snapshot: {args.nats_url}: {why}", file=sys.stderr)
         return 1
     print(json.dumps(reply))
     return 1 if "error" in reply else 0
+
+
+QUERY_KINDS = ("stats", "summary", "graphs", "nodes_in_radius", "knn", "nodes_in_box")
+
+
+def cmd_query(args) -> int:
+    """One query to a running service, its JSON reply on stdout (exit 1 for an error reply)."""
+    import json
+
+    if "." not in args.kind and args.kind not in QUERY_KINDS:
+        print(f"cim_flow query: unknown query {args.kind!r}: one of {', '.join(QUERY_KINDS)}, or a whole subject",
+              file=sys.stderr)
+        return 2
+    subject = args.kind if "." in args.kind else f"query.graph.{args.kind}"
+    text = sys.stdin.read() if args.request == "-" else args.request
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        print(f"cim_flow query: the request is not JSON ({exc}): {text!r}", file=sys.stderr)
+        return 2
+    try:
+        data = _request(args.nats_url, subject, text.encode(), args.timeout)
+    except Exception as exc:
+        why = _request_failure(exc, args.timeout)
+        if why is None:
+            raise
+        print(f"cim_flow query: {args.nats_url} {subject}: {why}", file=sys.stderr)
+        return 1
+    try:
+        reply = json.loads(data)
+    except ValueError:  # not a cim_flow reply: show it as it came
+        sys.stdout.write(data.decode("utf-8", "replace") + "\n")
+        return 0
+    pretty = args.pretty if args.pretty is not None else sys.stdout.isatty()
+    print(json.dumps(reply, indent=2 if pretty else None))
+    return 1 if isinstance(reply, dict) and "error" in reply else 0
 
 
 def cmd_replay(args) -> int:
@@ -209,6 +263,23 @@ def main(argv=None) -> int:
     p = sub.add_parser("snapshot", help="ask a running service to write a snapshot now")
     p.add_argument("--nats-url", default=_env("nats_url", "nats://127.0.0.1:4222"))
     p.add_argument("--timeout", type=float, default=60.0)
+    p = sub.add_parser(
+        "query", help="send one query to a running service and print its JSON reply",
+        description="Send one query to a running service and print its JSON reply (exit status 1 when "
+                    "the reply is an error).  Examples:\n"
+                    "  python -m cim_flow query stats\n"
+                    "  python -m cim_flow query graphs '{\"top_by_node_count\": 5}'\n"
+                    "  python -m cim_flow query nodes_in_radius '{\"center\": [0, 0, 0], \"radius\": 5}'\n"
+                    "  python -m cim_flow query '$SRV.INFO.cim_flow'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", help=f"one of {', '.join(QUERY_KINDS)} (subject query.graph.KIND), or a whole "
+                                "subject with a dot in it")
+    p.add_argument("request", nargs="?", default="{}", help="the JSON request ('-': read it from stdin) [{}]")
+    p.add_argument("--nats-url", default=_env("nats_url", "nats://127.0.0.1:4222"),
+                   help="[CIM_FLOW_NATS_URL, nats://127.0.0.1:4222]")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply [10]")
+    p.add_argument("--pretty", action=argparse.BooleanOptionalAction, default=None,
+                   help="indent the reply [on a terminal]")
     p = sub.add_parser("replay", help="rebuild projections from the JetStream stream into a snapshot (offline)")
     p.add_argument("--nats-url", default=_env("nats_url", "nats://127.0.0.1:4222"))
     p.add_argument("--from-seq", type=int, default=1, help="first stream sequence to apply [1]")
@@ -220,6 +291,8 @@ def main(argv=None) -> int:
         return cmd_serve(args)
     if args.cmd == "snapshot":
         return cmd_snapshot(args)
+    if args.cmd == "query":
+        return cmd_query(args)
     if args.cmd == "replay":
         return cmd_replay(args)
     if args.cmd == "loadgen":

@@ -230,6 +230,35 @@ def test_publisher_and_query_client_examples(nats_server, service):
     assert out["summary"]["node_count"] == out["top"]["graphs"][0]["node_count"]
 
 
+def test_query_command_prints_the_services_reply(nats_server, service):
+    """`python -m cim_flow query KIND [JSON]` against a running service: the reply as JSON on
+    stdout (exit 0), an error reply exits 1, a request that is not JSON or an unknown kind
+    exits 2 before sending, and a whole subject ($SRV.PING.cim_flow) works too."""
+    pub = runpy.run_path(str(ROOT / "examples" / "publish_events.py"))
+    seq = pub["main"](["--nats-url", nats_server.url, "--events", "300"])
+
+    def cli(*args, stdin=None):
+        return subprocess.run([sys.executable, "-m", "cim_flow", "query", *args, "--nats-url", nats_server.url],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT, input=stdin)
+
+    r = cli("stats", json.dumps({"min_version": seq, "timeout_ms": 30000}))
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)
+    assert stats["version"] >= seq and stats["nodes"] == service.engine.totals()["nodes"] > 0
+    r = cli("graphs", "-", stdin='{"top_by_node_count": 1}')
+    top = json.loads(r.stdout)["graphs"][0]
+    r = cli("summary", json.dumps({"graph_id": top["graph_id"]}), "--pretty")
+    assert r.returncode == 0 and "\n  " in r.stdout and json.loads(r.stdout)["node_count"] == top["node_count"]
+    r = cli("knn", '{"center": [0, 0, 0], "k": 0}')
+    assert r.returncode == 1 and json.loads(r.stdout)["error"]["code"] == "bad_request"
+    r = cli("stats", "{not json")
+    assert r.returncode == 2 and "not JSON" in r.stderr
+    r = cli("nope")
+    assert r.returncode == 2 and "unknown query 'nope'" in r.stderr
+    r = cli("$SRV.PING.cim_flow")
+    assert r.returncode == 0 and json.loads(r.stdout)["name"] == "cim_flow"
+
+
 def test_loadgen_against_running_service(nats_server, service, tmp_path):
     report, plot = tmp_path / "r.json", tmp_path / "p.html"
     proc = subprocess.run([sys.executable, "-m", "cim_flow", "loadgen", "--nats-url", nats_server.url,
