@@ -60,9 +60,17 @@ def _batches_of(data) -> Iterable[pa.RecordBatch]:
         return data.to_batches()
     if isinstance(data, (list, tuple)) and all(isinstance(b, pa.RecordBatch) for b in data):
         return list(data)
+    if isinstance(data, pa.RecordBatchReader):
+        return data  # read batch by batch: a file bigger than memory streams through
+    # any other Arrow producer (polars and pandas frames, DuckDB results, ...), through
+    # the Arrow PyCapsule interface
+    if hasattr(data, "__arrow_c_stream__"):
+        return pa.RecordBatchReader.from_stream(data)
+    if hasattr(data, "__arrow_c_array__"):
+        return [pa.record_batch(data)]
     raise TypeError(
-        "apply() takes a pyarrow RecordBatch or Table in cim_flow.EVENT_SCHEMA "
-        f"(or what decode_json returns), got {type(data).__name__}"
+        "apply() takes a pyarrow RecordBatch, Table or RecordBatchReader in cim_flow.EVENT_SCHEMA, "
+        f"an object with the Arrow PyCapsule interface, or what decode_json returns; got {type(data).__name__}"
     )
 
 
@@ -99,7 +107,9 @@ class Engine:
         return self._p.version
 
     def apply(self, data) -> ApplyResult:
-        """Apply a RecordBatch / Table in ``EVENT_SCHEMA`` (or ``decode_json``'s output).
+        """Apply a RecordBatch / Table / RecordBatchReader in ``EVENT_SCHEMA`` (or
+        ``decode_json``'s output, or any Arrow producer with ``__arrow_c_stream__``, such
+        as a polars or pandas frame; missing nullable columns are nulls).
 
         Rows are applied in order; rows without ``seq`` get ``version + 1, ...``.
         """

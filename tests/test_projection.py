@@ -406,6 +406,39 @@ def test_event_type_names_apply_as_the_codes(form):
         Engine().apply(broken)
 
 
+def test_readers_and_arrow_pycapsule_producers_apply_like_the_table():
+    """A RecordBatchReader (read batch by batch) and any object exposing the Arrow
+    PyCapsule stream or array interface (as polars and pandas frames do) apply like
+    the table itself; anything else is a TypeError that says what is taken."""
+    rows = random_rows(random.Random(6), 400)
+    table = pa.Table.from_batches([rows_to_batch(rows[:150]), rows_to_batch(rows[150:])])
+
+    class Producer:  # a foreign library's frame: only the protocol, no pyarrow type
+        def __init__(self, obj):
+            self._obj = obj
+
+        def __arrow_c_stream__(self, requested_schema=None):
+            return self._obj.__arrow_c_stream__(requested_schema)
+
+    class ArrayProducer:  # one batch, through the array interface only
+        def __init__(self, obj):
+            self._obj = obj
+
+        def __arrow_c_array__(self, requested_schema=None):
+            return self._obj.__arrow_c_array__(requested_schema)
+
+    ref = RefProjection()
+    ref.apply(rows)
+    for data in (pa.RecordBatchReader.from_batches(table.schema, table.to_batches()), Producer(table),
+                 ArrayProducer(table.combine_chunks().to_batches()[0])):
+        eng = Engine()
+        res = eng.apply(data)
+        assert res.applied + res.ignored + res.skipped == len(rows)
+        check_same(eng, ref)
+    with pytest.raises(TypeError, match="PyCapsule"):
+        Engine().apply({"event_type": [1]})
+
+
 def test_string_pool_codes_dictionary_and_plain_columns_with_nulls_and_offsets():
     """Codes read from the Arrow buffers: a sliced array (offset), nulls, int8 and int32
     dictionary indices and a plain string column give the same codes, -1 at nulls."""
