@@ -73,10 +73,22 @@ class StringPool:
         # rows grouped by their bytes in one compiled pass; Python sees each distinct value
         # once (a 1,400-row batch's dictionary_encode in Arrow and a per-row loop for small
         # ones were ~50 us a column)
-        if not present.any():
-            return np.full(present.shape[0], -1, np.int32)
-        first, rep = span_groups(offs, data, present)
         seen = self._by_bytes
+        n = present.shape[0]
+        if n <= _FEW_ROWS:  # a handful of rows (a 1-event batch): their bytes looked up directly,
+            # cheaper than the compiled grouping's call and its two returned arrays
+            out = np.full(n, -1, np.int32)
+            for r in range(n):
+                if present[r]:
+                    b = data[offs[r]:offs[r + 1]].tobytes()
+                    c = seen.get(b)
+                    if c is None:
+                        c = seen[b] = self.code(b.decode("utf-8"))
+                    out[r] = c
+            return out
+        if not present.any():
+            return np.full(n, -1, np.int32)
+        first, rep = span_groups(offs, data, present)
         lut = np.empty(len(first) + 1, np.int32)
         lut[-1] = -1  # absent rows (rep -1)
         for k, r in enumerate(first.tolist()):
@@ -129,6 +141,7 @@ class StringPool:
 
 
 _JSON = msgspec.json.Encoder()
+_FEW_ROWS = 4  # up to this many rows a column is coded row by row (see _encode_spans)
 
 
 def utf8_array(offsets: np.ndarray, data: np.ndarray, valid: np.ndarray, typ=pa.large_utf8()) -> pa.Array:

@@ -468,6 +468,32 @@ def test_string_pool_codes_dictionary_and_plain_columns_with_nulls_and_offsets()
         assert pool.encode(pa.array(["", ""], typ)).tolist() == [pool.code("")] * 2
 
 
+def test_few_row_string_coding_equals_the_grouped_path(monkeypatch):
+    """Columns of up to _FEW_ROWS rows are coded row by row, longer ones by the compiled
+    grouping: on the same inputs and pools both give the same codes."""
+    import numpy as np
+
+    import cim_flow._strings as S
+
+    rng = random.Random(9)
+    words = [None, "", "a", "é", "node", "nine char", "x" * 40]
+    cases = [[rng.choice(words) for _ in range(n)] for n in range(1, 7) for _ in range(30)]
+
+    def code_all(few):
+        monkeypatch.setattr(S, "_FEW_ROWS", few)
+        pool = S.StringPool(["a"])
+        out = []
+        for vals in cases:
+            raw = [v.encode() if v is not None else b"" for v in vals]
+            offs = np.zeros(len(vals) + 1, np.int64)
+            np.cumsum([len(b) for b in raw], out=offs[1:])
+            present = np.array([v is not None for v in vals], bool)
+            out.append(pool.encode((offs, np.frombuffer(b"".join(raw), np.uint8), present)).tolist())
+        return out, pool.values()
+
+    assert code_all(S._FEW_ROWS) == code_all(0)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.one_of(st.none(), st.sampled_from(["", "a", "ab", "node", "exactly8", "nine char", "x" * 40]),
                           st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20)), max_size=80),
