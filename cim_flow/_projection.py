@@ -6,7 +6,6 @@ Queries live in :mod:`cim_flow.engine`.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -269,9 +268,10 @@ class EventColumns:
 
     def with_seq(self, seq: np.ndarray) -> "EventColumns":
         """The same events at the given (uint64) sequences."""
-        c = copy.copy(self)
-        c.seq, c.seq_ok = _ro(np.asarray(seq, np.uint64)), _ro(np.ones(self.n, np.bool_))
-        return c
+        # (the constructor, not copy.copy: with __slots__ that goes through __reduce_ex__, ~5 us)
+        return EventColumns(self.n, _ro(np.asarray(seq, np.uint64)), _ro(np.ones(self.n, np.bool_)), self.kind,
+                            self.t, self.t_ok, self.ids, self.x, self.y, self.z, self.pos_ok, self.w, self.w_ok,
+                            self.name, self.ntype, self.etype)
 
     def events(self, strings: StringPool, types: StringPool) -> kp.Events:
         (gid, gid_ok), (nid, nid_ok), (eid, eid_ok), (sid, sid_ok), (tid, tid_ok) = self.ids

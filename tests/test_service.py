@@ -560,6 +560,25 @@ def test_updates_published(nats_server, service):
                    "last_modified": when, "archived": False}
 
 
+@pytest.mark.parametrize("size,adds", [(65536, 3000), (4096, 3000), (4096, 100)])
+def test_latency_window_recent_quantile_is_the_sorted_value(size, adds):
+    """The adaptive batching's p99 over the last 2,048 latencies: the nearest value at or
+    below the 99% rank, whether the window is partly filled or wraps the ring's end;
+    close to the interpolated percentile the stats report."""
+    from cim_flow.service import LatencyWindow
+
+    rng = np.random.default_rng(size + adds)
+    w, every = LatencyWindow(size), []
+    for _ in range(adds):
+        v = rng.exponential(size=int(rng.integers(1, 8)))
+        w.add(v)
+        every.extend(v)
+    last = np.sort(np.array(every[-min(2048, size):]))
+    assert w.recent_quantile(0.99, 2048) == last[int(0.99 * (len(last) - 1))]
+    assert w.recent_quantile(0.99, 2048) == pytest.approx(w.percentiles((99,), last=2048)[0], rel=0.05)
+    assert LatencyWindow(16).recent_quantile(0.99, 2048) == 0.0
+
+
 def test_radius_reply_fast_json_equals_the_dict_encoding():
     """Replies without distances are assembled from fixed-width rows; decoded, they equal
     the general (dict) encoding of the same answer."""
