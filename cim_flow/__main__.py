@@ -42,6 +42,12 @@ def _serve_parser(sub):
                    help="demo events per second [CIM_FLOW_DEMO_RATE, 5000]")
     p.add_argument("--status-interval", type=float, default=_env("status_interval", 5.0, float),
                    help="seconds between status lines; 0 for none [5]")
+    _auth_args(p)
+    return p
+
+
+def _auth_args(p) -> None:
+    """The NATS credentials flags, shared by every command that connects."""
     p.add_argument("--user", default=_env("user"), help="NATS user [CIM_FLOW_USER]")
     p.add_argument("--password", default=_env("password"), help="NATS password [CIM_FLOW_PASSWORD]")
     p.add_argument("--token", default=_env("token"), help="NATS token [CIM_FLOW_TOKEN]")
@@ -49,7 +55,6 @@ def _serve_parser(sub):
     p.add_argument("--tls-ca", default=_env("tls_ca"), help="CA file for TLS [CIM_FLOW_TLS_CA]")
     p.add_argument("--tls-cert", default=_env("tls_cert"), help="client certificate [CIM_FLOW_TLS_CERT]")
     p.add_argument("--tls-key", default=_env("tls_key"), help="client key [CIM_FLOW_TLS_KEY]")
-    return p
 
 
 def _connect_options(args, cfg) -> dict:
@@ -128,8 +133,9 @@ def _run(coro):
         return asyncio.run(coro)
 
 
-def _request(url: str, subject: str, payload: bytes, timeout: float) -> bytes:
-    """One request/reply on a fresh connection; the reply's bytes.  Raises nats-py's
+def _request(url: str, subject: str, payload: bytes, timeout: float, options: dict | None = None) -> bytes:
+    """One request/reply on a fresh connection (``options``: nats-py connect options,
+    from :func:`_connect_options`); the reply's bytes.  Raises nats-py's
     NoServers/NoResponders/Timeout errors or OSError (see :func:`_request_failure`)."""
     import nats
 
@@ -140,7 +146,7 @@ def _request(url: str, subject: str, payload: bytes, timeout: float) -> bytes:
             errors.append(exc)
 
         try:  # nats-py retries a first connection for ever: give it 5 s
-            nc = await asyncio.wait_for(nats.connect(url, error_cb=keep), 5)
+            nc = await asyncio.wait_for(nats.connect(url, error_cb=keep, **(options or {})), 5)
         except asyncio.TimeoutError:
             raise OSError(f"cannot connect ({type(errors[-1]).__name__}: {errors[-1]})" if errors
                           else "cannot connect") from None
@@ -151,6 +157,16 @@ def _request(url: str, subject: str, payload: bytes, timeout: float) -> bytes:
         return msg.data
 
     return _run(go())
+
+
+def _tool_options(args) -> dict:
+    """Connect options for the one-request commands: the credentials flags (no config
+    file here, so nats-py's defaults for the rest)."""
+    from ._config import Config
+
+    opts = _connect_options(args, Config())
+    opts.pop("connect_timeout", None)  # the request's own 5 s bound applies
+    return opts
 
 
 def _request_failure(exc, timeout: float) -> str | None:
@@ -170,7 +186,7 @@ def cmd_snapshot(args) -> int:
     import json
 
     try:
-        reply = json.loads(_request(args.nats_url, "cmd.cim_flow.snapshot", b"{}", args.timeout))
+        reply = json.loads(_request(args.nats_url, "cmd.cim_flow.snapshot", b"{}", args.timeout, _tool_options(args)))
     except Exception as exc:
         why = _request_failure(exc, args.timeout)
         if why is None:
@@ -200,7 +216,7 @@ def cmd_query(args) -> int:
         print(f"cim_flow query: the request is not JSON ({exc}): {text!r}", file=sys.stderr)
         return 2
     try:
-        data = _request(args.nats_url, subject, text.encode(), args.timeout)
+        data = _request(args.nats_url, subject, text.encode(), args.timeout, _tool_options(args))
     except Exception as exc:
         why = _request_failure(exc, args.timeout)
         if why is None:
@@ -237,7 +253,8 @@ def cmd_replay(args) -> int:
     eng._advance_to(max(0, args.from_seq - 1))
     with tempfile.TemporaryDirectory() as tmp:
         svc = Service(cfg, nats_url=args.nats_url, data_dir=tmp, engine=eng, status_interval=0,
-                      queries=False, snapshots=False, out=sys.stderr)
+                      queries=False, snapshots=False, out=sys.stderr,
+                      connect_options=_connect_options(args, cfg))
 
         async def go():
             await svc.start()
@@ -263,6 +280,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("snapshot", help="ask a running service to write a snapshot now")
     p.add_argument("--nats-url", default=_env("nats_url", "nats://127.0.0.1:4222"))
     p.add_argument("--timeout", type=float, default=60.0)
+    _auth_args(p)
     p = sub.add_parser(
         "query", help="send one query to a running service and print its JSON reply",
         description="Send one query to a running service and print its JSON reply (exit status 1 when "
@@ -280,12 +298,14 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply [10]")
     p.add_argument("--pretty", action=argparse.BooleanOptionalAction, default=None,
                    help="indent the reply [on a terminal]")
+    _auth_args(p)
     p = sub.add_parser("replay", help="rebuild projections from the JetStream stream into a snapshot (offline)")
     p.add_argument("--nats-url", default=_env("nats_url", "nats://127.0.0.1:4222"))
     p.add_argument("--from-seq", type=int, default=1, help="first stream sequence to apply [1]")
     p.add_argument("--to", default=None, help="snapshot file to write [DATA_DIR/snapshots/snapshot-<version>.arrow]")
     p.add_argument("--data-dir", default=_env("data_dir", ".cim_flow"))
     p.add_argument("--config", default=_env("config"))
+    _auth_args(p)
     args = ap.parse_args(argv)
     if args.cmd == "serve":
         return cmd_serve(args)

@@ -10,6 +10,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -41,6 +42,12 @@ def _serve_and_check(tmp_path, server_url, client_url, flags, seed, env=None):
         _check(client_url, _reference(payloads), N_EVENTS)
         stats = request(client_url, "query.graph.stats")
         assert stats["connected"] is True and stats["events_dead_lettered"] == 0
+        # the one-request commands take the same credentials flags (and environment)
+        e = dict(os.environ, **(env or {}))
+        r = subprocess.run([sys.executable, "-m", "cim_flow", "query", "stats", "--nats-url", server_url, *flags],
+                           capture_output=True, text=True, timeout=60, env=e)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["version"] == stats["version"]
     finally:
         _stop(proc)
     assert proc.returncode == 0
