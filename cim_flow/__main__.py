@@ -197,15 +197,20 @@ def cmd_snapshot(args) -> int:
     return 1 if "error" in reply else 0
 
 
-QUERY_KINDS = ("stats", "summary", "graphs", "nodes_in_radius", "knn", "nodes_in_box")
+def _query_kinds() -> tuple[str, ...]:
+    """The service's query endpoints (``query.graph.<kind>``)."""
+    from ._queries import HANDLERS
+
+    return tuple(HANDLERS)
 
 
 def cmd_query(args) -> int:
     """One query to a running service, its JSON reply on stdout (exit 1 for an error reply)."""
     import json
 
-    if "." not in args.kind and args.kind not in QUERY_KINDS:
-        print(f"cim_flow query: unknown query {args.kind!r}: one of {', '.join(QUERY_KINDS)}, or a whole subject",
+    kinds = _query_kinds()
+    if "." not in args.kind and args.kind not in kinds:
+        print(f"cim_flow query: unknown query {args.kind!r}: one of {', '.join(kinds)}, or a whole subject",
               file=sys.stderr)
         return 2
     subject = args.kind if "." in args.kind else f"query.graph.{args.kind}"
@@ -290,8 +295,8 @@ def main(argv=None) -> int:
                     "  python -m cim_flow query nodes_in_radius '{\"center\": [0, 0, 0], \"radius\": 5}'\n"
                     "  python -m cim_flow query '$SRV.INFO.cim_flow'",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", help=f"one of {', '.join(QUERY_KINDS)} (subject query.graph.KIND), or a whole "
-                                "subject with a dot in it")
+    p.add_argument("kind", help=f"one of {', '.join(_query_kinds())} (subject query.graph.KIND), or a "
+                                "whole subject with a dot in it")
     p.add_argument("request", nargs="?", default="{}", help="the JSON request ('-': read it from stdin) [{}]")
     p.add_argument("--nats-url", default=_env("nats_url", "nats://127.0.0.1:4222"),
                    help="[CIM_FLOW_NATS_URL, nats://127.0.0.1:4222]")
