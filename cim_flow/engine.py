@@ -65,6 +65,9 @@ def _batches_of(data) -> Iterable[pa.RecordBatch]:
     # any other Arrow producer (polars and pandas frames, DuckDB results, ...), through
     # the Arrow PyCapsule interface
     if hasattr(data, "__arrow_c_stream__"):
+        if not hasattr(pa.RecordBatchReader, "from_stream"):  # pyarrow < 15
+            raise TypeError(f"apply() of a {type(data).__name__} (an Arrow stream producer) needs pyarrow >= 15; "
+                            "pass pa.table(...) of it instead")
         return pa.RecordBatchReader.from_stream(data)
     if hasattr(data, "__arrow_c_array__"):
         return [pa.record_batch(data)]
