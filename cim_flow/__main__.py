@@ -136,7 +136,7 @@ def _run(coro):
 def _request(url: str, subject: str, payload: bytes, timeout: float, options: dict | None = None) -> bytes:
     """One request/reply on a fresh connection (``options``: nats-py connect options,
     from :func:`_connect_options`); the reply's bytes.  Raises nats-py's
-    NoServers/NoResponders/Timeout errors or OSError (see :func:`_request_failure`)."""
+    NoServers/NoResponders/Timeout errors or OSError (see :func:`_tool_request`)."""
     import nats
 
     errors = []
@@ -169,30 +169,30 @@ def _tool_options(args) -> dict:
     return opts
 
 
-def _request_failure(exc, timeout: float) -> str | None:
-    """Why a :func:`_request` failed, in words; None for an exception it does not expect."""
+def _tool_request(args, tool: str, subject: str, payload: bytes) -> bytes | None:
+    """:func:`_request` for a one-request command; on failure it prints why, in words
+    (no nats-py traceback), and returns None."""
     import nats.errors
 
-    if isinstance(exc, nats.errors.NoRespondersError):
-        return "no cim_flow service is serving there"
-    if isinstance(exc, nats.errors.TimeoutError):
-        return f"no reply within {timeout:g} s"
-    if isinstance(exc, (nats.errors.NoServersError, OSError)):
-        return f"{type(exc).__name__}: {exc}"
+    try:
+        return _request(args.nats_url, subject, payload, args.timeout, _tool_options(args))
+    except nats.errors.NoRespondersError:
+        why = "no cim_flow service is serving there"
+    except nats.errors.TimeoutError:
+        why = f"no reply within {args.timeout:g} s"
+    except (nats.errors.NoServersError, OSError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    print(f"cim_flow {tool}: {args.nats_url} {subject}: {why}", file=sys.stderr)
     return None
 
 
 def cmd_snapshot(args) -> int:
     import json
 
-    try:
-        reply = json.loads(_request(args.nats_url, "cmd.cim_flow.snapshot", b"{}", args.timeout, _tool_options(args)))
-    except Exception as exc:
-        why = _request_failure(exc, args.timeout)
-        if why is None:
-            raise
-        print(f"cim_flow snapshot: {args.nats_url}: {why}", file=sys.stderr)
+    data = _tool_request(args, "snapshot", "cmd.cim_flow.snapshot", b"{}")
+    if data is None:
         return 1
+    reply = json.loads(data)
     print(json.dumps(reply))
     return 1 if "error" in reply else 0
 
@@ -220,13 +220,8 @@ def cmd_query(args) -> int:
     except ValueError as exc:
         print(f"cim_flow query: the request is not JSON ({exc}): {text!r}", file=sys.stderr)
         return 2
-    try:
-        data = _request(args.nats_url, subject, text.encode(), args.timeout, _tool_options(args))
-    except Exception as exc:
-        why = _request_failure(exc, args.timeout)
-        if why is None:
-            raise
-        print(f"cim_flow query: {args.nats_url} {subject}: {why}", file=sys.stderr)
+    data = _tool_request(args, "query", subject, text.encode())
+    if data is None:
         return 1
     try:
         reply = json.loads(data)
