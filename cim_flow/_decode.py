@@ -34,7 +34,7 @@ from kernels.hashing import hash_spans
 from ._schema import EVENT_ALIASES, EVENT_SCHEMA, UUID_TYPE
 from ._time import to_micros
 from ._uuid_parse import parse_uuid_strings
-from ._projection import EventColumns, _ro
+from ._projection import EventColumns
 from ._strings import utf8_array
 
 
@@ -446,16 +446,21 @@ def decode_spans_columns(buf: bytes, starts: np.ndarray, ends: np.ndarray, *, re
     starts = np.ascontiguousarray(starts, np.int64)
     ends = np.ascontiguousarray(ends, np.int64)
     received = _received_micros(received_at, len(starts))
-    ok, c = jsonscan.scan_columns(np.frombuffer(buf, np.uint8), starts, ends, *_KW, received)
+    ok, seq, kind, t, p, ids, pos, w, sp, offs, nb, tb, eb = jsonscan.scan_columns(
+        np.frombuffer(buf, np.uint8), starts, ends, *_KW, received)
     if not ok:  # some payload needs the general decoder (or is bad): the batch path names why
         return (None, *_decode_scanned(buf, starts, ends, received))
-    ro = _ro
+    # the kernels take read-only columns (one compiled type whatever the batch: see
+    # _projection._ro); rows of a read-only array are read-only views, so one flag
+    # each for the packed arrays.  The string triples stay writable, as the Arrow
+    # path's are (StringPool's grouping kernel sees one type).
+    for a in (seq, kind, t, p, ids, pos, w):
+        a.setflags(write=False)
     return EventColumns(
-        len(starts), seq=ro(c[0]), seq_ok=ro(c[1]), kind=ro(c[2]), t=ro(c[3]), t_ok=ro(c[4]),
-        ids=((ro(c[5]), ro(c[6])), (ro(c[7]), ro(c[8])), (ro(c[9]), ro(c[10])), (ro(c[11]), ro(c[12])),
-             (ro(c[13]), ro(c[14]))),
-        x=ro(c[15]), y=ro(c[16]), z=ro(c[17]), pos_ok=ro(c[18]), w=ro(c[19]), w_ok=ro(c[20]),
-        name=(c[21], c[22], c[23]), ntype=(c[24], c[25], c[26]), etype=(c[27], c[28], c[29])), None, []
+        len(starts), seq=seq, seq_ok=p[0], kind=kind, t=t, t_ok=p[1],
+        ids=((ids[0], p[2]), (ids[1], p[3]), (ids[2], p[4]), (ids[3], p[5]), (ids[4], p[6])),
+        x=pos[0], y=pos[1], z=pos[2], pos_ok=p[7], w=w, w_ok=p[8],
+        name=(offs[0], nb, sp[0]), ntype=(offs[1], tb, sp[1]), etype=(offs[2], eb, sp[2])), None, []
 
 
 def _decode_scanned(joined, starts, ends, received):
