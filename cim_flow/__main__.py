@@ -226,11 +226,21 @@ def cmd_query(args) -> int:
     try:
         reply = json.loads(data)
     except ValueError:  # not a cim_flow reply: show it as it came
-        sys.stdout.write(data.decode("utf-8", "replace") + "\n")
+        _print_reply(data.decode("utf-8", "replace"))
         return 0
     pretty = args.pretty if args.pretty is not None else sys.stdout.isatty()
-    print(json.dumps(reply, indent=2 if pretty else None))
+    _print_reply(json.dumps(reply, indent=2 if pretty else None))
     return 1 if isinstance(reply, dict) and "error" in reply else 0
+
+
+def _print_reply(text: str) -> None:
+    """Print a reply; a reader that has gone away (``| head``) is not an error."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that does not fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def cmd_replay(args) -> int:

@@ -257,6 +257,12 @@ def test_query_command_prints_the_services_reply(nats_server, service):
     assert r.returncode == 2 and "unknown query 'nope'" in r.stderr
     r = cli("$SRV.PING.cim_flow")
     assert r.returncode == 0 and json.loads(r.stdout)["name"] == "cim_flow"
+    # a reader that goes away first (`| head -c 10`): no BrokenPipeError traceback
+    proc = subprocess.Popen([sys.executable, "-m", "cim_flow", "query", "stats", "--nats-url", nats_server.url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
 
 
 def test_loadgen_against_running_service(nats_server, service, tmp_path):
