@@ -31,7 +31,7 @@ import pyarrow as pa
 from kernels import jsonscan
 from kernels.hashing import hash_spans
 
-from ._schema import EVENT_ALIASES, EVENT_SCHEMA, UUID_TYPE
+from ._schema import ALIAS_CODES, ALIAS_NAMES, EVENT_ALIASES, EVENT_SCHEMA, UUID_TYPE
 from ._time import to_micros
 from ._uuid_parse import parse_uuid_strings
 from ._projection import EventColumns
@@ -115,8 +115,6 @@ _DEC = msgspec.json.Decoder(_Evt)
 _DEC_EXT = msgspec.json.Decoder(dict[str, _Evt])
 _ANY = msgspec.json.Decoder()
 _EXT_KEYS = {k.encode() for k in EVENT_ALIASES}
-_ALIAS_NAMES = pa.array(list(EVENT_ALIASES), pa.utf8())
-_ALIAS_CODES = np.array([int(v) for v in EVENT_ALIASES.values()] + [0], np.int8)
 _PATH = re.compile(r"at `\$([^`]*)`")
 _SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -626,8 +624,8 @@ def _columns(evts, idx, payloads, received):
     if etarr is None:
         etarr = pa.array([str(v) if v is not None else None for v in cols_raw[_F["event_type"]]], pa.utf8())
     names = _pc().coalesce(tarr, etarr)
-    pos_in = _pc().index_in(names, value_set=_ALIAS_NAMES).fill_null(len(_ALIAS_CODES) - 1).to_numpy()
-    kind = _ALIAS_CODES[pos_in].copy()
+    pos_in = _pc().index_in(names, value_set=ALIAS_NAMES).fill_null(len(ALIAS_CODES) - 1).to_numpy()
+    kind = ALIAS_CODES[pos_in].copy()
     numeric = np.flatnonzero(kind == 0)
     py_names = names.to_pylist() if numeric.size else None
     for j in numeric:  # numeric codes as text, unknown names, missing type

@@ -16,7 +16,7 @@ from kernels import intern as kintern
 from kernels import projection as kp
 
 from ._ids import filled_values, fsb_words, words_to_fsb
-from ._schema import EVENT_ALIASES, EVENT_SCHEMA, UUID_TYPE
+from ._schema import ALIAS_CODES, ALIAS_NAMES, EVENT_SCHEMA, UUID_TYPE
 from ._uuid_parse import parse_uuid_strings
 from ._strings import StringPool
 
@@ -191,28 +191,22 @@ def _is_text(t) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
-_TYPE_NAMES = None
-
-
 def _event_type_names(arr):
     """An ``event_type`` column of names (``NodeAdded``, an alias such as ``EdgeConnected``,
-    ``node_added``): their int8 codes.  Files written by other tools often keep the
-    name; an unknown one is a ``ValueError`` naming the row and the name."""
+    ``node_added``): their int8 codes, by the same lookup the JSON decoder's Arrow path
+    uses.  Files written by other tools often keep the name; an unknown one is a
+    ``ValueError`` naming the row and the name."""
     import pyarrow.compute as pc
 
-    global _TYPE_NAMES
-    if _TYPE_NAMES is None:
-        _TYPE_NAMES = (pa.array(list(EVENT_ALIASES), pa.utf8()),
-                       pa.array([int(v) for v in EVENT_ALIASES.values()], pa.int8()))
     if pa.types.is_dictionary(arr.type):
         arr = arr.cast(arr.type.value_type)
     arr = arr.cast(pa.utf8())
-    pos = pc.index_in(arr, value_set=_TYPE_NAMES[0])
+    pos = pc.index_in(arr, value_set=ALIAS_NAMES)
     bad = pc.and_(pc.is_null(pos), pc.is_valid(arr))
     if pc.any(bad).as_py():
         row = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
         raise ValueError(f"column 'event_type': row {row} has unknown event type {arr[row].as_py()!r}")
-    return pc.take(_TYPE_NAMES[1], pos)
+    return pc.take(pa.array(ALIAS_CODES), pos)  # a null name stays null (ignored as unknown)
 
 
 def _uuid_text_column(name, arr):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 
+import numpy as np
 import pyarrow as pa
 
 UUID_TYPE = pa.binary(16)
@@ -81,6 +82,11 @@ for _name, _code in list(EVENT_ALIASES.items()):
     EVENT_ALIASES.setdefault(_snake, _code)
     EVENT_ALIASES.setdefault(_snake.replace("_", "."), _code)
 del _name, _code, _snake
+
+#: every name and alias as an Arrow string array, and their codes in the same order plus
+#: a trailing 0 (the code for "not found", for lookups by ``index_in``)
+ALIAS_NAMES = pa.array(list(EVENT_ALIASES), pa.utf8())
+ALIAS_CODES = np.array([int(v) for v in EVENT_ALIASES.values()] + [0], np.int8)
 
 #: subject suffix (event.graph.<kind>.<verb>) for each code
 SUBJECT_OF = {

@@ -80,11 +80,7 @@ class StringPool:
             out = np.full(n, -1, np.int32)
             for r in range(n):
                 if present[r]:
-                    b = data[offs[r]:offs[r + 1]].tobytes()
-                    c = seen.get(b)
-                    if c is None:
-                        c = seen[b] = self.code(b.decode("utf-8"))
-                    out[r] = c
+                    out[r] = self._span_code(seen, data[offs[r]:offs[r + 1]].tobytes())
             return out
         if not present.any():
             return np.full(n, -1, np.int32)
@@ -92,12 +88,15 @@ class StringPool:
         lut = np.empty(len(first) + 1, np.int32)
         lut[-1] = -1  # absent rows (rep -1)
         for k, r in enumerate(first.tolist()):
-            b = data[offs[r]:offs[r + 1]].tobytes()
-            c = seen.get(b)
-            if c is None:
-                c = seen[b] = self.code(b.decode("utf-8"))
-            lut[k] = c
+            lut[k] = self._span_code(seen, data[offs[r]:offs[r + 1]].tobytes())
         return lut[rep]
+
+    def _span_code(self, seen: dict, b: bytes) -> int:
+        """The code of UTF-8 bytes ``b``, coded on first sight (``seen``: bytes -> code)."""
+        c = seen.get(b)
+        if c is None:
+            c = seen[b] = self.code(b.decode("utf-8"))
+        return c
 
     def decode(self, codes: np.ndarray) -> pa.Array:
         """utf8 array for int32 codes (-1 becomes null)."""
