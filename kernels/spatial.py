@@ -718,7 +718,7 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w, cap):
 # not two calls: _radius_one is inlined at numba-IR level, and each inlined copy is
 # typed and compiled again (two copies made these helpers ~35-45 s each to compile).
 
-@jit(nrt=False, fastmath=EXACT_MATH)
+@jit(nrt=False, fastmath=EXACT_MATH, llvm_inline=True)
 def _count_q(main, delta, centers, radii, gsel, no_i, no_d, j):
     w = 0
     for gi in range(2):
@@ -727,7 +727,7 @@ def _count_q(main, delta, centers, radii, gsel, no_i, no_d, j):
     return w
 
 
-@jit(nrt=False, fastmath=EXACT_MATH)
+@jit(nrt=False, fastmath=EXACT_MATH, llvm_inline=True)
 def _keep_q(main, delta, centers, radii, gsel, keep_i, keep_d, base, k, j):
     """Count query j's hits, keeping the first ``k`` (in fill order) at keep_*[base:].
     (Offsets, not slices: a slice in a parallel loop increfs the shared buffer.)"""
@@ -749,7 +749,7 @@ def _sort_range(out_i, out_d, a, w):
         out_d[a:w] = sd
 
 
-@jit(fastmath=EXACT_MATH)
+@jit(fastmath=EXACT_MATH, llvm_inline=True)
 def _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j):
     a = offsets[j]
     cap = offsets[j + 1]  # the end of query j's rows: _fill_run writes misses too
@@ -818,8 +818,10 @@ def radius_count_serial(gp, centers, radii, gsel):
 
 @pjit
 def radius_count_keep(main, delta, centers, radii, gsel, order, keep_i, keep_d, k):
-    """:func:`radius_count` that also keeps up to ``k`` hits per query (query j's in
-    ``keep_*[j * k:(j + 1) * k]``); ``kept[j]`` says they are all of them."""
+    """:func:`radius_count` that also keeps up to ``k`` hits per query; ``kept[j]`` says
+    they are all of them.  The p-th query visited (``j = order[p]``) keeps its hits in
+    ``keep_*[p * k:(p + 1) * k]``: each thread then writes its share of the scratch front
+    to back instead of at scattered places."""
     n = centers.shape[0]
     counts = np.zeros(n, np.int64)
     kept = np.zeros(n, np.bool_)
@@ -827,7 +829,7 @@ def radius_count_keep(main, delta, centers, radii, gsel, order, keep_i, keep_d, 
     no_d = np.empty(0, np.float64)
     for p in prange(n):
         j = order[p]
-        c, ok = _count_or_keep(main, delta, centers, radii, gsel, no_i, no_d, keep_i, keep_d, j * k, k, j)
+        c, ok = _count_or_keep(main, delta, centers, radii, gsel, no_i, no_d, keep_i, keep_d, p * k, k, j)
         counts[j] = c
         kept[j] = ok
     return counts, kept
@@ -843,7 +845,7 @@ def radius_fill_kept(main, delta, centers, radii, gsel, offsets, want_sort, orde
     for p in prange(n):
         j = order[p]
         if kept[j]:
-            _fill_from_keep(keep_i, keep_d, j * k, want_sort, out_i, out_d, offsets[j], offsets[j + 1] - offsets[j])
+            _fill_from_keep(keep_i, keep_d, p * k, want_sort, out_i, out_d, offsets[j], offsets[j + 1] - offsets[j])
         else:
             _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j)
     return out_i, out_d
