@@ -401,8 +401,9 @@ def decode_json(payloads: Sequence[bytes], *, received_at=None) -> tuple[pa.Reco
 
     Returns ``(batch, errors)``: one row per decodable payload (in input
     order) and one :class:`DecodeError` per payload that could not be decoded.
-    ``received_at`` (a time, or one per payload) stands in for events that
-    carry no time; without it the decode time is used.  An event without an
+    ``received_at`` (a time, or one per payload: a datetime, RFC 3339 text, numpy
+    datetime64, or an int of µs since the epoch, the unit of ``occurred_at``) stands in
+    for events that carry no time; without it the decode time is used.  An event without an
     id gets a stable one derived from its bytes (same bytes, same id).
     """
     n = len(payloads)

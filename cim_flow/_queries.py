@@ -161,6 +161,15 @@ def _number(v, name, *, minimum=None, integer=False):
     return int(v) if integer else float(v)
 
 
+def _time_arg(v, name):
+    """A time in a JSON request: RFC 3339 text, or a number of epoch milliseconds (as
+    the events' times on the wire), passed on to the engine as µs."""
+    if isinstance(v, str):
+        return v
+    ms = _number(v, name)
+    return int(v) * 1000 if isinstance(v, int) else round(ms * 1000)
+
+
 def _point(v, name):
     if not isinstance(v, (list, tuple)) or len(v) != 3:
         raise QueryError("bad_request", f"{name} must be [x, y, z]")
@@ -226,7 +235,7 @@ def q_graphs(engine, req, limits) -> Answer:
         if not isinstance(v, list) or len(v) != 2:
             raise QueryError("bad_request", "created_between must be [start, end]")
         try:
-            t = engine.graphs_created_between(*v)
+            t = engine.graphs_created_between(*(_time_arg(x, "created_between") for x in v))
         except ValueError as exc:
             raise QueryError("bad_request", str(exc)) from None
     elif filters[0] == "node_count_between":

@@ -4,16 +4,28 @@ from __future__ import annotations
 import datetime as _dt
 
 import numpy as np
+import pyarrow as pa
 
 UTC = _dt.timezone.utc
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=UTC)
+_UNIT_TO_US = {"s": (1_000_000, 1), "ms": (1000, 1), "us": (1, 1), "ns": (1, 1000)}  # (multiply, divide)
 
 
 def to_micros(value) -> int:
     """µs since the epoch from a datetime (naive = UTC), date, RFC 3339 text,
-    numpy datetime64 or pandas Timestamp.  Plain ints are taken as µs."""
+    numpy datetime64, pandas Timestamp or a pyarrow timestamp/date scalar (a value
+    read back from a table, such as a summary's ``created_at``).  Plain ints are
+    taken as µs, the unit of ``occurred_at`` (JSON queries take epoch milliseconds:
+    see :func:`cim_flow._queries._time_arg`)."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value)
+    if isinstance(value, pa.Scalar):
+        if not value.is_valid:
+            raise ValueError("a time is required, got a null")
+        if pa.types.is_timestamp(value.type):  # the stored count in its unit (as_py drops ns)
+            mul, div = _UNIT_TO_US[value.type.unit]
+            return value.value * mul // div
+        value = value.as_py()
     if isinstance(value, np.datetime64):
         return int(value.astype("datetime64[us]").astype(np.int64))
     if isinstance(value, str):

@@ -334,7 +334,11 @@ class Engine:
         return self._summary_table(np.array(gs, np.int64))
 
     def graphs_created_between(self, start, end) -> pa.Table:
-        """Live graphs with ``start <= created_at <= end``, oldest first."""
+        """Live graphs with ``start <= created_at <= end``, oldest first.
+
+        ``start``/``end``: datetimes (naive = UTC), dates, RFC 3339 text, numpy
+        datetime64, pyarrow timestamp scalars (a summary's ``created_at``), or ints of
+        µs since the epoch (the unit of ``occurred_at``)."""
         a, b = to_micros(start), to_micros(end)
         i = np.searchsorted(self._cr_t, a, side="left")
         j = np.searchsorted(self._cr_t, b, side="right")

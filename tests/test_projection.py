@@ -46,6 +46,12 @@ def check_same(eng, ref):
     lo, hi = 200_000, 700_000
     got = {r["graph_id"] for r in eng.graphs_created_between(lo, hi).to_pylist()}
     assert got == {g for g, s in summ.items() if lo <= s["created_at"] <= hi}
+    # bounds read back from a summary table (pyarrow scalars) select the same graphs
+    created = sorted(eng.graph_summaries().column("created_at"), key=lambda x: x.value)
+    if created:
+        a, b = created[len(created) // 4], created[3 * len(created) // 4]
+        got = {r["graph_id"] for r in eng.graphs_created_between(a, b).to_pylist()}
+        assert got == {g for g, s in summ.items() if a.value <= s["created_at"] <= b.value}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

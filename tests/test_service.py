@@ -312,6 +312,11 @@ def test_graphs_listing_and_filters(nats_server, service):
                                                          "limit": 2, "offset": 0})
     assert len(r["graphs"]) <= 2 and r["total"] >= 1
     assert r["truncated"] == (r["total"] > 2)
+    # numbers are epoch milliseconds, as the events' times on the wire
+    ms = {"created_between": [1714521600000, 1714608000000.0], "limit": 2, "offset": 0}
+    assert request(nats_server.url, "query.graph.graphs", ms) == r
+    bad = request(nats_server.url, "query.graph.graphs", {"created_between": [True, 1]})
+    assert bad["error"]["code"] == "bad_request" and "created_between" in bad["error"]["message"]
 
 
 def test_stats_cache_and_micro_service(nats_server, service):
