@@ -14,9 +14,17 @@ from ._schema import UUID_TYPE
 
 
 def to_uuid_bytes(value) -> bytes:
-    """16 bytes from a ``uuid.UUID``, 16 raw bytes or UUID text; ``ValueError`` otherwise."""
+    """16 bytes from a ``uuid.UUID``, 16 raw bytes or UUID text, also as a pyarrow
+    scalar (an id read back from a result table) or CIM's ``{"id": <uuid>}``;
+    ``ValueError`` otherwise."""
     if isinstance(value, uuid.UUID):
         return value.bytes
+    if isinstance(value, pa.Scalar):
+        if not value.is_valid:
+            raise ValueError("id must not be null")
+        value = value.as_py()
+    elif isinstance(value, dict) and set(value) == {"id"}:
+        value = value["id"]
     if isinstance(value, (bytes, bytearray, memoryview)):
         b = bytes(value)
         if len(b) == 16:

@@ -153,6 +153,12 @@ def test_friendly_inputs_uuid_text_python_values():
                               "x": [None, 1], "y": [None, 2], "z": [None, 3]}))
     assert (res.applied, eng.totals()["nodes"]) == (2, 1)
     assert eng.graph_summary(g)["created_at"] == dt.datetime(2024, 1, 1, tzinfo=US)
+    # an id read back from a result table (a pyarrow scalar), and CIM's {"id": ...} form
+    gid = eng.graph_summaries().column("graph_id")[0]
+    assert eng.graph_summary(gid)["graph_id"] == g == eng.graph_summary({"id": str(g)})["graph_id"]
+    assert eng.nodes_within([1, 2, 3], 0.5, graph_id=gid).column("node_id").to_pylist() == [n.bytes]
+    with pytest.raises(ValueError, match="null"):
+        eng.graph_summary(pa.scalar(None, pa.binary(16)))
     with pytest.raises(ValueError, match="'node_id': row 1"):
         eng.apply(pa.table({"event_type": [10, 10], "graph_id": [str(g)] * 2, "node_id": [str(n), "nope"]}))
 
