@@ -133,10 +133,11 @@ def _run(coro):
         return asyncio.run(coro)
 
 
-def _request(url: str, subject: str, payload: bytes, timeout: float, options: dict | None = None) -> bytes:
+def _request(url: str, subject: str, payload: bytes, timeout: float, options: dict | None = None,
+             headers: dict | None = None):
     """One request/reply on a fresh connection (``options``: nats-py connect options,
-    from :func:`_connect_options`); the reply's bytes.  Raises nats-py's
-    NoServers/NoResponders/Timeout errors or OSError (see :func:`_tool_request`)."""
+    from :func:`_connect_options`); the reply message (``.data``, ``.headers``).  Raises
+    nats-py's NoServers/NoResponders/Timeout errors or OSError (see :func:`_tool_request`)."""
     import nats
 
     errors = []
@@ -151,10 +152,10 @@ def _request(url: str, subject: str, payload: bytes, timeout: float, options: di
             raise OSError(f"cannot connect ({type(errors[-1]).__name__}: {errors[-1]})" if errors
                           else "cannot connect") from None
         try:
-            msg = await nc.request(subject, payload, timeout=timeout)
+            msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
         finally:
             await nc.close()
-        return msg.data
+        return msg
 
     return _run(go())
 
@@ -169,13 +170,13 @@ def _tool_options(args) -> dict:
     return opts
 
 
-def _tool_request(args, tool: str, subject: str, payload: bytes) -> bytes | None:
+def _tool_request(args, tool: str, subject: str, payload: bytes, headers: dict | None = None):
     """:func:`_request` for a one-request command; on failure it prints why, in words
     (no nats-py traceback), and returns None."""
     import nats.errors
 
     try:
-        return _request(args.nats_url, subject, payload, args.timeout, _tool_options(args))
+        return _request(args.nats_url, subject, payload, args.timeout, _tool_options(args), headers)
     except nats.errors.NoRespondersError:
         why = "no cim_flow service is serving there"
     except nats.errors.TimeoutError:
@@ -189,10 +190,10 @@ def _tool_request(args, tool: str, subject: str, payload: bytes) -> bytes | None
 def cmd_snapshot(args) -> int:
     import json
 
-    data = _tool_request(args, "snapshot", "cmd.cim_flow.snapshot", b"{}")
-    if data is None:
+    msg = _tool_request(args, "snapshot", "cmd.cim_flow.snapshot", b"{}")
+    if msg is None:
         return 1
-    reply = json.loads(data)
+    reply = json.loads(msg.data)
     print(json.dumps(reply))
     return 1 if "error" in reply else 0
 
@@ -205,8 +206,11 @@ def _query_kinds() -> tuple[str, ...]:
 
 
 def cmd_query(args) -> int:
-    """One query to a running service, its JSON reply on stdout (exit 1 for an error reply)."""
+    """One query to a running service, its JSON reply on stdout (exit 1 for an error reply);
+    with ``--out FILE`` its Arrow reply saved to FILE."""
     import json
+
+    from ._queries import ARROW_MIME
 
     kinds = _query_kinds()
     if "." not in args.kind and args.kind not in kinds:
@@ -220,9 +224,17 @@ def cmd_query(args) -> int:
     except ValueError as exc:
         print(f"cim_flow query: the request is not JSON ({exc}): {text!r}", file=sys.stderr)
         return 2
-    data = _tool_request(args, "query", subject, text.encode())
-    if data is None:
+    if args.out is not None and _table_writer(args.out) is None:
+        print(f"cim_flow query: --out {args.out!r}: name a .arrow (.feather, .ipc) or .parquet file",
+              file=sys.stderr)
+        return 2
+    msg = _tool_request(args, "query", subject, text.encode(),
+                        {"Accept": ARROW_MIME} if args.out is not None else None)
+    if msg is None:
         return 1
+    data = msg.data
+    if args.out is not None and (msg.headers or {}).get("Content-Type") == ARROW_MIME:
+        return _save_table(data, args.out)
     try:
         reply = json.loads(data)
     except ValueError:  # not a cim_flow reply: show it as it came
@@ -230,7 +242,46 @@ def cmd_query(args) -> int:
         return 0
     pretty = args.pretty if args.pretty is not None else sys.stdout.isatty()
     _print_reply(json.dumps(reply, indent=2 if pretty else None))
-    return 1 if isinstance(reply, dict) and "error" in reply else 0
+    if isinstance(reply, dict) and "error" in reply:
+        return 1
+    if args.out is not None:  # (stats and other replies without rows come as JSON)
+        print(f"cim_flow query: {args.kind} answers without a table: nothing written to {args.out}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _table_writer(path: str):
+    """How ``query --out`` writes a table, by the file's suffix; None for an unknown one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def ipc_file(table, p):
+        with pa.OSFile(p, "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+            w.write_table(table)
+
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in (".arrow", ".feather", ".ipc"):
+        return ipc_file
+    if suffix == ".parquet":
+        return pq.write_table
+    return None
+
+
+def _save_table(data: bytes, path: str) -> int:
+    """``query --out``: an Arrow reply (an IPC stream) saved as a file; one JSON line
+    saying what was written (rows, columns, version) on stdout."""
+    import json
+
+    import pyarrow as pa
+
+    table = pa.ipc.open_stream(data).read_all()
+    meta = table.schema.metadata or {}
+    _table_writer(path)(table, path)
+    version = meta.get(b"version")
+    _print_reply(json.dumps({"file": path, "rows": table.num_rows, "columns": table.column_names,
+                             "version": int(version) if version is not None else None}))
+    return 0
 
 
 def _print_reply(text: str) -> None:
@@ -308,6 +359,9 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply [10]")
     p.add_argument("--pretty", action=argparse.BooleanOptionalAction, default=None,
                    help="indent the reply [on a terminal]")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="ask for the Arrow reply and save its table to FILE (.arrow/.feather/.ipc: Arrow IPC "
+                        "file; .parquet), printing a line with its rows, columns and version")
     _auth_args(p)
     p = sub.add_parser("replay", help="rebuild projections from the JetStream stream into a snapshot (offline)")
     p.add_argument("--nats-url", default=_env("nats_url", "nats://127.0.0.1:4222"))

@@ -7,7 +7,10 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from cim_flow._config import Config, ConfigError
@@ -230,7 +233,7 @@ def test_publisher_and_query_client_examples(nats_server, service):
     assert out["summary"]["node_count"] == out["top"]["graphs"][0]["node_count"]
 
 
-def test_query_command_prints_the_services_reply(nats_server, service):
+def test_query_command_prints_the_services_reply(nats_server, service, tmp_path):
     """`python -m cim_flow query KIND [JSON]` against a running service: the reply as JSON on
     stdout (exit 0), an error reply exits 1, a request that is not JSON or an unknown kind
     exits 2 before sending, and a whole subject ($SRV.PING.cim_flow) works too."""
@@ -257,6 +260,21 @@ def test_query_command_prints_the_services_reply(nats_server, service):
     assert r.returncode == 2 and "unknown query 'nope'" in r.stderr
     r = cli("$SRV.PING.cim_flow")
     assert r.returncode == 0 and json.loads(r.stdout)["name"] == "cim_flow"
+    # --out: the Arrow reply saved as a file, the same rows as the JSON reply
+    want = json.loads(cli("graphs", '{"top_by_node_count": 3}').stdout)
+    for name in ("top.parquet", "top.arrow"):
+        r = cli("graphs", '{"top_by_node_count": 3}', "--out", str(tmp_path / name))
+        assert r.returncode == 0, r.stderr
+        line = json.loads(r.stdout)
+        table = (pq.read_table(tmp_path / name) if name.endswith(".parquet")
+                 else pa.ipc.open_file(tmp_path / name).read_all())
+        assert line["rows"] == table.num_rows == len(want["graphs"]) and line["version"] >= want["version"]
+        assert [str(uuid.UUID(bytes=b)) for b in table.column("graph_id").to_pylist()] == \
+            [g["graph_id"] for g in want["graphs"]]
+    r = cli("stats", "--out", str(tmp_path / "stats.arrow"))  # no table in that reply
+    assert r.returncode == 1 and "nothing written" in r.stderr and not (tmp_path / "stats.arrow").exists()
+    r = cli("graphs", "--out", str(tmp_path / "top.csv"))
+    assert r.returncode == 2 and ".parquet" in r.stderr
     # a reader that goes away first (`| head -c 10`): no BrokenPipeError traceback
     proc = subprocess.Popen([sys.executable, "-m", "cim_flow", "query", "stats", "--nats-url", nats_server.url],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
