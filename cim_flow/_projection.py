@@ -62,7 +62,12 @@ _META_LEN = {"Graphs": 4, "Nodes": 3, "Edges": 2}
 
 REASONS = {
     kp.IGNORED_UNKNOWN_TYPE: "unknown event type",
-    kp.IGNORED_MISSING_FIELD: "required field missing",
+    kp.IGNORED_MISSING_FIELD: "graph_id missing",
+    kp.IGNORED_NO_TIME: "occurred_at missing (every event needs its time)",
+    kp.IGNORED_NO_NODE_ID: "node_id missing",
+    kp.IGNORED_NO_EDGE_ID: "edge_id missing",
+    kp.IGNORED_NO_ENDPOINT_ID: "source_id or target_id missing",
+    kp.IGNORED_NO_POSITION: "NodeMoved without a position",
     kp.IGNORED_UNKNOWN_GRAPH: "unknown or deleted graph",
     kp.IGNORED_UNKNOWN_NODE: "unknown or removed node",
     kp.IGNORED_UNKNOWN_EDGE: "unknown or removed edge",

@@ -44,12 +44,17 @@ EDGE_REMOVED = 23
 APPLIED = 0
 SKIPPED = 1
 IGNORED_UNKNOWN_TYPE = 2
-IGNORED_MISSING_FIELD = 3
+IGNORED_MISSING_FIELD = 3  # graph_id (the other missing fields have codes of their own, from 9)
 IGNORED_UNKNOWN_GRAPH = 4
 IGNORED_UNKNOWN_NODE = 5
 IGNORED_UNKNOWN_EDGE = 6
 IGNORED_MISSING_ENDPOINT = 7
 IGNORED_BAD_POSITION = 8
+IGNORED_NO_TIME = 9
+IGNORED_NO_NODE_ID = 10
+IGNORED_NO_EDGE_ID = 11
+IGNORED_NO_ENDPOINT_ID = 12
+IGNORED_NO_POSITION = 13
 
 Graphs = namedtuple(
     "Graphs",
@@ -204,7 +209,7 @@ def _finite3(x, y, z):
 @jit(nrt=False, inline=True)
 def _apply_node(G, N, E, ev, i, g, k):
     if not ev.nid_ok[i]:
-        return IGNORED_MISSING_FIELD
+        return IGNORED_NO_NODE_ID
     has_pos = ev.pos_ok[i]
     if has_pos and not _finite3(ev.x[i], ev.y[i], ev.z[i]):
         return IGNORED_BAD_POSITION
@@ -234,7 +239,7 @@ def _apply_node(G, N, E, ev, i, g, k):
             _remove_node(G, N, E, n)
             return APPLIED
         if k == NODE_MOVED and not has_pos:
-            return IGNORED_MISSING_FIELD
+            return IGNORED_NO_POSITION
     if has_pos:
         N.pos[n, 0] = ev.x[i]
         N.pos[n, 1] = ev.y[i]
@@ -251,10 +256,10 @@ def _apply_node(G, N, E, ev, i, g, k):
 @jit(nrt=False, inline=True)
 def _apply_edge(G, N, E, ev, i, g, k):
     if not ev.eid_ok[i]:
-        return IGNORED_MISSING_FIELD
+        return IGNORED_NO_EDGE_ID
     if k == EDGE_ADDED:
         if not (ev.sid_ok[i] and ev.tid_ok[i]):
-            return IGNORED_MISSING_FIELD
+            return IGNORED_NO_ENDPOINT_ID
         s = lookup(N.slots, N.keys, N.graph, g, ev.sid[i, 0], ev.sid[i, 1])
         d = lookup(N.slots, N.keys, N.graph, g, ev.tid[i, 0], ev.tid[i, 1])
         if s < 0 or d < 0 or N.alive[s] == 0 or N.alive[d] == 0:
@@ -294,7 +299,7 @@ def _apply_edge(G, N, E, ev, i, g, k):
 def _apply_one(G, N, E, ev, i):
     k = ev.kind[i]
     if not (ev.gid_ok[i] and ev.t_ok[i]):
-        return IGNORED_MISSING_FIELD
+        return IGNORED_MISSING_FIELD if not ev.gid_ok[i] else IGNORED_NO_TIME
     t = ev.t[i]
     if k == GRAPH_CREATED:
         g, _new = intern(G.slots, G.keys, G.owner, G.meta, 0, ev.gid[i, 0], ev.gid[i, 1])

@@ -120,6 +120,27 @@ def test_semantics_by_hand():
     assert eng.graph_summary(g) is None
 
 
+def test_each_missing_field_has_its_own_reason():
+    g, n1, n2, e = (uuid.uuid4().bytes for _ in range(4))
+    eng = Engine()
+    ok = eng.apply(rows_to_batch([_ev(EventType.GraphCreated, g, 1),
+                                  _ev(EventType.NodeAdded, g, 2, node_id=n1, x=0.0, y=0.0, z=0.0),
+                                  _ev(EventType.NodeAdded, g, 3, node_id=n2, x=1.0, y=0.0, z=0.0)]))
+    assert ok.applied == 3
+    bad = [
+        (_ev(EventType.GraphUpdated, None, 4, name="x"), "graph_id missing"),
+        (_ev(EventType.GraphUpdated, g, None, name="x"), "occurred_at missing (every event needs its time)"),
+        (_ev(EventType.NodeUpdated, g, 5, name="x"), "node_id missing"),
+        (_ev(EventType.NodeMoved, g, 6, node_id=n1), "NodeMoved without a position"),
+        (_ev(EventType.EdgeAdded, g, 7, source_id=n1, target_id=n2), "edge_id missing"),
+        (_ev(EventType.EdgeAdded, g, 8, edge_id=e, source_id=n1), "source_id or target_id missing"),
+    ]
+    res = eng.apply(rows_to_batch([r for r, _ in bad]))
+    assert (res.applied, res.ignored) == (0, len(bad))
+    assert res.ignored_rows() == [(i, why) for i, (_, why) in enumerate(bad)]
+    assert eng.totals() == {"graphs": 1, "nodes": 2, "edges": 0}
+
+
 def test_bad_schema_names_the_column():
     eng = Engine()
     with pytest.raises(ValueError, match="'x'"):
