@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import uuid
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -71,10 +71,26 @@ def _batches_of(data) -> Iterable[pa.RecordBatch]:
         return pa.RecordBatchReader.from_stream(data)
     if hasattr(data, "__arrow_c_array__"):
         return [pa.record_batch(data)]
+    if isinstance(data, Iterator) or (isinstance(data, (list, tuple)) and data):
+        # batches one at a time, such as pq.ParquetFile(path).iter_batches(): a file bigger
+        # than memory streams through
+        return _each_batch(data)
     raise TypeError(
-        "apply() takes a pyarrow RecordBatch, Table or RecordBatchReader in cim_flow.EVENT_SCHEMA, "
-        f"an object with the Arrow PyCapsule interface, or what decode_json returns; got {type(data).__name__}"
+        "apply() takes a pyarrow RecordBatch, Table or RecordBatchReader in cim_flow.EVENT_SCHEMA, an "
+        "iterator of batches, an object with the Arrow PyCapsule interface, or what decode_json returns; "
+        f"got {type(data).__name__}"
     )
+
+
+def _each_batch(items) -> Iterator[pa.RecordBatch]:
+    for k, item in enumerate(items):
+        if isinstance(item, pa.RecordBatch):
+            yield item
+        elif isinstance(item, pa.Table):
+            yield from item.to_batches()
+        else:
+            raise TypeError(f"apply() of an iterable: item {k} is a {type(item).__name__}, "
+                            "not a pyarrow RecordBatch or Table")
 
 
 class Engine:
@@ -111,8 +127,11 @@ class Engine:
 
     def apply(self, data) -> ApplyResult:
         """Apply a RecordBatch / Table / RecordBatchReader in ``EVENT_SCHEMA`` (or
-        ``decode_json``'s output, or any Arrow producer with ``__arrow_c_stream__``, such
-        as a polars or pandas frame; missing nullable columns are nulls).
+        ``decode_json``'s output, any Arrow producer with ``__arrow_c_stream__``, such
+        as a polars or pandas frame, or an iterator of batches, such as
+        ``pq.ParquetFile(path).iter_batches()``; missing nullable columns are nulls).
+        A reader or iterator is applied batch by batch: if it fails midway, the batches
+        before the failure stay applied.
 
         Rows are applied in order; rows without ``seq`` get ``version + 1, ...``.
         """

@@ -5,6 +5,7 @@ import random
 import uuid
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -439,10 +440,11 @@ def test_event_type_names_apply_as_the_codes(form):
         Engine().apply(broken)
 
 
-def test_readers_and_arrow_pycapsule_producers_apply_like_the_table():
-    """A RecordBatchReader (read batch by batch) and any object exposing the Arrow
-    PyCapsule stream or array interface (as polars and pandas frames do) apply like
-    the table itself; anything else is a TypeError that says what is taken."""
+def test_readers_and_arrow_pycapsule_producers_apply_like_the_table(tmp_path):
+    """A RecordBatchReader (read batch by batch), an iterator of batches or tables, and
+    any object exposing the Arrow PyCapsule stream or array interface (as polars and
+    pandas frames do) apply like the table itself; anything else is a TypeError that
+    says what is taken."""
     rows = random_rows(random.Random(6), 400)
     table = pa.Table.from_batches([rows_to_batch(rows[:150]), rows_to_batch(rows[150:])])
 
@@ -462,14 +464,20 @@ def test_readers_and_arrow_pycapsule_producers_apply_like_the_table():
 
     ref = RefProjection()
     ref.apply(rows)
+    parquet = tmp_path / "events.parquet"
+    pq.write_table(table, parquet, row_group_size=100)
     for data in (pa.RecordBatchReader.from_batches(table.schema, table.to_batches()), Producer(table),
-                 ArrayProducer(table.combine_chunks().to_batches()[0])):
+                 ArrayProducer(table.combine_chunks().to_batches()[0]),
+                 pq.ParquetFile(parquet).iter_batches(batch_size=64),  # an iterator of batches
+                 (t for t in (table.slice(0, 99), table.slice(99)))):  # ... or of tables
         eng = Engine()
         res = eng.apply(data)
         assert res.applied + res.ignored + res.skipped == len(rows)
         check_same(eng, ref)
     with pytest.raises(TypeError, match="PyCapsule"):
         Engine().apply({"event_type": [1]})
+    with pytest.raises(TypeError, match="item 1 is a dict"):
+        Engine().apply(iter([table.to_batches()[0], {"event_type": [1]}]))
 
 
 def test_string_pool_codes_dictionary_and_plain_columns_with_nulls_and_offsets():
