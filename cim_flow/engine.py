@@ -803,25 +803,58 @@ def _point(p, name) -> np.ndarray:
 
 
 def read_events(path) -> pa.Table:
-    """Events from a Parquet file or an Arrow IPC (file or stream) file, in EVENT_SCHEMA."""
+    """Events from a file, in EVENT_SCHEMA: Parquet (a file, or a directory of them, read
+    in name order), Arrow IPC (file or stream), or JSON Lines (one CIM JSON event a line,
+    any wire form of :func:`decode_json`; an event without a time gets the file's
+    modification time).  A JSON line that does not decode is a
+    ``ValueError`` naming the line and the reason (``decode_json`` itself returns the
+    good rows and the errors, to keep what can be kept)."""
     import os
 
     import pyarrow.ipc as ipc
     import pyarrow.parquet as pq
 
-    path = os.fspath(path)
-    with open(path, "rb") as fh:
-        head = fh.read(6)
-    if head[:4] == b"PAR1":
-        table = pq.read_table(path)
-    elif head == b"ARROW1":
-        with pa.memory_map(path) as src:
-            table = ipc.open_file(src).read_all()
-    else:
-        with pa.memory_map(path) as src:
-            table = ipc.open_stream(src).read_all()
-    batches = [normalize_batch(b) for b in table.to_batches()]
     from ._schema import EVENT_SCHEMA
 
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        table = pq.read_table(path)
+    else:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        text = head.lstrip()
+        if head[:4] == b"PAR1":
+            table = pq.read_table(path)
+        elif head[:6] == b"ARROW1":
+            with pa.memory_map(path) as src:
+                table = ipc.open_file(src).read_all()
+        elif text[:1] == b"{" or not text:
+            return _json_lines(path)
+        else:
+            try:
+                with pa.memory_map(path) as src:
+                    table = ipc.open_stream(src).read_all()
+            except pa.ArrowInvalid:
+                raise ValueError(f"{path}: not a Parquet, Arrow IPC or JSON Lines file") from None
+    batches = [normalize_batch(b) for b in table.to_batches()]
     return pa.Table.from_batches(batches, schema=EVENT_SCHEMA)
+
+
+def _json_lines(path: str) -> pa.Table:
+    """A JSON Lines file's events; an event without a time gets the file's modification
+    time (the same on every read, where the wall clock would differ)."""
+    import os
+
+    from ._decode import decode_json
+
+    with open(path, "rb") as fh:
+        lines = fh.read().splitlines()
+        mtime_us = os.fstat(fh.fileno()).st_mtime_ns // 1000
+    number = [i + 1 for i, line in enumerate(lines) if line.strip()]  # 1-based, blank lines skipped
+    batch, errors = decode_json([lines[i - 1] for i in number], received_at=mtime_us)
+    if errors:
+        e = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ValueError(f"{path}: line {number[e.index]}: {e.reason}{more}")
+    return pa.Table.from_batches([batch])
 
