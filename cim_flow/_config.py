@@ -139,6 +139,16 @@ class Snapshots:
 
 
 @dataclass
+class TokioRuntime:
+    """The seed's Rust async-runtime section: taken (so the seed's file loads) and said
+    not to apply at start; cim_flow runs one asyncio loop plus numba's kernel threads."""
+    worker_threads: int = 0
+    max_blocking_threads: int = 0
+    thread_stack_size: int = 0
+    thread_keep_alive: float = 0.0
+
+
+@dataclass
 class Config:
     event_processing: EventProcessing = field(default_factory=EventProcessing)
     query_cache: QueryCache = field(default_factory=QueryCache)
@@ -146,6 +156,7 @@ class Config:
     jetstream: JetStream = field(default_factory=JetStream)
     queries: Queries = field(default_factory=Queries)
     snapshots: Snapshots = field(default_factory=Snapshots)
+    tokio_runtime: TokioRuntime = field(default_factory=TokioRuntime)
 
     @classmethod
     def from_toml(cls, path) -> "Config":
@@ -191,6 +202,12 @@ class Config:
         if pool:
             out.append(f"nats.{', nats.'.join(pool)}: a connection pool's settings; the service keeps its "
                        "own few connections (management, events, queries) open for its whole run")
+        rt = [k for k in ("worker_threads", "max_blocking_threads", "thread_stack_size", "thread_keep_alive")
+              if getattr(self.tokio_runtime, k) != getattr(TokioRuntime, k)]
+        if rt:
+            out.append(f"tokio_runtime.{', tokio_runtime.'.join(rt)}: the Rust runtime's settings; cim_flow runs "
+                       "one asyncio event loop, and its parallel kernels use numba's threads (NUMBA_NUM_THREADS, "
+                       "one a core by default)")
         if external_server:
             js = self.jetstream
             set_ = [k for k in ("store_dir", *js.server_limits()) if getattr(js, k)]
@@ -226,9 +243,10 @@ class Config:
 
 
 _DURATION_KEYS = {"batch_timeout", "target_latency", "connection_timeout", "idle_timeout",
-                  "duplicate_window", "sync_interval", "min_version_timeout", "every_seconds"}
+                  "duplicate_window", "sync_interval", "min_version_timeout", "every_seconds",
+                  "thread_keep_alive"}
 _SIZE_KEYS = {"write_buffer_size", "read_buffer_size", "pending_size", "max_memory_store",
-              "max_file_store", "max_outstanding_catchup", "pull_max_bytes"}
+              "max_file_store", "max_outstanding_catchup", "pull_max_bytes", "thread_stack_size"}
 
 
 def _coerce(name, f, default, value):

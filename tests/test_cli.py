@@ -60,11 +60,18 @@ max_file_store = "1TB"
 sync_interval = "30s"
 max_outstanding_catchup = "128MB"
 compression = "s2"
+
+[tokio_runtime]
+worker_threads = 8
+max_blocking_threads = 128
+thread_stack_size = "2MB"
+thread_keep_alive = "10s"
 """
 
 
 def test_the_seed_guides_settings_load_and_what_is_not_honoured_is_said(tmp_path):
-    """Every setting the seed guide shows loads (its jetstream block rewritten as TOML);
+    """Every setting the seed guide shows loads (its jetstream block rewritten as TOML, and
+    its Rust runtime's [tokio_runtime]);
     the ones that cannot be honoured as asked are named in a start-up notice."""
     path = tmp_path / "seed.toml"
     path.write_text(SEED_CONFIG)
@@ -73,8 +80,9 @@ def test_the_seed_guides_settings_load_and_what_is_not_honoured_is_said(tmp_path
     assert cfg.jetstream.sync_interval == pytest.approx(30.0) and cfg.jetstream.compression == "s2"
     assert cfg.jetstream.server_limits()["max_file_store"] == 10**12
     notices = "\n".join(cfg.notices(external_server=True))
+    assert cfg.tokio_runtime.thread_stack_size == 2_000_000 and cfg.tokio_runtime.thread_keep_alive == 10.0
     for key in ("max_concurrent_batches = 10", "nats.min_connections", "jetstream.store_dir",
-                "jetstream.max_file_store"):
+                "jetstream.max_file_store", "tokio_runtime.worker_threads, tokio_runtime.max_blocking_threads"):
         assert key in notices, notices
     assert "jetstream." not in "\n".join(cfg.notices(external_server=False))
     assert Config.from_dict({}).notices(external_server=True) == []
@@ -94,6 +102,8 @@ def test_the_seed_guides_settings_load_and_what_is_not_honoured_is_said(tmp_path
     ({"jetstream": {"sync_interval": "sometimes"}}, "jetstream.sync_interval"),
     ({"jetstream": {"max_file_store": -5}}, "jetstream.max_file_store"),
     ({"query_cache": {"warm_cache_queries": "graphs"}}, "query_cache.warm_cache_queries"),
+    ({"tokio_runtime": {"worker_threads": "eight"}}, "tokio_runtime.worker_threads"),
+    ({"tokio_runtime": {"thread_stack_size": "big"}}, "tokio_runtime.thread_stack_size"),
 ])
 def test_config_errors_name_the_key(data, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
