@@ -70,6 +70,11 @@ class LatencyWindow:
         self.buf[: k - first] = values[first:]
         self.n += k
 
+    def add1(self, value: float) -> None:
+        """One value (what :meth:`add` does for an array, without making one)."""
+        self.buf[self.n % self.buf.size] = value
+        self.n += 1
+
     def _last(self, k: int) -> np.ndarray:
         """The last ``k`` values (``k`` at most what the window holds), oldest first."""
         i = self.n % self.buf.size
@@ -151,6 +156,7 @@ class Service:
         self._touched: list = []  # graph indices each apply of the batch changed (arrays)
         self.latency = LatencyWindow()
         self.batch_time = LatencyWindow(4096)  # seconds spent processing each batch
+        self.query_time = LatencyWindow(4096)  # seconds from a query's arrival to its reply queued
         self.counters = dict(events_applied=0, events_ignored=0, events_skipped=0, events_dead_lettered=0,
                              batches=0, queries=0, query_errors=0, messages=0, radius_batches=0,
                              index_builds_waited=0, snapshots=0, consumer_resets=0, pull_stalls=0,
@@ -1243,6 +1249,7 @@ class Service:
 
         async def handle(req):
             self.counters["queries"] += 1
+            t0 = time.perf_counter()
             try:
                 body = parse_request(req.data)
                 minv = body.get("min_version")
@@ -1259,7 +1266,7 @@ class Service:
                 if hit is None and batched:
                     # answered with every other radius request that arrives before the
                     # event loop turns: one kernel call and one id conversion for all
-                    self._radius_pending.append((req, body, arrow))
+                    self._radius_pending.append((req, body, arrow, t0))
                     if self._radius_flush is None:
                         self._radius_flush = asyncio.get_running_loop().create_task(self._flush_radius())
                     return
@@ -1275,6 +1282,7 @@ class Service:
                 await req.respond(self._fits(data), headers=headers)
             except Exception as exc:  # a bug must not silence the reply
                 await req.respond(self._error_reply(exc))
+            self.query_time.add1(time.perf_counter() - t0)
 
         return handle
 
@@ -1333,11 +1341,11 @@ class Service:
         self.counters["radius_batches"] += 1
         version = self.engine.version
         try:
-            answers = q_nodes_in_radius_many(self.engine, [b for _, b, _ in pend], self.limits,
-                                             [a for _, _, a in pend])
+            answers = q_nodes_in_radius_many(self.engine, [p[1] for p in pend], self.limits,
+                                             [p[2] for p in pend])
         except Exception as exc:
             answers = [exc] * len(pend)
-        for (req, _body, arrow), ans in zip(pend, answers):
+        for (req, _body, arrow, t0), ans in zip(pend, answers):
             try:
                 if isinstance(ans, Exception):
                     await req.respond(self._error_reply(ans))
@@ -1351,6 +1359,8 @@ class Service:
                     await req.respond(self._error_reply(exc))
                 except Exception:
                     pass  # the connection is gone; the requester times out
+            finally:
+                self.query_time.add1(time.perf_counter() - t0)
 
     async def _wait_version(self, v: int, timeout_ms=None):
         if self.engine.version >= v:
@@ -1376,6 +1386,7 @@ class Service:
             "batch_phase_us": dict(zip(("decode_apply", "ack", "update", "snapshot_check"),
                                        (v / max(c["batches"], 1) * 1e6 for v in self._phase_s))),
             "queries": c["queries"], "query_errors": c["query_errors"], "radius_batches": c["radius_batches"],
+            "query_ms": dict(zip(("p50", "p99", "max"), (v * 1e3 for v in self.query_time.percentiles((50, 99, 100))))),
             "index_builds_waited": c["index_builds_waited"],
             "cache_hits": self.cache.hits, "cache_misses": self.cache.misses, "cache_entries": len(self.cache),
             "cache_warmed": c["cache_warmed"],

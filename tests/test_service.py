@@ -331,6 +331,10 @@ def test_stats_cache_and_micro_service(nats_server, service):
               "cache_misses", "uptime_s"):
         assert k in s1, k
     assert set(s1["latency_ms"]) == {"p50", "p99", "p999"}
+    # each query's time in the service: the two radius queries (one answered, one from the cache)
+    # and the stats query before them, at least
+    qms = s1["query_ms"]
+    assert set(qms) == {"p50", "p99", "max"} and 0 < qms["p50"] <= qms["p99"] <= qms["max"] < 60_000
     phases = s1["batch_phase_us"]
     assert set(phases) == {"decode_apply", "ack", "update", "snapshot_check"}
     assert min(phases.values()) >= 0 and (phases["decode_apply"] > 0) == (s1["batches"] > 0)
