@@ -117,7 +117,7 @@ def _rows(table: pa.Table) -> list[dict]:
     cols = []
     for name, col in zip(table.column_names, table.columns):
         arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-        if name in ("graph_id", "node_id", "edge_id") and arr.type == pa.binary(16):
+        if name in ("graph_id", "node_id", "edge_id", "source_id", "target_id") and arr.type == pa.binary(16):
             cols.append(uuid_texts(arr))
         elif pa.types.is_timestamp(arr.type):
             cols.append(iso_texts(arr))
@@ -419,6 +419,17 @@ def q_find_nodes(engine, req, limits) -> Answer:
                    "truncated": offset + page.num_rows < every.num_rows, "nodes": _rows(page)}, page)
 
 
+def q_find_edges(engine, req, limits) -> Answer:
+    g = _graph_filter(engine, req)
+    edge_type = _opt_str(req, "edge_type")
+    offset = _number(req.get("offset", 0), "offset", minimum=0, integer=True)
+    limit = _limit(req, limits["default"], limits["max"])
+    every = engine.find_edges(g, edge_type=edge_type)
+    page = every.slice(offset, limit)
+    return Answer({"total": every.num_rows, "offset": offset, "limit": limit,
+                   "truncated": offset + page.num_rows < every.num_rows, "edges": _rows(page)}, page)
+
+
 def q_neighbors(engine, req, limits) -> Answer:
     node = _graph_id(req, "node_id")
     g = _graph_filter(engine, req)
@@ -442,6 +453,7 @@ HANDLERS = {
     "knn": q_knn,
     "nodes_in_box": q_nodes_in_box,
     "find_nodes": q_find_nodes,
+    "find_edges": q_find_edges,
     "neighbors": q_neighbors,
 }
 

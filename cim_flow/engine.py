@@ -437,6 +437,34 @@ class Engine:
         nodes = nodes[offset: None if limit is None else offset + int(limit)]
         return self._node_rows(nodes)
 
+    def find_edges(self, graph_id=None, *, edge_type: str | None = None, offset: int = 0,
+                   limit: int | None = None) -> pa.Table:
+        """Live edges (of one graph, with a given ``edge_type``), in the order they were
+        first seen: columns ``edge_id``, ``graph_id``, ``source_id``, ``target_id``,
+        ``weight`` (null when never given) and ``edge_type``.  ``offset``/``limit`` page
+        the result.  The edges projection, as :meth:`find_nodes` is the nodes one."""
+        N, E, G = self._p.N, self._p.E, self._p.G
+        src = E.src[: int(E.meta[0])]
+        live = src >= 0
+        if graph_id is not None:
+            g = self._gidx(graph_id)
+            # a removed edge keeps ~source: its graph is still known, but it is not live anyway
+            live &= (N.graph[np.where(live, src, 0)] == g) if g >= 0 else False
+        edges = np.flatnonzero(live)
+        if edge_type is not None:
+            code = self._p.types.get(edge_type)
+            edges = edges[E.etype[edges] == code] if code >= 0 else edges[:0]
+        offset = int(offset)
+        if offset < 0 or (limit is not None and int(limit) < 0):
+            raise ValueError("offset and limit must be >= 0")
+        edges = edges[offset: None if limit is None else offset + int(limit)]
+        s, d = E.src[edges], E.dst[edges]
+        w = E.weight[edges].astype(np.float64)
+        return pa.Table.from_arrays(
+            [words_to_fsb(E.keys[edges]), words_to_fsb(G.keys[N.graph[s]]), words_to_fsb(N.keys[s]),
+             words_to_fsb(N.keys[d]), pa.array(w, mask=np.isnan(w)), self._p.types.decode(E.etype[edges])],
+            schema=_EDGE_SCHEMA)
+
     def _nodes_of(self, node_id, graph_id=None) -> np.ndarray:
         N = self._p.N
         w0, w1 = words_of(node_id)
@@ -695,6 +723,8 @@ _FIND_SCHEMA = pa.schema([("node_id", pa.binary(16)), ("graph_id", pa.binary(16)
                           ("node_type", pa.utf8()), ("x", pa.float64()), ("y", pa.float64()), ("z", pa.float64())])
 _NEIGHBOR_SCHEMA = pa.schema([("node_id", pa.binary(16)), ("graph_id", pa.binary(16)), ("edge_id", pa.binary(16)),
                               ("direction", pa.utf8()), ("weight", pa.float64()), ("edge_type", pa.utf8())])
+_EDGE_SCHEMA = pa.schema([("edge_id", pa.binary(16)), ("graph_id", pa.binary(16)), ("source_id", pa.binary(16)),
+                          ("target_id", pa.binary(16)), ("weight", pa.float64()), ("edge_type", pa.utf8())])
 _NODE_SCHEMA_D = _NODE_SCHEMA.append(pa.field("distance", pa.float64()))
 
 

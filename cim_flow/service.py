@@ -1475,7 +1475,7 @@ class Service:
 _REPLY_HEADROOM = 1024  # bytes of max_payload kept for a reply's headers
 # endpoints whose answers are capped by "limit" (and so can be answered with fewer rows)
 _PAGED = frozenset({"graphs", "graphs_by_date", "graphs_by_node_count", "nodes_in_radius", "nodes_in_box",
-                    "find_nodes", "neighbors"})
+                    "find_nodes", "find_edges", "neighbors"})
 
 
 def _micro_internals_known(svc) -> bool:

@@ -4,6 +4,7 @@ import json
 import random
 import uuid
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -47,6 +48,21 @@ def check_same(eng, ref):
     lo, hi = 200_000, 700_000
     got = {r["graph_id"] for r in eng.graphs_created_between(lo, hi).to_pylist()}
     assert got == {g for g, s in summ.items() if lo <= s["created_at"] <= hi}
+    # the edges projection, whole, per graph and per type
+    def ref_edge(e):
+        w = e["weight"]
+        return (e["src"], e["dst"], None if w is None or w != w else float(np.float32(w)), e["edge_type"])
+
+    def edge_rows(t):
+        return {(r["graph_id"], r["edge_id"]): (r["source_id"], r["target_id"], r["weight"], r["edge_type"])
+                for r in t.to_pylist()}
+
+    want = {k: ref_edge(e) for k, e in ref.edges.items()}
+    assert edge_rows(eng.find_edges()) == want
+    for g in list(summ)[:2]:
+        assert edge_rows(eng.find_edges(g)) == {k: v for k, v in want.items() if k[0] == g}
+    for typ in {v[3] for v in want.values() if v[3] is not None} | {"no-such-type"}:
+        assert edge_rows(eng.find_edges(edge_type=typ)) == {k: v for k, v in want.items() if v[3] == typ}
     # bounds read back from a summary table (pyarrow scalars) select the same graphs
     created = sorted(eng.graph_summaries().column("created_at"), key=lambda x: x.value)
     if created:

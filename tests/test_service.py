@@ -225,6 +225,16 @@ def test_find_nodes_and_neighbors_over_nats(nats_server, service):
     got = sorted((n["node_id"], n["edge_id"], n["direction"], n["weight"], n["edge_type"]) for n in r["neighbors"])
     assert got == sorted([(ids[1], e1, "out", 0.5, "link"), (ids[2], e2, "in", 0.5, "link")])
     assert r["count"] == 2 and r["node_id"] == ids[0]
+    # the edges projection: both edges, with their ends, weight and type; paged; by type
+    r = request(nats_server.url, "query.graph.find_edges", {"graph_id": g})
+    assert r["total"] == 2 and r["truncated"] is False
+    assert [(x["edge_id"], x["graph_id"], x["source_id"], x["target_id"], x["weight"], x["edge_type"])
+            for x in r["edges"]] == [(e1, g, ids[0], ids[1], 0.5, "link"), (e2, g, ids[2], ids[0], 0.5, "link")]
+    r = request(nats_server.url, "query.graph.find_edges", {"graph_id": g, "limit": 1, "offset": 1})
+    assert [x["edge_id"] for x in r["edges"]] == [e2] and r["total"] == 2 and r["truncated"] is False
+    assert request(nats_server.url, "query.graph.find_edges", {"graph_id": g, "edge_type": "road"})["total"] == 0
+    assert request(nats_server.url, "query.graph.find_edges", {"graph_id": str(uuid.uuid4())})["error"]["code"] \
+        == "not_found"
     r = request(nats_server.url, "query.graph.neighbors", {"node_id": str(uuid.uuid4())})
     assert r["error"]["code"] == "not_found"
     r = request(nats_server.url, "query.graph.neighbors", {})
@@ -343,7 +353,7 @@ def test_stats_cache_and_micro_service(nats_server, service):
     assert info["name"] == "cim_flow"
     subjects = {e["subject"] for e in info["endpoints"]}
     assert {"query.graph.summary", "query.graph.graphs", "query.graph.stats", "query.graph.nodes_in_radius",
-            "query.graph.knn", "query.graph.nodes_in_box", "query.graph.find_nodes",
+            "query.graph.knn", "query.graph.nodes_in_box", "query.graph.find_nodes", "query.graph.find_edges",
             "query.graph.neighbors"} <= subjects
     ping = request(nats_server.url, "$SRV.PING.cim_flow")
     assert ping["name"] == "cim_flow"
