@@ -119,6 +119,10 @@ class Engine:
         self._listeners = []
         self._scratch = threading.local()  # per calling thread: kernels run without the GIL
 
+    def __repr__(self) -> str:
+        t = self.totals()
+        return f"Engine(version={self.version}, graphs={t['graphs']}, nodes={t['nodes']}, edges={t['edges']})"
+
     # -- write side -------------------------------------------------------------
     @property
     def version(self) -> int:

@@ -190,6 +190,7 @@ def test_friendly_inputs_uuid_text_python_values():
                               "occurred_at": [dt.datetime(2024, 1, 1, tzinfo=US)] * 2,
                               "x": [None, 1], "y": [None, 2], "z": [None, 3]}))
     assert (res.applied, eng.totals()["nodes"]) == (2, 1)
+    assert repr(eng) == "Engine(version=2, graphs=1, nodes=1, edges=0)"
     assert eng.graph_summary(g)["created_at"] == dt.datetime(2024, 1, 1, tzinfo=US)
     # an id read back from a result table (a pyarrow scalar), and CIM's {"id": ...} form
     gid = eng.graph_summaries().column("graph_id")[0]
