@@ -60,6 +60,13 @@ _EDGE_FIELDS = {  # 46 bytes an edge, plus ~6 in the hash table (no graph: see i
 _INT16_MAX = int(np.iinfo(np.int16).max)  # type codes are int16
 _META_LEN = {"Graphs": 4, "Nodes": 3, "Edges": 2}
 
+# codes of rows that are not events at all (a field their kind needs is missing or bad), as
+# opposed to valid events that change nothing (unknown graph, node or edge): the service
+# dead-letters the first kind, with their payload, and counts the second as ignored
+INVALID = np.array([kp.IGNORED_UNKNOWN_TYPE, kp.IGNORED_MISSING_FIELD, kp.IGNORED_BAD_POSITION, kp.IGNORED_NO_TIME,
+                    kp.IGNORED_NO_NODE_ID, kp.IGNORED_NO_EDGE_ID, kp.IGNORED_NO_ENDPOINT_ID, kp.IGNORED_NO_POSITION],
+                   np.int8)
+
 REASONS = {
     kp.IGNORED_UNKNOWN_TYPE: "unknown event type",
     kp.IGNORED_MISSING_FIELD: "graph_id missing",

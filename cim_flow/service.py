@@ -30,7 +30,7 @@ from . import _wire
 from ._config import Config
 from ._decode import decode_json, decode_spans, decode_spans_columns
 from ._natsserver import NatsServer
-from ._projection import normalize_batch
+from ._projection import INVALID, REASONS, normalize_batch
 from ._queries import (ARROW_MIME, HANDLERS, QueryCache, QueryError, encode_answer, error_reply, parse_request,
                        iso_texts_of, q_nodes_in_radius_many, uuid_texts_of)
 from .engine import Engine
@@ -1004,7 +1004,10 @@ class Service:
         if cols is not None:  # every payload scanned: no Arrow arrays on the way
             if seqs is not None:
                 cols = cols.with_seq(seqs)
-            self._count(self.engine._apply_columns(cols))
+            res = self.engine._apply_columns(cols)
+            self._count(res)
+            if res.ignored:
+                await self._dead_letter_invalid(block, a, None, res)
             return
         keep = None
         if errors:
@@ -1017,7 +1020,23 @@ class Service:
         if seqs is not None and batch.num_rows:
             batch = batch.set_column(0, "seq", pa.array(seqs if keep is None else seqs[keep], pa.uint64()))
         if batch.num_rows:
-            self._count(self.engine.apply(batch))
+            res = self.engine.apply(batch)
+            self._count(res)
+            if res.ignored:
+                await self._dead_letter_invalid(block, a, None if keep is None else np.flatnonzero(keep), res)
+
+    async def _dead_letter_invalid(self, block: _wire.Block, a: int, message_of_row, res):
+        """Dead-letter the rows of an applied JSON batch that were not events at all (a
+        field their kind needs missing, such as a NodeAdded without node_id): decoding
+        took them, the projection could not.  Their payload goes to dlq.graph with the
+        projection's reason; they count as dead-lettered, not ignored.  Valid events that
+        change nothing (an unknown node, a removed edge) stay ignored."""
+        rows = np.flatnonzero(np.isin(res.status, INVALID))
+        for r in rows:
+            i = a + int(r if message_of_row is None else message_of_row[r])
+            await self._dead_letter(block.subject(i), block.data(i), REASONS[int(res.status[r])],
+                                    int(block.seq[i]) if self.jetstream else None)
+        self.counters["events_ignored"] -= rows.size
 
     async def _apply_arrow(self, block: _wire.Block, a: int, b: int):
         """Arrow IPC messages a..b-1: every good one applied, in one kernel call."""

@@ -91,24 +91,44 @@ def test_dead_letters_and_neighbours_applied(nats_server, service):
         await js.publish("event.graph.node.created", b"{not json")
         await js.publish("event.graph.node.created", json.dumps(
             {"type": "NodeAdded", "graph_id": g, "node_id": "nope"}).encode())
+        n1 = str(uuid.uuid4())
         ack = await js.publish("event.graph.node.created", json.dumps(
-            {"type": "NodeAdded", "graph_id": g, "node_id": str(uuid.uuid4()), "position": [0, 0, 0],
+            {"type": "NodeAdded", "graph_id": g, "node_id": n1, "position": [0, 0, 0],
              "occurred_at": T0}).encode())
         for _ in range(2):
             got.append(await sub.next_msg(timeout=10))
         r = await nc.request("query.graph.summary", msgspec.json.encode({"graph_id": g, "min_version": ack.seq}),
                              timeout=10)
+        before = msgspec.json.decode((await nc.request("query.graph.stats", b"{}", timeout=10)).data)
+        # decodable JSON that is not an event of its kind: dead-lettered with the projection's
+        # reason; a valid event that changes nothing (an unknown node) stays ignored
+        invalid = [
+            ("event.graph.node.created", {"type": "NodeAdded", "graph_id": g, "position": [1, 1, 1]},
+             "node_id missing"),
+            ("event.graph.node.moved", {"type": "NodeMoved", "graph_id": g, "node_id": n1}, "NodeMoved without a position"),
+            ("event.graph.edge.created", {"type": "EdgeAdded", "graph_id": g, "edge_id": str(uuid.uuid4()),
+                                          "source": n1}, "source_id or target_id missing"),
+        ]
+        for subject, body, _ in invalid:
+            await js.publish(subject, json.dumps({**body, "occurred_at": T0 + 1}).encode())
+        ack = await js.publish("event.graph.node.removed", json.dumps(
+            {"type": "NodeRemoved", "graph_id": g, "node_id": str(uuid.uuid4()), "occurred_at": T0 + 2}).encode())
+        late = [await sub.next_msg(timeout=10) for _ in invalid]
+        r2 = await nc.request("query.graph.stats", msgspec.json.encode({"min_version": ack.seq}), timeout=10)
         await nc.close()
-        return got, msgspec.json.decode(r.data)
+        return got, msgspec.json.decode(r.data), invalid, late, before, msgspec.json.decode(r2.data)
 
-    got, summary = run(go())
+    got, summary, invalid, late, before, after = run(go())
     reasons = sorted(m.headers["Cim-Error"] for m in got)
     assert reasons == ["bad UUID in node_id", "invalid JSON"]
     assert {m.data for m in got} >= {b"{not json"}
     assert all(m.headers["Cim-Subject"] == "event.graph.node.created" for m in got)
     assert summary["node_count"] == 1
-    stats = request(nats_server.url, "query.graph.stats")
-    assert stats["events_dead_lettered"] >= 2
+    assert before["events_dead_lettered"] >= 2
+    assert [(m.headers["Cim-Subject"], m.headers["Cim-Error"], json.loads(m.data)["type"]) for m in late] == \
+        [(subject, why, body["type"]) for subject, body, why in invalid]
+    assert after["events_dead_lettered"] == before["events_dead_lettered"] + 3
+    assert after["events_ignored"] == before["events_ignored"] + 1  # the NodeRemoved of an unknown node
 
 
 def test_spatial_queries_over_nats(nats_server, service):
