@@ -1040,7 +1040,7 @@ class Service:
 
     async def _apply_arrow(self, block: _wire.Block, a: int, b: int):
         """Arrow IPC messages a..b-1: every good one applied, in one kernel call."""
-        messages = []
+        messages, where = [], []
         for i in range(a, b):
             data = block.data(i)
             try:
@@ -1052,6 +1052,7 @@ class Service:
                                         int(block.seq[i]) if self.jetstream else None)
                 continue
             messages.append((batches, int(block.seq[i])))
+            where.append(i)
         if not messages:
             return
         if self.jetstream:
@@ -1059,6 +1060,35 @@ class Service:
         else:
             res = self.engine.apply([x for batches, _ in messages for x in batches])
         self._count(res)
+        if res.ignored:
+            await self._dead_letter_invalid_rows(block, where, [batches for batches, _ in messages], res)
+
+    async def _dead_letter_invalid_rows(self, block: _wire.Block, where: list, messages: list, res):
+        """For Arrow batch messages: the rows that were not events (as for JSON in
+        :meth:`_dead_letter_invalid`), one dead letter per message holding them, an Arrow
+        IPC stream of just those rows; the reason names each row (its number in the
+        message) and why.  The message's other rows stay applied."""
+        bad = np.isin(res.status, INVALID)
+        if not bad.any():
+            return
+        sizes = [sum(x.num_rows for x in batches) for batches in messages]
+        starts = np.concatenate([[0], np.cumsum(sizes)])  # rows in message order (see _apply_messages)
+        for k, i in enumerate(where):
+            rows = np.flatnonzero(bad[starts[k]:starts[k + 1]])
+            if rows.size == 0:
+                continue
+            codes = res.status[starts[k] + rows]
+            table = pa.Table.from_batches(messages[k]).take(pa.array(rows))
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table)
+            why = "; ".join(f"row {r}: {REASONS[int(c)]}" for r, c in zip(rows[:20].tolist(), codes[:20]))
+            more = f"; and {rows.size - 20} more" if rows.size > 20 else ""
+            await self._dead_letter(block.subject(i), sink.getvalue().to_pybytes(),
+                                    f"{rows.size} of {sizes[k]} rows are not events: {why}{more}",
+                                    int(block.seq[i]) if self.jetstream else None)
+            self.counters["events_dead_lettered"] += rows.size - 1  # (_dead_letter counted one)
+            self.counters["events_ignored"] -= rows.size
 
     def _adapt(self):
         """Move the batch size between min and max to hold p99 at target_latency.

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 import nats
-from cim_flow import Engine, decode_json
+from cim_flow import EVENT_SCHEMA, Engine, decode_json
 from natsutil import js_publish, request, request_raw, run, wait_until_restarted
 from reference import RefProjection, brute_knn, brute_radius
 
@@ -283,6 +283,49 @@ def test_arrow_batch_in_and_arrow_reply(nats_server, service):
     # a bad Arrow message is dead-lettered, not fatal
     js_publish(nats_server.url, [("event.graph.batch", b"not arrow", None)])
     assert request(nats_server.url, "query.graph.summary", {"graph_id": g})["node_count"] == 40
+
+
+def test_arrow_rows_that_are_not_events_are_dead_lettered(nats_server, service):
+    """An Arrow batch message with rows missing a field their kind needs: those rows go to
+    dlq.graph as one Arrow message with each row's reason; the rest of it applies, and an
+    unknown node's removal stays an ignored no-op."""
+    g, n1, n2 = (uuid.uuid4().bytes for _ in range(3))
+    rows = [
+        dict(event_type=1, graph_id=g, occurred_at=T0 * 1000, name="arrow-dlq"),
+        dict(event_type=10, graph_id=g, occurred_at=T0 * 1000, node_id=None, x=1.0, y=1.0, z=1.0),
+        dict(event_type=10, graph_id=g, occurred_at=T0 * 1000, node_id=n1, x=1.0, y=2.0, z=3.0),
+        dict(event_type=12, graph_id=g, occurred_at=T0 * 1000, node_id=n1),
+        dict(event_type=13, graph_id=g, occurred_at=T0 * 1000, node_id=n2),
+    ]
+    names = {k for r in rows for k in r}
+    table = pa.Table.from_pylist(rows, schema=pa.schema([f for f in EVENT_SCHEMA if f.name in names]))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+
+    async def go():
+        nc = await nats.connect(nats_server.url)
+        sub = await nc.subscribe("dlq.graph")
+        await nc.flush()
+        before = msgspec.json.decode((await nc.request("query.graph.stats", b"{}", timeout=10)).data)
+        ack = await nc.jetstream().publish("event.graph.batch", sink.getvalue().to_pybytes())
+        dead = await sub.next_msg(timeout=10)
+        after = msgspec.json.decode((await nc.request("query.graph.stats",
+                                                      msgspec.json.encode({"min_version": ack.seq}), timeout=10)).data)
+        await nc.close()
+        return dead, before, after, ack.seq
+
+    dead, before, after, seq = run(go())
+    assert dead.headers["Cim-Subject"] == "event.graph.batch" and dead.headers["Cim-Seq"] == str(seq)
+    assert dead.headers["Cim-Error"] == ("2 of 5 rows are not events: row 1: node_id missing; "
+                                         "row 3: NodeMoved without a position")
+    got = pa.ipc.open_stream(dead.data).read_all()
+    assert got.column("event_type").to_pylist() == [10, 12] and got.column("node_id").to_pylist() == [None, n1]
+    assert after["events_dead_lettered"] == before["events_dead_lettered"] + 2
+    assert after["events_ignored"] == before["events_ignored"] + 1
+    assert after["events_applied"] == before["events_applied"] + 2
+    summary = request(nats_server.url, "query.graph.summary", {"graph_id": str(uuid.UUID(bytes=g))})
+    assert summary["node_count"] == 1 and summary["name"] == "arrow-dlq"
 
 
 @pytest.mark.parametrize("subject,body,code", [
