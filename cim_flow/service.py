@@ -1450,7 +1450,7 @@ class Service:
         }
 
     async def _status_loop(self):
-        last_n, last_t = 0, time.time()
+        last_n, last_t, last_q = 0, time.time(), 0
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), self.status_interval)
@@ -1459,14 +1459,21 @@ class Service:
                 pass
             now = time.time()
             n = self.events_total()
-            rate = (n - last_n) / (now - last_t)
+            dt = now - last_t
+            rate = (n - last_n) / dt
             last_n, last_t = n, now
             p99 = self.latency.percentiles((99,))[0] * 1e3
             t = self.engine.totals()
             state = "" if self.connected else " DISCONNECTED"
             if self.stream_behind:
                 state += f" STREAM BEHIND BY {self.stream_behind:,}"
-            self._log(f"cim_flow {rate:,.0f} events/s  p99 {p99:.2f} ms  graphs {t['graphs']:,}  "
+            q = self.counters["queries"]
+            queries = ""
+            if q > last_q:  # only while queries come: their rate and p99 in the service
+                queries = (f"  queries {(q - last_q) / dt:,.0f}/s p99 "
+                           f"{self.query_time.percentiles((99,), last=q - last_q)[0] * 1e3:.2f} ms")
+            last_q = q
+            self._log(f"cim_flow {rate:,.0f} events/s  p99 {p99:.2f} ms{queries}  graphs {t['graphs']:,}  "
                       f"nodes {t['nodes']:,}  edges {t['edges']:,}  batch {self.batch_size}  "
                       f"version {self.engine.version}{state}")
 

@@ -392,6 +392,32 @@ def test_graphs_listing_and_filters(nats_server, service):
     assert bad["error"]["code"] == "bad_request" and "created_between" in bad["error"]["message"]
 
 
+def test_status_line_says_query_rate_and_p99_while_queries_come(nats_server, tmp_path):
+    import io
+    import re
+
+    from cim_flow._config import Config
+    from cim_flow.service import Service
+    from conftest import RunningService
+
+    out = io.StringIO()
+    cfg = Config.from_dict({"jetstream": {"storage": "memory", "stream": "STATUS_LINE", "subjects": ["status.>"],
+                                          "durable": "status_line"}})
+    rs = RunningService(Service(cfg, nats_url=nats_server.url, status_interval=0.5, out=out,
+                                data_dir=str(tmp_path / "svc"))).start()
+    try:
+        time.sleep(0.7)  # a line with no queries yet
+        for _ in range(20):
+            request(nats_server.url, "query.graph.stats")
+        time.sleep(0.7)
+    finally:
+        rs.stop()
+    lines = [ln for ln in out.getvalue().splitlines() if "events/s" in ln]
+    assert lines and "queries" not in lines[0], lines
+    m = [re.search(r"queries ([\d,]+)/s p99 ([\d.]+) ms", ln) for ln in lines]
+    assert any(x and int(x.group(1).replace(",", "")) > 0 and float(x.group(2)) > 0 for x in m), lines
+
+
 def test_stats_cache_and_micro_service(nats_server, service):
     q = {"center": [5, 5, 5], "radius": 1.0}
     s0 = request(nats_server.url, "query.graph.stats")
