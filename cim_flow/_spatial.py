@@ -19,8 +19,10 @@ import numpy as np
 from kernels import spatial as ks
 
 TARGET_OCCUPANCY = 8.0
+ZR_KEEP_FILL = 0.75  # a grid keeps its columns' z ranges when they span less than this of its height on average
 
 
+_NO_ZR = np.zeros((0, 2), np.int32)
 _NO_TABLE = dict(tkeys=np.full(1, ks.EMPTY, np.uint64), tstart=np.zeros(1, np.int32),
                  tcount=np.zeros(1, np.int32), cells=np.zeros(0, np.int32))
 
@@ -45,7 +47,7 @@ _SERIAL_DELTA_BELOW = 2048  # delta grids this small are built on the calling th
 def _empty_grid():
     return ks.Grid(
         origin=np.zeros(3), h=np.ones(1), lim=np.zeros(3, np.int64), dims=np.ones(3, np.int64),
-        dst=np.zeros(0, np.int32), nstale=np.zeros(0, np.uint8),
+        dst=np.zeros(0, np.int32), nstale=np.zeros(0, np.uint8), zr=_NO_ZR,
         pts=np.zeros((0, 3)), idx=np.zeros(0, np.int32), grp=np.zeros(0, np.int32), **_NO_TABLE)
 
 
@@ -148,8 +150,15 @@ class SpatialIndex:
                     nparts = numba.get_num_threads() if m >= 65536 else 1
                     dst, pts, idx, grp = ks.grid_build_dense(pos, nodes, graph, origin, float(h), dims, nparts)
                 nstale = np.zeros(dst.shape[0] - 1 + int(dims[0] * dims[1]), np.uint8)  # + column flags
+                zr = _NO_ZR
+                if dims[2] >= ks.ZR_MIN_Z:
+                    zr = ks.column_zrange_serial(dst, dims) if serial else ks.column_zrange(dst, dims)
+                    # kept only when columns are mostly empty in z (clustered data): where
+                    # points fill every column (uniform data) the checks never skip a thing
+                    if float(np.maximum(zr[:, 1] - zr[:, 0] + 1, 0).mean()) > ZR_KEEP_FILL * float(dims[2]):
+                        zr = _NO_ZR
                 return ks.Grid(origin=origin, h=np.array([h]), lim=dims - 1, dims=dims, dst=dst,
-                               nstale=nstale, pts=pts, idx=idx, grp=grp, **_NO_TABLE)
+                               nstale=nstale, zr=zr, pts=pts, idx=idx, grp=grp, **_NO_TABLE)
         size = 16
         while size < 4 * m / TARGET_OCCUPANCY:
             size *= 2
@@ -160,7 +169,7 @@ class SpatialIndex:
             size *= 4
         return ks.Grid(origin=origin, h=np.array([h]), lim=np.full(3, ks._LIM, np.int64),
                        dims=np.full(3, ks._LIM + 1, np.int64), dst=np.zeros(0, np.int32),
-                       nstale=np.zeros(0, np.uint8), tkeys=tkeys, tstart=tstart, tcount=tcount,
+                       nstale=np.zeros(0, np.uint8), zr=_NO_ZR, tkeys=tkeys, tstart=tstart, tcount=tcount,
                        pts=pts, idx=idx, grp=grp, cells=cells)
 
     # -- incremental ------------------------------------------------------------

@@ -44,14 +44,19 @@ from .traverse import _gather_row, _query_rows
 KEEP_RADIUS_CELLS = 3.0  # radii up to this many cells: count and keep hits in one walk
 KEEP_SMALL = 64  # hits kept per query by the serial (few-query) path
 
-Grid = namedtuple("Grid", "origin h lim dims dst nstale tkeys tstart tcount pts idx grp cells")
+Grid = namedtuple("Grid", "origin h lim dims dst nstale zr tkeys tstart tcount pts idx grp cells")
 # origin (3,), h (1,): cell size; lim (3,) int64: largest cell index per axis; dims = lim + 1.
 # dense: dst (prod(dims) + 1,) int32 cell starts, nstale (prod(dims) + dims[0] * dims[1],) uint8:
 #   stale entries per cell (saturating at 255: one byte a cell keeps the first update's page
 #   faults few), then one flag per (x, y) column, set when any of its cells has one: a large
 #   count query on a fresh grid spent half its time reading zero counts (clustered, r = 10x
 #   the 30-neighbour radius: 436 -> 223 ms).
-# hashed: dst and nstale empty; tkeys/tstart/tcount the cell table (key EMPTY = free),
+# zr (dims[0] * dims[1], 2) int32: per (x, y) column its first and last occupied z cell
+#   ((dims[2], -1) when empty), so the radius walk skips a column whose points all lie
+#   above or below the sphere without reading dst (a cache miss a column on a big grid);
+#   empty (0, 2) for hashed grids and for grids under ZR_MIN_Z cells tall (there it
+#   would cost more memory than dst saves reads).
+# hashed: dst, nstale and zr empty; tkeys/tstart/tcount the cell table (key EMPTY = free),
 #   cells the slots of the occupied cells (for whole-grid scans).
 # pts (m, 3) positions (NaN: stale entry), idx (m,) node index, grp (m,) graph index.
 
@@ -74,6 +79,7 @@ class GridPair(structref.StructRefProxy):
 structref.define_proxy(GridPair, GridPairType, ["main", "delta"])
 
 EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
+ZR_MIN_Z = 16  # columns at least this many cells tall get their occupied z range (Grid.zr)
 DENSE_CELLS_PER_POINT = 16
 _LIM = 2097151  # 2**21 - 1: the hashed grid's cells per axis (three fit in a uint64 key)
 _B21 = np.uint64(21)
@@ -174,6 +180,45 @@ def _dense_layout(dst, m):
         dst[c] += dst[c - 1]
     pts, idx, grp = _point_arrays(m)
     return dst[:-1].copy(), pts, idx, grp
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _column_zrange(dst, nz, zr, c):
+    """Column c's first and last occupied z cell, ``(nz, -1)`` when it is empty; read
+    from both ends up to its first point, so a mostly empty grid costs a few reads."""
+    base = c * nz
+    a = dst[base]
+    b = dst[base + nz]
+    if a == b:
+        zr[c, 0] = nz
+        zr[c, 1] = -1
+        return
+    z = 0
+    while dst[base + z + 1] == a:
+        z += 1
+    zr[c, 0] = z
+    z = nz - 1
+    while dst[base + z] == b:
+        z -= 1
+    zr[c, 1] = z
+
+
+@pjit
+def column_zrange(dst, dims):
+    """:attr:`Grid.zr` of a dense grid (columns in parallel)."""
+    zr = np.empty((dims[0] * dims[1], 2), np.int32)
+    for c in prange(dims[0] * dims[1]):
+        _column_zrange(dst, dims[2], zr, c)
+    return zr
+
+
+@jit(fastmath=EXACT_MATH)
+def column_zrange_serial(dst, dims):
+    """:func:`column_zrange` on the calling thread (builds on a background thread)."""
+    zr = np.empty((dims[0] * dims[1], 2), np.int32)
+    for c in range(dims[0] * dims[1]):
+        _column_zrange(dst, dims[2], zr, c)
+    return zr
 
 
 @jit
@@ -657,6 +702,7 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w, cap):
     inv_h = 1.0 / h
     zall0 = z0
     zall1 = z1
+    has_zr = dense and g.zr.shape[0] > 0
     for ix in range(x0, x1 + 1):
         fx = 0.0
         if inner:
@@ -668,6 +714,12 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w, cap):
             nx = max(0.0, o[0] + ix * h - cx, cx - (o[0] + (ix + 1) * h)) - marg
             nx = max(nx, 0.0)
         for iy in range(y0, y1 + 1):
+            zra = zrb = np.int64(0)
+            if has_zr:  # the column's points all above or below the cube: nothing to read
+                zra = np.int64(g.zr[ix * g.dims[1] + iy, 0])
+                zrb = np.int64(g.zr[ix * g.dims[1] + iy, 1])
+                if zra > zall1 or zrb < zall0:
+                    continue
             # Only the cells of the column the sphere reaches: its z-extent over the
             # column's nearest point, widened by `marg` (so no hit is left out however the
             # bounds round).  The cube's corner columns hold half its volume.
@@ -681,6 +733,8 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w, cap):
             tz = np.sqrt(ro2 - nxy) + marg
             z0 = max(zall0, _cell(cz - tz, o[2], inv_h, g.lim[2]))
             z1 = min(zall1, _cell(cz + tz, o[2], inv_h, g.lim[2]))
+            if has_zr and (zra > z1 or zrb < z0):
+                continue  # ... or all above or below the sphere's extent over the column
             if dense:
                 a, b = _col(g, ix, iy, z0, z1)
                 if a == b:

@@ -330,6 +330,45 @@ def test_counts_by_whole_cells_match_point_tests():
         _assert_same_sets(t, tree.query_ball_point(centers, r), nids)  # whole cells copied by the fill
 
 
+def test_columns_skipped_by_their_occupied_z_range_lose_no_hit():
+    """A tall dense grid whose columns are mostly empty in z keeps each column's occupied
+    z range, and the radius walk skips columns whose points all lie above or below the
+    sphere. Clusters stacked at different heights and a thin layer; queries above, below,
+    inside and at the edge of them; radii from a fraction of a cell to several clusters:
+    every answer is cKDTree's, also after moves (stale entries, a delta grid)."""
+    import kernels.spatial as ks
+
+    rng = np.random.default_rng(11)
+    centres = rng.uniform((0, 0, 0), (40, 40, 300), (12, 3))
+    pts = np.vstack([rng.normal(c, 1.5, (250, 3)) for c in centres]
+                    + [np.column_stack([rng.uniform(0, 15, (300, 2)), 150 + rng.uniform(0, 0.3, 300)])])
+    eng, nids, owner = engine_with_points(pts)
+    eng.nodes_within([0, 0, 0], 1.0, count_only=True)  # build the main grid
+    g = eng._spatial.main
+    assert g.dst.size > 0 and g.dims[2] >= ks.ZR_MIN_Z and g.zr.shape[0] == g.dims[0] * g.dims[1]
+    # the ranges themselves, against the cell counts
+    counts = np.diff(g.dst.astype(np.int64)).reshape(g.dims[0] * g.dims[1], g.dims[2])
+    for c in range(counts.shape[0]):
+        occ = np.flatnonzero(counts[c])
+        assert tuple(g.zr[c]) == ((occ[0], occ[-1]) if occ.size else (g.dims[2], -1))
+    cur = pts.copy()
+    for step in range(2):
+        tree = cKDTree(cur)
+        near = centres[rng.integers(0, len(centres), 30)] + rng.normal(0, 3.0, (30, 3))
+        heights = rng.choice([-3, 0.2, 149.9, 150.2, 151, 310], 20)
+        centers = np.vstack([near, np.column_stack([rng.uniform(-2, 42, (20, 2)), heights])])
+        for r in (0.4, 1.5, 4.0, 9.0, 25.0, 60.0):
+            want = tree.query_ball_point(centers, r)
+            assert eng.nodes_within(centers, r, count_only=True).tolist() == [len(w) for w in want]
+            assert eng.nodes_within(centers[:6], r, count_only=True).tolist() == [len(w) for w in want[:6]]
+            _assert_same_sets(eng.nodes_within(centers, r), want, nids)
+            _assert_same_sets(eng.nodes_within(centers[:6], r), want[:6], nids)
+        moved = rng.choice(len(pts), 300, replace=False)  # stale entries in the main grid, a delta grid
+        cur[moved] = rng.uniform((0, 0, 0), (40, 40, 300), (300, 3))
+        eng.apply(rows_to_batch([_ev(EventType.NodeMoved, owner[i], 20 + step, node_id=nids[i], x=float(cur[i, 0]),
+                                     y=float(cur[i, 1]), z=float(cur[i, 2])) for i in moved]))
+
+
 def _assert_same_sets(table, want_lists, nids):
     """Each query's node ids in ``table`` are exactly the brute-force (cKDTree) set."""
     q = table.column("query").to_numpy()
