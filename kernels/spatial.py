@@ -184,8 +184,9 @@ def _dense_layout(dst, m):
 
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _column_zrange(dst, nz, zr, c):
-    """Column c's first and last occupied z cell, ``(nz, -1)`` when it is empty; read
-    from both ends up to its first point, so a mostly empty grid costs a few reads."""
+    """Column c's first and last occupied z cell, ``(nz, -1)`` when it is empty: two
+    binary searches of the column's run of cell starts (nondecreasing), ~2 log2(nz)
+    reads, where walking in from both ends read most of a mostly empty column."""
     base = c * nz
     a = dst[base]
     b = dst[base + nz]
@@ -193,14 +194,22 @@ def _column_zrange(dst, nz, zr, c):
         zr[c, 0] = nz
         zr[c, 1] = -1
         return
-    z = 0
-    while dst[base + z + 1] == a:
-        z += 1
-    zr[c, 0] = z
-    z = nz - 1
-    while dst[base + z] == b:
-        z -= 1
-    zr[c, 1] = z
+    lo, hi = 0, nz - 1  # the first z whose cell holds a point: dst[base + z + 1] > a
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if dst[base + mid + 1] > a:
+            hi = mid
+        else:
+            lo = mid + 1
+    zr[c, 0] = lo
+    lo, hi = 0, nz - 1  # the last: dst[base + z] < b
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if dst[base + mid] < b:
+            lo = mid
+        else:
+            hi = mid - 1
+    zr[c, 1] = lo
 
 
 @pjit
