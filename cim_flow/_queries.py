@@ -359,10 +359,24 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
             if want_arrow is None or want_arrow[i]:
                 a0, b0 = int(offsets[j0]), int(offsets[j])
                 part = t.slice(a0, b0 - a0)
+                keep = _first_per_center(offsets[j0:j + 1] - a0, limit)
+                if keep is not None:  # `limit` caps each center's rows, as in the JSON reply
+                    part = part.take(pa.array(keep))
                 part = part.set_column(0, "query", pa.array(part.column("query").to_numpy() - j0))
                 ans.table = part if with_d else part.drop_columns(["distance"])
             out[i] = ans
     return out
+
+
+def _first_per_center(offs: np.ndarray, limit: int):
+    """Rows of the first ``limit`` hits of each center, for CSR ``offs`` (from 0); None
+    when no center has more."""
+    cnt = np.diff(offs)
+    k = np.minimum(cnt, limit)
+    if (k == cnt).all():
+        return None
+    first = np.cumsum(k) - k  # where each center's kept rows start among the kept
+    return np.repeat(offs[:-1], k) + np.arange(int(k.sum())) - np.repeat(first, k)
 
 
 def q_knn(engine, req, limits) -> Answer:

@@ -280,6 +280,15 @@ def test_arrow_batch_in_and_arrow_reply(nats_server, service):
     assert set(t.column_names) >= {"node_id", "graph_id"}
     assert {uuid.UUID(bytes=b).hex for b in t.column("node_id").to_pylist()} == {uuid.UUID(n).hex for n in pos}
     assert int(t.schema.metadata[b"version"]) >= seq
+    # `limit` caps each center's rows in the Arrow reply as in the JSON one: the same first rows
+    body = {"centers": [[5, 5, 5], [1, 1, 1]], "radius": 100, "graph_id": g, "limit": 7}
+    t = pa.ipc.open_stream(request_raw(nats_server.url, "query.graph.nodes_in_radius", body,
+                                       headers={"Accept": "application/vnd.apache.arrow.stream"}).data).read_all()
+    js = request(nats_server.url, "query.graph.nodes_in_radius", body)
+    assert t.column("query").to_pylist() == [0] * 7 + [1] * 7
+    assert [str(uuid.UUID(bytes=b)) for b in t.column("node_id").to_pylist()] == \
+        [n["node_id"] for r in js["results"] for n in r["nodes"]]
+    assert js["truncated"] is True and [r["count"] for r in js["results"]] == [40, 40]
     # a bad Arrow message is dead-lettered, not fatal
     js_publish(nats_server.url, [("event.graph.batch", b"not arrow", None)])
     assert request(nats_server.url, "query.graph.summary", {"graph_id": g})["node_count"] == 40
