@@ -270,7 +270,7 @@ def _table_writer(path: str):
 
 def _save_table(data: bytes, path: str) -> int:
     """``query --out``: an Arrow reply (an IPC stream) saved as a file; one JSON line
-    saying what was written (rows, columns, version) on stdout."""
+    saying what was written (rows, columns, version, whether a limit cut rows) on stdout."""
     import json
 
     import pyarrow as pa
@@ -278,9 +278,10 @@ def _save_table(data: bytes, path: str) -> int:
     table = pa.ipc.open_stream(data).read_all()
     meta = table.schema.metadata or {}
     _table_writer(path)(table, path)
-    version = meta.get(b"version")
+    version, truncated = meta.get(b"version"), meta.get(b"truncated")
     _print_reply(json.dumps({"file": path, "rows": table.num_rows, "columns": table.column_names,
-                             "version": int(version) if version is not None else None}))
+                             "version": int(version) if version is not None else None,
+                             "truncated": None if truncated is None else truncated == b"true"}))
     return 0
 
 

@@ -190,12 +190,15 @@ class Answer:
     when set, is the body already encoded without its closing brace (``version`` is
     appended to it); ``body`` may then be None."""
 
-    __slots__ = ("body", "table", "raw_json")
+    __slots__ = ("body", "table", "raw_json", "truncated")
 
-    def __init__(self, body: dict | None, table: pa.Table | None = None, raw_json: bytes | None = None):
+    def __init__(self, body: dict | None, table: pa.Table | None = None, raw_json: bytes | None = None,
+                 truncated: bool | None = None):
         self.body = body
         self.table = table
         self.raw_json = raw_json
+        # whether a limit cut rows (for Arrow replies' metadata); from body when not given
+        self.truncated = truncated if truncated is not None or body is None else body.get("truncated")
 
 
 def _limit(req, default, maximum):
@@ -355,7 +358,7 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
                 raw = b'{"results":[%s],"truncated":%s' % (b",".join(parts), b"true" if truncated else b"false")
                 if single:
                     raw += b',"nodes":[%s],"count":%d' % first
-                ans = Answer(None, raw_json=raw)
+                ans = Answer(None, raw_json=raw, truncated=truncated)
             if want_arrow is None or want_arrow[i]:
                 a0, b0 = int(offsets[j0]), int(offsets[j])
                 part = t.slice(a0, b0 - a0)
@@ -476,6 +479,8 @@ def encode_answer(ans: Answer, version: int, arrow: bool) -> tuple[bytes, dict |
     if arrow and ans.table is not None:
         sink = pa.BufferOutputStream()
         meta = {b"version": str(version).encode()}
+        if ans.truncated is not None:  # as the JSON reply's "truncated": a limit cut rows
+            meta[b"truncated"] = b"true" if ans.truncated else b"false"
         table = ans.table.replace_schema_metadata(meta)
         with pa.ipc.new_stream(sink, table.schema) as w:
             w.write_table(table)

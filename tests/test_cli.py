@@ -287,6 +287,7 @@ def test_query_command_prints_the_services_reply(nats_server, service, tmp_path)
         table = (pq.read_table(tmp_path / name) if name.endswith(".parquet")
                  else pa.ipc.open_file(tmp_path / name).read_all())
         assert line["rows"] == table.num_rows == len(want["graphs"]) and line["version"] >= want["version"]
+        assert line["truncated"] == want["truncated"]
         assert [str(uuid.UUID(bytes=b)) for b in table.column("graph_id").to_pylist()] == \
             [g["graph_id"] for g in want["graphs"]]
     r = cli("stats", "--out", str(tmp_path / "stats.arrow"))  # no table in that reply

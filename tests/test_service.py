@@ -279,13 +279,13 @@ def test_arrow_batch_in_and_arrow_reply(nats_server, service):
     assert t.num_rows == 40
     assert set(t.column_names) >= {"node_id", "graph_id"}
     assert {uuid.UUID(bytes=b).hex for b in t.column("node_id").to_pylist()} == {uuid.UUID(n).hex for n in pos}
-    assert int(t.schema.metadata[b"version"]) >= seq
+    assert int(t.schema.metadata[b"version"]) >= seq and t.schema.metadata[b"truncated"] == b"false"
     # `limit` caps each center's rows in the Arrow reply as in the JSON one: the same first rows
     body = {"centers": [[5, 5, 5], [1, 1, 1]], "radius": 100, "graph_id": g, "limit": 7}
     t = pa.ipc.open_stream(request_raw(nats_server.url, "query.graph.nodes_in_radius", body,
                                        headers={"Accept": "application/vnd.apache.arrow.stream"}).data).read_all()
     js = request(nats_server.url, "query.graph.nodes_in_radius", body)
-    assert t.column("query").to_pylist() == [0] * 7 + [1] * 7
+    assert t.column("query").to_pylist() == [0] * 7 + [1] * 7 and t.schema.metadata[b"truncated"] == b"true"
     assert [str(uuid.UUID(bytes=b)) for b in t.column("node_id").to_pylist()] == \
         [n["node_id"] for r in js["results"] for n in r["nodes"]]
     assert js["truncated"] is True and [r["count"] for r in js["results"]] == [40, 40]
