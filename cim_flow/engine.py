@@ -856,7 +856,7 @@ def read_events(path) -> pa.Table:
     else:
         with open(path, "rb") as fh:
             head = fh.read(4096)
-        text = head.lstrip()
+        text = head.removeprefix(b"\xef\xbb\xbf").lstrip()  # (a UTF-8 byte order mark: decode_json drops it)
         if head[:4] == b"PAR1":
             table = pq.read_table(path)
         elif head[:6] == b"ARROW1":

@@ -1,6 +1,7 @@
 """Engine projections against the plain-Python reference, on hostile random streams."""
 import datetime as dt
 import json
+import os
 import random
 import uuid
 
@@ -393,6 +394,15 @@ def test_read_events_takes_parquet_arrow_and_json_lines(tmp_path):
         res = eng.apply(read_events(tmp_path / name))
         assert res.applied + res.ignored == 1200, name
         assert eng.totals() == want.totals() and engine_summaries(eng) == engine_summaries(want), name
+    # a byte order mark, and an event without a time: it gets the file's modification time
+    g = uuid.uuid4()
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"type": "GraphCreated", "graph_id": str(g)}).encode() + b"\n")
+    os.utime(path, ns=(1_700_000_000_123_456_000, 1_700_000_000_123_456_000))
+    got = read_events(path)
+    assert got.num_rows == 1 and got.column("graph_id").to_pylist() == [g.bytes]
+    assert got.column("occurred_at").cast(pa.int64()).to_pylist() == [1_700_000_000_123_456]
+    assert read_events(path).column("event_id").to_pylist() == got.column("event_id").to_pylist()  # stable
     lines[700] = b'{"type": "NodeTeleported"}'
     (tmp_path / "bad.jsonl").write_bytes(b"\n".join(lines))
     with pytest.raises(ValueError, match="bad.jsonl: line 701: unknown event type 'NodeTeleported'"):
