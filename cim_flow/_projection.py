@@ -423,6 +423,15 @@ class Projection:
             lo[: G.lo.shape[0]] = G.lo
             self.G = G._replace(lo=lo)
 
+    def _hash_scratch(self, n: int):
+        """The kernel's per-row graph index and id hashes (see
+        ``kernels.projection._hash_rows``), kept from batch to batch."""
+        gx, hx = getattr(self, "_scratch", (None, None))
+        if gx is None or gx.shape[0] < n:
+            gx, hx = np.empty(max(n, 1024), np.int64), np.empty((max(n, 1024), 3), np.uint64)
+            self._scratch = (gx, hx)
+        return gx[:n], hx[:n]
+
     # -- the hook -------------------------------------------------------------
     def apply(self, batch) -> tuple[ApplyResult, np.ndarray, np.ndarray]:
         """Apply one normalised batch (or its :class:`EventColumns`).
@@ -449,8 +458,9 @@ class Projection:
             self.N = self.N._replace(dlist=np.empty(need + need // 4, np.int32))
         status = np.empty(n, np.int8)
         seq = np.empty(n, np.uint64)
+        gx, hx = self._hash_scratch(n)
         self.version = int(kp.apply_events_tuples(tuple(self.G), tuple(self.N), tuple(self.E), tuple(ev),
-                                                  np.uint64(self.version), status, seq))
+                                                  np.uint64(self.version), status, seq, gx, hx))
         counts = np.bincount(np.minimum(status, 2), minlength=3)
         res = ApplyResult(int(counts[0]), int(counts[2]), int(counts[1]), self.version, status, seq)
         G, N = self.G, self.N

@@ -88,11 +88,11 @@ def _owner_at(owner, ngraph, by_src, i):
 
 
 @jit(nrt=False, inline=True)
-def _probe(slots, keys, owner, ngraph, by_src, g, k0, k1):
-    """``(slot, index, tag)`` of key ``(g, k0, k1)``; index -1 and the free slot when
-    absent; ``tag`` is what the key's slot value carries above the index."""
+def _probe(slots, keys, owner, ngraph, by_src, g, k0, k1, h):
+    """``(slot, index, tag)`` of key ``(g, k0, k1)`` whose :func:`hash_key` is ``h``;
+    index -1 and the free slot when absent; ``tag`` is what the key's slot value
+    carries above the index."""
     mask = np.uint64(slots.shape[0] - 1)
-    h = hash_key(g, k0, k1)
     s = h & mask
     tag = _tag_of(h)
     while True:
@@ -107,8 +107,8 @@ def _probe(slots, keys, owner, ngraph, by_src, g, k0, k1):
 
 
 @jit(nrt=False, inline=True)
-def _intern(slots, keys, owner, ngraph, by_src, meta, g, k0, k1, own):
-    s, i, tag = _probe(slots, keys, owner, ngraph, by_src, g, k0, k1)
+def _intern(slots, keys, owner, ngraph, by_src, meta, g, k0, k1, own, h):
+    s, i, tag = _probe(slots, keys, owner, ngraph, by_src, g, k0, k1, h)
     if i >= 0:
         return i, False
     i = meta[0]
@@ -134,7 +134,13 @@ def _rehash(keys, owner, ngraph, by_src, n, new_slots):
 @jit(nrt=False, llvm_inline=True)
 def lookup(slots, keys, owner, g, k0, k1):
     """Index of key ``(g, k0, k1)`` or ``-1``."""
-    return np.int64(_probe(slots, keys, owner, owner, False, g, k0, k1)[1])
+    return np.int64(_probe(slots, keys, owner, owner, False, g, k0, k1, hash_key(g, k0, k1))[1])
+
+
+@jit(nrt=False, llvm_inline=True)
+def lookup_h(slots, keys, owner, g, k0, k1, h):
+    """:func:`lookup` with the key's :func:`hash_key` ``h`` already computed."""
+    return np.int64(_probe(slots, keys, owner, owner, False, g, k0, k1, h)[1])
 
 
 @jit(nrt=False, llvm_inline=True)
@@ -144,7 +150,13 @@ def intern(slots, keys, owner, meta, g, k0, k1):
     ``meta[0]`` is the number of interned keys.  The table must have room
     (see module doc).  Returns ``(index, is_new)``.
     """
-    return _intern(slots, keys, owner, owner, False, meta, g, k0, k1, g)
+    return _intern(slots, keys, owner, owner, False, meta, g, k0, k1, g, hash_key(g, k0, k1))
+
+
+@jit(nrt=False, llvm_inline=True)
+def intern_h(slots, keys, owner, meta, g, k0, k1, h):
+    """:func:`intern` with the key's :func:`hash_key` ``h`` already computed."""
+    return _intern(slots, keys, owner, owner, False, meta, g, k0, k1, g, h)
 
 
 @jit(nrt=False)
@@ -164,14 +176,21 @@ def rehash(keys, owner, n, new_slots):
 @jit(nrt=False, llvm_inline=True)
 def lookup_edge(slots, keys, src, ngraph, g, k0, k1):
     """Index of edge key ``(g, k0, k1)`` or ``-1`` (see :func:`lookup`)."""
-    return np.int64(_probe(slots, keys, src, ngraph, True, g, k0, k1)[1])
+    return np.int64(_probe(slots, keys, src, ngraph, True, g, k0, k1, hash_key(g, k0, k1))[1])
 
 
 @jit(nrt=False, llvm_inline=True)
-def intern_edge(slots, keys, src, ngraph, meta, g, k0, k1, s_new):
+def lookup_edge_h(slots, keys, src, ngraph, g, k0, k1, h):
+    """:func:`lookup_edge` with the key's :func:`hash_key` ``h`` already computed."""
+    return np.int64(_probe(slots, keys, src, ngraph, True, g, k0, k1, h)[1])
+
+
+@jit(nrt=False, llvm_inline=True)
+def intern_edge_h(slots, keys, src, ngraph, meta, g, k0, k1, s_new, h):
     """:func:`intern` for edges: a new edge gets ``src = s_new`` at once, so its owner
-    is known before anything else probes the table.  Returns ``(index, is_new)``."""
-    return _intern(slots, keys, src, ngraph, True, meta, g, k0, k1, s_new)
+    is known before anything else probes the table.  ``h`` is the key's
+    :func:`hash_key`.  Returns ``(index, is_new)``."""
+    return _intern(slots, keys, src, ngraph, True, meta, g, k0, k1, s_new, h)
 
 
 @jit(nrt=False)

@@ -25,7 +25,7 @@ from collections import namedtuple
 import numpy as np
 
 from ._jit import jit, prefetch
-from .intern import index_at, intern, intern_edge, lookup, lookup_edge, slot_of
+from .intern import hash_key, index_at, intern, intern_edge_h, intern_h, lookup, lookup_edge_h, lookup_h
 
 # -- event type codes (cim_flow.EventType mirrors these) --------------------
 GRAPH_CREATED = 1
@@ -207,14 +207,15 @@ def _finite3(x, y, z):
 
 
 @jit(nrt=False, inline=True)
-def _apply_node(G, N, E, ev, i, g, k):
+def _apply_node(G, N, E, ev, i, g, k, hx, pre):
     if not ev.nid_ok[i]:
         return IGNORED_NO_NODE_ID
     has_pos = ev.pos_ok[i]
     if has_pos and not _finite3(ev.x[i], ev.y[i], ev.z[i]):
         return IGNORED_BAD_POSITION
+    h = hx[i, 0] if pre else hash_key(g, ev.nid[i, 0], ev.nid[i, 1])
     if k == NODE_ADDED:
-        n, _new = intern(N.slots, N.keys, N.graph, N.meta, g, ev.nid[i, 0], ev.nid[i, 1])
+        n, _new = intern_h(N.slots, N.keys, N.graph, N.meta, g, ev.nid[i, 0], ev.nid[i, 1], h)
         if N.alive[n] == 0:
             N.alive[n] = 1
             N.pos[n, 0] = np.nan
@@ -232,7 +233,7 @@ def _apply_node(G, N, E, ev, i, g, k):
             _count_inc(G, g)
             N.meta[1] += 1
     else:
-        n = lookup(N.slots, N.keys, N.graph, g, ev.nid[i, 0], ev.nid[i, 1])
+        n = lookup_h(N.slots, N.keys, N.graph, g, ev.nid[i, 0], ev.nid[i, 1], h)
         if n < 0 or N.alive[n] == 0:
             return IGNORED_UNKNOWN_NODE
         if k == NODE_REMOVED:
@@ -254,17 +255,20 @@ def _apply_node(G, N, E, ev, i, g, k):
 
 
 @jit(nrt=False, inline=True)
-def _apply_edge(G, N, E, ev, i, g, k):
+def _apply_edge(G, N, E, ev, i, g, k, hx, pre):
     if not ev.eid_ok[i]:
         return IGNORED_NO_EDGE_ID
+    he = hx[i, 2] if pre else hash_key(g, ev.eid[i, 0], ev.eid[i, 1])
     if k == EDGE_ADDED:
         if not (ev.sid_ok[i] and ev.tid_ok[i]):
             return IGNORED_NO_ENDPOINT_ID
-        s = lookup(N.slots, N.keys, N.graph, g, ev.sid[i, 0], ev.sid[i, 1])
-        d = lookup(N.slots, N.keys, N.graph, g, ev.tid[i, 0], ev.tid[i, 1])
+        hs = hx[i, 0] if pre else hash_key(g, ev.sid[i, 0], ev.sid[i, 1])
+        ht = hx[i, 1] if pre else hash_key(g, ev.tid[i, 0], ev.tid[i, 1])
+        s = lookup_h(N.slots, N.keys, N.graph, g, ev.sid[i, 0], ev.sid[i, 1], hs)
+        d = lookup_h(N.slots, N.keys, N.graph, g, ev.tid[i, 0], ev.tid[i, 1], ht)
         if s < 0 or d < 0 or N.alive[s] == 0 or N.alive[d] == 0:
             return IGNORED_MISSING_ENDPOINT
-        e, new = intern_edge(E.slots, E.keys, E.src, N.graph, E.meta, g, ev.eid[i, 0], ev.eid[i, 1], s)
+        e, new = intern_edge_h(E.slots, E.keys, E.src, N.graph, E.meta, g, ev.eid[i, 0], ev.eid[i, 1], s, he)
         if new or E.src[e] < 0:  # a fresh index's fields are not pre-filled (see _grow_fields)
             E.weight[e] = np.float32(np.nan)
             E.etype[e] = -1
@@ -282,7 +286,7 @@ def _apply_edge(G, N, E, ev, i, g, k):
             _link_half(E, N, 2 * e, s)
             _link_half(E, N, 2 * e + 1, d)
     else:
-        e = lookup_edge(E.slots, E.keys, E.src, N.graph, g, ev.eid[i, 0], ev.eid[i, 1])
+        e = lookup_edge_h(E.slots, E.keys, E.src, N.graph, g, ev.eid[i, 0], ev.eid[i, 1], he)
         if e < 0 or E.src[e] < 0:
             return IGNORED_UNKNOWN_EDGE
         if k == EDGE_REMOVED:
@@ -296,7 +300,7 @@ def _apply_edge(G, N, E, ev, i, g, k):
 
 
 @jit(nrt=False, inline=True)
-def _apply_one(G, N, E, ev, i):
+def _apply_one(G, N, E, ev, i, gx, hx):
     k = ev.kind[i]
     if not (ev.gid_ok[i] and ev.t_ok[i]):
         return IGNORED_MISSING_FIELD if not ev.gid_ok[i] else IGNORED_NO_TIME
@@ -314,7 +318,12 @@ def _apply_one(G, N, E, ev, i):
             or (k >= NODE_ADDED and k <= NODE_REMOVED)
             or k == EDGE_ADDED or k == EDGE_UPDATED or k == EDGE_REMOVED):
         return IGNORED_UNKNOWN_TYPE
-    g = lookup(G.slots, G.keys, G.owner, 0, ev.gid[i, 0], ev.gid[i, 1])
+    # the pre-pass looked the graph up and hashed the row's ids under it; a graph it
+    # did not find may have been created since, earlier in this batch: look again
+    g = gx[i]
+    pre = g >= 0
+    if not pre:
+        g = lookup(G.slots, G.keys, G.owner, 0, ev.gid[i, 0], ev.gid[i, 1])
     if g < 0 or G.alive[g] == 0:
         return IGNORED_UNKNOWN_GRAPH
     if k == GRAPH_UPDATED:
@@ -329,9 +338,9 @@ def _apply_one(G, N, E, ev, i):
         _touch(G, g)
         return APPLIED
     elif k < EDGE_ADDED:
-        r = _apply_node(G, N, E, ev, i, g, k)
+        r = _apply_node(G, N, E, ev, i, g, k, hx, pre)
     else:
-        r = _apply_edge(G, N, E, ev, i, g, k)
+        r = _apply_edge(G, N, E, ev, i, g, k, hx, pre)
     if r == APPLIED:
         G.lastmod[g] = t
         _touch(G, g)
@@ -347,12 +356,41 @@ _AHEAD_ENTRIES = 8
 
 
 @jit(nrt=False, llvm_inline=True)
-def _warm_node(N, g, k0, k1, entries):
-    h = slot_of(N.slots, g, k0, k1)
+def _hash_rows(G, ev, gx, hx):
+    """The pre-pass: each row's graph index ``gx[j]`` (-1: not a node or edge event, or
+    a graph not interned yet) and, under that graph, the :func:`hash_key` of its ids:
+    ``hx[j] = (node or source, target, edge)``.  A graph's index never changes once
+    given, nor does a table's size within a batch, so the prefetch passes and the apply
+    reuse these instead of hashing every id three times (the rows are independent here,
+    so the CPU overlaps their arithmetic, which a row's apply cannot)."""
+    for j in range(ev.kind.shape[0]):
+        k = ev.kind[j]
+        gx[j] = -1
+        if k < NODE_ADDED or not ev.gid_ok[j]:
+            continue
+        g = lookup(G.slots, G.keys, G.owner, 0, ev.gid[j, 0], ev.gid[j, 1])
+        gx[j] = g
+        if g < 0:
+            continue
+        if k < EDGE_ADDED:
+            if ev.nid_ok[j]:
+                hx[j, 0] = hash_key(g, ev.nid[j, 0], ev.nid[j, 1])
+            continue
+        if ev.sid_ok[j]:
+            hx[j, 0] = hash_key(g, ev.sid[j, 0], ev.sid[j, 1])
+        if ev.tid_ok[j]:
+            hx[j, 1] = hash_key(g, ev.tid[j, 0], ev.tid[j, 1])
+        if ev.eid_ok[j]:
+            hx[j, 2] = hash_key(g, ev.eid[j, 0], ev.eid[j, 1])
+
+
+@jit(nrt=False, llvm_inline=True)
+def _warm_node(N, h, entries):
+    s = h & np.uint64(N.slots.shape[0] - 1)
     if not entries:
-        prefetch(N.slots, h)
+        prefetch(N.slots, s)
         return
-    n = N.slots[h]
+    n = N.slots[s]
     if n >= 0:
         n = index_at(n)
         prefetch(N.keys, n)
@@ -363,49 +401,48 @@ def _warm_node(N, g, k0, k1, entries):
 
 
 @jit(nrt=False, llvm_inline=True)
-def _warm(G, N, E, ev, j, entries):
+def _warm(N, E, ev, j, gx, hx, entries):
     """Prefetch what row ``j`` will probe: its hash slots, or (``entries``) the node
     and edge entries those slots hold.  A hint only: results never depend on it."""
+    if gx[j] < 0:
+        return
     k = ev.kind[j]
-    if k < NODE_ADDED or not ev.gid_ok[j]:
-        return
-    g = lookup(G.slots, G.keys, G.owner, 0, ev.gid[j, 0], ev.gid[j, 1])
-    if g < 0:
-        return
     if k < EDGE_ADDED:
         if ev.nid_ok[j]:
-            _warm_node(N, g, ev.nid[j, 0], ev.nid[j, 1], entries)
+            _warm_node(N, hx[j, 0], entries)
         return
     if ev.eid_ok[j]:
-        h = slot_of(E.slots, g, ev.eid[j, 0], ev.eid[j, 1])
+        s = hx[j, 2] & np.uint64(E.slots.shape[0] - 1)
         if not entries:
-            prefetch(E.slots, h)
+            prefetch(E.slots, s)
         else:
-            e = E.slots[h]
+            e = E.slots[s]
             if e >= 0:
                 e = index_at(e)
                 prefetch(E.keys, e)
                 prefetch(E.src, e)
     if k == EDGE_ADDED and ev.sid_ok[j] and ev.tid_ok[j]:
-        _warm_node(N, g, ev.sid[j, 0], ev.sid[j, 1], entries)
-        _warm_node(N, g, ev.tid[j, 0], ev.tid[j, 1], entries)
+        _warm_node(N, hx[j, 0], entries)
+        _warm_node(N, hx[j, 1], entries)
 
 
 @jit(nrt=False)
-def apply_events(G, N, E, ev, version, status, seq_out):
+def apply_events(G, N, E, ev, version, status, seq_out, gx, hx):
     """Apply every row of ``ev`` in order; return the new version.
 
     ``status[i]`` gets the row's outcome code and ``seq_out[i]`` its sequence
-    (assigned as ``version + 1`` when the row has none).
+    (assigned as ``version + 1`` when the row has none).  ``gx`` (int64, a row) and
+    ``hx`` (uint64, three a row) are scratch for :func:`_hash_rows`.
     """
     v = np.uint64(version)
     m = ev.kind.shape[0]
+    _hash_rows(G, ev, gx, hx)
     for i in range(m):
         if i + _AHEAD_SLOTS < m:
             # np.bool_, not the literals: one specialisation of _warm, not two
-            _warm(G, N, E, ev, i + _AHEAD_SLOTS, np.bool_(False))
+            _warm(N, E, ev, i + _AHEAD_SLOTS, gx, hx, np.bool_(False))
         if i + _AHEAD_ENTRIES < m:
-            _warm(G, N, E, ev, i + _AHEAD_ENTRIES, np.bool_(True))
+            _warm(N, E, ev, i + _AHEAD_ENTRIES, gx, hx, np.bool_(True))
         if ev.seq_ok[i]:
             s = ev.seq[i]
             if s <= v:
@@ -416,17 +453,17 @@ def apply_events(G, N, E, ev, version, status, seq_out):
             s = v + _ONE
         v = s
         seq_out[i] = s
-        status[i] = _apply_one(G, N, E, ev, i)
+        status[i] = _apply_one(G, N, E, ev, i, gx, hx)
     return v
 
 
 @jit(nrt=False)
-def apply_events_tuples(g, n, e, ev, version, status, seq_out):
+def apply_events_tuples(g, n, e, ev, version, status, seq_out, gx, hx):
     """:func:`apply_events` with the state as plain tuples (in the namedtuples' field
     order): numba types a plain tuple of arrays in its C fast path, a namedtuple in
     Python, ~0.15 µs an array; with ~60 arrays that was ~8 of a small batch's ~11 µs
     of call overhead.  The namedtuples are rebuilt here, at no cost."""
-    return apply_events(Graphs(*g), Nodes(*n), Edges(*e), Events(*ev), version, status, seq_out)
+    return apply_events(Graphs(*g), Nodes(*n), Edges(*e), Events(*ev), version, status, seq_out, gx, hx)
 
 
 @jit
