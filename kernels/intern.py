@@ -70,6 +70,24 @@ def _tag_of(h):
 
 
 @jit(nrt=False, llvm_inline=True)
+def probe_hint(slots, h):
+    """The entry a probe for hash ``h`` most likely ends at: the first slot from its home
+    whose tag matches (``-1`` when an empty slot or four probes come first: most likely
+    a new key).  Keys are not compared: for prefetching only, never for answers."""
+    mask = np.uint64(slots.shape[0] - 1)
+    tag = _tag_of(h)
+    s = h & mask
+    for _ in range(4):
+        v = slots[s]
+        if v < 0:
+            return -1
+        if v & ~_IDX_MASK == tag:
+            return np.int64(v & _IDX_MASK)
+        s = (s + np.uint64(1)) & mask
+    return -1
+
+
+@jit(nrt=False, llvm_inline=True)
 def index_at(v):
     """The entry index held by slot value ``v`` (``v >= 0``)."""
     return v & _IDX_MASK

@@ -25,7 +25,7 @@ from collections import namedtuple
 import numpy as np
 
 from ._jit import jit, prefetch
-from .intern import hash_key, index_at, intern, intern_edge_h, intern_h, lookup, lookup_edge_h, lookup_h
+from .intern import hash_key, intern, intern_edge_h, intern_h, lookup, lookup_edge_h, lookup_h, probe_hint
 
 # -- event type codes (cim_flow.EventType mirrors these) --------------------
 GRAPH_CREATED = 1
@@ -347,12 +347,15 @@ def _apply_one(G, N, E, ev, i, gx, hx):
     return r
 
 
-# Prefetch distances, in rows: the hash slots a row will probe are fetched this far
-# ahead, and the entries those slots point at half as far ahead (by then the slot's
-# line has arrived).  State is far bigger than the caches, so an event costs a few
-# cache misses; issued ahead, they overlap instead of queueing one after another.
+# Prefetch distances, in rows.  State is far bigger than the caches, so an event costs
+# a few cache misses, each depending on the one before (hash slot -> entry -> the head
+# of its edge list); issued ahead in three passes, they overlap instead of queueing:
+# the slots a row will probe this far ahead, the entries they point at half as far
+# (by then the slot's line has arrived), and, for an edge, the half-edges at the heads
+# of its ends' incident lists (which linking it writes) a quarter as far.
 _AHEAD_SLOTS = 16
 _AHEAD_ENTRIES = 8
+_AHEAD_HEADS = 4
 
 
 @jit(nrt=False, llvm_inline=True)
@@ -385,45 +388,51 @@ def _hash_rows(G, ev, gx, hx):
 
 
 @jit(nrt=False, llvm_inline=True)
-def _warm_node(N, h, entries):
-    s = h & np.uint64(N.slots.shape[0] - 1)
-    if not entries:
-        prefetch(N.slots, s)
+def _warm_node(N, E, h, stage, moves):
+    """Prefetch for a node probe of hash ``h``: its slot (stage 0); the entry it most
+    likely finds (1), with the position when the event ``moves`` it; the half-edge at
+    the head of that node's incident list (2, for an edge about to be linked)."""
+    if stage == 0:
+        prefetch(N.slots, h & np.uint64(N.slots.shape[0] - 1))
         return
-    n = N.slots[s]
-    if n >= 0:
-        n = index_at(n)
+    n = probe_hint(N.slots, h)
+    if n < 0:
+        return
+    if stage == 1:
         prefetch(N.keys, n)
         prefetch(N.graph, n)  # the probe compares the owner too
         prefetch(N.alive, n)
-        prefetch(N.pos, n)
         prefetch(N.ihead, n)
+        if moves:
+            prefetch(N.pos, n)
+        return
+    head = N.ihead[n]
+    if head >= 0:
+        prefetch(E.hprev, head)
 
 
 @jit(nrt=False, llvm_inline=True)
-def _warm(N, E, ev, j, gx, hx, entries):
-    """Prefetch what row ``j`` will probe: its hash slots, or (``entries``) the node
-    and edge entries those slots hold.  A hint only: results never depend on it."""
+def _warm(N, E, ev, j, gx, hx, stage):
+    """Prefetch what row ``j`` will touch, one ``stage`` of :func:`_warm_node` (and for
+    the edge's own key, its slot then its entry).  A hint only: results never depend on it."""
     if gx[j] < 0:
         return
     k = ev.kind[j]
     if k < EDGE_ADDED:
-        if ev.nid_ok[j]:
-            _warm_node(N, hx[j, 0], entries)
+        if ev.nid_ok[j] and stage < 2:
+            _warm_node(N, E, hx[j, 0], stage, ev.pos_ok[j])
         return
-    if ev.eid_ok[j]:
-        s = hx[j, 2] & np.uint64(E.slots.shape[0] - 1)
-        if not entries:
-            prefetch(E.slots, s)
+    if ev.eid_ok[j] and stage < 2:
+        if stage == 0:
+            prefetch(E.slots, hx[j, 2] & np.uint64(E.slots.shape[0] - 1))
         else:
-            e = E.slots[s]
+            e = probe_hint(E.slots, hx[j, 2])
             if e >= 0:
-                e = index_at(e)
                 prefetch(E.keys, e)
                 prefetch(E.src, e)
     if k == EDGE_ADDED and ev.sid_ok[j] and ev.tid_ok[j]:
-        _warm_node(N, hx[j, 0], entries)
-        _warm_node(N, hx[j, 1], entries)
+        _warm_node(N, E, hx[j, 0], stage, np.bool_(False))
+        _warm_node(N, E, hx[j, 1], stage, np.bool_(False))
 
 
 @jit(nrt=False)
@@ -438,11 +447,13 @@ def apply_events(G, N, E, ev, version, status, seq_out, gx, hx):
     m = ev.kind.shape[0]
     _hash_rows(G, ev, gx, hx)
     for i in range(m):
+        # int64 stages, not literals: one specialisation of _warm, not three
         if i + _AHEAD_SLOTS < m:
-            # np.bool_, not the literals: one specialisation of _warm, not two
-            _warm(N, E, ev, i + _AHEAD_SLOTS, gx, hx, np.bool_(False))
+            _warm(N, E, ev, i + _AHEAD_SLOTS, gx, hx, np.int64(0))
         if i + _AHEAD_ENTRIES < m:
-            _warm(N, E, ev, i + _AHEAD_ENTRIES, gx, hx, np.bool_(True))
+            _warm(N, E, ev, i + _AHEAD_ENTRIES, gx, hx, np.int64(1))
+        if i + _AHEAD_HEADS < m:
+            _warm(N, E, ev, i + _AHEAD_HEADS, gx, hx, np.int64(2))
         if ev.seq_ok[i]:
             s = ev.seq[i]
             if s <= v:
