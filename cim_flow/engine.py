@@ -448,13 +448,15 @@ class Engine:
         ``weight`` (null when never given) and ``edge_type``.  ``offset``/``limit`` page
         the result.  The edges projection, as :meth:`find_nodes` is the nodes one."""
         N, E, G = self._p.N, self._p.E, self._p.G
-        src = E.src[: int(E.meta[0])]
-        live = src >= 0
         if graph_id is not None:
+            # the graph's own edges, from its nodes' incident lists (not a scan of every
+            # edge slot), back in first-seen order
             g = self._gidx(graph_id)
-            # a removed edge keeps ~source: its graph is still known, but it is not live anyway
-            live &= (N.graph[np.where(live, src, 0)] == g) if g >= 0 else False
-        edges = np.flatnonzero(live)
+            edges = np.empty(int(G.ecount[g]) if g >= 0 and G.alive[g] else 0, np.int64)
+            if edges.shape[0]:
+                edges = np.sort(edges[: kt.graph_edges(G.nhead, N.gnext, N.ihead, E.hnext, g, edges)])
+        else:
+            edges = np.flatnonzero(E.src[: int(E.meta[0])] >= 0)
         if edge_type is not None:
             code = self._p.types.get(edge_type)
             edges = edges[E.etype[edges] == code] if code >= 0 else edges[:0]

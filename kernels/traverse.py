@@ -25,6 +25,25 @@ def graph_nodes(nhead, gnext, g, out):
 
 
 @jit(nrt=False)
+def graph_edges(nhead, gnext, ihead, hnext, g, out):
+    """Live edge indices of graph ``g`` into ``out`` (sized to its edge count), found from
+    its nodes' incident lists: an edge belongs to its source's graph, so each is taken
+    once, at its source's half (even half-edge numbers).  O(the graph's nodes and
+    their edges), where scanning every edge slot is O(all edges).  Returns the count."""
+    n = 0
+    v = nhead[g]
+    while v >= 0:
+        h = ihead[v]
+        while h >= 0:
+            if h & 1 == 0 and n < out.shape[0]:
+                out[n] = h >> 1
+                n += 1
+            h = hnext[h]
+        v = gnext[v]
+    return n
+
+
+@jit(nrt=False)
 def degree(ihead, hnext, v):
     """Number of half-edges at node ``v`` (a self-loop counts twice)."""
     n = 0
