@@ -17,10 +17,12 @@ Accepted, mixed freely in one call:
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import gc
 import json as _json_std
 import math
 import re
+import threading
 import time as _time
 from typing import Annotated, NamedTuple, Sequence, Union
 
@@ -462,6 +464,18 @@ def decode_spans_columns(buf: bytes, starts: np.ndarray, ends: np.ndarray, *, re
         name=(offs[0], nb, sp[0]), ntype=(offs[1], tb, sp[1]), etype=(offs[2], eb, sp[2])), None, []
 
 
+_TLS = threading.local()
+
+
+def _scratch():
+    """The scanner's working arrays, one set per thread, kept between calls (``scan``
+    resets what it reads at each payload; making 14 arrays a call cost ~20 µs)."""
+    s = getattr(_TLS, "scratch", None)
+    if s is None:
+        s = _TLS.scratch = jsonscan.new_scratch()
+    return s
+
+
 def _decode_scanned(joined, starts, ends, received):
     """The compiled scanner for every payload it fully understands; the general path
     (which also names every error) for the rest; rows back in input order."""
@@ -482,7 +496,7 @@ def _decode_scanned(joined, starts, ends, received):
     wgt = np.zeros(n)
     wgtp = np.zeros(n, bool)
     jsonscan.scan(buf, starts, ends, *_KW, status, kind, oid, oidp, tus, tusp, seq, seqp,
-                  spans, spp, xyz, xyzp, wgt, wgtp, jsonscan.new_scratch())
+                  spans, spp, xyz, xyzp, wgt, wgtp, _scratch())
     ok = status == 0
     if ok.all():
         return _decode_scanned_rows(buf, None, received, kind, oid, oidp, tus, tusp,
@@ -514,31 +528,59 @@ def _decode_scanned_rows(buf, sel, received, kind, oid, oidp, tus, tusp, seq, se
         oid, oidp = oid[:, sel], oidp[:, sel]
     m = len(kind)
     t_us = np.where(tusp, tus, received)
+    # which columns hold anything: a few events use a few of the 19 columns, and a
+    # column of nulls is a shared, cached array (building each one cost ~10 µs, most
+    # of a one-event decode_json)
+    id_any = oidp.any(axis=1).tolist()
+    str_any = spp.any(axis=0).tolist()
 
     def fsb(k):
-        return _fsb(oid[k], oidp[k])
+        return _fsb(oid[k], oidp[k]) if id_any[k] else _nulls(_FSB_COLS[k], m)
 
-    def col(values, valid):
-        return pa.array(values, mask=None if valid.all() else ~valid)
+    def col(values, valid, c, some=None, every=None):
+        if not (valid.any() if some is None else some):
+            return _nulls(c, m)
+        return pa.array(values, mask=None if (valid.all() if every is None else every) else ~valid)
 
-    meta = _utf8_from_spans(buf, spans, spp, 3, pa.large_utf8())
+    def text(k, c, typ):
+        return _utf8_from_spans(buf, spans, spp, k, typ) if str_any[k] else _nulls(c, m)
+
+    def types(k, c):
+        return _utf8_from_spans(buf, spans, spp, k, pa.utf8()).dictionary_encode() if str_any[k] else _nulls(c, m)
+
+    some, every = bool(xyzp.any()), bool(xyzp.all())
     arrays = [
-        pa.array(seq.view(np.uint64), mask=None if seqp.all() else ~seqp),
+        col(seq.view(np.uint64), seqp, 0),
         fsb(5),
         pa.array(kind, pa.int8()),
         pa.Array.from_buffers(_TS_TYPE, m, [None, pa.py_buffer(np.ascontiguousarray(t_us, np.int64))]),
         fsb(0), fsb(1), fsb(2), fsb(3), fsb(4),
-        col(xyz[:, 0], xyzp), col(xyz[:, 1], xyzp), col(xyz[:, 2], xyzp),
-        _utf8_from_spans(buf, spans, spp, 0, pa.utf8()),
-        _utf8_from_spans(buf, spans, spp, 1, pa.utf8()).dictionary_encode()
-        if spp[:, 1].any() else _types([None] * m, m),
-        _utf8_from_spans(buf, spans, spp, 2, pa.utf8()).dictionary_encode()
-        if spp[:, 2].any() else _types([None] * m, m),
-        col(wgt.astype(np.float32), wgtp),
-        meta,
+        col(xyz[:, 0], xyzp, 9, some, every), col(xyz[:, 1], xyzp, 10, some, every),
+        col(xyz[:, 2], xyzp, 11, some, every),
+        text(0, 12, pa.utf8()),
+        types(1, 13),
+        types(2, 14),
+        col(wgt.astype(np.float32), wgtp, 15),
+        text(3, 16, pa.large_utf8()),
         fsb(6), fsb(7),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=EVENT_SCHEMA)
+
+
+# the EVENT_SCHEMA column of each scanner id slot: graph, node, edge, source, target,
+# event, correlation, causation
+_FSB_COLS = [EVENT_SCHEMA.get_field_index(c) for c in (
+    "graph_id", "node_id", "edge_id", "source_id", "target_id", "event_id", "correlation_id", "causation_id")]
+
+
+def _nulls(c: int, m: int) -> pa.Array:
+    """An all-null array for EVENT_SCHEMA column ``c``, ``m`` rows (cached when small)."""
+    return _nulls_cached(c, m) if m <= 256 else pa.nulls(m, EVENT_SCHEMA.field(c).type)
+
+
+@functools.lru_cache(maxsize=1024)
+def _nulls_cached(c: int, m: int) -> pa.Array:
+    return pa.nulls(m, EVENT_SCHEMA.field(c).type)
 
 
 def _decode_general(payloads, received_at):
