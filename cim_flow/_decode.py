@@ -17,7 +17,6 @@ Accepted, mixed freely in one call:
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import gc
 import json as _json_std
 import math
@@ -33,7 +32,7 @@ import pyarrow as pa
 from kernels import jsonscan
 from kernels.hashing import hash_spans
 
-from ._schema import ALIAS_CODES, ALIAS_NAMES, EVENT_ALIASES, EVENT_SCHEMA, UUID_TYPE
+from ._schema import ALIAS_CODES, ALIAS_NAMES, EVENT_ALIASES, EVENT_SCHEMA, UUID_TYPE, null_array
 from ._time import to_micros
 from ._uuid_parse import parse_uuid_strings
 from ._projection import EventColumns
@@ -574,13 +573,11 @@ _FSB_COLS = [EVENT_SCHEMA.get_field_index(c) for c in (
 
 
 def _nulls(c: int, m: int) -> pa.Array:
-    """An all-null array for EVENT_SCHEMA column ``c``, ``m`` rows (cached when small)."""
-    return _nulls_cached(c, m) if m <= 256 else pa.nulls(m, EVENT_SCHEMA.field(c).type)
+    """An all-null array for EVENT_SCHEMA column ``c``, ``m`` rows (see null_array)."""
+    return null_array(_TYPES[c], m)
 
 
-@functools.lru_cache(maxsize=1024)
-def _nulls_cached(c: int, m: int) -> pa.Array:
-    return pa.nulls(m, EVENT_SCHEMA.field(c).type)
+_TYPES = [f.type for f in EVENT_SCHEMA]
 
 
 def _decode_general(payloads, received_at):

@@ -16,7 +16,7 @@ from kernels import intern as kintern
 from kernels import projection as kp
 
 from ._ids import filled_values, fsb_words, words_to_fsb
-from ._schema import ALIAS_CODES, ALIAS_NAMES, EVENT_SCHEMA, UUID_TYPE
+from ._schema import ALIAS_CODES, ALIAS_NAMES, EVENT_SCHEMA, UUID_TYPE, null_array
 from ._uuid_parse import parse_uuid_strings
 from ._strings import StringPool
 
@@ -179,7 +179,7 @@ def normalize_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
         if f.name not in names:
             if not f.nullable:
                 raise ValueError(f"missing required column {f.name!r}")
-            cols.append(pa.nulls(n, f.type))
+            cols.append(null_array(f.type, n))
             continue
         arr = batch.column(f.name)
         if f.type.equals(UUID_TYPE) and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):

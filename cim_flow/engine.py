@@ -19,7 +19,7 @@ from kernels import projection as kp
 
 from ._ids import UUID_TYPE, words_of, words_to_fsb
 from ._projection import ApplyResult, EventColumns, Projection, normalize_batch
-from ._schema import TIME_TYPE
+from ._schema import TIME_TYPE, null_array
 from ._spatial import SpatialIndex
 from kernels import spatial as ks
 from kernels import traverse as kt
@@ -178,7 +178,7 @@ class Engine:
         n = sum(b.num_rows for b in batches)
         if seq <= self.version:
             return ApplyResult(0, 0, n, self.version, np.full(n, 1, np.int8), np.full(n, seq, np.uint64))
-        batches = [b.set_column(0, "seq", pa.nulls(b.num_rows, pa.uint64())) for b in batches]
+        batches = [b.set_column(0, "seq", null_array(pa.uint64(), b.num_rows)) for b in batches]
         res = self.apply(batches)
         self._p.version = int(seq)
         res.version = int(seq)
@@ -199,7 +199,7 @@ class Engine:
                 r = ApplyResult(0, 0, n, v, np.full(n, 1, np.int8), np.full(n, seq, np.uint64))
                 total = r if total is None else total + r
                 continue
-            fresh += [b.set_column(0, "seq", pa.nulls(b.num_rows, pa.uint64())) for b in batches]
+            fresh += [b.set_column(0, "seq", null_array(pa.uint64(), b.num_rows)) for b in batches]
             last = v = int(seq)
         if fresh:
             table = pa.Table.from_batches(fresh, schema=fresh[0].schema).combine_chunks()
