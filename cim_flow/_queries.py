@@ -190,15 +190,17 @@ class Answer:
     when set, is the body already encoded without its closing brace (``version`` is
     appended to it); ``body`` may then be None."""
 
-    __slots__ = ("body", "table", "raw_json", "truncated")
+    __slots__ = ("body", "table", "raw_json", "truncated", "counts")
 
     def __init__(self, body: dict | None, table: pa.Table | None = None, raw_json: bytes | None = None,
-                 truncated: bool | None = None):
+                 truncated: bool | None = None, counts: list | None = None):
         self.body = body
         self.table = table
         self.raw_json = raw_json
         # whether a limit cut rows (for Arrow replies' metadata); from body when not given
         self.truncated = truncated if truncated is not None or body is None else body.get("truncated")
+        # a radius reply's full hit count per center (the JSON results' "count"), for Arrow
+        self.counts = counts
 
 
 def _limit(req, default, maximum):
@@ -367,6 +369,7 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
                     part = part.take(pa.array(keep))
                 part = part.set_column(0, "query", pa.array(part.column("query").to_numpy() - j0))
                 ans.table = part if with_d else part.drop_columns(["distance"])
+                ans.counts = np.diff(offsets[j0:j + 1]).tolist()
             out[i] = ans
     return out
 
@@ -481,6 +484,12 @@ def encode_answer(ans: Answer, version: int, arrow: bool) -> tuple[bytes, dict |
         meta = {b"version": str(version).encode()}
         if ans.truncated is not None:  # as the JSON reply's "truncated": a limit cut rows
             meta[b"truncated"] = b"true" if ans.truncated else b"false"
+        body = ans.body or {}
+        for key in ("count", "total"):  # the JSON reply's totals, where it has them
+            if isinstance(body.get(key), int):
+                meta[key.encode()] = str(body[key]).encode()
+        if ans.counts is not None:  # each center's full count (its rows may stop at limit)
+            meta[b"counts"] = _json.encode(ans.counts)
         table = ans.table.replace_schema_metadata(meta)
         with pa.ipc.new_stream(sink, table.schema) as w:
             w.write_table(table)

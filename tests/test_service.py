@@ -289,6 +289,13 @@ def test_arrow_batch_in_and_arrow_reply(nats_server, service):
     assert [str(uuid.UUID(bytes=b)) for b in t.column("node_id").to_pylist()] == \
         [n["node_id"] for r in js["results"] for n in r["nodes"]]
     assert js["truncated"] is True and [r["count"] for r in js["results"]] == [40, 40]
+    # the metadata carries each center's full count, and a listing's total, as the JSON does
+    assert json.loads(t.schema.metadata[b"counts"]) == [r["count"] for r in js["results"]]
+    body = {"graph_id": g, "limit": 5, "offset": 30}
+    t = pa.ipc.open_stream(request_raw(nats_server.url, "query.graph.find_nodes", body,
+                                       headers={"Accept": "application/vnd.apache.arrow.stream"}).data).read_all()
+    js = request(nats_server.url, "query.graph.find_nodes", body)
+    assert t.num_rows == len(js["nodes"]) == 5 and int(t.schema.metadata[b"total"]) == js["total"] == 40
     # a bad Arrow message is dead-lettered, not fatal
     js_publish(nats_server.url, [("event.graph.batch", b"not arrow", None)])
     assert request(nats_server.url, "query.graph.summary", {"graph_id": g})["node_count"] == 40
