@@ -450,6 +450,16 @@ def test_stats_cache_and_micro_service(nats_server, service):
     # and the stats query before them, at least
     qms = s1["query_ms"]
     assert set(qms) == {"p50", "p99", "max"} and 0 < qms["p50"] <= qms["p99"] <= qms["max"] < 60_000
+    # a query held 300 ms by min_version is timed at >= 300 ms (in ms, not s or µs),
+    # and no longer than the client saw it take
+    t0 = time.perf_counter()
+    r = request(nats_server.url, "query.graph.summary", {"graph_id": str(uuid.uuid4()), "min_version": 10**15,
+                                                          "timeout_ms": 300})
+    rtt_ms = (time.perf_counter() - t0) * 1e3
+    assert r["error"]["code"] == "timeout"
+    s2 = request(nats_server.url, "query.graph.stats")["query_ms"]
+    assert s2["max"] >= 300 and (qms["max"] >= s2["max"] or s2["max"] <= rtt_ms)
+    assert s2["p50"] < 300  # most queries are answered at once
     phases = s1["batch_phase_us"]
     assert set(phases) == {"decode_apply", "ack", "update", "snapshot_check"}
     assert min(phases.values()) >= 0 and (phases["decode_apply"] > 0) == (s1["batches"] > 0)
