@@ -1470,8 +1470,9 @@ class Service:
             q = self.counters["queries"]
             queries = ""
             if q > last_q:  # only while queries come: their rate and p99 in the service
-                queries = (f"  queries {(q - last_q) / dt:,.0f}/s p99 "
-                           f"{self.query_time.percentiles((99,), last=q - last_q)[0] * 1e3:.2f} ms")
+                qr = (q - last_q) / dt  # a few queries a status interval: a decimal, not "0/s"
+                queries = (f"  queries {qr:,.0f}/s p99 " if qr >= 10 else f"  queries {qr:.1f}/s p99 ")
+                queries += f"{self.query_time.percentiles((99,), last=q - last_q)[0] * 1e3:.2f} ms"
             last_q = q
             self._log(f"cim_flow {rate:,.0f} events/s  p99 {p99:.2f} ms{queries}  graphs {t['graphs']:,}  "
                       f"nodes {t['nodes']:,}  edges {t['edges']:,}  batch {self.batch_size}  "
