@@ -111,8 +111,8 @@ _NULL_BLOCK = 1 << 16
 def null_array(typ: pa.DataType, n: int) -> pa.Array:
     """``n`` nulls of type ``typ``: a zero-copy slice of a cached block when ``n`` is at
     most 65,536 rows (arrays are immutable, so one block serves every batch).  Batches
-    without some of the 19 columns need one per missing column, and building each cost
-    ~5-10 µs, much of a small batch's apply; a big one's zeroed buffers, ~1 MB each."""
+    without some of the 19 columns need one per missing column; ``pa.nulls`` allocates
+    and zeroes its buffers each time (1 MB, 15-27 µs, for an id column of 64k rows)."""
     return _null_block(typ).slice(0, n) if n <= _NULL_BLOCK else pa.nulls(n, typ)
 
 

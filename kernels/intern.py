@@ -87,12 +87,6 @@ def probe_hint(slots, h):
     return -1
 
 
-@jit(nrt=False, llvm_inline=True)
-def index_at(v):
-    """The entry index held by slot value ``v`` (``v >= 0``)."""
-    return v & _IDX_MASK
-
-
 @jit(nrt=False, inline=True)
 def _owner_at(owner, ngraph, by_src, i):
     """Graph owning entry i: ``owner[i]``, or for edges (``by_src``; ``owner`` is then the
