@@ -480,7 +480,12 @@ class Engine:
                 return np.empty(0, np.int64)
             v = kintern.lookup(N.slots, N.keys, N.graph, g, w0, w1)
             return np.array([v] if v >= 0 and N.alive[v] else [], np.int64)
-        m = int(N.meta[0])
+        m, ng = int(N.meta[0]), int(self._p.G.meta[0])
+        if 4 * ng < m:  # one lookup a graph is cheaper than reading every node's id
+            G = self._p.G
+            out = np.empty(ng, np.int64)
+            return np.sort(out[: kt.nodes_by_id(G.alive, ng, N.slots, N.keys, N.graph, N.alive,
+                                                np.uint64(w0), np.uint64(w1), out)])
         keys = N.keys[:m]
         return np.flatnonzero((keys[:, 0] == w0) & (keys[:, 1] == w1) & N.alive[:m].astype(bool))
 

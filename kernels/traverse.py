@@ -4,6 +4,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import hugepages, jit, pjit, prefetch
+from .intern import lookup
 
 
 @jit
@@ -40,6 +41,21 @@ def graph_edges(nhead, gnext, ihead, hnext, g, out):
                 n += 1
             h = hnext[h]
         v = gnext[v]
+    return n
+
+
+@jit(nrt=False)
+def nodes_by_id(galive, ngraphs, slots, keys, ngraph, nalive, w0, w1, out):
+    """Live nodes whose id is ``(w0, w1)``, in any live graph, into ``out`` (room for
+    ``ngraphs``); returns the count.  Nodes are keyed by (graph, id): one hash lookup
+    per graph finds them, where a scan of every node's id reads them all."""
+    n = 0
+    for g in range(ngraphs):
+        if galive[g]:
+            v = lookup(slots, keys, ngraph, g, w0, w1)
+            if v >= 0 and nalive[v] and n < out.shape[0]:
+                out[n] = v
+                n += 1
     return n
 
 
