@@ -119,3 +119,20 @@ def test_iso_text_rows_equal_numpy_datetime_text():
     assert not kt.iso_text_rows(out)[1]
     assert iso_texts_of(out) == _iso_texts_numpy(out)
     assert iso_texts_of(np.array([0, 1_500_000])) == ["1970-01-01T00:00:00Z", "1970-01-01T00:00:01.500000Z"]
+
+
+@pytest.mark.parametrize("n_graphs,n_nodes", [(2, 30), (40, 6)])
+def test_node_id_without_graph_found_by_lookups_and_by_scan_alike(n_graphs, n_nodes):
+    """A node id without its graph: a lookup per graph (few graphs, many nodes) or a scan
+    of every node id (many graphs): the same live nodes, in node-index order."""
+    rows = random_rows(random.Random(11), 500, n_graphs=n_graphs, n_nodes=n_nodes)
+    eng, ref = _apply(rows, 60)
+    N = eng._p.N
+    m = int(N.meta[0])
+    assert (4 * int(eng._p.G.meta[0]) < m) == (n_graphs == 2)  # each case takes its path
+    for nid in {n for (_g, n) in ref.nodes} | {b"\x02" + bytes(15)}:
+        w = np.frombuffer(nid, np.uint64)
+        want = np.flatnonzero((N.keys[:m, 0] == w[0]) & (N.keys[:m, 1] == w[1]) & N.alive[:m].astype(bool))
+        got = eng._nodes_of(nid)
+        assert got.tolist() == want.tolist()
+        assert len(got) == sum(1 for (_g, n) in ref.nodes if n == nid)
