@@ -422,11 +422,16 @@ class Engine:
         """Live nodes (of one graph, with a given ``node_type`` and/or ``name``), in the order
         they were first seen: columns ``node_id``, ``graph_id``, ``name``, ``node_type``,
         ``x``, ``y``, ``z`` (NaN without a position).  ``offset``/``limit`` page the result."""
+        return self._node_rows(_page(self._find_node_indices(graph_id, node_type, name), offset, limit))
+
+    def _find_node_indices(self, graph_id, node_type, name) -> np.ndarray:
+        """The node indices :meth:`find_nodes` lists, in order (no rows built: a page's
+        rows are built for that page only)."""
         N, G = self._p.N, self._p.G
         if graph_id is not None:
             g = self._gidx(graph_id)
             if g < 0:
-                return self._node_rows(np.empty(0, np.int64))
+                return np.empty(0, np.int64)
             nodes = np.empty(int(G.ncount[g]), np.int64)
             nodes = np.sort(nodes[: kt.graph_nodes(G.nhead, N.gnext, g, nodes)])
         else:
@@ -435,11 +440,7 @@ class Engine:
             if value is not None:
                 code = pool.get(value)
                 nodes = nodes[codes[nodes] == code] if code >= 0 else nodes[:0]
-        offset = int(offset)
-        if offset < 0 or (limit is not None and int(limit) < 0):
-            raise ValueError("offset and limit must be >= 0")
-        nodes = nodes[offset: None if limit is None else offset + int(limit)]
-        return self._node_rows(nodes)
+        return nodes
 
     def find_edges(self, graph_id=None, *, edge_type: str | None = None, offset: int = 0,
                    limit: int | None = None) -> pa.Table:
@@ -447,6 +448,10 @@ class Engine:
         first seen: columns ``edge_id``, ``graph_id``, ``source_id``, ``target_id``,
         ``weight`` (null when never given) and ``edge_type``.  ``offset``/``limit`` page
         the result.  The edges projection, as :meth:`find_nodes` is the nodes one."""
+        return self._edge_rows(_page(self._find_edge_indices(graph_id, edge_type), offset, limit))
+
+    def _find_edge_indices(self, graph_id, edge_type) -> np.ndarray:
+        """The edge indices :meth:`find_edges` lists, in order (no rows built)."""
         N, E, G = self._p.N, self._p.E, self._p.G
         if graph_id is not None:
             # the graph's own edges, from its nodes' incident lists (not a scan of every
@@ -460,10 +465,10 @@ class Engine:
         if edge_type is not None:
             code = self._p.types.get(edge_type)
             edges = edges[E.etype[edges] == code] if code >= 0 else edges[:0]
-        offset = int(offset)
-        if offset < 0 or (limit is not None and int(limit) < 0):
-            raise ValueError("offset and limit must be >= 0")
-        edges = edges[offset: None if limit is None else offset + int(limit)]
+        return edges
+
+    def _edge_rows(self, edges: np.ndarray) -> pa.Table:
+        N, E, G = self._p.N, self._p.E, self._p.G
         s, d = E.src[edges], E.dst[edges]
         w = E.weight[edges].astype(np.float64)
         return pa.Table.from_arrays(
@@ -765,6 +770,14 @@ def _packed_table(w, with_distance, with_query=True) -> pa.Table:
         cols.append(pa.Array.from_buffers(_F64, m, [None, buf.slice(40 * m, 8 * m)], null_count=0))
     schema = (_NODE_SCHEMA_D if with_distance else _NODE_SCHEMA) if with_query else _BOX_SCHEMA
     return pa.Table.from_arrays(cols, schema=schema)  # (~3 µs less than via a RecordBatch)
+
+
+def _page(rows: np.ndarray, offset, limit) -> np.ndarray:
+    """``rows[offset:offset + limit]`` (all from ``offset`` without a limit)."""
+    offset = int(offset)
+    if offset < 0 or (limit is not None and int(limit) < 0):
+        raise ValueError("offset and limit must be >= 0")
+    return rows[offset: None if limit is None else offset + int(limit)]
 
 
 def _query_order(c, main) -> np.ndarray:
