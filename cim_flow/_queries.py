@@ -230,17 +230,17 @@ def q_graphs(engine, req, limits) -> Answer:
     if len(filters) > 1:
         raise QueryError("bad_request", f"use one filter at a time, got {filters}")
     if not filters:
-        t = engine.graph_summaries()
+        t = engine._live_graphs()
     elif filters[0] == "name":
         if not isinstance(req["name"], str):
             raise QueryError("bad_request", "name must be a string")
-        t = engine.graphs_by_name(req["name"])
+        t = engine._graphs_by_name(req["name"])
     elif filters[0] == "created_between":
         v = req["created_between"]
         if not isinstance(v, list) or len(v) != 2:
             raise QueryError("bad_request", "created_between must be [start, end]")
         try:
-            t = engine.graphs_created_between(*(_time_arg(x, "created_between") for x in v))
+            t = engine._graphs_created_between(*(_time_arg(x, "created_between") for x in v))
         except ValueError as exc:
             raise QueryError("bad_request", str(exc)) from None
     elif filters[0] == "node_count_between":
@@ -248,14 +248,15 @@ def q_graphs(engine, req, limits) -> Answer:
         if not isinstance(v, list) or len(v) != 2:
             raise QueryError("bad_request", "node_count_between must be [min, max]")
         a, b = (_number(x, "node_count_between", integer=True) for x in v)
-        t = engine.graphs_by_node_count(a, b)
+        t = engine._graphs_by_node_count(a, b)
     else:
         k = _number(req["top_by_node_count"], "top_by_node_count", minimum=1, integer=True)
-        t = engine.top_graphs_by_node_count(k)
+        t = engine._top_graphs_by_node_count(k)
     offset = _number(req.get("offset", 0), "offset", minimum=0, integer=True)
     limit = _limit(req, limits["default"], limits["max"])
-    total = t.num_rows
-    page = t.slice(offset, limit)
+    # graph indices so far: rows are built for the page only (see q_find_nodes)
+    total = len(t)
+    page = engine._summary_table(t[offset:offset + limit])
     return Answer({"total": total, "offset": offset, "limit": limit,
                    "truncated": offset + page.num_rows < total, "graphs": _rows(page)}, page)
 

@@ -352,9 +352,14 @@ class Engine:
 
     def graphs_by_name(self, name: str) -> pa.Table:
         """Live graphs whose name is exactly ``name``."""
+        return self._summary_table(self._graphs_by_name(name))
+
+    # The _graphs_* methods give the graph indices a listing holds, in its order; the
+    # NATS handlers build rows for the page they return only.
+
+    def _graphs_by_name(self, name: str) -> np.ndarray:
         code = self._p.strings.get(name)
-        gs = sorted(self._by_name.get(code, ())) if code >= 0 else []
-        return self._summary_table(np.array(gs, np.int64))
+        return np.array(sorted(self._by_name.get(code, ())) if code >= 0 else [], np.int64)
 
     def graphs_created_between(self, start, end) -> pa.Table:
         """Live graphs with ``start <= created_at <= end``, oldest first.
@@ -362,12 +367,15 @@ class Engine:
         ``start``/``end``: datetimes (naive = UTC), dates, RFC 3339 text, numpy
         datetime64, pyarrow timestamp scalars (a summary's ``created_at``), or ints of
         µs since the epoch (the unit of ``occurred_at``)."""
+        return self._summary_table(self._graphs_created_between(start, end))
+
+    def _graphs_created_between(self, start, end) -> np.ndarray:
         a, b = to_micros(start), to_micros(end)
         i = np.searchsorted(self._cr_t, a, side="left")
         j = np.searchsorted(self._cr_t, b, side="right")
         t, g = self._cr_t[i:j], self._cr_g[i:j]
         keep = self._created_of[g] == t  # drop entries of deleted / re-created graphs
-        return self._summary_table(g[keep])
+        return g[keep]
 
     def _by_count_sorted(self, gidx: np.ndarray) -> np.ndarray:
         G = self._p.G
@@ -382,30 +390,35 @@ class Engine:
 
     def graphs_by_node_count(self, min_count: int, max_count: int) -> pa.Table:
         """Live graphs with ``min_count <= node_count <= max_count``, most nodes first."""
+        return self._summary_table(self._graphs_by_node_count(min_count, max_count))
+
+    def _graphs_by_node_count(self, min_count, max_count) -> np.ndarray:
         if min_count is None:
             min_count = 0
         min_count, max_count = int(min_count), int(max_count)
         if max_count < min_count or max_count < 0:
-            return self._summary_table(np.empty(0, np.int64))
+            return np.empty(0, np.int64)
         G = self._p.G
         start, stop = kp.count_range(G.lo, G.meta[2], max(min_count, 0), max_count)
-        return self._summary_table(self._by_count_sorted(G.order[start:stop].copy()))
+        return self._by_count_sorted(G.order[start:stop].copy())
 
     def top_graphs_by_node_count(self, k: int) -> pa.Table:
         """The ``k`` live graphs with most nodes (ties broken by graph id)."""
+        return self._summary_table(self._top_graphs_by_node_count(k))
+
+    def _top_graphs_by_node_count(self, k) -> np.ndarray:
         k = int(k)
         if k < 0:
             raise ValueError("k must be >= 0")
         G = self._p.G
         L = int(G.meta[2])
         if k == 0 or L == 0:
-            return self._summary_table(np.empty(0, np.int64))
+            return np.empty(0, np.int64)
         k = min(k, L)
         # include every graph tied with the k-th, then break ties by id
         ck = int(G.ncount[G.order[k - 1]])
         _, stop = kp.count_range(G.lo, L, ck, ck)
-        cand = self._by_count_sorted(G.order[:stop].copy())
-        return self._summary_table(cand[:k])
+        return self._by_count_sorted(G.order[:stop].copy())[:k]
 
     # -- nodes and edges -------------------------------------------------------------
     def _node_rows(self, nodes: np.ndarray) -> pa.Table:
