@@ -5,6 +5,7 @@ lookup, and the Python steps around one small batch.
     python asv_benchmarks/tools/apply_costs.py intern [--keys 1048576]
     python asv_benchmarks/tools/apply_costs.py phases [--size 15] [--arrow]
     python asv_benchmarks/tools/apply_costs.py summaries
+    python asv_benchmarks/tools/apply_costs.py mixed [--repeat 3]
 
 ``kinds``: an engine holding ``--nodes`` live nodes in 1,000 graphs takes 65,536-event
 batches of one kind (NodeAdded of new nodes, NodeMoved, EdgeAdded within a graph); the
@@ -14,7 +15,10 @@ the slots prefetched 16 keys ahead as the kernel does.  ``phases``: the demo's J
 traffic in ``--size``-event batches through the service's path (scanner columns straight
 to the engine); the median time of each step of ``Engine._apply_columns``; with
 ``--arrow``, record batches of the same traffic through ``Engine.apply``.
-``summaries``: the graph summaries a batch's update message carries, for 15, 200 and
+``mixed``: the asv ``ApplyMixed`` stream (1M events, 64k batches) applied to a fresh
+engine ``--repeat`` times, each run's total and the time of each step of
+``Engine.apply`` (normalising, reading the Arrow columns, making room, the kernel, the
+secondary indices).  ``summaries``: the graph summaries a batch's update message carries, for 15, 200 and
 1,000 graphs of an engine fed the demo traffic: the compiled JSON rows the service sends
 (``Engine._summary_json``) against dict rows encoded by msgspec (its general path).
 """
@@ -207,16 +211,48 @@ def summaries() -> None:
               + f"; ratio {got['dict rows + msgspec'] / got['compiled JSON rows']:.1f}x")
 
 
+def mixed(repeat: int) -> None:
+    import cim_flow._projection as pj
+    import cim_flow.engine as ce
+    from benchmarks.common import SIZES
+    from benchmarks.datasets import mixed_stream
+
+    batches = mixed_stream(SIZES["apply_events"], SIZES["apply_batch"])
+    n = sum(b.num_rows for b in batches)
+    eng = Engine()
+    for b in batches[:2]:  # load the kernels outside the timing
+        eng.apply(b)
+    steps = {}
+    targets = [(ce, "normalize_batch"), (pj, "events_of"), (pj.Projection, "reserve"),
+               (kp, "apply_events_tuples"), (Engine, "_reindex")]
+    originals = [(obj, name, _timed(obj, name, steps.setdefault(name, []))) for obj, name in targets]
+    try:
+        for _ in range(repeat):
+            for v in steps.values():
+                v.clear()
+            t = time.perf_counter()
+            eng = Engine()
+            for b in batches:
+                eng.apply(b)
+            total = time.perf_counter() - t
+            print(f"{n:,} events: {total * 1e3:.1f} ms, {n / total / 1e6:.2f}M events/s; "
+                  + ", ".join(f"{k} {sum(v) * 1e3:.1f} ms" for k, v in steps.items()))
+    finally:
+        for obj, name, fn in originals:
+            setattr(obj, name, fn)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["kinds", "intern", "phases", "summaries"])
+    ap.add_argument("what", choices=["kinds", "intern", "phases", "summaries", "mixed"])
     ap.add_argument("--nodes", type=int, default=1_000_000)
     ap.add_argument("--keys", type=int, default=1 << 20)
     ap.add_argument("--size", type=int, default=15)
     ap.add_argument("--arrow", action="store_true", help="phases: Engine.apply of record batches")
+    ap.add_argument("--repeat", type=int, default=3, help="mixed: fresh engines fed the stream")
     a = ap.parse_args()
     {"kinds": lambda: kinds(a.nodes), "intern": lambda: intern(a.keys), "phases": lambda: phases(a.size, a.arrow),
-     "summaries": summaries}[a.what]()
+     "summaries": summaries, "mixed": lambda: mixed(a.repeat)}[a.what]()
 
 
 if __name__ == "__main__":
