@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import sys
+import time
 from typing import NamedTuple
 
 import numba
@@ -41,7 +42,8 @@ _RUN_POINTS = 16384
 # 8M cells (clustered) 1.34x faster; 130k cells (uniform) 0.75x, so the plain one there
 _RUNS_ABOVE_CELLS = 4_000_000
 _RUNS_MIN_POINTS = 65536
-_SERIAL_DELTA_BELOW = 2048  # delta grids this small are built on the calling thread (no parallel launch)
+_SERIAL_DELTA_BELOW = 65536  # delta grids this small are built on the calling thread (no parallel launch:
+# under load its worker may wait for a core, and a serial build of 20k points takes ~0.4 ms)
 
 
 def _empty_grid():
@@ -91,7 +93,9 @@ class SpatialIndex:
     """Main grid + delta grid over the live, positioned nodes.
 
     When the delta passes ``rebuild_fraction`` of the main grid (and ``min_rebuild``
-    nodes), a new main grid is built on a background thread (serial kernels, no GIL)
+    nodes), or once the delta rebuilds since the main grid was built have indexed as
+    many points as it holds (and the delta holds ``min_rebuild // 4`` nodes), a new
+    main grid is built on a background thread (serial kernels, no GIL)
     while queries keep using main + delta; it is adopted at the next update or query,
     with the nodes changed meanwhile moved to the delta.  So neither the event loop nor
     ``apply`` waits for a full build.  Only if the delta grows past 4x the limit first
@@ -104,8 +108,9 @@ class SpatialIndex:
         self.background = background
         self.main = _empty_grid()
         self.delta = _empty_grid()
-        self.where = np.full(0, -1, np.int32)  # node -> main slot, -1 never indexed, -2 in delta
-        self.delta_nodes = np.zeros(0, np.int64)
+        # node -> main slot (>= 0), -1 never indexed, <= -2 in the delta at row -2 - where
+        self.where = np.full(0, -1, np.int32)
+        self._clear_delta()
         self.built = False
         self.stale_count = 0
         self.builds = 0
@@ -114,20 +119,66 @@ class SpatialIndex:
         self._first_job = False  # that build is the first one: nothing to answer from yet
         self._slots = None  # see slot_view
         self._pair = None  # see pair
-        self._delta_stale = False  # delta_nodes changed since the delta grid was built
+        self._delta_stale = False  # the delta's rows changed since the delta grid was built
+        # Rent or buy: a query after a batch rebuilds the delta (its cost grows with its
+        # size); a new main grid costs one build of every point.  Once the delta rebuilds
+        # since the last main grid have placed as many points as it holds, build another:
+        # with the delta growing steadily that spends as much on main builds as on the
+        # delta's size, the least total (each ~sqrt(2 x main x growth / rebuilds) nodes),
+        # where a fixed fraction of the main grid let the delta grow to it whatever the
+        # query rate (10k events/s with 1,000 queries/s at 450k nodes: deltas up to 20k
+        # nodes, ~0.9 ms a rebuild, a third of the service's time)
+        self._delta_placed = 0
+        self._main_cost = float("inf")  # seconds the last main build took (stats only)
+        self.delta_rebuilds = 0
+        self.delta_seconds = 0.0  # all delta rebuilds, for stats
 
     # -- build ------------------------------------------------------------------
     def build(self, N) -> None:
         self._job, self._job_dirty, self._first_job = None, [], False  # a running build is dropped
+        t = time.perf_counter()
         self.main, self.where = _main_grid(N, serial=False)
+        self._main_cost, self._delta_placed = time.perf_counter() - t, 0
         self._slots = None  # the old grid's slot view would keep it alive
         self._pair = None
         self.delta = _empty_grid()
-        self.delta_nodes = np.zeros(0, np.int64)
+        self._clear_delta()
         self._delta_stale = False
         self.stale_count = 0
         self.built = True
         self.builds += 1
+
+    def _clear_delta(self, capacity: int = 1024) -> None:
+        """The delta's rows (see kernels.spatial.delta_update): each changed node's
+        position, liveness, graph and node number, copied when its batch is applied."""
+        self._dcount = 0
+        self._delta_h = (1.0, 0)  # the delta's cell size and its point count when chosen
+        self._rows(capacity)
+
+    def _rows(self, capacity: int) -> None:
+        """Room for ``capacity`` delta rows, keeping the rows in use."""
+        n = self._dcount
+        old = (self._dpts, self._dalive, self._dgrp, self._dnode) if n else ()
+        self._dpts = np.empty((capacity, 3), np.float64)
+        self._dalive = np.empty(capacity, np.uint8)
+        self._dgrp = np.empty(capacity, np.int32)
+        self._dnode = np.empty(capacity, np.int32)
+        for new, o in zip((self._dpts, self._dalive, self._dgrp, self._dnode), old):
+            new[:n] = o[:n]
+
+    @property
+    def delta_nodes(self) -> np.ndarray:
+        """Nodes in the delta (changed since the main grid was built), one row each."""
+        return self._dnode[: self._dcount]
+
+    def _to_delta(self, N, nodes: np.ndarray) -> None:
+        """Nodes changed: out of the main grid, into the delta's rows (a row each)."""
+        need = self._dcount + nodes.shape[0]
+        if need > self._dnode.shape[0]:
+            self._rows(max(need, 2 * self._dnode.shape[0]))
+        k, self._dcount = ks.delta_update(self.where, self.main, nodes, N.alive, N.pos, N.graph,
+                                          self._dpts, self._dalive, self._dgrp, self._dnode, self._dcount)
+        self.stale_count += int(k)
 
     @staticmethod
     def _grid(pos, nodes, graph, origin, hi, h, serial=False):
@@ -182,7 +233,7 @@ class SpatialIndex:
             return None
         if self._job is None:
             self._job_dirty, self._first_job = [], True
-            self._job = _builder().submit(_main_grid, _frozen(N), True)
+            self._job = _builder().submit(_timed_main_grid, _frozen(N))
         return self._job
 
     def update(self, N, dirty: np.ndarray) -> None:
@@ -200,24 +251,22 @@ class SpatialIndex:
                     self._delta_stale = True
             return
         self._grow_where(N)
-        newly = self.where[dirty] != -2
-        fresh = np.unique(dirty[newly])
-        self.stale_count += int(ks.mark_stale(self.where, self.main, fresh))
-        if fresh.size:
-            self.delta_nodes = np.concatenate([self.delta_nodes, fresh])
+        self._to_delta(N, np.asarray(dirty, dtype=np.int64))
         if self._job is not None and self._job.done():
             self._adopt(N)
         limit = max(self.rebuild_fraction * self.main.pts.shape[0], self.min_rebuild)
-        if self.delta_nodes.size > limit:
-            if not self.background or self.delta_nodes.size > 4 * limit:
-                self.built = False  # rebuilt on the next query
-                return
+        over = self.delta_nodes.size > limit
+        if over and (not self.background or self.delta_nodes.size > 4 * limit):
+            self.built = False  # rebuilt on the next query
+            return
+        if over or (self.background and self._delta_placed > self.main.pts.shape[0]
+                    and self.delta_nodes.size >= self.min_rebuild // 4):
             if self._job is None:
                 self._job_dirty = []
-                self._job = _builder().submit(_main_grid, _frozen(N), True)
+                self._job = _builder().submit(_timed_main_grid, _frozen(N))
         # the delta grid is rebuilt by the next query (ready), not here: batches that
         # come faster than queries (ingest with a few queries, or none since the last)
-        # then pay one rebuild, not one each (~0.1-2 ms at 1k-20k delta nodes)
+        # then pay one rebuild, not one each (~0.08-0.6 ms at 1k-20k delta nodes)
         self._delta_stale = True
 
     def _grow_where(self, N) -> None:
@@ -233,27 +282,40 @@ class SpatialIndex:
         changed, self._job_dirty = self._job_dirty, []
         self._first_job = False
         try:
-            main, where = job.result()
+            main, where, cost = job.result()
         except Exception as exc:  # keep serving from main + delta; the next update retries
             print(f"cim_flow: background index build failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return False
-        changed = np.unique(np.concatenate(changed)) if changed else np.zeros(0, np.int64)
+        changed = np.concatenate(changed) if changed else np.zeros(0, np.int64)
         self.main, self.where = main, where
+        self._main_cost, self._delta_placed = cost, 0
         self._slots = self._pair = None
         self._grow_where(N)
-        self.stale_count = int(ks.mark_stale(self.where, self.main, changed))
-        self.delta_nodes = changed
+        self.stale_count = 0
+        self._clear_delta(max(1024, 2 * changed.shape[0]))
+        self._to_delta(N, changed)
         self.builds += 1
         return True
 
     def _rebuild_delta(self, N) -> None:
+        t = time.perf_counter()
         self._delta_stale = False
-        live, lo, hi = ks.live_subset(N.alive, N.pos, self.delta_nodes)
+        pts = self._dpts
+        live, lo, hi = ks.live_points(self._dalive, pts, self._dcount)  # rows, not nodes
         if live.size == 0:
             self.delta = _empty_grid()
         else:  # the delta gets its own box and a cell size for its own density
-            self.delta = self._grid(N.pos, live, N.graph, lo, hi, choose_cell_size(N.pos, live, lo, hi),
-                                    serial=live.size < _SERIAL_DELTA_BELOW)
+            # the cell size is chosen again only when the delta has halved or doubled since
+            # (a growing delta's points come from the same traffic: ~70 µs a rebuild saved)
+            h, n0 = self._delta_h
+            if not (0.5 * n0 <= live.size <= 2 * n0):
+                h = choose_cell_size(pts, live, lo, hi)
+                self._delta_h = (h, live.size)
+            g = self._grid(pts, live, self._dgrp, lo, hi, h, serial=live.size < _SERIAL_DELTA_BELOW)
+            self.delta = g._replace(idx=self._dnode[g.idx])  # rows -> node numbers
+        self._delta_placed += live.size
+        self.delta_seconds += time.perf_counter() - t
+        self.delta_rebuilds += 1
 
     def ready(self, N) -> None:
         if self.built and self._job is not None and self._job.done():
@@ -299,6 +361,14 @@ class SpatialIndex:
         self._slots = (m, d, ms, ds, mk, dk)
         return ms, ds, mk, dk
 
+    def stats(self) -> dict:
+        """What the index costs: main grids built, delta rebuilds and their time, sizes."""
+        return {"built": self.built, "main_builds": self.builds, "building": self._job is not None,
+                "main_points": int(self.main.pts.shape[0]), "stale_points": int(self.stale_count),
+                "delta_nodes": int(self.delta_nodes.size), "delta_rebuilds": self.delta_rebuilds,
+                "delta_rebuild_ms": self.delta_seconds * 1e3,
+                "main_build_ms": None if self._main_cost == float("inf") else self._main_cost * 1e3}
+
     def wait(self) -> None:
         """Block until a background build has finished (it is adopted at the next
         update or query); for tests and benchmarks."""
@@ -323,6 +393,13 @@ def _frozen(N) -> _FrozenNodes:
     build is adopted.  A node's graph never changes: that column is shared."""
     n = int(N.meta[0])
     return _FrozenNodes(N.pos[:n].copy(), N.alive[:n].copy(), N.graph[:n], np.array([n], np.int64))
+
+
+def _timed_main_grid(N):
+    """The background build: ``(grid, where, seconds of this thread's CPU it took)``."""
+    t = time.thread_time()
+    g, where = _main_grid(N, True)
+    return g, where, time.thread_time() - t
 
 
 def _main_grid(N, serial):

@@ -1436,7 +1436,7 @@ class Service:
                                        (v / max(c["batches"], 1) * 1e6 for v in self._phase_s))),
             "queries": c["queries"], "query_errors": c["query_errors"], "radius_batches": c["radius_batches"],
             "query_ms": dict(zip(("p50", "p99", "max"), (v * 1e3 for v in self.query_time.percentiles((50, 99, 100))))),
-            "index_builds_waited": c["index_builds_waited"],
+            "index_builds_waited": c["index_builds_waited"], "index": self.engine._spatial.stats(),
             "cache_hits": self.cache.hits, "cache_misses": self.cache.misses, "cache_entries": len(self.cache),
             "cache_warmed": c["cache_warmed"],
             "uptime_s": time.time() - self.started, "connected": self.connected,

@@ -437,31 +437,16 @@ def grid_build(pos, nodes, graph_of, origin, h, table_size):
 
 @jit(fastmath=EXACT_MATH)
 def live_points(alive, pos, n):
-    """Indices of live nodes with a position among the first ``n``, and their bounding box."""
-    return _live_scan(alive, pos, np.empty(0, np.int64), n)
-
-
-@jit(fastmath=EXACT_MATH)
-def live_subset(alive, pos, nodes):
-    """:func:`live_points` over the nodes listed in ``nodes`` (a delta grid's): one pass
-    instead of numpy's fancy indexing and (n, 3) ``min(axis=0)``, which took 3.3 ms of a
-    3.9 ms delta rebuild at 20k nodes."""
-    return _live_scan(alive, pos, nodes, nodes.shape[0])
-
-
-@jit(fastmath=EXACT_MATH, inline=True)
-def _live_scan(alive, pos, nodes, n):
-    """Nodes ``nodes[:n]`` (or ``0..n-1`` when ``nodes`` is empty) that are live and have a
-    position, and their box.  The box is kept in six locals, not in the lo/hi arrays: stores
-    to arrays the compiler cannot prove apart from ``out`` kept every bound in memory, and
-    the pass took 26 ms for 1M nodes against 3.4 ms this way."""
-    listed = nodes.shape[0] > 0
+    """Indices of live rows with a position among the first ``n`` (the node state's, or
+    a delta grid's own rows), and their bounding box.  One pass; the box is kept in six
+    locals, not in the lo/hi arrays: stores to arrays the compiler cannot prove apart
+    from ``out`` kept every bound in memory, and the pass took 26 ms for 1M nodes
+    against 3.4 ms this way."""
     out = np.empty(n, np.int64)
     lx = ly = lz = np.inf
     hx = hy = hz = -np.inf
     m = 0
-    for j in range(n):
-        i = nodes[j] if listed else j
+    for i in range(n):
         x = pos[i, 0]
         if alive[i] != 0 and not np.isnan(x):  # NaN x: no position yet (finite otherwise)
             out[m] = i
@@ -500,29 +485,45 @@ def occupancy(pos, nodes, origin, h, sample):
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
-def mark_stale(where, g, nodes):
-    """Nodes changed: their main-grid entries become NaN (counted per dense cell);
-    returns how many entries went stale."""
+def delta_update(where, g, nodes, alive, pos, graph, dpts, dalive, dgrp, dnode, dcount):
+    """Nodes changed: each leaves the main grid ``g`` (its entry becomes NaN, counted per
+    dense cell) and gets a row of the delta's own copy of its state, ``dpts``/``dalive``/
+    ``dgrp``/``dnode`` (a node already in the delta has its row rewritten).  ``where``:
+    node -> main slot (>= 0), never indexed (-1), delta row ``-2 - where`` (<= -2).
+
+    The delta grid is rebuilt from these rows, which lie together in memory: read from
+    the node state, each of its points was a cache miss or two at every rebuild (~90 ns
+    a point under load, against ~20 from the rows).  The rows need room for ``dcount +
+    nodes.shape[0]``.  Returns (main entries that went stale, rows now in use)."""
     k = 0
     dense = g.dst.shape[0] > 0
     inv_h = 1.0 / g.h[0]
     for j in range(nodes.shape[0]):
-        w = where[nodes[j]]
+        n = nodes[j]
+        w = where[n]
         if w >= 0:
             if dense:
+                ncell = g.dims[0] * g.dims[1] * g.dims[2]
                 c = _dense_cell(g.origin, inv_h, g.lim, g.dims, g.pts[w, 0], g.pts[w, 1], g.pts[w, 2])
                 if g.nstale[c] < 255:  # saturates: 255 means "many", see _stale_in
                     g.nstale[c] += 1
-                ncell = g.dims[0] * g.dims[1] * g.dims[2]
                 g.nstale[ncell + c // g.dims[2]] = 1  # its column has stale entries
             g.pts[w, 0] = np.nan
             g.pts[w, 1] = np.nan
             g.pts[w, 2] = np.nan
-            where[nodes[j]] = -2
             k += 1
-        elif w == -1:
-            where[nodes[j]] = -2
-    return k
+        r = -2 - w
+        if w >= -1 or r >= dcount or dnode[r] != n:  # (the last two: never, but a stray
+            r = dcount                                 # mark must not write another's row)
+            dcount += 1
+            where[n] = -2 - r
+        dnode[r] = n
+        dgrp[r] = graph[n]
+        dalive[r] = alive[n]
+        dpts[r, 0] = pos[n, 0]
+        dpts[r, 1] = pos[n, 1]
+        dpts[r, 2] = pos[n, 2]
+    return k, dcount
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)

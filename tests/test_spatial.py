@@ -284,6 +284,41 @@ def test_a_node_moved_again_while_in_the_delta_is_seen_at_its_new_place():
     assert result_sets(eng.nodes_within(far, 1.0), 3) == [{nids[7]}, set(), set()]
 
 
+def test_delta_keeps_one_row_a_node_and_rent_or_buy_starts_a_main_build():
+    """Each changed node holds one delta row however often it moves; once the delta
+    rebuilds since the main grid was built have placed as many points as it holds, a
+    new main grid is built in the background (long before the fraction limit), and the
+    answers stay exact through it."""
+    rng = np.random.default_rng(23)
+    pts = uniform(2000, 23)
+    eng, nids, owner = engine_with_points(pts)
+    sp = eng._spatial
+    sp.rebuild_fraction, sp.min_rebuild = 0.5, 400  # fraction limit 1,000 delta nodes; rent or buy from 100
+    eng.nodes_within([0, 0, 0], 1.0)  # build the index
+    builds = sp.builds
+    cur = pts.copy()
+    order = rng.permutation(len(pts))
+    largest = 0
+    for b in range(24):
+        moved = np.concatenate([order[20 * b:20 * b + 20], order[:5]])  # 20 new, 5 moved again
+        cur[moved] += rng.normal(0, 3, (moved.size, 3))
+        eng.apply(rows_to_batch([_ev(EventType.NodeMoved, owner[i], 10 + b, node_id=nids[i], x=float(cur[i, 0]),
+                                     y=float(cur[i, 1]), z=float(cur[i, 2])) for i in moved]))
+        d = sp.delta_nodes
+        assert np.unique(d).size == d.size  # one row a node
+        largest = max(largest, d.size)
+        centers = cur[moved[:4]]
+        got = result_sets(eng.nodes_within(centers, 5.0), 4)
+        tree = cKDTree(cur)
+        for j, c in enumerate(centers):
+            assert got[j] == {nids[i] for i in tree.query_ball_point(c, 5.0)}
+        sp.wait()  # let a started build finish: the next update or query adopts it
+    assert sp.builds > builds  # rent or buy started a main build ...
+    assert largest < 1000  # ... before the delta reached the fraction limit
+    st = sp.stats()
+    assert st["main_builds"] == sp.builds and st["delta_rebuilds"] >= 24 and st["delta_nodes"] == sp.delta_nodes.size
+
+
 def test_graph_delete_cascade_larger_than_batch_updates_index():
     """One GraphDeleted row removes many nodes: every one must leave the spatial index
     (regression: the per-batch changed-node log was sized by rows and overflowed)."""

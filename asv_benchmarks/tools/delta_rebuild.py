@@ -27,7 +27,8 @@ def main():
     eng.nodes_within([0.0, 0.0, 0.0], 1.0)  # builds the index (and loads the kernels)
     rng = np.random.default_rng(0)
     for k in a.sizes:
-        sp.delta_nodes = np.sort(rng.choice(int(N.meta[0]), k, replace=False)).astype(np.int64)
+        sp.build(N)  # a fresh index, then a delta of k random live nodes as if they had just changed
+        sp._to_delta(N, np.sort(rng.choice(int(N.meta[0]), k, replace=False)).astype(np.int64))
         times = []
         for _ in range(200):
             t = time.perf_counter()
