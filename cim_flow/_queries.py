@@ -402,9 +402,8 @@ def q_nodes_in_box(engine, req, limits) -> Answer:
         raise QueryError("bad_request", "lo must be <= hi on every axis")
     g = _graph_filter(engine, req)
     limit = _limit(req, limits["default"], limits["max"])
-    t = engine.nodes_in_box(lo, hi, graph_id=g)
-    page = t.slice(0, limit)
-    return Answer({"count": t.num_rows, "truncated": t.num_rows > limit, "nodes": _rows(page)}, page)
+    page, total = engine._box_page(lo, hi, g, limit)  # the page's ids only, and the count
+    return Answer({"count": total, "truncated": total > limit, "nodes": _rows(page)}, page)
 
 
 def q_graphs_by_date(engine, req, limits) -> Answer:

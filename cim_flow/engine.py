@@ -703,14 +703,27 @@ class Engine:
 
     def nodes_in_box(self, lo, hi, *, graph_id=None) -> pa.Table:
         """Live nodes with ``lo <= position <= hi`` on every axis."""
+        lo, hi, gsel = self._box_args(lo, hi, graph_id)
+        gp = self._pair()
+        N, G = self._p.N, self._p.G
+        return _packed_table(ks.box_rows(gp, lo, hi, gsel, N.keys, N.graph, G.keys), False, with_query=False)
+
+    def _box_page(self, lo, hi, graph_id, limit: int) -> tuple[pa.Table, int]:
+        """``(table, total)``: the first ``limit`` rows :meth:`nodes_in_box` would give, and
+        how many it would give, with the ids of those rows only gathered (the service's
+        capped replies)."""
+        lo, hi, gsel = self._box_args(lo, hi, graph_id)
+        gp = self._pair()
+        N, G = self._p.N, self._p.G
+        w, total = ks.box_rows_first(gp, lo, hi, gsel, int(limit), N.keys, N.graph, G.keys)
+        return _packed_table(w, False, with_query=False), int(total)
+
+    def _box_args(self, lo, hi, graph_id):
         lo = _point(lo, "lo")
         hi = _point(hi, "hi")
         if (lo > hi).any():
             raise ValueError("box lo must be <= hi on every axis")
-        gsel = self._gsel(graph_id)
-        gp = self._pair()
-        N, G = self._p.N, self._p.G
-        return _packed_table(ks.box_rows(gp, lo, hi, gsel, N.keys, N.graph, G.keys), False, with_query=False)
+        return lo, hi, self._gsel(graph_id)
 
     # -- snapshot hooks -----------------------------------------------------------
     def snapshot(self, path) -> str:

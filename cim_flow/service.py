@@ -1636,6 +1636,7 @@ def warm_kernels() -> None:
         eng.nodes_within(q, 2.0, count_only=True)
         eng.nearest(q, 3)
     eng.nodes_in_box([0, 0, 0], [5, 5, 5])
+    eng._box_page([0, 0, 0], [5, 5, 5], None, 2)  # query.graph.nodes_in_box's capped page
     eng._first_rows_json(np.array([0, 2, 3]), np.array([1, 5]), np.arange(3))  # radius replies' JSON rows
     uuid_texts_of(np.zeros((1, 16), np.uint8))  # ids as text in every reply and update
     iso_texts_of(np.zeros(1, np.int64))  # times as text in summaries

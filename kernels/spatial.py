@@ -1246,21 +1246,22 @@ def knn_rows(gp, centers, k, gsel, bd, bi, tmp, node_keys, node_graph, graph_key
 # --- boxes -------------------------------------------------------------------
 
 @jit(nrt=False, fastmath=EXACT_MATH)
-def _box_run(pts, idx, grp, a, b, lo, hi, gsel, mode, out_i, w):
+def _box_run(pts, idx, grp, a, b, lo, hi, gsel, mode, out_i, w, cap):
+    """Hits of points a..b counted from ``w``; with mode 1 the ones below ``cap`` written."""
     for q in range(a, b):
         if gsel != -1 and grp[q] != gsel:
             continue
         # NaN (a stale entry) fails every comparison
         if (lo[0] <= pts[q, 0] <= hi[0] and lo[1] <= pts[q, 1] <= hi[1]
                 and lo[2] <= pts[q, 2] <= hi[2]):
-            if mode == 1:
+            if mode == 1 and w < cap:
                 out_i[w] = idx[q]
             w += 1
     return w
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)
-def _box_grid(g, lo, hi, gsel, mode, out_i, w):
+def _box_grid(g, lo, hi, gsel, mode, out_i, w, cap):
     if g.pts.shape[0] == 0:
         return w
     o = g.origin
@@ -1278,12 +1279,12 @@ def _box_grid(g, lo, hi, gsel, mode, out_i, w):
             if ix < x0 or ix > x1 or iy < y0 or iy > y1 or iz < z0 or iz > z1:
                 continue
             a = np.int64(g.tstart[s])
-            w = _box_run(g.pts, g.idx, g.grp, a, a + g.tcount[s], lo, hi, gsel, mode, out_i, w)
+            w = _box_run(g.pts, g.idx, g.grp, a, a + g.tcount[s], lo, hi, gsel, mode, out_i, w, cap)
         return w
     for ix in range(x0, x1 + 1):
         for iy in range(y0, y1 + 1):
             a, b = _col_llvm(g, ix, iy, z0, z1)
-            w = _box_run(g.pts, g.idx, g.grp, a, b, lo, hi, gsel, mode, out_i, w)
+            w = _box_run(g.pts, g.idx, g.grp, a, b, lo, hi, gsel, mode, out_i, w, cap)
     return w
 
 
@@ -1293,12 +1294,31 @@ def box_query(gp, lo, hi, gsel):
     delta = gp.delta
     dummy = np.empty(0, np.int64)
     count, fill, zero = np.int64(0), np.int64(1), np.int64(0)  # one specialisation of _box_grid
-    n = _box_grid(main, lo, hi, gsel, count, dummy, zero)
-    n = _box_grid(delta, lo, hi, gsel, count, dummy, n)
+    n = _box_grid(main, lo, hi, gsel, count, dummy, zero, zero)
+    n = _box_grid(delta, lo, hi, gsel, count, dummy, n, zero)
     out = np.empty(n, np.int64)
-    w = _box_grid(main, lo, hi, gsel, fill, out, zero)
-    _box_grid(delta, lo, hi, gsel, fill, out, w)
+    w = _box_grid(main, lo, hi, gsel, fill, out, zero, n)
+    _box_grid(delta, lo, hi, gsel, fill, out, w, n)
     return out
+
+
+@jit
+def box_rows_first(gp, lo, hi, gsel, limit, node_keys, node_graph, graph_keys):
+    """``(rows, total)``: the first ``limit`` hits of :func:`box_query` packed as an answer
+    table (:func:`_pack_rows`), and how many hits there are, in one walk: a page of a box
+    holding millions of nodes gathers the page's ids only (the whole answer's were
+    gathered and then cut, 16 bytes and a random read a hit)."""
+    main = gp.main
+    delta = gp.delta
+    fill, zero = np.int64(1), np.int64(0)
+    out = np.empty(limit, np.int64)
+    w = _box_grid(main, lo, hi, gsel, fill, out, zero, limit)
+    total = _box_grid(delta, lo, hi, gsel, fill, out, w, limit)
+    k = min(total, limit)
+    offsets = np.zeros(2, np.int64)
+    offsets[1] = k
+    return _pack_rows(offsets, out[:k], np.empty(0, np.float64), np.bool_(False), node_keys, node_graph,
+                      graph_keys), total
 
 
 @jit

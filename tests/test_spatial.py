@@ -165,6 +165,28 @@ def test_box_matches_brute():
     assert nids[0] in set(eng.nodes_in_box(lo, lo).column("node_id").to_pylist())
 
 
+def test_box_page_is_the_first_rows_and_the_count_of_the_whole_answer():
+    """The service's capped box replies (Engine._box_page): the first ``limit`` rows of
+    nodes_in_box and its row count, with and without a graph filter, from main and delta
+    grids (nodes moved after the index was built), limits below, at and above the count."""
+    pts = clustered(3000, 9)
+    eng, nids, owner = engine_with_points(pts, n_graphs=3)
+    rng = np.random.default_rng(9)
+    eng.nodes_within([0, 0, 0], 1.0)  # build the index, then move some nodes into the delta
+    moved = rng.choice(len(pts), 300, replace=False)
+    eng.apply(rows_to_batch([_ev(EventType.NodeMoved, owner[i], 10, node_id=nids[i], x=float(v[0]), y=float(v[1]),
+                                 z=float(v[2])) for i, v in zip(moved, rng.uniform(pts.min(0), pts.max(0), (300, 3)))]))
+    for t in range(30):
+        a, b = rng.uniform(pts.min(0), pts.max(0), (2, 3))
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        g = owner[t % 3] if t % 2 else None
+        whole = eng.nodes_in_box(lo, hi, graph_id=g)
+        for limit in (1, 7, whole.num_rows, whole.num_rows + 5):
+            page, total = eng._box_page(lo, hi, g, limit)
+            assert total == whole.num_rows
+            assert page.equals(whole.slice(0, limit))
+
+
 def test_graph_filter():
     pts = uniform(1200, 8)
     eng, nids, owner = engine_with_points(pts, n_graphs=3)
