@@ -11,6 +11,8 @@ An engine fed the asv ``ApplyMixed`` stream (1M events: ~500k nodes, ~126k edges
 * ``find_edges`` of its biggest graph (walking the graph's nodes' edge lists) against
   the scan of every edge slot;
 * a node id without its graph (a lookup per graph) against comparing every node's id;
+* ``query.graph.nodes_in_box`` around every node with limit 100 (ids gathered for the
+  page only) against the whole answer table cut to 100 rows;
 
 then an engine of ``--graphs`` graphs answers a ``query.graph.graphs`` page against
 the whole summary table, and ``decode_json`` of 1 / 10 / 100 NodeAdded events is timed.
@@ -33,7 +35,7 @@ from benchmarks.common import SIZES  # noqa: E402
 from benchmarks.datasets import T0, _batch, _ids, mixed_stream  # noqa: E402
 from cim_flow import Engine, decode_json  # noqa: E402
 from cim_flow._ids import words_of  # noqa: E402
-from cim_flow._queries import q_find_edges, q_find_nodes, q_graphs  # noqa: E402
+from cim_flow._queries import q_find_edges, q_find_nodes, q_graphs, q_nodes_in_box  # noqa: E402
 
 LIMITS = {"default": 100, "max": 10_000}
 
@@ -91,6 +93,12 @@ def main():
 
     assert eng._nodes_of(nid).tolist() == scan_ids().tolist()
     pair(f"a node id without its graph ({int(G.meta[0])} graphs)", lambda: eng._nodes_of(nid), scan_ids)
+
+    everywhere = ([-1e12] * 3, [1e12] * 3)
+    eng.nodes_in_box(*everywhere)  # builds the spatial index
+    pair(f"box around all {int(N.meta[1]):,} nodes, limit 100", lambda: q_nodes_in_box(eng, {
+        "lo": everywhere[0], "hi": everywhere[1], "limit": 100}, LIMITS),
+         lambda: eng.nodes_in_box(*everywhere).slice(0, 100))
 
     rng = np.random.default_rng(0)
     many = Engine()
