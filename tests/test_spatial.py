@@ -74,6 +74,8 @@ def test_radius_matches_ckdtree_and_brute(data, radius_scale):
             assert got[j] == {nids[i] for i in brute_radius(pts.tolist(), c, r)}
     counts = eng.nodes_within(centers, r, count_only=True)
     assert counts.tolist() == [len(s) for s in got]
+    # a batch past the serial path's 64 centers counts in parallel
+    assert eng.nodes_within(np.vstack([centers] * 2), r, count_only=True).tolist() == counts.tolist() * 2
     # distances are exact and grouped by query
     q = t.column("query").to_numpy()
     assert (np.diff(q) >= 0).all()
