@@ -185,6 +185,12 @@ class SingleQuery:
     def _ckdtree(self, c):
         return self.tree.query_ball_point(c, self.r)
 
+    def _count(self, c):
+        return self.eng.nodes_within(c, self.r, count_only=True)
+
+    def _ckdtree_count(self, c):
+        return self.tree.query_ball_point(c, self.r, return_length=True)
+
     # the table API (pa.Table out), the index API (numpy CSR out) and cKDTree (list out)
     def track_engine_single_p50_us(self, kind):
         return float(np.percentile(self._lat(self._engine), 50))
@@ -204,7 +210,22 @@ class SingleQuery:
     def track_ckdtree_single_p99_us(self, kind):
         return float(np.percentile(self._lat(self._ckdtree), 99))
 
+    # counts only: nodes_within(count_only=True) against cKDTree's return_length
+    def track_engine_count_single_p50_us(self, kind):
+        return float(np.percentile(self._lat(self._count), 50))
+
+    def track_engine_count_single_p99_us(self, kind):
+        return float(np.percentile(self._lat(self._count), 99))
+
+    def track_ckdtree_count_single_p50_us(self, kind):
+        return float(np.percentile(self._lat(self._ckdtree_count), 50))
+
+    def track_ckdtree_count_single_p99_us(self, kind):
+        return float(np.percentile(self._lat(self._ckdtree_count), 99))
+
     for _f in (track_engine_single_p50_us, track_engine_single_p99_us, track_engine_csr_single_p50_us,
-               track_engine_csr_single_p99_us, track_ckdtree_single_p50_us, track_ckdtree_single_p99_us):
+               track_engine_csr_single_p99_us, track_ckdtree_single_p50_us, track_ckdtree_single_p99_us,
+               track_engine_count_single_p50_us, track_engine_count_single_p99_us,
+               track_ckdtree_count_single_p50_us, track_ckdtree_count_single_p99_us):
         _f.unit = "us"
     del _f
