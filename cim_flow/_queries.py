@@ -435,10 +435,10 @@ def q_find_nodes(engine, req, limits) -> Answer:
     limit = _limit(req, limits["default"], limits["max"])
     # the rows of the page only: building every match's row to slice a page took
     # seconds (and the memory of the whole listing) on an engine of millions of nodes
-    every = engine._find_node_indices(g, node_type, name)
-    page = engine._node_rows(every[offset:offset + limit])
-    return Answer({"total": len(every), "offset": offset, "limit": limit,
-                   "truncated": offset + page.num_rows < len(every), "nodes": _rows(page)}, page)
+    idx, total = engine._node_page(g, node_type, name, offset, limit)
+    page = engine._node_rows(idx)
+    return Answer({"total": total, "offset": offset, "limit": limit,
+                   "truncated": offset + page.num_rows < total, "nodes": _rows(page)}, page)
 
 
 def q_find_edges(engine, req, limits) -> Answer:
@@ -446,10 +446,10 @@ def q_find_edges(engine, req, limits) -> Answer:
     edge_type = _opt_str(req, "edge_type")
     offset = _number(req.get("offset", 0), "offset", minimum=0, integer=True)
     limit = _limit(req, limits["default"], limits["max"])
-    every = engine._find_edge_indices(g, edge_type)  # the page's rows only, as for nodes
-    page = engine._edge_rows(every[offset:offset + limit])
-    return Answer({"total": len(every), "offset": offset, "limit": limit,
-                   "truncated": offset + page.num_rows < len(every), "edges": _rows(page)}, page)
+    idx, total = engine._edge_page(g, edge_type, offset, limit)  # the page's rows only, as for nodes
+    page = engine._edge_rows(idx)
+    return Answer({"total": total, "offset": offset, "limit": limit,
+                   "truncated": offset + page.num_rows < total, "edges": _rows(page)}, page)
 
 
 def q_neighbors(engine, req, limits) -> Answer:

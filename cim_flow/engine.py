@@ -435,7 +435,22 @@ class Engine:
         """Live nodes (of one graph, with a given ``node_type`` and/or ``name``), in the order
         they were first seen: columns ``node_id``, ``graph_id``, ``name``, ``node_type``,
         ``x``, ``y``, ``z`` (NaN without a position).  ``offset``/``limit`` page the result."""
-        return self._node_rows(_page(self._find_node_indices(graph_id, node_type, name), offset, limit))
+        return self._node_rows(self._node_page(graph_id, node_type, name, offset, limit)[0])
+
+    def _node_page(self, graph_id, node_type, name, offset, limit) -> tuple[np.ndarray, int]:
+        """``(indices, total)``: the page of :meth:`find_nodes` and how many it lists in all.
+        Unfiltered, the page is found by a walk that stops at its end (the live count is
+        kept), not by listing every live node first (~15 ms at 10M nodes)."""
+        if graph_id is None and node_type is None and name is None:
+            N = self._p.N
+            return self._live_page(N.alive, int(N.meta[0]), offset, limit, False), int(N.meta[1])
+        every = self._find_node_indices(graph_id, node_type, name)
+        return _page(every, offset, limit), len(every)
+
+    @staticmethod
+    def _live_page(flags, n, offset, limit, edges) -> np.ndarray:
+        _page(np.empty(0), offset, limit)  # the same checks
+        return kt.live_page(flags, n, int(offset), -1 if limit is None else int(limit), edges)
 
     def _find_node_indices(self, graph_id, node_type, name) -> np.ndarray:
         """The node indices :meth:`find_nodes` lists, in order (no rows built: a page's
@@ -461,7 +476,15 @@ class Engine:
         first seen: columns ``edge_id``, ``graph_id``, ``source_id``, ``target_id``,
         ``weight`` (null when never given) and ``edge_type``.  ``offset``/``limit`` page
         the result.  The edges projection, as :meth:`find_nodes` is the nodes one."""
-        return self._edge_rows(_page(self._find_edge_indices(graph_id, edge_type), offset, limit))
+        return self._edge_rows(self._edge_page(graph_id, edge_type, offset, limit)[0])
+
+    def _edge_page(self, graph_id, edge_type, offset, limit) -> tuple[np.ndarray, int]:
+        """``(indices, total)`` of :meth:`find_edges`, as :meth:`_node_page`."""
+        if graph_id is None and edge_type is None:
+            E = self._p.E
+            return self._live_page(E.src, int(E.meta[0]), offset, limit, True), int(E.meta[1])
+        every = self._find_edge_indices(graph_id, edge_type)
+        return _page(every, offset, limit), len(every)
 
     def _find_edge_indices(self, graph_id, edge_type) -> np.ndarray:
         """The edge indices :meth:`find_edges` lists, in order (no rows built)."""

@@ -25,6 +25,27 @@ def graph_nodes(nhead, gnext, g, out):
     return n
 
 
+@jit
+def live_page(flags, n, offset, limit, edges):
+    """Rows ``offset .. offset + limit`` (``limit`` < 0: all from ``offset``) of the live
+    slots among the first ``n``: ``flags`` are the nodes' liveness (live: non-zero), or
+    with ``edges`` the edges' sources (live: >= 0).  Stops at the page's last row: an
+    unfiltered listing's first pages no longer select every live slot first."""
+    out = np.empty(max(0, min(limit, n)) if limit >= 0 else n, np.int64)
+    k = 0  # live slots seen
+    w = 0
+    for i in range(n):
+        ok = flags[i] >= 0 if edges else flags[i] != 0
+        if ok:
+            if k >= offset:
+                if limit >= 0 and w >= limit:
+                    break
+                out[w] = i
+                w += 1
+            k += 1
+    return out[:w]
+
+
 @jit(nrt=False)
 def graph_edges(nhead, gnext, ihead, hnext, g, out):
     """Live edge indices of graph ``g`` into ``out`` (sized to its edge count), found from

@@ -100,6 +100,30 @@ def test_paging_and_bad_arguments():
     assert Engine().find_nodes().num_rows == 0
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_unfiltered_pages_walk_to_the_same_rows_as_the_scan(seed):
+    """find_nodes / find_edges without filters take their page from a walk that stops at
+    the page's end and their total from the live counts; every page and total must be the
+    scan's (every live slot listed, then sliced), with removals and graph deletions
+    leaving dead slots among the live ones."""
+    rng = random.Random(seed)
+    eng, ref = _apply(random_rows(rng, 500), rng.randint(1, 60))
+    nodes = eng._find_node_indices(None, None, None)
+    edges = eng._find_edge_indices(None, None)
+    assert len(nodes) == len(ref.nodes) and len(edges) == len(ref.edges)
+    for offset, limit in [(0, None), (0, 0), (0, 1), (3, 5), (len(nodes) - 1, 10), (len(nodes), 3),
+                          (len(nodes) + 7, None), (rng.randint(0, 40), rng.randint(1, 40))]:
+        offset = max(offset, 0)
+        want = nodes[offset:] if limit is None else nodes[offset:offset + limit]
+        got, total = eng._node_page(None, None, None, offset, limit)
+        assert got.tolist() == want.tolist() and total == len(nodes)
+        want = edges[offset:] if limit is None else edges[offset:offset + limit]
+        got, total = eng._edge_page(None, None, offset, limit)
+        assert got.tolist() == want.tolist() and total == len(edges)
+    with pytest.raises(ValueError):
+        eng._node_page(None, None, None, 0, -1)
+
+
 def test_iso_text_rows_equal_numpy_datetime_text():
     """The kernel's RFC 3339 text equals numpy's for every year 0..9999 (both sides of
     each boundary, before and after the epoch); outside that range it hands over to numpy."""
