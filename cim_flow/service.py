@@ -1655,6 +1655,8 @@ def warm_kernels() -> None:
     N, G = eng._p.N, eng._p.G
     kt.gather_ids(N.keys, N.graph, G.keys, np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([0, 1]))
     eng.find_nodes(g)
+    eng.find_nodes(limit=1)  # an unfiltered page: the live-slot walks
+    eng.find_edges(limit=1)
     eng.neighbors(nodes[1], graph_id=g)
     # the consumer's framing kernel, on one frame as the server sends it
     frame = b"MSG event.graph.x 1 $JS.ACK.S.C.1.1.1.0.0 %d\r\n%s\r\n" % (len(payload), payload)
