@@ -449,8 +449,8 @@ class Engine:
 
     @staticmethod
     def _live_page(flags, n, offset, limit, edges) -> np.ndarray:
-        _page(np.empty(0), offset, limit)  # the same checks
-        return kt.live_page(flags, n, int(offset), -1 if limit is None else int(limit), edges)
+        offset, limit = _page_args(offset, limit)
+        return kt.live_page(flags, n, offset, -1 if limit is None else limit, edges)
 
     def _find_node_indices(self, graph_id, node_type, name) -> np.ndarray:
         """The node indices :meth:`find_nodes` lists, in order (no rows built: a page's
@@ -619,7 +619,7 @@ class Engine:
         # a batch: answer in grid slots and gather the ids in grid order (see slot_view)
         self._spatial.ready(self._p.N)
         ms, ds, mk, dk = self._spatial.slot_view(self._p.N)
-        offsets, slots, d2 = self._radius_batch(ms, ds, c, r, gsel, sort, False)
+        offsets, slots, d2 = self._radius_batch(ms, ds, c, r, gsel, sort)
         query = np.empty(slots.shape[0], np.int64)
         nid, gid = kt.gather_slot_ids(mk, ms.grp, dk, ds.grp, ms.pts.shape[0], self._p.G.keys, slots, query, offsets)
         return _ids_table(query, nid, gid, np.sqrt(d2) if return_distance else None)
@@ -636,15 +636,14 @@ class Engine:
         return self._radius(c, r, self._gsel(graph_id), sort, count_only)
 
     def _radius(self, c, r, gsel, sort, count_only):
-        if c.shape[0] <= _SERIAL_BELOW:  # a few queries: one serial call on the grid pair
-            gp = self._pair()
-            if not count_only:
-                return ks.radius_small(gp, c, r, gsel, bool(sort))
+        if count_only:
             offsets = np.zeros(c.shape[0] + 1, np.int64)
-            np.cumsum(ks.radius_count_serial(gp, c, r, gsel), out=offsets[1:])
+            np.cumsum(self._radius_counts(c, r, gsel), out=offsets[1:])
             return offsets, None, None
+        if c.shape[0] <= _SERIAL_BELOW:  # a few queries: one serial call on the grid pair
+            return ks.radius_small(self._pair(), c, r, gsel, bool(sort))
         main, delta = self._grids()
-        return self._radius_batch(main, delta, c, r, gsel, sort, count_only)
+        return self._radius_batch(main, delta, c, r, gsel, sort)
 
     def _radius_counts(self, c, r, gsel) -> np.ndarray:
         """Hits per center (no offsets: their cumsum and np.diff back cost ~8 µs, more
@@ -654,12 +653,9 @@ class Engine:
         main, delta = self._grids()
         return ks.radius_count(main, delta, c, r, gsel, _query_order(c, main))
 
-    def _radius_batch(self, main, delta, c, r, gsel, sort, count_only):
+    def _radius_batch(self, main, delta, c, r, gsel, sort):
         offsets = np.zeros(c.shape[0] + 1, np.int64)
         order = _query_order(c, main)
-        if count_only:
-            np.cumsum(ks.radius_count(main, delta, c, r, gsel, order), out=offsets[1:])
-            return offsets, None, None
         # small radii: the counting walk keeps up to k hits a query, and the fill copies
         # those instead of walking the cells again (k x 16 bytes a query of scratch)
         k = int(min(_KEEP_MAX, max(2, _KEEP_BUDGET // c.shape[0])))
@@ -831,10 +827,15 @@ def _packed_table(w, with_distance, with_query=True) -> pa.Table:
 
 def _page(rows: np.ndarray, offset, limit) -> np.ndarray:
     """``rows[offset:offset + limit]`` (all from ``offset`` without a limit)."""
+    offset, limit = _page_args(offset, limit)
+    return rows[offset: None if limit is None else offset + limit]
+
+
+def _page_args(offset, limit) -> tuple[int, int | None]:
     offset = int(offset)
     if offset < 0 or (limit is not None and int(limit) < 0):
         raise ValueError("offset and limit must be >= 0")
-    return rows[offset: None if limit is None else offset + int(limit)]
+    return offset, None if limit is None else int(limit)
 
 
 def _query_order(c, main) -> np.ndarray:

@@ -198,15 +198,11 @@ def lookup_edge_h(slots, keys, src, ngraph, g, k0, k1, h):
 
 
 @jit(nrt=False, llvm_inline=True)
-def intern_edge(slots, keys, src, ngraph, meta, g, k0, k1, s_new):
-    """:func:`intern` for edges: a new edge gets ``src = s_new`` at once, so its owner
-    is known before anything else probes the table.  Returns ``(index, is_new)``."""
-    return _intern(slots, keys, src, ngraph, True, meta, g, k0, k1, s_new, hash_key(g, k0, k1))
-
-
-@jit(nrt=False, llvm_inline=True)
 def intern_edge_h(slots, keys, src, ngraph, meta, g, k0, k1, s_new, h):
-    """:func:`intern_edge` with the key's :func:`hash_key` ``h`` already computed."""
+    """:func:`intern` for edges, with the key's :func:`hash_key` ``h`` already computed
+    (the apply kernel's pre-pass hashes every id once): a new edge gets ``src = s_new``
+    at once, so its owner is known before anything else probes the table.  Returns
+    ``(index, is_new)``."""
     return _intern(slots, keys, src, ngraph, True, meta, g, k0, k1, s_new, h)
 
 
