@@ -8,7 +8,6 @@ Prints the median of 200 rebuilds per delta size (random live nodes as the delta
 import argparse
 import pathlib
 import sys
-import time
 
 import numpy as np
 
@@ -16,6 +15,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from benchmarks.spatial_data import engine_with  # noqa: E402
+from _timing import median_seconds  # noqa: E402  (this folder: the script's own)
 
 
 def main():
@@ -29,12 +29,8 @@ def main():
     for k in a.sizes:
         sp.build(N)  # a fresh index, then a delta of k random live nodes as if they had just changed
         sp._to_delta(N, np.sort(rng.choice(int(N.meta[0]), k, replace=False)).astype(np.int64))
-        times = []
-        for _ in range(200):
-            t = time.perf_counter()
-            sp._rebuild_delta(N)
-            times.append(time.perf_counter() - t)
-        print(f"{k:>6} delta nodes: {np.median(times) * 1e6:7.0f} us a rebuild (median of 200)")
+        t = median_seconds(lambda: sp._rebuild_delta(N), 200)
+        print(f"{k:>6} delta nodes: {t * 1e6:7.0f} us a rebuild (median of 200)")
 
 
 if __name__ == "__main__":

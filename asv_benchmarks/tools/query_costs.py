@@ -22,7 +22,6 @@ import argparse
 import json
 import pathlib
 import sys
-import time
 import uuid
 
 import numpy as np
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "asv_benchmarks"))
 
 from benchmarks.common import SIZES  # noqa: E402
+from _timing import median_seconds  # noqa: E402  (this folder: the script's own)
 from benchmarks.datasets import T0, _batch, _ids, mixed_stream  # noqa: E402
 from cim_flow import Engine, decode_json  # noqa: E402
 from cim_flow._ids import words_of  # noqa: E402
@@ -41,13 +41,7 @@ LIMITS = {"default": 100, "max": 10_000}
 
 
 def med_us(fn, repeat=15) -> float:
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)) * 1e6
+    return median_seconds(fn, repeat, warm=True) * 1e6
 
 
 def pair(what, new, old) -> None:

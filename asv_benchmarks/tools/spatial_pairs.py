@@ -12,23 +12,17 @@ includes thread start-up and is noisier.
 import argparse
 import pathlib
 import sys
-import time
 
-import numpy as np
 from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import benchmarks.bench_spatial as B  # noqa: E402
+from _timing import median_seconds  # noqa: E402  (this folder: the script's own)
 
 
 def med(fn, repeat):
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)) * 1e3
+    return median_seconds(fn, repeat) * 1e3
 
 
 def main():
