@@ -446,6 +446,19 @@ def test_stats_cache_and_micro_service(nats_server, service):
               "cache_misses", "uptime_s"):
         assert k in s1, k
     assert set(s1["latency_ms"]) == {"p50", "p99", "p999"}
+    # the spatial index's own account: after 30 more positioned nodes, its main grid's live
+    # entries plus its delta cover every positioned live node (counted by a query over the
+    # whole space), and the main grid holds no more than those
+    seq = _publish(nats_server.url, _node_events(str(uuid.uuid4()), 30, random.Random(8), "internal")[0])
+    everywhere = request(nats_server.url, "query.graph.nodes_in_radius", {"center": [0, 0, 0], "radius": 1e12,
+                                                                          "limit": 1, "min_version": seq})
+    assert everywhere["count"] >= 30
+    ix = request(nats_server.url, "query.graph.stats")["index"]
+    assert ix["built"] and ix["main_builds"] >= 1 and ix["delta_rebuilds"] >= 0, ix
+    assert set(ix) == {"built", "main_builds", "building", "main_points", "stale_points", "delta_nodes",
+                       "delta_rebuilds", "delta_rebuild_ms", "main_build_ms"}
+    main_live = ix["main_points"] - ix["stale_points"]
+    assert 0 <= main_live <= everywhere["count"] <= main_live + ix["delta_nodes"], (ix, everywhere["count"])
     # each query's time in the service: the two radius queries (one answered, one from the cache)
     # and the stats query before them, at least
     qms = s1["query_ms"]
