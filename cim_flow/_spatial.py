@@ -2,10 +2,11 @@
 
 Built lazily on the first spatial query, then kept current after every
 ``apply``: nodes that moved, appeared or died leave the main grid (their
-entries become NaN) and join a small delta grid rebuilt each batch;
-when the delta passes ``rebuild_fraction`` of the main grid, a new main grid
-is built on a background thread and adopted when done.  Queries always see
-exactly the state after the last applied batch.
+entries become NaN) and join a small delta grid, which is patched in place
+(each of its cells has room for a few more points) or, when a cell is full,
+rebuilt by the next query; a new main grid is built on a background thread
+and adopted when done (see :class:`SpatialIndex` for when).  Queries always
+see exactly the state after the last applied batch.
 """
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ _RUNS_ABOVE_CELLS = 4_000_000
 _RUNS_MIN_POINTS = 65536
 _SERIAL_DELTA_BELOW = 65536  # delta grids this small are built on the calling thread (no parallel launch:
 # under load its worker may wait for a core, and a serial build of 20k points takes ~0.4 ms)
+# and with room to grow in place: an occupied cell of k points gets min(2 + k, 128) free
+# entries that later batches fill (kernels.spatial.grid_build_dense_slack, delta_update)
+DELTA_SLACK_MIN = 2
+DELTA_SLACK_MAX = 128
 
 
 def _empty_grid():
@@ -51,6 +56,31 @@ def _empty_grid():
         origin=np.zeros(3), h=np.ones(1), lim=np.zeros(3, np.int64), dims=np.ones(3, np.int64),
         dst=np.zeros(0, np.int32), nstale=np.zeros(0, np.uint8), zr=_NO_ZR,
         pts=np.zeros((0, 3)), idx=np.zeros(0, np.int32), grp=np.zeros(0, np.int32), **_NO_TABLE)
+
+
+def _dense_dims(lo, hi, h, m: int):
+    """Cells per axis of a dense grid over the box [lo, hi] with cell size ``h`` for ``m``
+    points, or None when it would have more than DENSE_CELLS_PER_POINT cells a point
+    (then the grid is hashed)."""
+    span = np.floor((np.asarray(hi, np.float64) - np.asarray(lo, np.float64)) / h)
+    if not (np.isfinite(span).all() and (span < ks._LIM).all()):
+        return None
+    dims = span.astype(np.int64) + 1
+    if float(np.prod(dims.astype(np.float64))) > ks.DENSE_CELLS_PER_POINT * m + 4096:
+        return None
+    return dims
+
+
+def _zranges(dst, dims, serial: bool):
+    """:attr:`Grid.zr` of a dense grid when its columns are tall and mostly empty in z
+    (clustered data), else none: where points fill every column (uniform data) the
+    checks never skip a thing."""
+    if dims[2] < ks.ZR_MIN_Z:
+        return _NO_ZR
+    zr = ks.column_zrange_serial(dst, dims) if serial else ks.column_zrange(dst, dims)
+    if float(np.maximum(zr[:, 1] - zr[:, 0] + 1, 0).mean()) > ZR_KEEP_FILL * float(dims[2]):
+        return _NO_ZR
+    return zr
 
 
 def choose_cell_size(pos, nodes, lo, hi) -> float:
@@ -93,8 +123,8 @@ class SpatialIndex:
     """Main grid + delta grid over the live, positioned nodes.
 
     When the delta passes ``rebuild_fraction`` of the main grid (and ``min_rebuild``
-    nodes), or once the delta rebuilds since the main grid was built have indexed as
-    many points as it holds (and the delta holds ``min_rebuild // 4`` nodes), a new
+    nodes), or once the delta's rebuilds and patches since the main grid was built have
+    placed as many points as it holds (and the delta holds ``min_rebuild // 4`` nodes), a new
     main grid is built on a background thread (serial kernels, no GIL)
     while queries keep using main + delta; it is adopted at the next update or query,
     with the nodes changed meanwhile moved to the delta.  So neither the event loop nor
@@ -120,9 +150,10 @@ class SpatialIndex:
         self._slots = None  # see slot_view
         self._pair = None  # see pair
         self._delta_stale = False  # the delta's rows changed since the delta grid was built
-        # Rent or buy: a query after a batch rebuilds the delta (its cost grows with its
-        # size); a new main grid costs one build of every point.  Once the delta rebuilds
-        # since the last main grid have placed as many points as it holds, build another:
+        # Rent or buy: the delta costs the points placed in it (patched in, or all of it
+        # again at each rebuild, which grows with its size); a new main grid costs one
+        # build of every point.  Once the delta since the last main grid has had as many
+        # points placed as the main grid holds, build another:
         # with the delta growing steadily that spends as much on main builds as on the
         # delta's size, the least total (each ~sqrt(2 x main x growth / rebuilds) nodes),
         # where a fixed fraction of the main grid let the delta grow to it whatever the
@@ -132,6 +163,7 @@ class SpatialIndex:
         self._main_cost = float("inf")  # seconds the last main build took (stats only)
         self.delta_rebuilds = 0
         self.delta_seconds = 0.0  # all delta rebuilds, for stats
+        self.delta_patched = 0  # points placed in the delta grid in place (no rebuild), for stats
 
     # -- build ------------------------------------------------------------------
     def build(self, N) -> None:
@@ -153,17 +185,20 @@ class SpatialIndex:
         position, liveness, graph and node number, copied when its batch is applied."""
         self._dcount = 0
         self._delta_h = (1.0, 0)  # the delta's cell size and its point count when chosen
+        self._dpatch = False  # the delta grid takes changes in place (built with room: _slack_grid)
+        self._dfill = np.zeros(1, np.int32)  # its cells' next free entries
         self._rows(capacity)
 
     def _rows(self, capacity: int) -> None:
         """Room for ``capacity`` delta rows, keeping the rows in use."""
         n = self._dcount
-        old = (self._dpts, self._dalive, self._dgrp, self._dnode) if n else ()
+        old = (self._dpts, self._dalive, self._dgrp, self._dnode, self._dslot) if n else ()
         self._dpts = np.empty((capacity, 3), np.float64)
         self._dalive = np.empty(capacity, np.uint8)
         self._dgrp = np.empty(capacity, np.int32)
         self._dnode = np.empty(capacity, np.int32)
-        for new, o in zip((self._dpts, self._dalive, self._dgrp, self._dnode), old):
+        self._dslot = np.empty(capacity, np.int32)  # row -> its entry in the delta grid, -1 none
+        for new, o in zip((self._dpts, self._dalive, self._dgrp, self._dnode, self._dslot), old):
             new[:n] = o[:n]
 
     @property
@@ -176,9 +211,21 @@ class SpatialIndex:
         need = self._dcount + nodes.shape[0]
         if need > self._dnode.shape[0]:
             self._rows(max(need, 2 * self._dnode.shape[0]))
-        k, self._dcount = ks.delta_update(self.where, self.main, nodes, N.alive, N.pos, N.graph,
-                                          self._dpts, self._dalive, self._dgrp, self._dnode, self._dcount)
+        # the delta grid is patched in place when it can be: a query after a small batch
+        # then finds it current, where a rebuild per query cost ~0.2-0.5 ms (2k-20k nodes)
+        patch = self._dpatch and not self._delta_stale
+        k, self._dcount, placed, ok = ks.delta_update(
+            self.where, self.main, nodes, N.alive, N.pos, N.graph, self._dpts, self._dalive, self._dgrp,
+            self._dnode, self._dcount, self.delta, self._dfill, self._dslot, patch)
         self.stale_count += int(k)
+        if ok:
+            self._delta_placed += int(placed)
+            self.delta_patched += int(placed)
+            c = self._slots  # the delta's entries changed: its part of the slot view is made again
+            if c is not None and c[1] is self.delta:
+                self._slots = (c[0], None, c[2], None, c[4], None)
+        else:
+            self._delta_stale = True  # rebuilt by the next query (ready)
 
     @staticmethod
     def _grid(pos, nodes, graph, origin, hi, h, serial=False):
@@ -187,29 +234,20 @@ class SpatialIndex:
         thread)."""
         origin = np.ascontiguousarray(origin, np.float64)
         m = nodes.shape[0]
-        span = np.floor((np.asarray(hi, np.float64) - origin) / h)
-        if np.isfinite(span).all() and (span < ks._LIM).all():
-            dims = span.astype(np.int64) + 1
-            if float(np.prod(dims.astype(np.float64))) <= ks.DENSE_CELLS_PER_POINT * m + 4096:
-                ncell = int(np.prod(dims))
-                if serial:
-                    dst, pts, idx, grp = ks.grid_build_dense_serial(pos, nodes, graph, origin, float(h), dims)
-                elif ncell > _RUNS_ABOVE_CELLS and m >= _RUNS_MIN_POINTS:
-                    dst, pts, idx, grp = ks.grid_build_dense_runs(pos, nodes, graph, origin, float(h), dims,
-                                                                  _dense_run_shift(m, ncell))
-                else:
-                    nparts = numba.get_num_threads() if m >= 65536 else 1
-                    dst, pts, idx, grp = ks.grid_build_dense(pos, nodes, graph, origin, float(h), dims, nparts)
-                nstale = np.zeros(dst.shape[0] - 1 + int(dims[0] * dims[1]), np.uint8)  # + column flags
-                zr = _NO_ZR
-                if dims[2] >= ks.ZR_MIN_Z:
-                    zr = ks.column_zrange_serial(dst, dims) if serial else ks.column_zrange(dst, dims)
-                    # kept only when columns are mostly empty in z (clustered data): where
-                    # points fill every column (uniform data) the checks never skip a thing
-                    if float(np.maximum(zr[:, 1] - zr[:, 0] + 1, 0).mean()) > ZR_KEEP_FILL * float(dims[2]):
-                        zr = _NO_ZR
-                return ks.Grid(origin=origin, h=np.array([h]), lim=dims - 1, dims=dims, dst=dst,
-                               nstale=nstale, zr=zr, pts=pts, idx=idx, grp=grp, **_NO_TABLE)
+        dims = _dense_dims(origin, hi, h, m)
+        if dims is not None:
+            ncell = int(np.prod(dims))
+            if serial:
+                dst, pts, idx, grp = ks.grid_build_dense_serial(pos, nodes, graph, origin, float(h), dims)
+            elif ncell > _RUNS_ABOVE_CELLS and m >= _RUNS_MIN_POINTS:
+                dst, pts, idx, grp = ks.grid_build_dense_runs(pos, nodes, graph, origin, float(h), dims,
+                                                              _dense_run_shift(m, ncell))
+            else:
+                nparts = numba.get_num_threads() if m >= 65536 else 1
+                dst, pts, idx, grp = ks.grid_build_dense(pos, nodes, graph, origin, float(h), dims, nparts)
+            nstale = np.zeros(dst.shape[0] - 1 + int(dims[0] * dims[1]), np.uint8)  # + column flags
+            return ks.Grid(origin=origin, h=np.array([h]), lim=dims - 1, dims=dims, dst=dst,
+                           nstale=nstale, zr=_zranges(dst, dims, serial), pts=pts, idx=idx, grp=grp, **_NO_TABLE)
         size = 16
         while size < 4 * m / TARGET_OCCUPANCY:
             size *= 2
@@ -264,10 +302,9 @@ class SpatialIndex:
             if self._job is None:
                 self._job_dirty = []
                 self._job = _builder().submit(_timed_main_grid, _frozen(N))
-        # the delta grid is rebuilt by the next query (ready), not here: batches that
-        # come faster than queries (ingest with a few queries, or none since the last)
-        # then pay one rebuild, not one each (~0.08-0.6 ms at 1k-20k delta nodes)
-        self._delta_stale = True
+        # _to_delta patched the delta grid, or marked it stale: then it is rebuilt by the
+        # next query (ready), not here, so batches that come faster than queries (ingest
+        # with few queries, or none since the last) pay one rebuild, not one each
 
     def _grow_where(self, N) -> None:
         if self.where.shape[0] < N.alive.shape[0]:
@@ -297,9 +334,26 @@ class SpatialIndex:
         self.builds += 1
         return True
 
+    def _slack_grid(self, live, lo, hi, h):
+        """The delta's dense grid over rows ``live`` with room in each occupied cell for
+        later changes (see kernels.spatial.grid_build_dense_slack); None where a dense grid
+        would have too many cells (then it is hashed, as :meth:`_grid` decides)."""
+        dims = _dense_dims(lo, hi, h, live.size)
+        if dims is None:
+            return None
+        self._dslot[: self._dcount] = -1  # rows left out (dead) must not keep an old entry
+        origin = np.ascontiguousarray(lo, np.float64)
+        dst, nstale, pts, idx, grp, self._dfill = ks.grid_build_dense_slack(
+            self._dpts, live, self._dgrp, self._dnode, self._dslot, origin, float(h), dims,
+            DELTA_SLACK_MIN, DELTA_SLACK_MAX)
+        self._dpatch = True
+        return ks.Grid(origin=origin, h=np.array([h]), lim=dims - 1, dims=dims, dst=dst, nstale=nstale,
+                       zr=_zranges(dst, dims, True), pts=pts, idx=idx, grp=grp, **_NO_TABLE)
+
     def _rebuild_delta(self, N) -> None:
         t = time.perf_counter()
         self._delta_stale = False
+        self._dpatch = False
         pts = self._dpts
         live, lo, hi = ks.live_points(self._dalive, pts, self._dcount)  # rows, not nodes
         if live.size == 0:
@@ -311,8 +365,11 @@ class SpatialIndex:
             if not (0.5 * n0 <= live.size <= 2 * n0):
                 h = choose_cell_size(pts, live, lo, hi)
                 self._delta_h = (h, live.size)
-            g = self._grid(pts, live, self._dgrp, lo, hi, h, serial=live.size < _SERIAL_DELTA_BELOW)
-            self.delta = g._replace(idx=self._dnode[g.idx])  # rows -> node numbers
+            g = self._slack_grid(live, lo, hi, h) if live.size < _SERIAL_DELTA_BELOW else None
+            if g is None:  # hashed (a sparse delta) or big: rebuilt whenever it changes
+                g = self._grid(pts, live, self._dgrp, lo, hi, h, serial=live.size < _SERIAL_DELTA_BELOW)
+                g = g._replace(idx=self._dnode[g.idx])  # rows -> node numbers
+            self.delta = g
         self._delta_placed += live.size
         self.delta_seconds += time.perf_counter() - t
         self.delta_rebuilds += 1
@@ -366,6 +423,7 @@ class SpatialIndex:
         return {"built": self.built, "main_builds": self.builds, "building": self._job is not None,
                 "main_points": int(self.main.pts.shape[0]), "stale_points": int(self.stale_count),
                 "delta_nodes": int(self.delta_nodes.size), "delta_rebuilds": self.delta_rebuilds,
+                "delta_patched": self.delta_patched,
                 "delta_rebuild_ms": self.delta_seconds * 1e3,
                 "main_build_ms": None if self._main_cost == float("inf") else self._main_cost * 1e3}
 

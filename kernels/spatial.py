@@ -484,8 +484,23 @@ def occupancy(pos, nodes, origin, h, sample):
     return m / ncells
 
 
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _mark_stale(g, w):
+    """Entry ``w`` of grid ``g`` leaves it: its position becomes NaN (no query matches
+    it), counted per dense cell with its column's flag set (see Grid.nstale)."""
+    if g.dst.shape[0] > 0:
+        ncell = g.dims[0] * g.dims[1] * g.dims[2]
+        c = _dense_cell(g.origin, 1.0 / g.h[0], g.lim, g.dims, g.pts[w, 0], g.pts[w, 1], g.pts[w, 2])
+        if g.nstale[c] < 255:  # saturates: 255 means "many", see _stale_in
+            g.nstale[c] += 1
+        g.nstale[ncell + c // g.dims[2]] = 1  # its column has stale entries
+    g.pts[w, 0] = np.nan
+    g.pts[w, 1] = np.nan
+    g.pts[w, 2] = np.nan
+
+
 @jit(nrt=False, fastmath=EXACT_MATH)
-def delta_update(where, g, nodes, alive, pos, graph, dpts, dalive, dgrp, dnode, dcount):
+def delta_update(where, g, nodes, alive, pos, graph, dpts, dalive, dgrp, dnode, dcount, d, dfill, dslot, patch):
     """Nodes changed: each leaves the main grid ``g`` (its entry becomes NaN, counted per
     dense cell) and gets a row of the delta's own copy of its state, ``dpts``/``dalive``/
     ``dgrp``/``dnode`` (a node already in the delta has its row rewritten).  ``where``:
@@ -494,36 +509,116 @@ def delta_update(where, g, nodes, alive, pos, graph, dpts, dalive, dgrp, dnode, 
     The delta grid is rebuilt from these rows, which lie together in memory: read from
     the node state, each of its points was a cache miss or two at every rebuild (~90 ns
     a point under load, against ~20 from the rows).  The rows need room for ``dcount +
-    nodes.shape[0]``.  Returns (main entries that went stale, rows now in use)."""
+    nodes.shape[0]``.
+
+    With ``patch``, the delta grid ``d`` (dense, built by :func:`grid_build_dense_slack`)
+    is brought up to date in place: a row's old entry (``dslot``: row -> entry, -1 none)
+    becomes stale and its new position takes the next free entry of its cell
+    (``dfill``: per cell), so a query after a small batch needs no rebuild.  When a cell
+    has no room left, patching stops and the grid must be rebuilt.
+
+    Returns (main entries that went stale, rows now in use, delta entries placed, whether
+    the delta grid is up to date: always False without ``patch``)."""
     k = 0
-    dense = g.dst.shape[0] > 0
-    inv_h = 1.0 / g.h[0]
+    placed = 0
+    ok = patch
+    dinv_h = 1.0 / d.h[0]
     for j in range(nodes.shape[0]):
         n = nodes[j]
         w = where[n]
         if w >= 0:
-            if dense:
-                ncell = g.dims[0] * g.dims[1] * g.dims[2]
-                c = _dense_cell(g.origin, inv_h, g.lim, g.dims, g.pts[w, 0], g.pts[w, 1], g.pts[w, 2])
-                if g.nstale[c] < 255:  # saturates: 255 means "many", see _stale_in
-                    g.nstale[c] += 1
-                g.nstale[ncell + c // g.dims[2]] = 1  # its column has stale entries
-            g.pts[w, 0] = np.nan
-            g.pts[w, 1] = np.nan
-            g.pts[w, 2] = np.nan
+            _mark_stale(g, w)
             k += 1
         r = -2 - w
         if w >= -1 or r >= dcount or dnode[r] != n:  # (the last two: never, but a stray
             r = dcount                                 # mark must not write another's row)
             dcount += 1
             where[n] = -2 - r
+            dslot[r] = -1
         dnode[r] = n
         dgrp[r] = graph[n]
         dalive[r] = alive[n]
-        dpts[r, 0] = pos[n, 0]
-        dpts[r, 1] = pos[n, 1]
-        dpts[r, 2] = pos[n, 2]
-    return k, dcount
+        x, y, z = pos[n, 0], pos[n, 1], pos[n, 2]
+        dpts[r, 0] = x
+        dpts[r, 1] = y
+        dpts[r, 2] = z
+        if ok:
+            s = dslot[r]
+            if s >= 0:
+                _mark_stale(d, s)
+                dslot[r] = -1
+            if alive[n] != 0 and not np.isnan(x):
+                c = _dense_cell(d.origin, dinv_h, d.lim, d.dims, x, y, z)
+                q = dfill[c]
+                if q < d.dst[c + 1]:
+                    dfill[c] = q + 1
+                    d.pts[q, 0] = x
+                    d.pts[q, 1] = y
+                    d.pts[q, 2] = z
+                    d.idx[q] = n
+                    d.grp[q] = graph[n]
+                    if d.nstale[c] < 255:  # exact below 255: the free entry was counted there
+                        d.nstale[c] -= 1
+                    dslot[r] = q
+                    placed += 1
+                else:
+                    ok = False  # the cell is full: rebuilt by the next query
+    return k, dcount, placed, ok
+
+
+@jit(fastmath=EXACT_MATH)
+def grid_build_dense_slack(pos, rows, graph_of, node_of, slot_of, origin, h, dims, slack_min, slack_max):
+    """A delta's dense grid with room to grow in place: like
+    :func:`grid_build_dense_serial` over rows ``rows`` of ``pos``, but each occupied cell's
+    run ends in ``min(slack_min + count, slack_max)`` free entries (NaN positions,
+    counted stale in ``nstale``, so every query skips them and whole-cell counts stay
+    exact), which :func:`delta_update` fills with later changes.  ``node_of`` maps a row
+    to its node (the grid's ``idx``); ``slot_of[row]`` is set to the row's entry.
+    Returns ``(dst, nstale, pts, idx, grp, fill)``, ``fill`` each cell's next free entry."""
+    m = rows.shape[0]
+    inv_h = 1.0 / h
+    lim = dims - 1
+    ncell = dims[0] * dims[1] * dims[2]
+    cell_of = np.empty(m, np.int64)
+    count = np.zeros(ncell, np.int32)
+    for j in range(m):
+        r = rows[j]
+        c = _dense_cell(origin, inv_h, lim, dims, pos[r, 0], pos[r, 1], pos[r, 2])
+        cell_of[j] = c
+        count[c] += 1
+    dst = np.empty(ncell + 1, np.int32)
+    nstale = np.zeros(ncell + dims[0] * dims[1], np.uint8)
+    total = 0
+    for c in range(ncell):
+        dst[c] = total
+        k = count[c]
+        if k > 0:
+            room = min(slack_min + k, slack_max)
+            nstale[c] = room
+            nstale[ncell + c // dims[2]] = 1
+            total += k + room
+    dst[ncell] = total
+    fill = dst[:ncell].copy()
+    pts, idx, grp = _point_arrays(total)
+    for c in range(ncell):  # the free entries (each written once: no fill of the whole arrays first)
+        for q in range(dst[c] + count[c], dst[c + 1]):
+            pts[q, 0] = np.nan
+            pts[q, 1] = np.nan
+            pts[q, 2] = np.nan
+            idx[q] = 0
+            grp[q] = -1
+    for j in range(m):
+        r = rows[j]
+        c = cell_of[j]
+        q = fill[c]
+        fill[c] = q + 1
+        pts[q, 0] = pos[r, 0]
+        pts[q, 1] = pos[r, 1]
+        pts[q, 2] = pos[r, 2]
+        idx[q] = node_of[r]
+        grp[q] = graph_of[r]
+        slot_of[r] = q
+    return dst, nstale, pts, idx, grp, fill
 
 
 @jit(nrt=False, fastmath=EXACT_MATH)

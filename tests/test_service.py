@@ -456,7 +456,7 @@ def test_stats_cache_and_micro_service(nats_server, service):
     ix = request(nats_server.url, "query.graph.stats")["index"]
     assert ix["built"] and ix["main_builds"] >= 1 and ix["delta_rebuilds"] >= 0, ix
     assert set(ix) == {"built", "main_builds", "building", "main_points", "stale_points", "delta_nodes",
-                       "delta_rebuilds", "delta_rebuild_ms", "main_build_ms"}
+                       "delta_rebuilds", "delta_patched", "delta_rebuild_ms", "main_build_ms"}
     main_live = ix["main_points"] - ix["stale_points"]
     assert 0 <= main_live <= everywhere["count"] <= main_live + ix["delta_nodes"], (ix, everywhere["count"])
     # each query's time in the service: the two radius queries (one answered, one from the cache)
