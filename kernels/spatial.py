@@ -499,9 +499,9 @@ def _mark_stale(g, w):
     g.pts[w, 2] = np.nan
 
 
-@jit(nrt=False, fastmath=EXACT_MATH)
-def delta_update(where, g, nodes, alive, pos, graph, dpts, dalive, dgrp, dnode, dcount, d, dfill, dslot, patch):
-    """Nodes changed: each leaves the main grid ``g`` (its entry becomes NaN, counted per
+@jit(fastmath=EXACT_MATH)  # (NRT: reading a StructRef's fields needs it)
+def delta_update(where, gp, nodes, alive, pos, graph, dpts, dalive, dgrp, dnode, dcount, dfill, dslot, patch):
+    """Nodes changed: each leaves the main grid ``gp.main`` (its entry becomes NaN, counted per
     dense cell) and gets a row of the delta's own copy of its state, ``dpts``/``dalive``/
     ``dgrp``/``dnode`` (a node already in the delta has its row rewritten).  ``where``:
     node -> main slot (>= 0), never indexed (-1), delta row ``-2 - where`` (<= -2).
@@ -511,14 +511,17 @@ def delta_update(where, g, nodes, alive, pos, graph, dpts, dalive, dgrp, dnode, 
     a point under load, against ~20 from the rows).  The rows need room for ``dcount +
     nodes.shape[0]``.
 
-    With ``patch``, the delta grid ``d`` (dense, built by :func:`grid_build_dense_slack`)
+    With ``patch``, the delta grid ``gp.delta`` (dense, built by :func:`grid_build_dense_slack`)
     is brought up to date in place: a row's old entry (``dslot``: row -> entry, -1 none)
     becomes stale and its new position takes the next free entry of its cell
     (``dfill``: per cell), so a query after a small batch needs no rebuild.  When a cell
     has no room left, patching stops and the grid must be rebuilt.
 
     Returns (main entries that went stale, rows now in use, delta entries placed, whether
-    the delta grid is up to date: always False without ``patch``)."""
+    the delta grid is up to date: always False without ``patch``).  ``gp``: the
+    :class:`GridPair` (two Grid arguments cost ~10 µs a call to type)."""
+    g = gp.main
+    d = gp.delta
     k = 0
     placed = 0
     ok = patch
