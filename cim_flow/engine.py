@@ -842,7 +842,7 @@ def _query_order(c, main) -> np.ndarray:
     """The order a parallel kernel visits a batch of centers in: by cell, for cache reuse."""
     if main.pts.shape[0] == 0:
         return np.arange(c.shape[0], dtype=np.int64)
-    return ks.query_order(c, main.origin, float(main.h[0]))
+    return ks.query_order(c, main.origin, float(main.h[0]), main.lim)
 
 
 def _centers(centers) -> np.ndarray:

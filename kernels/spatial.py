@@ -631,12 +631,37 @@ def set_where(where, idx):
 
 
 @jit(fastmath=EXACT_MATH)
-def query_order(centers, origin, h):
+def query_order(centers, origin, h, lim):
     """A permutation of the queries that visits them cell by cell (cells of 4h):
-    neighbouring queries then read the same runs of points while they are in cache."""
+    neighbouring queries then read the same runs of points while they are in cache.
+
+    Over a dense grid (``lim``: its largest cell index per axis) the coarse cells are
+    few, and a counting sort by cell orders the queries in two passes (~50 µs for 10k,
+    where the argsort of their keys took ~0.6 ms, 5% of a 30-neighbour batch); the
+    order is the same up to queries sharing a cell.  Otherwise (hashed grids) the keys
+    are sorted."""
     n = centers.shape[0]
-    keys = np.empty(n, np.uint64)
     inv = 0.25 / h
+    nx = lim[0] // 4 + 1
+    ny = lim[1] // 4 + 1
+    nz = lim[2] // 4 + 1
+    if float(nx) * float(ny) * float(nz) <= 4.0 * n + 4096.0:
+        cell = np.empty(n, np.int64)
+        start = np.zeros(nx * ny * nz + 1, np.int64)
+        for j in range(n):
+            c = ((_cell(centers[j, 0], origin[0], inv, nx - 1) * ny + _cell(centers[j, 1], origin[1], inv, ny - 1))
+                 * nz + _cell(centers[j, 2], origin[2], inv, nz - 1))
+            cell[j] = c
+            start[c + 1] += 1
+        for c in range(1, start.shape[0]):
+            start[c] += start[c - 1]
+        order = np.empty(n, np.int64)
+        for j in range(n):
+            c = cell[j]
+            order[start[c]] = j
+            start[c] += 1
+        return order
+    keys = np.empty(n, np.uint64)
     for j in range(n):
         keys[j] = _key(_cell(centers[j, 0], origin[0], inv, _LIM), _cell(centers[j, 1], origin[1], inv, _LIM),
                        _cell(centers[j, 2], origin[2], inv, _LIM))
