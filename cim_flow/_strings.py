@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from kernels.hashing import span_groups
+from kernels.traverse import gather_texts
 
 from ._ids import filled_values, string_buffers, validity
 
@@ -19,12 +20,9 @@ class StringPool:
     def __init__(self, values=()):
         self._codes: dict[str, int] = {}
         self._values: list[str] = []
-        self._arrow: pa.Array | None = None
         self._by_bytes: dict[bytes, int] = {}  # ASCII spans already seen -> code
-        # the values' JSON text, appended as codes are added (see json_values)
-        self._json_n = 0
-        self._json_offs = np.zeros(1, np.int64)
-        self._json_bytes = np.empty(0, np.uint8)
+        self._json = _Texts(_JSON.encode)  # the values' JSON text (see json_values)
+        self._utf8 = _Texts(str.encode)  # the values' UTF-8 bytes (see decode)
         for v in values:
             self.code(v)
 
@@ -36,7 +34,6 @@ class StringPool:
         if c is None:
             c = self._codes[s] = len(self._values)
             self._values.append(s)
-            self._arrow = None
         return c
 
     def get(self, s: str) -> int:
@@ -99,17 +96,16 @@ class StringPool:
         return c
 
     def decode(self, codes: np.ndarray) -> pa.Array:
-        """utf8 array for int32 codes (-1 becomes null)."""
-        codes = np.asarray(codes)
-        if self._arrow is None:
-            self._arrow = pa.array(self._values, pa.utf8())
+        """utf8 array for int32 codes (-1 becomes null), built from the pool's bytes
+        (see kernels.traverse.gather_texts: no pyarrow.compute)."""
+        codes = np.asarray(codes, np.int64)
         if len(codes) == 0:
             return pa.array([], pa.utf8())
-        mask = codes < 0
-        idx = pa.array(np.where(mask, 0, codes), mask=mask if mask.any() else None)
         if len(self._values) == 0:
             return pa.nulls(len(codes), pa.utf8())
-        return self._arrow.take(idx)
+        offs, data = self._utf8.view(self._values)
+        out_offs, out, valid = gather_texts(offs, data, codes)
+        return utf8_array(out_offs, out, valid, pa.utf8())
 
     def values(self) -> list[str]:
         return list(self._values)
@@ -118,25 +114,39 @@ class StringPool:
         """``(offsets, data)``: code ``c``'s value as JSON text (quoted and escaped, as
         msgspec writes it) is ``data[offsets[c]:offsets[c + 1]]``.  Kept up to date by
         appending the values added since the last call (both arrays grow by doubling)."""
-        n = len(self._values)
-        if self._json_n < n:
-            new = [_JSON.encode(v) for v in self._values[self._json_n:n]]
+        return self._json.view(self._values)
+
+
+class _Texts:
+    """Every pooled value as bytes (``encode(value)``) in one buffer, with offsets:
+    appended as values are added, both arrays growing by doubling."""
+
+    def __init__(self, encode):
+        self.encode = encode
+        self.n = 0
+        self.offs = np.zeros(1, np.int64)
+        self.data = np.empty(0, np.uint8)
+
+    def view(self, values: list) -> tuple[np.ndarray, np.ndarray]:
+        n = len(values)
+        if self.n < n:
+            new = [self.encode(v) for v in values[self.n:n]]
             lens = np.fromiter(map(len, new), np.int64, len(new))
-            start = int(self._json_offs[self._json_n])
+            start = int(self.offs[self.n])
             need = start + int(lens.sum())
-            if self._json_offs.shape[0] < n + 1:
-                offs = np.zeros(max(n + 1, 2 * self._json_offs.shape[0]), np.int64)
-                offs[:self._json_n + 1] = self._json_offs[:self._json_n + 1]
-                self._json_offs = offs
-            if self._json_bytes.shape[0] < need:
-                data = np.empty(max(need, 2 * self._json_bytes.shape[0]), np.uint8)
-                data[:start] = self._json_bytes[:start]
-                self._json_bytes = data
-            np.cumsum(lens, out=self._json_offs[self._json_n + 1:n + 1])
-            self._json_offs[self._json_n + 1:n + 1] += start
-            self._json_bytes[start:need] = np.frombuffer(b"".join(new), np.uint8)
-            self._json_n = n
-        return self._json_offs[:n + 1], self._json_bytes[:self._json_offs[n]]
+            if self.offs.shape[0] < n + 1:
+                offs = np.zeros(max(n + 1, 2 * self.offs.shape[0]), np.int64)
+                offs[:self.n + 1] = self.offs[:self.n + 1]
+                self.offs = offs
+            if self.data.shape[0] < need:
+                data = np.empty(max(need, 2 * self.data.shape[0]), np.uint8)
+                data[:start] = self.data[:start]
+                self.data = data
+            np.cumsum(lens, out=self.offs[self.n + 1:n + 1])
+            self.offs[self.n + 1:n + 1] += start
+            self.data[start:need] = np.frombuffer(b"".join(new), np.uint8)
+            self.n = n
+        return self.offs[:n + 1], self.data[:self.offs[n]]
 
 
 _JSON = msgspec.json.Encoder()

@@ -1645,6 +1645,14 @@ def warm_kernels() -> None:
     from . import _spatial
 
     _spatial._main_grid(eng._p.N, True)  # the background rebuild's serial kernels
+    # what only bigger grids reach: the cell-size search, and tall columns' z ranges
+    from kernels import spatial as ks
+
+    pts = rng.uniform(0, 10, (8, 3))
+    ks.occupancy(pts, np.arange(8), np.zeros(3), 1.0, np.arange(8))
+    tall = np.array([1, 1, ks.ZR_MIN_Z], np.int64)
+    for zr in (ks.column_zrange, ks.column_zrange_serial):
+        zr(np.zeros(ks.ZR_MIN_Z + 1, np.int32), tall)
     far = np.array([[0.0, 0, 0], [1e9, 0, 0]])
     _spatial.SpatialIndex._grid(far, np.arange(2), np.zeros(2, np.int32), far[0], far[1], 1.0)  # hashed
     payload = json.dumps({"type": "NodeAdded", "graph_id": str(uuid.UUID(bytes=g)),
