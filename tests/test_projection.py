@@ -620,6 +620,13 @@ def test_string_pool_codes_spans_as_a_dict_would(vals, known):
         want = [ref.setdefault(v, len(ref)) if v is not None else -1 for v in vals]
         assert got.dtype == np.int32 and got.tolist() == want
         assert [pool.value(c) for c in got.tolist()] == vals
+        # and back: decode builds the utf8 column from the pool's bytes (nulls at -1),
+        # also for values added since its last call
+        col = pool.decode(got)
+        assert col.type == pa.utf8() and col.to_pylist() == vals
+        assert pool.decode(got[::-1].copy()).to_pylist() == vals[::-1]
+    assert pool.decode(np.zeros(0, np.int32)).to_pylist() == []
+    assert StringPool().decode(np.array([-1, -1], np.int32)).to_pylist() == [None, None]
 
 
 def _longest_run(slots):
