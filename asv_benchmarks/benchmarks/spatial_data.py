@@ -79,6 +79,24 @@ def move_batch(kind, n, frac=0.01, seed=3, n_graphs=200):
     return b, sel, newp
 
 
+@functools.lru_cache(maxsize=4)
+def small_move_batches(kind, n, count, size, seed=6, n_graphs=200):
+    """``count`` NodeMoved batches of ``size`` random nodes each (jitter 0.5, ids as in
+    :func:`move_batch`), and each batch's ``(moved rows, new positions)``."""
+    rng = np.random.default_rng(seed)
+    p = points(kind, n)
+    gids = np.random.default_rng(2).integers(1, 2**63, size=(n_graphs, 2), dtype=np.uint64)
+    batches, moves = [], []
+    for k in range(count):
+        sel = rng.choice(n, size, replace=False)
+        newp = p[sel] + rng.normal(0, 0.5, size=(size, 3))
+        nid = np.stack([sel.astype(np.uint64) + np.uint64(1), np.full(size, 5, np.uint64)], axis=1)
+        batches.append(_batch(np.full(size, 12), T0 + n + k * size + np.arange(size), gids[sel % n_graphs],
+                              nid=(nid, np.ones(size, bool)), xyz=(newp, np.ones(size, bool))))
+        moves.append((sel, newp))
+    return tuple(batches), tuple(moves)
+
+
 @functools.lru_cache(maxsize=2)
 def engine_with(kind, n):
     eng = Engine(capacity=256, node_capacity=n + 16)
