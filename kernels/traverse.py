@@ -111,30 +111,6 @@ def incident(ihead, hnext, src, dst, v, edges, others, outgoing):
     return n
 
 
-@jit
-def gather_texts(offs, data, codes):
-    """The strings of a pool's ``codes`` (code c's UTF-8 bytes are
-    ``data[offs[c]:offs[c + 1]]``; -1 is null) as ``(offsets (n + 1), bytes, valid)``:
-    a string column built from buffers, where pyarrow's ``take`` needs pyarrow.compute
-    (~65-130 ms to import when a service first lists nodes or graphs)."""
-    n = codes.shape[0]
-    out_offs = np.zeros(n + 1, np.int64)
-    valid = np.empty(n, np.bool_)
-    for r in range(n):
-        c = codes[r]
-        valid[r] = c >= 0
-        out_offs[r + 1] = out_offs[r] + (offs[c + 1] - offs[c] if c >= 0 else 0)
-    out = np.empty(out_offs[n], np.uint8)
-    for r in range(n):
-        c = codes[r]
-        if c >= 0:
-            a = offs[c]
-            o = out_offs[r]
-            for j in range(offs[c + 1] - a):
-                out[o + j] = data[a + j]
-    return out_offs, out, valid
-
-
 @jit(nrt=False, llvm_inline=True)
 def _gather_row(node_keys, node_graph, graph_keys, nodes, out_n, out_g, j):
     """Row j of an answer: node ``nodes[j]``'s id and its graph's.  Callers walk j in

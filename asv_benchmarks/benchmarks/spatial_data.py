@@ -65,34 +65,36 @@ def node_batches(kind, n, chunk=262_144, n_graphs=200):
     return out
 
 
-def move_batch(kind, n, frac=0.01, seed=3, n_graphs=200):
+def _moved(sel, newp, t0, n_graphs=200):
+    """NodeMoved rows for nodes ``sel`` (ids and graphs as :func:`node_batches` gave them)
+    to ``newp``, at times from ``t0``."""
+    m = sel.shape[0]
+    gids = np.random.default_rng(2).integers(1, 2**63, size=(n_graphs, 2), dtype=np.uint64)
+    nid = np.stack([sel.astype(np.uint64) + np.uint64(1), np.full(m, 5, np.uint64)], axis=1)
+    return _batch(np.full(m, 12), t0 + np.arange(m), gids[sel % n_graphs], nid=(nid, np.ones(m, bool)),
+                  xyz=(newp, np.ones(m, bool)))
+
+
+def move_batch(kind, n, frac=0.01, seed=3):
     """NodeMoved for `frac` of the nodes (small jitter), and the moved positions."""
     rng = np.random.default_rng(seed)
     p = points(kind, n)
-    m = int(n * frac)
-    sel = rng.choice(n, m, replace=False)
-    newp = p[sel] + rng.normal(0, 0.5, size=(m, 3))
-    gids = np.random.default_rng(2).integers(1, 2**63, size=(n_graphs, 2), dtype=np.uint64)
-    nid = np.stack([sel.astype(np.uint64) + np.uint64(1), np.full(m, 5, np.uint64)], axis=1)
-    b = _batch(np.full(m, 12), T0 + n + np.arange(m), gids[sel % n_graphs], nid=(nid, np.ones(m, bool)),
-               xyz=(newp, np.ones(m, bool)))
-    return b, sel, newp
+    sel = rng.choice(n, int(n * frac), replace=False)
+    newp = p[sel] + rng.normal(0, 0.5, size=(sel.shape[0], 3))
+    return _moved(sel, newp, T0 + n), sel, newp
 
 
 @functools.lru_cache(maxsize=4)
-def small_move_batches(kind, n, count, size, seed=6, n_graphs=200):
-    """``count`` NodeMoved batches of ``size`` random nodes each (jitter 0.5, ids as in
-    :func:`move_batch`), and each batch's ``(moved rows, new positions)``."""
+def small_move_batches(kind, n, count, size, seed=6):
+    """``count`` NodeMoved batches of ``size`` random nodes each (jitter 0.5), and each
+    batch's ``(moved rows, new positions)``."""
     rng = np.random.default_rng(seed)
     p = points(kind, n)
-    gids = np.random.default_rng(2).integers(1, 2**63, size=(n_graphs, 2), dtype=np.uint64)
     batches, moves = [], []
     for k in range(count):
         sel = rng.choice(n, size, replace=False)
         newp = p[sel] + rng.normal(0, 0.5, size=(size, 3))
-        nid = np.stack([sel.astype(np.uint64) + np.uint64(1), np.full(size, 5, np.uint64)], axis=1)
-        batches.append(_batch(np.full(size, 12), T0 + n + k * size + np.arange(size), gids[sel % n_graphs],
-                              nid=(nid, np.ones(size, bool)), xyz=(newp, np.ones(size, bool))))
+        batches.append(_moved(sel, newp, T0 + n + k * size))
         moves.append((sel, newp))
     return tuple(batches), tuple(moves)
 
