@@ -126,7 +126,7 @@ class Queries:
     default_limit: int = 10000
     max_limit: int = 1_000_000
     min_version_timeout: float = 5.0
-    raw_connection: bool = True  # answer queries on a lean connection (see service._on_query_block)
+    raw_connection: bool = True  # answer queries on a lean connection (see _service_queries._on_query_block)
 
 
 @dataclass

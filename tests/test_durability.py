@@ -407,6 +407,7 @@ def test_snapshot_failures_never_stop_ingest(tmp_path, monkeypatch):
     import io
 
     import cim_flow._snapshot as snap
+    import cim_flow._service_snapshots as snapshots_mod  # where the snapshot writer lives
     import cim_flow.service as service
     from cim_flow import Engine
     from cim_flow._config import Config
@@ -417,7 +418,7 @@ def test_snapshot_failures_never_stop_ingest(tmp_path, monkeypatch):
     def no_fork():
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
-    monkeypatch.setattr(service.os, "fork", no_fork)
+    monkeypatch.setattr(snapshots_mod.os, "fork", no_fork)
     real, broken = snap.write_state, {"on": False}
 
     def write_state(st, path, *args, **kwargs):
@@ -458,6 +459,7 @@ def test_stuck_background_snapshot_is_stopped_at_shutdown(tmp_path, monkeypatch)
     """A background writer that never finishes does not hang shutdown: after the wait
     it is killed and the shutdown snapshot is written in-line, exact as ever."""
     import cim_flow._snapshot as snap
+    import cim_flow._service_snapshots as snapshots_mod  # where the snapshot writer lives
     import cim_flow.service as service
     from cim_flow import Engine
     from cim_flow._config import Config
@@ -473,7 +475,7 @@ def test_stuck_background_snapshot_is_stopped_at_shutdown(tmp_path, monkeypatch)
         return real(st, path, *args, **kwargs)
 
     monkeypatch.setattr(snap, "write_state", write_state)
-    monkeypatch.setattr(service, "_SNAPSHOT_WAIT_AT_STOP", 1.0)
+    monkeypatch.setattr(snapshots_mod, "_SNAPSHOT_WAIT_AT_STOP", 1.0)
     srv = NatsServer(port=0, store_dir=str(tmp_path / "js")).start()
     try:
         cfg = Config.from_dict({"snapshots": {"every_events": 100}})

@@ -921,7 +921,7 @@ def test_lean_queries_only_with_the_micro_internals_they_use(nats_server, servic
     """The lean connection borrows nats-py's micro endpoints (2.16 internals): with this
     nats-py they are there (and the service uses them); anything else keeps queries on
     nats-py instead of failing at start."""
-    from cim_flow.service import _micro_internals_known
+    from cim_flow._service_queries import _micro_internals_known
 
     assert _micro_internals_known(service.svc) and service.qraw is not None
     assert not _micro_internals_known(type("Svc", (), {"_endpoints": [object()]})())
@@ -934,11 +934,12 @@ def test_queries_stay_on_nats_py_without_those_internals(tmp_path, monkeypatch):
     service starts, says why, keeps no lean query connection, and nats-py answers."""
     import io
 
+    import cim_flow._service_queries as queries_mod
     import cim_flow.service as service_mod
     from cim_flow._config import Config
     from conftest import RunningService
 
-    monkeypatch.setattr(service_mod, "_micro_internals_known", lambda svc: False)
+    monkeypatch.setattr(queries_mod, "_micro_internals_known", lambda svc: False)
     out = io.StringIO()
     svc = service_mod.Service(Config.from_dict({}), port=0, data_dir=str(tmp_path / "svc"), status_interval=0,
                               out=out)

@@ -1,0 +1,358 @@
+"""The service's ingest: micro-batches closed on size or timeout (adaptive between min and
+max), decode and apply, acknowledgement after apply, dead letters, the summary updates
+published after each batch, catch-up before ready (part of :class:`cim_flow.service.Service`).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pyarrow as pa
+
+
+from . import _wire
+from ._decode import decode_spans_columns
+from ._projection import INVALID, REASONS, normalize_batch
+from ._queries import uuid_texts_of
+from ._service_common import DLQ_SUBJECT, UPDATES_SUBJECT, _REPLY_HEADROOM, _json, _resolve
+
+
+class IngestMixin:
+    """Batching, apply, acks, dead letters and updates; see the module docstring."""
+
+    async def _catch_up(self):
+        """Replay the stream up to its last sequence at start, before reporting ready."""
+        info = await self.js.stream_info(self.config.jetstream.stream)
+        target = info.state.last_seq
+        self._check_stream(target)
+        start_v = self.engine.version
+        self.catch_up_stats = (0, 0.0)
+        if target <= start_v:
+            return
+        self._log(f"cim_flow: replaying {target - start_v:,} events (from seq {start_v + 1} to {target})")
+        bar = None
+        if hasattr(self.out, "isatty") and self.out.isatty():
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(total=target - start_v, unit="ev", desc="replay", file=self.out)
+            except ImportError:
+                bar = None
+        t0 = last_log = time.time()
+        while self.engine.version < target and not self._stop.is_set():
+            # woken by the batch that reaches the target (polling every 50 ms made ready
+            # up to 50 ms late); the timeout keeps the progress display and stop check going
+            try:
+                async with self._applied_cond:
+                    await asyncio.wait_for(self._applied_cond.wait_for(lambda: self.engine.version >= target), 0.25)
+            except asyncio.TimeoutError:
+                pass
+            now = time.time()
+            done = self.engine.version - start_v
+            if bar is not None:
+                bar.n = done
+                bar.refresh()
+            elif now - last_log >= 2.0:
+                rate = done / max(now - t0, 1e-9)
+                eta = (target - self.engine.version) / max(rate, 1e-9)
+                self._log(f"cim_flow: replay {done:,}/{target - start_v:,} events, {rate:,.0f}/s, eta {eta:.0f}s")
+                last_log = now
+        if bar is not None:
+            bar.close()
+        dt = time.time() - t0
+        self.catch_up_stats = (self.engine.version - start_v, dt)
+        self._log(f"cim_flow: replayed {self.engine.version - start_v:,} events in {dt:.2f}s "
+                  f"({(self.engine.version - start_v) / max(dt, 1e-9):,.0f}/s)")
+
+    async def _batch_loop(self):
+        timeout = self.config.event_processing.batch_timeout
+        while True:
+            if not self._pending:
+                # request_stop sets _has_data too.  (Two tasks and asyncio.wait for data
+                # or stop, then wait_for's task and timer for a full batch, were ~10% of
+                # the service's CPU a batch at 10k events/s: a future and a timer now.)
+                self._has_data.clear()
+                await self._has_data.wait()
+                if self._stop.is_set() and not self._pending:
+                    return
+            deadline = self._pending_t0 + timeout if self._pending else time.time()
+            loop = asyncio.get_running_loop()
+            while self._pending_n < self.batch_size and not self._stop.is_set():
+                left = deadline - time.time()
+                if left <= 0:
+                    break
+                if left < 0.001:
+                    # below the loop's timer resolution (uvloop: 1 ms) a timer fires at
+                    # once, again and again until the deadline: a busy wait that took a
+                    # third of the service's CPU at 10k events/s.  One pass of the loop
+                    # instead takes in what has arrived; then the batch closes.
+                    await asyncio.sleep(0)
+                    break
+                fut = self._full_waiter = loop.create_future()
+                timer = loop.call_later(left, _resolve, fut)
+                try:
+                    await fut
+                finally:
+                    timer.cancel()
+                    self._full_waiter = None
+            self._closed_full = self._pending_n >= self.batch_size
+            block = self._take_pending()
+            try:
+                if block is not None:
+                    await self._process(block)
+            except Exception as exc:  # never let one batch kill the service
+                self._log(f"cim_flow: batch failed: {type(exc).__name__}: {exc}")
+            if self.jetstream and self.connected:
+                await self._pull()
+
+    async def _dead_letter(self, subject: str, data: bytes, reason: str, seq=None):
+        self.counters["events_dead_lettered"] += 1
+        headers = {"Cim-Error": reason[:1000], "Cim-Subject": subject}
+        if seq:
+            headers["Cim-Seq"] = str(seq)
+        # the headers count against max_payload too: a payload near the limit would make the
+        # server drop the connection, so it is cut (the original stays in the stream at Cim-Seq)
+        room = self._payload_limit() - sum(len(k) + len(v) + 4 for k, v in headers.items()) - 64
+        if len(data) > room:
+            headers["Cim-Truncated"] = str(len(data))
+            data = data[:max(room, 0)]
+        await self._send(DLQ_SUBJECT, data, headers=headers)
+
+    async def _send(self, subject: str, data: bytes, *, reply=None, headers=None):
+        """Publish what a batch sends (acks, dead letters, updates) on the
+        consumer's raw connection while it is up: queued, then written together once this
+        turn of the event loop ends, in order on one connection.  Through nats-py they
+        went by way of its flusher task, a task wake-up and a write for each batch (at
+        10k events/s a batch closes every ~0.5 ms)."""
+        raw = self.raw
+        if raw is not None and not raw.closed:
+            try:
+                raw.publish_soon(subject, data, reply, headers)
+                return
+            except ConnectionError:
+                pass  # lost just now: nats-py holds it until it reconnects
+        await self.nc.publish(subject, data, reply=reply, headers=headers)
+
+    def _payload_limit(self) -> int:
+        """The server's max_payload, the most one message (headers included) may carry."""
+        return (self.nc.max_payload if self.nc is not None else 0) or 1 << 20
+
+    async def _process(self, block: _wire.Block):
+        t_start = time.perf_counter()
+        eng = self.engine
+        n = len(block)
+        self._touched = []
+        # runs of JSON messages and runs of Arrow messages, in stream order
+        kind = block.kind
+        cuts = [0, *(np.flatnonzero(kind[1:] != kind[:-1]) + 1).tolist(), n] if n else [0]
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if kind[a] == 1:
+                await self._apply_arrow(block, a, b)
+            else:
+                await self._apply_json(block, a, b)
+        t_applied = time.perf_counter()
+        self.latency.add(time.time() - block.t)
+        self.counters["batches"] += 1
+        self.counters["messages"] += n
+        if self.jetstream and n:
+            eng._advance_to(int(block.seq[n - 1]))
+            await self._send(block.reply(n - 1), b"+ACK")
+        self._adapt()
+        t_acked = time.perf_counter()
+        try:
+            await self._publish_updates()
+        except Exception as exc:  # applied and acknowledged all the same: say so, go on
+            self._log(f"cim_flow: update for version {eng.version} not published: {type(exc).__name__}: {exc}")
+        t_updated = time.perf_counter()
+        try:
+            self._maybe_snapshot()
+        except Exception as exc:  # a full disk, ...: the batch is applied and acknowledged all the same
+            self._log(f"cim_flow: snapshot at version {eng.version} failed: {type(exc).__name__}: {exc}")
+        t_end = time.perf_counter()
+        self.batch_time.add(np.array([t_end - t_start]))
+        ph = self._phase_s  # where a batch's time goes, summed (stats: batch_phase_us, per batch)
+        ph[0] += t_applied - t_start
+        ph[1] += t_acked - t_applied
+        ph[2] += t_updated - t_acked
+        ph[3] += t_end - t_updated
+        async with self._applied_cond:
+            self._applied_cond.notify_all()
+
+    def _count(self, res):
+        self.counters["events_applied"] += res.applied
+        self.counters["events_ignored"] += res.ignored
+        self.counters["events_skipped"] += res.skipped
+
+    async def _apply_json(self, block: _wire.Block, a: int, b: int):
+        if b <= a:
+            return
+        recv = (block.t[a:b] * 1e6).astype(np.int64)
+        cols, batch, errors = decode_spans_columns(block.buf, block.ds[a:b], block.de[a:b], received_at=recv)
+        seqs = block.seq[a:b].astype(np.uint64) if self.jetstream else None
+        if cols is not None:  # every payload scanned: no Arrow arrays on the way
+            if seqs is not None:
+                cols = cols.with_seq(seqs)
+            res = self.engine._apply_columns(cols)
+            self._count(res)
+            if res.ignored:
+                await self._dead_letter_invalid(block, a, None, res)
+            return
+        keep = None
+        if errors:
+            keep = np.ones(b - a, bool)
+            for e in errors:
+                keep[e.index] = False
+                i = a + e.index
+                await self._dead_letter(block.subject(i), block.data(i), e.reason,
+                                        int(block.seq[i]) if self.jetstream else None)
+        if seqs is not None and batch.num_rows:
+            batch = batch.set_column(0, "seq", pa.array(seqs if keep is None else seqs[keep], pa.uint64()))
+        if batch.num_rows:
+            res = self.engine.apply(batch)
+            self._count(res)
+            if res.ignored:
+                await self._dead_letter_invalid(block, a, None if keep is None else np.flatnonzero(keep), res)
+
+    async def _dead_letter_invalid(self, block: _wire.Block, a: int, message_of_row, res):
+        """Dead-letter the rows of an applied JSON batch that were not events at all (a
+        field their kind needs missing, such as a NodeAdded without node_id): decoding
+        took them, the projection could not.  Their payload goes to dlq.graph with the
+        projection's reason; they count as dead-lettered, not ignored.  Valid events that
+        change nothing (an unknown node, a removed edge) stay ignored."""
+        rows = np.flatnonzero(np.isin(res.status, INVALID))
+        for r in rows:
+            i = a + int(r if message_of_row is None else message_of_row[r])
+            await self._dead_letter(block.subject(i), block.data(i), REASONS[int(res.status[r])],
+                                    int(block.seq[i]) if self.jetstream else None)
+        self.counters["events_ignored"] -= rows.size
+
+    async def _apply_arrow(self, block: _wire.Block, a: int, b: int):
+        """Arrow IPC messages a..b-1: every good one applied, in one kernel call."""
+        messages, where = [], []
+        for i in range(a, b):
+            data = block.data(i)
+            try:
+                with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
+                    table = reader.read_all()
+                batches = [normalize_batch(x) for x in table.to_batches()]
+            except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OSError) as exc:
+                await self._dead_letter(block.subject(i), data, f"bad Arrow batch: {exc}",
+                                        int(block.seq[i]) if self.jetstream else None)
+                continue
+            messages.append((batches, int(block.seq[i])))
+            where.append(i)
+        if not messages:
+            return
+        if self.jetstream:
+            res = self.engine._apply_messages(messages)
+        else:
+            res = self.engine.apply([x for batches, _ in messages for x in batches])
+        self._count(res)
+        if res.ignored:
+            await self._dead_letter_invalid_rows(block, where, [batches for batches, _ in messages], res)
+
+    async def _dead_letter_invalid_rows(self, block: _wire.Block, where: list, messages: list, res):
+        """For Arrow batch messages: the rows that were not events (as for JSON in
+        :meth:`_dead_letter_invalid`), one dead letter per message holding them, an Arrow
+        IPC stream of just those rows; the reason names each row (its number in the
+        message) and why.  The message's other rows stay applied."""
+        bad = np.isin(res.status, INVALID)
+        if not bad.any():
+            return
+        sizes = [sum(x.num_rows for x in batches) for batches in messages]
+        starts = np.concatenate([[0], np.cumsum(sizes)])  # rows in message order (see _apply_messages)
+        for k, i in enumerate(where):
+            rows = np.flatnonzero(bad[starts[k]:starts[k + 1]])
+            if rows.size == 0:
+                continue
+            codes = res.status[starts[k] + rows]
+            table = pa.Table.from_batches(messages[k]).take(pa.array(rows))
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table)
+            why = "; ".join(f"row {r}: {REASONS[int(c)]}" for r, c in zip(rows[:20].tolist(), codes[:20]))
+            more = f"; and {rows.size - 20} more" if rows.size > 20 else ""
+            await self._dead_letter(block.subject(i), sink.getvalue().to_pybytes(),
+                                    f"{rows.size} of {sizes[k]} rows are not events: {why}{more}",
+                                    int(block.seq[i]) if self.jetstream else None)
+            self.counters["events_dead_lettered"] += rows.size - 1  # (_dead_letter counted one)
+            self.counters["events_ignored"] -= rows.size
+
+    def _adapt(self):
+        """Move the batch size between min and max to hold p99 at target_latency.
+
+        A batch that closed full means events arrive faster than batches are
+        applied: per-batch overhead is what adds latency, so batches grow.  A
+        batch that closed on the timeout with p99 over target is waiting for
+        events that come too slowly to fill it: batches shrink, so they close
+        sooner.  (Shrinking on every miss, as a naive controller does, drives
+        the size to the minimum under load and makes latency worse: measured.)
+        """
+        ep = self.config.event_processing
+        if not ep.enable_adaptive_batching:
+            return
+        if getattr(self, "_closed_full", False):
+            self.batch_size = min(ep.max_batch_size, int(self.batch_size * 1.5) + 1)
+            return
+        # p99 of the last 2048 latencies, at most every 20 ms: at 10k events/s batches close
+        # ~2000 times a second, and a percentile every 4th batch took ~4% of the loop
+        now = time.perf_counter()
+        if self.latency.n < 64 or now - self._adapt_t < 0.02:
+            return
+        self._adapt_t = now
+        p99 = self.latency.recent_quantile(0.99, 2048)
+        if p99 > ep.target_latency:
+            self.batch_size = max(ep.min_batch_size, int(self.batch_size * 0.95))
+
+    async def _publish_updates(self):
+        if not self._touched:
+            return
+        eng = self.engine
+        G = eng._p.G
+        t = self._touched
+        # one apply's touched graphs are each listed once: sorting is enough (np.unique's
+        # general path cost ~6 us a batch)
+        gidx = np.sort(t[0]) if len(t) == 1 else np.unique(np.concatenate(t))
+        alive = G.alive[gidx].astype(bool)
+        live = gidx[alive]
+        dead = gidx[~alive]
+        deleted = uuid_texts_of(G.keys[dead]) if dead.size else []
+        head = _json.encode({"version": eng.version, "events_total": self.events_total()})[:-1]
+        msg_id = f"summary-{eng.version}"
+        got = eng._summary_json(live)
+        if got is None:  # a time RFC 3339 cannot say: the general path names it
+            rows = [_json.encode(r) + b"," for r in eng._summary_rows(live)]
+            ends = np.cumsum(np.fromiter(map(len, rows), np.int64, len(rows)))
+            got = (np.frombuffer(b"".join(rows), np.uint8), ends)
+        text, ends = got
+        n_rows = len(ends)
+
+        def message(a: int, b: int, da: int, db: int, part: bytes = b"") -> bytes:
+            # rows a..b-1 (their bytes without the last row's comma), deleted da..db-1
+            lo = int(ends[a - 1]) if a else 0
+            hi = int(ends[b - 1]) - 1 if b > a else lo
+            return b"".join((head, b',"graphs":[', text[lo:hi].tobytes(), b'],"deleted":',
+                             _json.encode(deleted[da:db]), part, b"}"))
+
+        data = message(0, n_rows, 0, len(deleted))
+        limit = self._payload_limit() - _REPLY_HEADROOM
+        if len(data) <= limit:
+            await self._send(UPDATES_SUBJECT, data, headers={"Nats-Msg-Id": msg_id})
+            return
+        # a batch that touched more graphs than one message holds (a bulk import): in
+        # parts, each with the version, "part" and "parts"; part k > 0 is "<id>.<k>"
+        n = -(-len(data) // limit) + 1
+        nd = len(deleted)
+        while True:
+            parts = [message(k * n_rows // n, (k + 1) * n_rows // n, k * nd // n, (k + 1) * nd // n,
+                             b',"part":%d,"parts":%d' % (k, n)) for k in range(n)]
+            if max(map(len, parts)) <= limit or n >= n_rows + nd:
+                break
+            n *= 2
+        for k, part in enumerate(parts):
+            await self._send(UPDATES_SUBJECT, part, headers={"Nats-Msg-Id": msg_id if k == 0 else f"{msg_id}.{k}"})
+
+    def events_total(self) -> int:
+        c = self.counters
+        return c["events_applied"] + c["events_ignored"] + c["events_skipped"] + c["events_dead_lettered"]
