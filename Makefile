@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup serve test test-slow bench loadgen clean bytecode
+.PHONY: setup serve test test-slow lint bench loadgen clean bytecode
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,12 @@ setup: $(STAMP)
 serve: $(STAMP) bytecode
 	$(PY) -m cim_flow serve --demo
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest
+
+# ruff (pyproject's [tool.ruff]): undefined and unused names and the like, before the tests
+lint: $(STAMP)
+	$(PY) -m ruff check --quiet .
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow

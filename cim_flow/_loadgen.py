@@ -413,8 +413,6 @@ def _start_service(tmp: str):
 
 
 def cmd_loadgen(args) -> int:
-    from .__main__ import _run
-
     bad = [f"--{name.replace('_', '-')} must be {why}" for name, ok, why in (
         ("rate", args.rate > 0, "> 0"), ("duration", args.duration > 0, "> 0"),
         ("query_rate", args.query_rate >= 0, ">= 0"), ("arrow_batch", args.arrow_batch >= 0, ">= 0"),
