@@ -4,5 +4,15 @@ from ._projection import ApplyResult
 from .engine import Engine, read_events
 from ._decode import DecodeError, decode_json
 
-__all__ = ["EVENT_SCHEMA", "EventType", "ApplyResult", "Engine", "read_events", "decode_json", "DecodeError"]
+__all__ = ["EVENT_SCHEMA", "EventType", "ApplyResult", "Engine", "read_events", "decode_json", "DecodeError",
+           "Client", "ServiceError"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # the NATS client imports nats-py: only for those who use it (embedded use need not pay)
+    if name in ("Client", "ServiceError"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'cim_flow' has no attribute {name!r}")

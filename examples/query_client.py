@@ -1,44 +1,41 @@
-"""Ask a running cim_flow service a few questions over NATS request/reply.
+"""Ask a running cim_flow service a few questions over NATS, with cim_flow.Client.
 
 Run:  python examples/query_client.py --nats-url nats://127.0.0.1:4222 [--min-version N]
+
+Answers come back as pyarrow Tables (the service's Arrow replies, the Engine's columns);
+summaries and stats as dicts. ``--min-version`` makes each reply wait until the service
+has applied that stream sequence (what a publish returns): read-your-writes.
 """
 import argparse
 import asyncio
-import json
+import uuid
 
-import nats
+from cim_flow import Client
 
 
-async def ask(url: str, min_version: int = 0) -> dict:
-    nc = await nats.connect(url)
-
-    async def q(subject, body):
-        body = dict(body, min_version=min_version) if min_version else body
-        msg = await nc.request(subject, json.dumps(body).encode(), timeout=10)
-        return json.loads(msg.data)
-
-    out = {"stats": await q("query.graph.stats", {})}
-    out["top"] = await q("query.graph.graphs", {"top_by_node_count": 3})
-    if out["top"].get("graphs"):
-        g = out["top"]["graphs"][0]["graph_id"]
-        out["summary"] = await q("query.graph.summary", {"graph_id": g})
-        out["near_origin"] = await q("query.graph.knn", {"center": [0, 0, 0], "k": 5, "graph_id": g})
-    await nc.close()
+async def ask(url: str, min_version: int | None = None) -> dict:
+    async with await Client.connect(url) as client:
+        out = {"stats": await client.stats(min_version=min_version)}
+        out["top"] = await client.graphs(top_by_node_count=3, min_version=min_version)
+        if out["top"].num_rows:
+            g = out["top"].column("graph_id")[0].as_py()
+            out["summary"] = await client.graph_summary(g, min_version=min_version)
+            out["near_origin"] = await client.nearest([0, 0, 0], 5, graph_id=g, min_version=min_version)
     return out
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nats-url", default="nats://127.0.0.1:4222")
-    ap.add_argument("--min-version", type=int, default=0)
+    ap.add_argument("--min-version", type=int, default=None)
     args = ap.parse_args(argv)
     out = asyncio.run(ask(args.nats_url, args.min_version))
     s = out["stats"]
     print(f"version {s['version']}: {s['graphs']} graphs, {s['nodes']} nodes, {s['edges']} edges")
-    for g in out["top"].get("graphs", []):
-        print(f"  {g['graph_id']}  {g['name']}  nodes={g['node_count']} edges={g['edge_count']}")
+    for g in out["top"].to_pylist():
+        print(f"  {uuid.UUID(bytes=g['graph_id'])}  {g['name']}  nodes={g['node_count']} edges={g['edge_count']}")
     if "near_origin" in out:
-        print("  nearest to the origin:", [round(n["distance"], 2) for n in out["near_origin"]["nodes"]])
+        print("  nearest to the origin:", [round(d, 2) for d in out["near_origin"].column("distance").to_pylist()])
     return out
 
 

@@ -247,8 +247,9 @@ def test_publisher_and_query_client_examples(nats_server, service):
     cli = runpy.run_path(str(ROOT / "examples" / "query_client.py"))
     out = cli["main"](["--nats-url", nats_server.url, "--min-version", str(seq)])
     assert out["stats"]["version"] >= seq
-    assert out["top"]["graphs"]
-    assert out["summary"]["node_count"] == out["top"]["graphs"][0]["node_count"]
+    assert out["top"].num_rows > 0
+    assert out["summary"]["node_count"] == out["top"].column("node_count")[0].as_py()
+    assert out["near_origin"].num_rows == min(5, out["summary"]["node_count"])
 
 
 def test_query_command_prints_the_services_reply(nats_server, service, tmp_path):

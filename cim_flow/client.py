@@ -1,0 +1,272 @@
+"""An asyncio client for a running cim_flow service.
+
+Events go in through JetStream with ``Nats-Msg-Id`` set to the event id, so a publisher
+that retries after a lost ack never applies an event twice, and each publish returns the
+stream sequence it got: pass it as ``min_version`` to read your own writes. Queries come
+back as pyarrow Tables (the service's Arrow replies: the same columns as the Engine's
+tables) or, for summaries and stats, as dicts::
+
+    async with await cim_flow.Client.connect("nats://127.0.0.1:4222") as client:
+        seq = await client.publish({"type": "NodeAdded", "graph_id": g, "node_id": n,
+                                    "position": [1, 2, 3]})
+        near = await client.nodes_within([1, 2, 3], 5.0, return_distance=True, min_version=seq)
+        reply_meta(near)   # {"version": ..., "truncated": ..., "counts": [...]}
+
+An error reply raises :class:`ServiceError` with the service's code (``bad_request``,
+``not_found``, ``timeout``, ``too_large``, ...) and message.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import uuid
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import xxhash
+
+import nats
+
+from ._decode import decode_json
+from ._ids import to_uuid_bytes
+from ._queries import ARROW_MIME
+from ._schema import SUBJECT_OF, EventType
+from ._service_common import BATCH_SUBJECT, QUERY_PREFIX, SNAPSHOT_SUBJECT
+
+_json = msgspec.json.Encoder()
+_ARROW = {"Accept": ARROW_MIME}
+
+
+class ServiceError(RuntimeError):
+    """An error reply from the service: ``code`` and ``message`` as it sent them."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def reply_meta(table: pa.Table) -> dict:
+    """What an Arrow reply says beside its rows: ``version`` and, where the JSON reply
+    has them, ``truncated``, ``count``, ``total`` and per-center ``counts``."""
+    meta = table.schema.metadata or {}
+    out = {}
+    for k, v in meta.items():
+        key = k.decode()
+        if key == "truncated":
+            out[key] = v == b"true"
+        elif key == "counts":
+            out[key] = json.loads(v)
+        elif key in ("version", "count", "total"):
+            out[key] = int(v)
+    return out
+
+
+def _id_text(value) -> str:
+    return str(uuid.UUID(bytes=to_uuid_bytes(value)))
+
+
+def _points(centers) -> dict:
+    """``center`` for one point, ``centers`` for several (an (n, 3) array-like)."""
+    a = np.asarray(centers, dtype=np.float64)
+    if a.ndim == 1:
+        return {"center": a.tolist()}
+    if a.ndim != 2 or a.shape[1] != 3:
+        raise ValueError(f"centers must have shape (3,) or (n, 3), got {a.shape}")
+    return {"centers": a.tolist()}
+
+
+def _time_text(v):
+    """A time for a request: RFC 3339 text, or an int of epoch milliseconds, as-is; a
+    datetime (naive: UTC) as RFC 3339 text."""
+    if isinstance(v, datetime.datetime):
+        return (v if v.tzinfo else v.replace(tzinfo=datetime.timezone.utc)).isoformat()
+    if isinstance(v, (str, int)) and not isinstance(v, bool):
+        return v
+    raise ValueError(f"a time must be RFC 3339 text, epoch milliseconds or a datetime, got {type(v).__name__}")
+
+
+def _body(**fields) -> dict:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+class Client:
+    """A connection to a cim_flow service (see the module docstring).
+
+    ``Client(nc)`` wraps a connected nats-py client (left open by :meth:`close`);
+    :meth:`connect` makes one. ``timeout`` is each request's, in seconds.
+    """
+
+    def __init__(self, nc, *, timeout: float = 10.0, _owned: bool = False):
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.timeout = timeout
+        self._owned = _owned
+
+    @classmethod
+    async def connect(cls, url: str = "nats://127.0.0.1:4222", *, timeout: float = 10.0, **options) -> Client:
+        """Connect to the service's NATS server; ``options`` go to ``nats.connect``
+        (user/password, token, credentials, TLS)."""
+        return cls(await nats.connect(url, **options), timeout=timeout, _owned=True)
+
+    async def close(self) -> None:
+        if self._owned:
+            await self.nc.drain()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # -- events in --------------------------------------------------------------
+    async def publish(self, event, *, subject: str | None = None) -> int:
+        """Publish one JSON event (a dict, or its JSON text or bytes, any CIM wire form);
+        returns its stream sequence. It is decoded here first: a bad event raises
+        ValueError with the decoder's reason and is not sent. ``Nats-Msg-Id`` is the
+        event's id (derived from its bytes when it has none), so a retry is deduplicated."""
+        return await self.publish_many([event], subjects=None if subject is None else [subject])
+
+    async def publish_many(self, events, *, subjects=None) -> int:
+        """Publish JSON events in order, pipelined; returns the last stream sequence
+        (0 for none). Every event is decoded before any is sent: one bad event raises
+        ValueError naming each bad one by position, and nothing is sent."""
+        payloads = [e if isinstance(e, bytes) else e.encode() if isinstance(e, str) else _json.encode(e)
+                    for e in events]
+        if not payloads:
+            return 0
+        batch, errors = decode_json(payloads, received_at=0)
+        if errors:
+            raise ValueError("bad events, none sent: " + "; ".join(f"#{e.index}: {e.reason}" for e in errors[:10])
+                             + (f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""))
+        ids = batch.column("event_id").to_pylist()
+        kinds = batch.column("event_type").to_numpy()
+        acks = []
+        for i, data in enumerate(payloads):
+            subject = subjects[i] if subjects is not None else SUBJECT_OF[EventType(int(kinds[i]))]
+            acks.append(await self.js.publish_async(subject, data,
+                                                    headers={"Nats-Msg-Id": str(uuid.UUID(bytes=ids[i]))}))
+        return max(a.seq for a in await asyncio.gather(*acks))
+
+    async def publish_batch(self, batch, *, msg_id: str | None = None) -> int:
+        """Publish a record batch or table of events in ``EVENT_SCHEMA`` (or any columns
+        ``Engine.apply`` takes) as Arrow IPC on ``event.graph.batch``; returns the last
+        stream sequence. A batch bigger than the server's ``max_payload`` goes out in
+        parts. ``msg_id`` (default: a hash of the bytes) de-duplicates a retry."""
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        seq = 0
+        for k, data in enumerate(self._ipc_parts(table)):
+            mid = msg_id if msg_id is None or k == 0 else f"{msg_id}.{k}"
+            ack = await self.js.publish(BATCH_SUBJECT, data,
+                                        headers={"Nats-Msg-Id": mid or f"batch-{xxhash.xxh3_128_hexdigest(data)}"},
+                                        timeout=self.timeout)
+            seq = ack.seq
+        return seq
+
+    def _ipc_parts(self, table: pa.Table):
+        room = self.nc.max_payload - 4096  # headers
+        stack = [table]
+        while stack:
+            t = stack.pop()
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, t.schema) as w:
+                w.write_table(t)
+            data = sink.getvalue().to_pybytes()
+            if len(data) <= room:
+                yield data
+            elif t.num_rows <= 1:
+                raise ValueError(f"one event is {len(data):,} bytes of Arrow, more than the server's "
+                                 f"max_payload ({self.nc.max_payload:,}) allows")
+            else:
+                half = t.num_rows // 2
+                stack += [t.slice(half), t.slice(0, half)]  # the first half goes out first
+
+    # -- queries ----------------------------------------------------------------
+    async def request(self, endpoint: str, body: dict | None = None, *, arrow: bool = False):
+        """Any query endpoint (``query.graph.<endpoint>``): the reply as a dict, or with
+        ``arrow`` as a pyarrow Table (:func:`reply_meta` reads its version and totals)."""
+        msg = await self.nc.request(QUERY_PREFIX + endpoint, _json.encode(body or {}), timeout=self.timeout,
+                                    headers=_ARROW if arrow else None)
+        return _decode_reply(msg)
+
+    async def stats(self, *, min_version: int | None = None) -> dict:
+        """Totals, version, event and query counts, latencies (``query.graph.stats``)."""
+        return await self.request("stats", _body(min_version=min_version))
+
+    async def graph_summary(self, graph_id, *, min_version: int | None = None) -> dict | None:
+        """The graph's summary (ids and times as text, as the service writes them), or
+        None for a graph the service does not know."""
+        try:
+            return await self.request("summary", _body(graph_id=_id_text(graph_id), min_version=min_version))
+        except ServiceError as exc:
+            if exc.code == "not_found":
+                return None
+            raise
+
+    async def graphs(self, *, name: str | None = None, created_between=None, node_count_between=None,
+                     top_by_node_count: int | None = None, offset: int | None = None, limit: int | None = None,
+                     min_version: int | None = None) -> pa.Table:
+        """Graph summaries, one filter at most (as ``query.graph.graphs``), paged."""
+        return await self.request("graphs", _body(
+            name=name, created_between=None if created_between is None else [_time_text(v) for v in created_between],
+            node_count_between=None if node_count_between is None else list(node_count_between),
+            top_by_node_count=top_by_node_count, offset=offset, limit=limit, min_version=min_version), arrow=True)
+
+    async def nodes_within(self, centers, radius: float, *, graph_id=None, return_distance: bool = False,
+                           sort: bool = False, limit: int | None = None, min_version: int | None = None) -> pa.Table:
+        """Live nodes within ``radius`` of each center: ``query``, ``node_id``, ``graph_id``
+        [, ``distance``], at most ``limit`` a center (``reply_meta(t)["counts"]``: the full counts)."""
+        return await self.request("nodes_in_radius", _body(
+            **_points(centers), radius=float(radius), graph_id=None if graph_id is None else _id_text(graph_id),
+            with_distance=return_distance or None, sort=sort or None, limit=limit, min_version=min_version),
+            arrow=True)
+
+    async def nearest(self, centers, k: int, *, graph_id=None, min_version: int | None = None) -> pa.Table:
+        """The ``k`` nearest live nodes of each center, with ``distance``, nearest first."""
+        return await self.request("knn", _body(
+            **_points(centers), k=int(k), graph_id=None if graph_id is None else _id_text(graph_id),
+            min_version=min_version), arrow=True)
+
+    async def nodes_in_box(self, lo, hi, *, graph_id=None, limit: int | None = None,
+                           min_version: int | None = None) -> pa.Table:
+        return await self.request("nodes_in_box", _body(
+            lo=np.asarray(lo, np.float64).tolist(), hi=np.asarray(hi, np.float64).tolist(),
+            graph_id=None if graph_id is None else _id_text(graph_id), limit=limit, min_version=min_version),
+            arrow=True)
+
+    async def find_nodes(self, graph_id=None, *, node_type: str | None = None, name: str | None = None,
+                         offset: int | None = None, limit: int | None = None,
+                         min_version: int | None = None) -> pa.Table:
+        return await self.request("find_nodes", _body(
+            graph_id=None if graph_id is None else _id_text(graph_id), node_type=node_type, name=name,
+            offset=offset, limit=limit, min_version=min_version), arrow=True)
+
+    async def find_edges(self, graph_id=None, *, edge_type: str | None = None, offset: int | None = None,
+                         limit: int | None = None, min_version: int | None = None) -> pa.Table:
+        return await self.request("find_edges", _body(
+            graph_id=None if graph_id is None else _id_text(graph_id), edge_type=edge_type,
+            offset=offset, limit=limit, min_version=min_version), arrow=True)
+
+    async def neighbors(self, node_id, *, graph_id=None, limit: int | None = None,
+                        min_version: int | None = None) -> pa.Table:
+        return await self.request("neighbors", _body(
+            node_id=_id_text(node_id), graph_id=None if graph_id is None else _id_text(graph_id),
+            limit=limit, min_version=min_version), arrow=True)
+
+    async def snapshot(self) -> dict:
+        """Have the service write a snapshot now; its reply (``path``, ``version``)."""
+        msg = await self.nc.request(SNAPSHOT_SUBJECT, b"{}", timeout=max(self.timeout, 600.0))
+        return _decode_reply(msg)
+
+
+def _decode_reply(msg):
+    if (msg.headers or {}).get("Content-Type") == ARROW_MIME:
+        with pa.ipc.open_stream(pa.py_buffer(msg.data)) as reader:
+            return reader.read_all()
+    body = json.loads(msg.data)
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        raise ServiceError(str(err.get("code")), str(err.get("message")))
+    return body
