@@ -135,6 +135,8 @@ class Client:
         ValueError naming each bad one by position, and nothing is sent."""
         payloads = [e if isinstance(e, bytes) else e.encode() if isinstance(e, str) else _json.encode(e)
                     for e in events]
+        if subjects is not None and len(subjects) != len(payloads):
+            raise ValueError(f"{len(subjects)} subjects for {len(payloads)} events")
         if not payloads:
             return 0
         batch, errors = decode_json(payloads, received_at=0)
@@ -218,6 +220,8 @@ class Client:
                            sort: bool = False, limit: int | None = None, min_version: int | None = None) -> pa.Table:
         """Live nodes within ``radius`` of each center: ``query``, ``node_id``, ``graph_id``
         [, ``distance``], at most ``limit`` a center (``reply_meta(t)["counts"]``: the full counts)."""
+        if np.ndim(radius) != 0:
+            raise ValueError("the service takes one radius for all centers (Engine.nodes_within takes one each)")
         return await self.request("nodes_in_radius", _body(
             **_points(centers), radius=float(radius), graph_id=None if graph_id is None else _id_text(graph_id),
             with_distance=return_distance or None, sort=sort or None, limit=limit, min_version=min_version),

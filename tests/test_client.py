@@ -176,5 +176,9 @@ def test_client_arguments_are_checked_before_sending():
             await Client.nodes_within(client, [[1, 2]], 1.0)
         with pytest.raises(ValueError, match="time"):
             await Client.graphs(client, created_between=[1.5, math.pi])
+        with pytest.raises(ValueError, match="one radius"):
+            await Client.nodes_within(client, [[1, 2, 3], [4, 5, 6]], [1.0, 2.0])
+        with pytest.raises(ValueError, match="2 subjects for 1 events"):
+            await Client.publish_many(client, [{"type": "GraphCreated"}], subjects=["a", "b"])
 
     asyncio.run(go())
