@@ -5,13 +5,13 @@ from .engine import Engine, read_events
 from ._decode import DecodeError, decode_json
 
 __all__ = ["EVENT_SCHEMA", "EventType", "ApplyResult", "Engine", "read_events", "decode_json", "DecodeError",
-           "Client", "ServiceError"]
+           "Client", "SyncClient", "ServiceError"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
     # the NATS client imports nats-py: only for those who use it (embedded use need not pay)
-    if name in ("Client", "ServiceError"):
+    if name in ("Client", "SyncClient", "ServiceError"):
         from . import client
 
         return getattr(client, name)

@@ -13,13 +13,16 @@ tables) or, for summaries and stats, as dicts::
         reply_meta(near)   # {"version": ..., "truncated": ..., "counts": [...]}
 
 An error reply raises :class:`ServiceError` with the service's code (``bad_request``,
-``not_found``, ``timeout``, ``too_large``, ...) and message.
+``not_found``, ``timeout``, ``too_large``, ...) and message. :class:`SyncClient` has the
+same methods for code without an event loop (scripts, pipelines): they block.
 """
 from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import json
+import threading
 import uuid
 
 import msgspec
@@ -263,6 +266,63 @@ class Client:
         """Have the service write a snapshot now; its reply (``path``, ``version``)."""
         msg = await self.nc.request(SNAPSHOT_SUBJECT, b"{}", timeout=max(self.timeout, 600.0))
         return _decode_reply(msg)
+
+
+class SyncClient:
+    """:class:`Client` for code without an event loop: the same methods, blocking. The
+    connection lives on an event loop of its own, on a daemon thread::
+
+        with cim_flow.SyncClient("nats://127.0.0.1:4222") as client:
+            seq = client.publish(event)
+            table = client.nodes_within([0, 0, 0], 5.0, min_version=seq)
+    """
+
+    def __init__(self, url: str = "nats://127.0.0.1:4222", *, timeout: float = 10.0, **options):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="cim_flow-client", daemon=True)
+        self._thread.start()
+        try:
+            self._client = self._call(Client.connect(url, timeout=timeout, **options))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            try:
+                self._call(self._client.close())
+            finally:
+                self._stop_loop()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _blocking(name):
+    method = getattr(Client, name)
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        return self._call(method(self._client, *args, **kwargs))
+
+    return call
+
+
+for _name in ("publish", "publish_many", "publish_batch", "request", "stats", "graph_summary", "graphs",
+              "nodes_within", "nearest", "nodes_in_box", "find_nodes", "find_edges", "neighbors", "snapshot"):
+    setattr(SyncClient, _name, _blocking(_name))
+del _name
 
 
 def _decode_reply(msg):

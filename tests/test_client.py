@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 import nats
-from cim_flow import EVENT_SCHEMA, Client, EventType, ServiceError, decode_json
+from cim_flow import EVENT_SCHEMA, Client, EventType, ServiceError, SyncClient, decode_json
 from cim_flow.client import reply_meta
 from natsutil import run
 from reference import RefProjection, brute_knn, brute_radius
@@ -182,3 +182,24 @@ def test_client_arguments_are_checked_before_sending():
             await Client.publish_many(client, [{"type": "GraphCreated"}], subjects=["a", "b"])
 
     asyncio.run(go())
+
+
+def test_sync_client_blocks_and_gives_the_same_answers(service):
+    """SyncClient: the same methods without an event loop (its own, on a thread)."""
+    rng = random.Random(8)
+    gid = uuid.UUID(int=rng.getrandbits(128), version=4)
+    events = _events(rng, gid, n_nodes=30, n_edges=10)
+    with SyncClient(service.url) as client:
+        seq = client.publish_many(events)
+        t = client.nodes_within([5.0, 5.0, 5.0], 4.0, graph_id=gid, min_version=seq)
+        near = client.nearest([5.0, 5.0, 5.0], 3, graph_id=gid)
+        assert client.graph_summary(gid)["node_count"] == 30
+        with pytest.raises(ServiceError):
+            client.nearest([0, 0, 0], 0)
+        thread = client._thread
+    assert not thread.is_alive()
+    pts = _reference(events).positioned_nodes()
+    coords = [p for _, _, p in pts]
+    assert set(t.column("node_id").to_pylist()) == {pts[i][1] for i in brute_radius(coords, [5.0, 5.0, 5.0], 4.0)}
+    np.testing.assert_allclose(near.column("distance").to_numpy(), brute_knn(coords, [5.0, 5.0, 5.0], 3), atol=1e-12)
+    assert SyncClient.nodes_within.__doc__ == Client.nodes_within.__doc__
