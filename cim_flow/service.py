@@ -16,6 +16,7 @@ import gc
 import json
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -38,8 +39,8 @@ from ._service_snapshots import SnapshotMixin
 from .engine import Engine
 
 # the subjects and NatsAuthError are part of this module's API (they lived here before the split)
-__all__ = ["Service", "LatencyWindow", "NatsAuthError", "warm_kernels", "BATCH_SUBJECT", "UPDATES_SUBJECT",
-           "DLQ_SUBJECT", "QUERY_PREFIX", "SNAPSHOT_SUBJECT"]
+__all__ = ["Service", "LatencyWindow", "NatsAuthError", "warm_kernels", "WarmProgress", "BATCH_SUBJECT",
+           "UPDATES_SUBJECT", "DLQ_SUBJECT", "QUERY_PREFIX", "SNAPSHOT_SUBJECT"]
 
 
 class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
@@ -146,7 +147,11 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
             self.server = NatsServer(port=self.port, store_dir=js.store_dir or f"{self.data_dir}/jetstream",
                                      jetstream=True, jetstream_limits=js.server_limits()).launch()
         try:
-            warm_kernels()
+            progress = WarmProgress(self.out)
+            try:
+                warm_kernels(progress)
+            finally:
+                progress.close()
             self._load_snapshot()
             if self.server is not None:
                 self.server.wait_ready()
@@ -348,8 +353,73 @@ def _skip_numba_blas_probe() -> None:
         linalg.ensure_blas = real
 
 
-def warm_kernels() -> None:
-    """Compile (or load from numba's cache) every kernel before reporting ready."""
+class WarmProgress:
+    """What a cold start is doing. With numba's cache warm the whole warm-up takes about
+    a second and nothing is said; when it runs longer (a first start on this machine, or
+    kernels edited since) it says so after 2 s (from a timer: the first step alone can
+    compile for half a minute), then shows a bar on a terminal or a line every 20 s
+    elsewhere, so a first ``make serve`` does not look hung for minutes."""
+
+    STEPS = 18  # the tick() calls in warm_kernels (a test counts them)
+    _QUIET = 2.0  # seconds of warm-up before anything is said
+
+    def __init__(self, out=None):
+        self.out = out if out is not None else sys.stdout
+        self.t0 = self.last = time.monotonic()
+        self.done = 0
+        self.bar = None
+        self.said = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(self._QUIET, self._announce)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _announce(self) -> None:
+        with self._lock:
+            if self.said or self.done >= self.STEPS:
+                return
+            self.said = True
+            self._say("cim_flow: compiling kernels (first start here, or kernels changed since: a few minutes; "
+                      "numba caches them, so later starts take ~1 s)")
+            if getattr(self.out, "isatty", lambda: False)():
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=self.STEPS, initial=self.done, desc="compiling", unit="step",
+                                file=self.out, leave=False)
+            self.last = time.monotonic()
+
+    def tick(self, what: str) -> None:
+        with self._lock:
+            self.done += 1
+            now = time.monotonic()
+            if self.bar is not None:
+                self.bar.set_postfix_str(what[:40], refresh=False)
+                self.bar.update(1)
+            elif self.said and now - self.last >= 20.0:
+                self._say(f"cim_flow: compiling kernels, {self.done}/{self.STEPS} steps, {now - self.t0:.0f} s")
+                self.last = now
+
+    def close(self) -> None:
+        self._timer.cancel()
+        if not self.said and time.monotonic() - self.t0 >= self._QUIET:
+            self._announce()  # (the timer may not have run yet)
+        with self._lock:
+            if self.bar is not None:
+                self.bar.close()
+            if self.said:
+                self._say(f"cim_flow: kernels compiled in {time.monotonic() - self.t0:.0f} s")
+
+    def _say(self, line: str) -> None:
+        try:
+            print(line, file=self.out, flush=True)
+        except (BrokenPipeError, OSError):
+            pass
+
+
+def warm_kernels(progress: WarmProgress | None = None) -> None:
+    """Compile (or load from numba's cache) every kernel before reporting ready;
+    ``progress`` hears of each step (see :class:`WarmProgress`)."""
+    tick = progress.tick if progress is not None else (lambda what: None)
     _skip_numba_blas_probe()
     rng = np.random.default_rng(0)
     eng = Engine(capacity=16)
@@ -368,20 +438,28 @@ def warm_kernels() -> None:
     cols = {f.name: pa.array([r.get(f.name) for r in rows], f.type)  # (no pyarrow.compute: see _pc)
             for f in EVENT_SCHEMA if not pa.types.is_dictionary(f.type)}
     eng.apply(pa.table(cols))
+    tick("projection")
     for q in (rng.uniform(0, 10, (1, 3)), rng.uniform(0, 10, (100, 3))):  # serial and parallel paths
         eng.nodes_within(q, 2.0, return_distance=True, sort=True)
+        tick("radius queries")
         eng.nodes_within(q, 2.0, count_only=True)
+        tick("radius counts")
         eng.nearest(q, 3)
+        tick("nearest neighbours")
     eng.nodes_in_box([0, 0, 0], [5, 5, 5])
+    tick("boxes")
     eng._box_page([0, 0, 0], [5, 5, 5], None, 2)  # query.graph.nodes_in_box's capped page
     eng._first_rows_json(np.array([0, 2, 3]), np.array([1, 5]), np.arange(3))  # radius replies' JSON rows
     uuid_texts_of(np.zeros((1, 16), np.uint8))  # ids as text in every reply and update
     iso_texts_of(np.zeros(1, np.int64))  # times as text in summaries
+    tick("replies")
     eng.apply(pa.table({k: v for k, v in cols.items()}).slice(0, 3))  # incremental index update
     eng.nodes_within(rng.uniform(0, 10, (1, 3)), 2.0)
+    tick("index updates")
     from . import _spatial
 
     _spatial._main_grid(eng._p.N, True)  # the background rebuild's serial kernels
+    tick("index builds")
     # what only bigger grids reach: the cell-size search, and tall columns' z ranges
     from kernels import spatial as ks
 
@@ -392,23 +470,29 @@ def warm_kernels() -> None:
         zr(np.zeros(ks.ZR_MIN_Z + 1, np.int32), tall)
     far = np.array([[0.0, 0, 0], [1e9, 0, 0]])
     _spatial.SpatialIndex._grid(far, np.arange(2), np.zeros(2, np.int32), far[0], far[1], 1.0)  # hashed
+    tick("sparse grids")
     payload = json.dumps({"type": "NodeAdded", "graph_id": str(uuid.UUID(bytes=g)),
                           "node_id": str(uuid.uuid4()), "position": [1, 2, 3]}).encode()
     decode_json([payload])
+    tick("JSON decoding")
     from kernels import traverse as kt
 
     N, G = eng._p.N, eng._p.G
     kt.gather_ids(N.keys, N.graph, G.keys, np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([0, 1]))
     eng.find_nodes(g)
+    tick("listings")
     eng.find_nodes(limit=1)  # an unfiltered page: the live-slot walks
     eng.find_edges(limit=1)
     eng.neighbors(nodes[1], graph_id=g)
+    tick("graph walks")
     # the consumer's framing kernel, on one frame as the server sends it
     frame = b"MSG event.graph.x 1 $JS.ACK.S.C.1.1.1.0.0 %d\r\n%s\r\n" % (len(payload), payload)
     got = []
     conn = _wire.RawConnection(got.append, inbox="_INBOX.warm", batch_subject=BATCH_SUBJECT)
     conn._frames(frame)
+    tick("NATS framing")
     decode_spans(got[0].buf, got[0].ds, got[0].de)
+    tick("JSON spans")
     cols, _, _ = decode_spans_columns(got[0].buf, got[0].ds, got[0].de)
     eng._apply_columns(cols.with_seq(np.array([eng.version + 1], np.uint64)))
-
+    tick("JSON columns")

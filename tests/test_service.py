@@ -1141,3 +1141,29 @@ def test_a_batch_closes_at_batch_size_or_batch_timeout(tmp_path):
     finally:
         rs.stop()
         srv.stop()
+
+
+def test_warm_up_is_quiet_when_cached_and_says_what_it_does_when_not():
+    """A start quicker than the threshold says nothing; a slower one (here: made to look
+    slow at once) says it is compiling, then that it is done; every step is counted."""
+    import io
+
+    from cim_flow.service import WarmProgress, warm_kernels
+
+    class Quick(WarmProgress):
+        _QUIET = 3600.0  # (a warm start takes ~1 s; on a loaded machine it could pass 2 s)
+
+    quiet = Quick(io.StringIO())
+    warm_kernels(quiet)
+    quiet.close()
+    assert quiet.done == WarmProgress.STEPS and quiet.out.getvalue() == ""
+
+    class Slow(WarmProgress):
+        _QUIET = 0.0  # as if each step compiled
+
+    slow = Slow(io.StringIO())
+    warm_kernels(slow)
+    slow.close()
+    out = slow.out.getvalue()
+    assert slow.done == WarmProgress.STEPS
+    assert out.startswith("cim_flow: compiling kernels (first start here") and "kernels compiled in" in out
