@@ -36,6 +36,7 @@ from ._service_consumer import ConsumerMixin
 from ._service_ingest import IngestMixin
 from ._service_queries import QueryMixin
 from ._service_snapshots import SnapshotMixin
+from ._stack import call_with_room
 from .engine import Engine
 
 # the subjects and NatsAuthError are part of this module's API (they lived here before the split)
@@ -421,6 +422,21 @@ def warm_kernels(progress: WarmProgress | None = None) -> None:
     ``progress`` hears of each step (see :class:`WarmProgress`)."""
     tick = progress.tick if progress is not None else (lambda what: None)
     _skip_numba_blas_probe()
+    t = time.perf_counter()
+    state = _warm_projection()
+    tick("projection")
+    if time.perf_counter() - t > 1.0:
+        # compiling, not loading (~0.1 s): the rest, with room on the interpreter's frame
+        # stack. Called from some depths, a cold warm-up spent a third of its ~6 min
+        # mapping and unmapping frame chunks (see cim_flow._stack); the room costs ~40 ms
+        # to make, which a warm start does not pay.
+        call_with_room(_warm_rest, tick, *state)
+    else:
+        _warm_rest(tick, *state)
+
+
+def _warm_projection():
+    """An engine holding a small graph (the projection's kernels): ``(eng, g, nodes, cols, rng)``."""
     rng = np.random.default_rng(0)
     eng = Engine(capacity=16)
     g = uuid.uuid4().bytes
@@ -438,7 +454,10 @@ def warm_kernels(progress: WarmProgress | None = None) -> None:
     cols = {f.name: pa.array([r.get(f.name) for r in rows], f.type)  # (no pyarrow.compute: see _pc)
             for f in EVENT_SCHEMA if not pa.types.is_dictionary(f.type)}
     eng.apply(pa.table(cols))
-    tick("projection")
+    return eng, g, nodes, cols, rng
+
+
+def _warm_rest(tick, eng, g, nodes, cols, rng) -> None:
     for q in (rng.uniform(0, 10, (1, 3)), rng.uniform(0, 10, (100, 3))):  # serial and parallel paths
         eng.nodes_within(q, 2.0, return_distance=True, sort=True)
         tick("radius queries")
