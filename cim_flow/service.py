@@ -45,6 +45,11 @@ __all__ = ["Service", "LatencyWindow", "NatsAuthError", "warm_kernels", "WarmPro
 
 
 class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
+    """The cim_flow service: one engine fed from JetStream (or core NATS) in micro-batches
+    and asked over NATS request/reply. Its parts are the mixins (see the module docstring);
+    this class holds the state they share and the life cycle: :meth:`start` (embedded
+    server, warm-up, snapshot, connections, catch-up), :meth:`run`, :meth:`stop`."""
+
     def __init__(self, config: Config | None = None, *, nats_url: str | None = None, port: int = 4222,
                  data_dir: str = ".cim_flow", jetstream: bool | None = None, engine: Engine | None = None,
                  demo: bool = False, demo_rate: float = 5000.0, status_interval: float = 5.0,
