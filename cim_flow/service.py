@@ -139,10 +139,7 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
 
     # -- life cycle -------------------------------------------------------------
     def _log(self, line: str) -> None:
-        try:
-            print(line, file=self.out, flush=True)
-        except (BrokenPipeError, OSError):  # whoever read our output has gone: keep serving
-            pass
+        _say(self.out, line)
 
     async def start(self) -> str:
         self.loop = asyncio.get_running_loop()
@@ -359,6 +356,13 @@ def _skip_numba_blas_probe() -> None:
         linalg.ensure_blas = real
 
 
+def _say(out, line: str) -> None:
+    try:
+        print(line, file=out, flush=True)
+    except (BrokenPipeError, OSError):  # whoever read our output has gone: keep serving
+        pass
+
+
 class WarmProgress:
     """What a cold start is doing. With numba's cache warm the whole warm-up takes about
     a second and nothing is said; when it runs longer (a first start on this machine, or
@@ -385,7 +389,7 @@ class WarmProgress:
             if self.said or self.done >= self.STEPS:
                 return
             self.said = True
-            self._say("cim_flow: compiling kernels (first start here, or kernels changed since: a few minutes; "
+            _say(self.out, "cim_flow: compiling kernels (first start here, or kernels changed since: a few minutes; "
                       "numba caches them, so later starts take ~1 s)")
             if getattr(self.out, "isatty", lambda: False)():
                 from tqdm import tqdm
@@ -402,7 +406,7 @@ class WarmProgress:
                 self.bar.set_postfix_str(what[:40], refresh=False)
                 self.bar.update(1)
             elif self.said and now - self.last >= 20.0:
-                self._say(f"cim_flow: compiling kernels, {self.done}/{self.STEPS} steps, {now - self.t0:.0f} s")
+                _say(self.out, f"cim_flow: compiling kernels, {self.done}/{self.STEPS} steps, {now - self.t0:.0f} s")
                 self.last = now
 
     def close(self) -> None:
@@ -413,13 +417,7 @@ class WarmProgress:
             if self.bar is not None:
                 self.bar.close()
             if self.said:
-                self._say(f"cim_flow: kernels compiled in {time.monotonic() - self.t0:.0f} s")
-
-    def _say(self, line: str) -> None:
-        try:
-            print(line, file=self.out, flush=True)
-        except (BrokenPipeError, OSError):
-            pass
+                _say(self.out, f"cim_flow: kernels compiled in {time.monotonic() - self.t0:.0f} s")
 
 
 def warm_kernels(progress: WarmProgress | None = None) -> None:

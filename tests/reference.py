@@ -14,6 +14,16 @@ EDGE_ADDED, EDGE_UPDATED, EDGE_REMOVED = 20, 21, 23
 KNOWN = {1, 2, 3, 4, 10, 11, 12, 13, 20, 21, 23}
 
 
+def reference_rows(table) -> list[dict]:
+    """Rows of an Arrow table or batch of events in EVENT_SCHEMA for
+    :meth:`RefProjection.apply`: dicts, with ``occurred_at`` as µs since the epoch."""
+    rows = table.to_pylist()
+    for r in rows:
+        if r.get("occurred_at") is not None:
+            r["occurred_at"] = int(r["occurred_at"].timestamp() * 1_000_000)
+    return rows
+
+
 class RefProjection:
     def __init__(self):
         self.version = 0

@@ -15,7 +15,7 @@ import nats
 from cim_flow import EVENT_SCHEMA, Client, EventType, ServiceError, SyncClient, decode_json
 from cim_flow.client import reply_meta
 from natsutil import run
-from reference import RefProjection, brute_knn, brute_radius
+from reference import RefProjection, brute_knn, brute_radius, reference_rows
 
 
 def _events(rng, gid, n_nodes=60, n_edges=40):
@@ -44,10 +44,7 @@ def _reference(events) -> RefProjection:
     batch, errors = decode_json([json.dumps(e).encode() for e in events], received_at=0)
     assert not errors
     ref = RefProjection()
-    rows = batch.to_pylist()
-    for r in rows:
-        r["occurred_at"] = r["occurred_at"].timestamp()
-    ref.apply(rows)
+    ref.apply(reference_rows(batch))
     return ref
 
 

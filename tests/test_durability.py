@@ -18,7 +18,7 @@ from cim_flow import decode_json
 from cim_flow._demo import SyntheticEvents
 from cim_flow._natsserver import NatsServer
 from natsutil import request, wait_until_restarted
-from reference import RefProjection
+from reference import RefProjection, reference_rows
 from test_cli import ROOT, _spawn, _wait_ready
 
 
@@ -49,9 +49,8 @@ def _publisher(url, payloads, done, pace):
 def _reference(payloads):
     batch, errors = decode_json([d for _, _, d in payloads])
     assert not errors
-    rows = batch.to_pylist()
+    rows = reference_rows(batch)
     for i, r in enumerate(rows):
-        r["occurred_at"] = int(r["occurred_at"].timestamp() * 1_000_000)
         r["seq"] = i + 1
     ref = RefProjection()
     ref.apply(rows)

@@ -6,7 +6,7 @@ import sys
 
 import pyarrow.parquet as pq
 
-from reference import RefProjection
+from reference import RefProjection, reference_rows
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -16,10 +16,7 @@ def test_parquet_pipeline(tmp_path):
     engine = mod["main"](["--events", "3000", "--out", str(tmp_path)])
     table = pq.read_table(tmp_path / "events.parquet")
     ref = RefProjection()
-    rows = table.to_pylist()
-    for r in rows:
-        r["occurred_at"] = int(r["occurred_at"].timestamp() * 1_000_000)
-    ref.apply(rows)
+    ref.apply(reference_rows(table))
     assert engine.totals() == ref.totals()
     assert engine.totals()["nodes"] > 100
 

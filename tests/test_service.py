@@ -16,7 +16,7 @@ import pytest
 import nats
 from cim_flow import EVENT_SCHEMA, Engine, decode_json
 from natsutil import js_publish, request, request_raw, run, wait_until_restarted
-from reference import RefProjection, brute_knn, brute_radius
+from reference import RefProjection, brute_knn, brute_radius, reference_rows
 
 T0 = 1_714_564_800_000
 
@@ -66,10 +66,7 @@ def test_wire_forms_over_jetstream_match_reference(nats_server, service, form):
     ref = RefProjection()
     batch, errors = decode_json([d for _, d in events])
     assert not errors
-    rows = batch.to_pylist()
-    for r in rows:
-        r["occurred_at"] = int(r["occurred_at"].timestamp() * 1e6)
-    ref.apply(rows)
+    ref.apply(reference_rows(batch))
     want = ref.summaries()[uuid.UUID(g).bytes]
     assert reply["version"] >= seq
     assert reply["graph_id"] == g
