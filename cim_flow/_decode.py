@@ -215,6 +215,12 @@ def _decode_batch(payloads):
     return out if len(out) == len(payloads) else None
 
 
+def _meta_text(raw: msgspec.Raw) -> bytes | None:
+    """A metadata value's JSON text; absent or ``null`` is none (as in the compiled scanner)."""
+    b = bytes(raw)
+    return None if not b or b == b"null" else b
+
+
 def _unwrap_envelope(e: _Evt, inner: _Evt) -> _Evt:
     """The CIM envelope's payload, with the envelope's type, ids, time and metadata filled in."""
     if inner.type is None:
@@ -222,7 +228,7 @@ def _unwrap_envelope(e: _Evt, inner: _Evt) -> _Evt:
     if inner.graph_id is None:
         inner.graph_id = e.aggregate_id
     for k in _ENVELOPE_KEYS:
-        if getattr(inner, k) is None or (k == "metadata" and not len(inner.metadata)):
+        if getattr(inner, k) is None or (k == "metadata" and not _meta_text(inner.metadata)):
             setattr(inner, k, getattr(e, k))
     if all(getattr(inner, t) is None for t in _TIME_FIELDS):
         inner.timestamp = e.timestamp if e.timestamp is not None else e.occurred_at
@@ -747,7 +753,7 @@ def _columns(evts, idx, payloads, received):
     seqs = pa.array(cols_raw[_F["seq"]], pa.int64()).cast(pa.uint64())  # bounds checked by msgspec
 
     mcol = cols_raw[_F["metadata"]]
-    meta = pa.array([bytes(r) or None for r in mcol] if any(map(len, mcol)) else [None] * m, pa.large_binary())
+    meta = pa.array([_meta_text(r) for r in mcol] if any(map(len, mcol)) else [None] * m, pa.large_binary())
     try:
         meta = meta.cast(pa.large_utf8())
     except pa.ArrowInvalid:

@@ -843,14 +843,18 @@ def _level(buf, i, end, lv, tcode, idb, idp, ss, sp, fv, fp, tv, tp, sq, sqp,
                 i = j
             else:
                 return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
-        elif code == 23:  # metadata: the raw JSON text of any value
-            j = _skip_value(buf, i, end, stack)
-            if j < 0:
-                return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
-            ss[lv, 5, 0] = i
-            ss[lv, 5, 1] = j
-            sp[lv, 5] = True
-            i = j
+        elif code == 23:  # metadata: the raw JSON text of any value; null is none
+            if null:
+                sp[lv, 5] = False
+                i += 4
+            else:
+                j = _skip_value(buf, i, end, stack)
+                if j < 0:
+                    return -1, 0, ext, ext_at, pay_at, data_at, pay_end, data_end
+                ss[lv, 5, 0] = i
+                ss[lv, 5, 1] = j
+                sp[lv, 5] = True
+                i = j
         elif 27 <= code <= 30:  # times
             k = code - 27
             if null:

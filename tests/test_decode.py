@@ -108,6 +108,21 @@ def test_metadata_kept_as_json_text():
     assert json.loads(r["metadata"]) == {"owner": "ops", "tags": [1, 2], "nested": {"a": None}}
 
 
+
+def test_metadata_null_is_null_in_every_path():
+    """``"metadata": null`` is no metadata (not the text "null"), in a small call and in a
+    batch of 64+ (the other decoding path); an envelope's metadata fills a null payload's."""
+    plain = enc({"type": "GraphCreated", "graph_id": str(G), "occurred_at": T_MS, "metadata": None})
+    env = enc({"event_type": "GraphCreated", "aggregate_id": str(G), "timestamp": T_MS,
+               "event_id": str(uuid.UUID(int=7)), "metadata": {"src": "env"}, "payload": {"metadata": None}})
+    for payloads in ([plain, env], [plain, env] * 40):
+        batch, errors = decode_json(payloads, received_at=0)
+        assert errors == []
+        meta = batch.column("metadata").to_pylist()
+        assert meta[0::2] == [None] * (len(payloads) // 2)
+        assert [json.loads(m) for m in meta[1::2]] == [{"src": "env"}] * (len(payloads) // 2)
+
+
 ALIASES = {
     "GraphCreated": 1, "GraphUpdated": 2, "GraphRenamed": 2, "GraphArchived": 3, "GraphDeleted": 4,
     "NodeAdded": 10, "NodeCreated": 10, "NodeUpdated": 11, "NodeMoved": 12, "NodeRemoved": 13,
