@@ -296,7 +296,14 @@ def _grouped(rows, offsets, centers, single, limit) -> dict:
 
 def _radius_args(engine, req, limits):
     centers, single = _centers(req)
-    radius = _number(_require(req, "radius"), "radius", minimum=0)
+    radius = _require(req, "radius")
+    if isinstance(radius, list):  # one radius per center
+        if len(radius) != len(centers):
+            raise QueryError("bad_request", f"radius must be a number or a list of {len(centers)} "
+                                            f"(one per center), got {len(radius)}")
+        radius = [_number(r, "radius", minimum=0) for r in radius]
+    else:
+        radius = [_number(radius, "radius", minimum=0)] * len(centers)
     g = _graph_filter(engine, req)
     limit = _limit(req, limits["default"], limits["max"])
     return centers, single, radius, g, limit, bool(req.get("with_distance", False)), bool(req.get("sort", False))
@@ -322,7 +329,7 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
         groups.setdefault((args[3], args[6]), []).append((i, args))
     for (g, sort), items in groups.items():
         centers = [c for _, a in items for c in a[0]]
-        radii = [a[2] for _, a in items for _c in a[0]]
+        radii = [r for _, a in items for r in a[2]]
         # every value checked by _radius_args already: straight to the kernels
         offsets, idx, d2 = engine._radius(np.array(centers, np.float64), np.array(radii, np.float64),
                                           engine._gsel(g), sort, False)

@@ -219,14 +219,18 @@ class Client:
             node_count_between=None if node_count_between is None else list(node_count_between),
             top_by_node_count=top_by_node_count, offset=offset, limit=limit, min_version=min_version), arrow=True)
 
-    async def nodes_within(self, centers, radius: float, *, graph_id=None, return_distance: bool = False,
+    async def nodes_within(self, centers, radius, *, graph_id=None, return_distance: bool = False,
                            sort: bool = False, limit: int | None = None, min_version: int | None = None) -> pa.Table:
-        """Live nodes within ``radius`` of each center: ``query``, ``node_id``, ``graph_id``
-        [, ``distance``], at most ``limit`` a center (``reply_meta(t)["counts"]``: the full counts)."""
-        if np.ndim(radius) != 0:
-            raise ValueError("the service takes one radius for all centers (Engine.nodes_within takes one each)")
+        """Live nodes within ``radius`` (a number, or one per center) of each center:
+        ``query``, ``node_id``, ``graph_id`` [, ``distance``], at most ``limit`` a center
+        (``reply_meta(t)["counts"]``: the full counts)."""
+        pts = _points(centers)
+        r = np.asarray(radius, np.float64)
+        if r.ndim > 1 or (r.ndim == 1 and r.shape[0] != len(pts.get("centers", [None]))):
+            raise ValueError(f"radius must be a number or one per center, got shape {r.shape}")
         return await self.request("nodes_in_radius", _body(
-            **_points(centers), radius=float(radius), graph_id=None if graph_id is None else _id_text(graph_id),
+            **pts, radius=r.tolist() if r.ndim == 1 else float(r),
+            graph_id=None if graph_id is None else _id_text(graph_id),
             with_distance=return_distance or None, sort=sort or None, limit=limit, min_version=min_version),
             arrow=True)
 

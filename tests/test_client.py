@@ -64,6 +64,7 @@ def test_published_events_are_read_back_exactly(service):
             centers = np.array([[5.0, 5.0, 5.0], [1.0, 2.0, 3.0]])
             within = await client.nodes_within(centers, 3.0, graph_id=gid, return_distance=True, sort=True,
                                                min_version=seq)
+            per_center = await client.nodes_within(centers, [3.0, 1.5])
             near = await client.nearest(centers[0], 7, graph_id=gid)
             box = await client.nodes_in_box([0, 0, 0], [5, 5, 5], graph_id=gid)
             nodes = await client.find_nodes(gid, limit=1000)
@@ -72,9 +73,9 @@ def test_published_events_are_read_back_exactly(service):
             nb = await client.neighbors(some[1], graph_id=gid)
             graphs = await client.graphs(name="client-test")
             stats = await client.stats()
-            return seq, summary, within, near, box, nodes, edges, nb, graphs, stats, some
+            return seq, summary, within, near, box, nodes, edges, nb, graphs, stats, some, per_center
 
-    seq, summary, within, near, box, nodes, edges, nb, graphs, stats, some = run(go())
+    seq, summary, within, near, box, nodes, edges, nb, graphs, stats, some, per_center = run(go())
     assert seq > 0 and stats["version"] >= seq
     want = ref.summaries()[gid.bytes]
     assert summary["graph_id"] == str(gid) and summary["name"] == "client-test"
@@ -90,6 +91,11 @@ def test_published_events_are_read_back_exactly(service):
         assert got == {(pts[i][0], pts[i][1]) for i in brute_radius(coords, c, 3.0)}
         assert np.all(np.diff(within.column("distance").to_numpy()[q == j]) >= 0)
         assert meta["counts"][j] == len(got) > 0
+    # one radius per center: each center's own radius
+    q = per_center.column("query").to_numpy()
+    rows = list(zip(per_center.column("graph_id").to_pylist(), per_center.column("node_id").to_pylist()))
+    for j, (c, r) in enumerate([([5.0, 5.0, 5.0], 3.0), ([1.0, 2.0, 3.0], 1.5)]):
+        assert {rows[i] for i in np.flatnonzero(q == j)} == {(pts[i][0], pts[i][1]) for i in brute_radius(coords, c, r)}
     np.testing.assert_allclose(near.column("distance").to_numpy(), brute_knn(coords, [5.0, 5.0, 5.0], 7), atol=1e-12)
     in_box = {(g, n) for g, n, p in pts if all(0 <= v <= 5 for v in p)}
     assert set(zip(box.column("graph_id").to_pylist(), box.column("node_id").to_pylist())) == in_box
@@ -173,8 +179,10 @@ def test_client_arguments_are_checked_before_sending():
             await Client.nodes_within(client, [[1, 2]], 1.0)
         with pytest.raises(ValueError, match="time"):
             await Client.graphs(client, created_between=[1.5, math.pi])
-        with pytest.raises(ValueError, match="one radius"):
-            await Client.nodes_within(client, [[1, 2, 3], [4, 5, 6]], [1.0, 2.0])
+        with pytest.raises(ValueError, match="one per center"):
+            await Client.nodes_within(client, [[1, 2, 3], [4, 5, 6]], [1.0, 2.0, 3.0])
+        with pytest.raises(ValueError, match="one per center"):
+            await Client.nodes_within(client, [1, 2, 3], [1.0, 2.0])
         with pytest.raises(ValueError, match="2 subjects for 1 events"):
             await Client.publish_many(client, [{"type": "GraphCreated"}], subjects=["a", "b"])
 

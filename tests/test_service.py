@@ -179,6 +179,7 @@ def test_concurrent_radius_requests_answered_together(nats_server, service):
         reqs.append(body)
     reqs.append({"center": [0, 0, 0], "radius": -2, "graph_id": graphs[0]})  # bad: its own error only
     reqs.append({"centers": [[2, 2, 2], [8, 8, 8]], "radius": 2.5, "graph_id": graphs[1]})
+    reqs.append({"centers": [[2, 2, 2], [8, 8, 8], [5, 5, 5]], "radius": [1.0, 4.0, 0], "graph_id": graphs[1]})
 
     async def fire():
         nc = await nats.connect(nats_server.url)
@@ -193,12 +194,13 @@ def test_concurrent_radius_requests_answered_together(nats_server, service):
     replies = run(fire())
     assert request(nats_server.url, "query.graph.stats")["radius_batches"] - before < len(reqs)
     for i, (body, msg) in enumerate(zip(reqs, replies)):
-        if body.get("radius", 0) < 0:
+        if np.min(body.get("radius", 0)) < 0:
             assert json.loads(msg.data)["error"]["code"] == "bad_request"
             continue
         centers = body["centers"] if "centers" in body else [body["center"]]
         pts, ids = nodes[body["graph_id"]]
-        want = [{ids[k] for k in brute_radius(pts, c, body["radius"])} for c in centers]
+        radii = np.broadcast_to(body["radius"], len(centers))
+        want = [{ids[k] for k in brute_radius(pts, c, r)} for c, r in zip(centers, radii)]
         if i == 7:
             t = pa.ipc.open_stream(msg.data).read_all()
             got = [set() for _ in centers]
@@ -353,6 +355,8 @@ def test_arrow_rows_that_are_not_events_are_dead_lettered(nats_server, service):
     ("query.graph.summary", {"graph_id": str(uuid.uuid4())}, "not_found"),
     ("query.graph.nodes_in_radius", {"center": [0, 0, 0], "radius": -1}, "bad_request"),
     ("query.graph.nodes_in_radius", {"center": [0, 0], "radius": 1}, "bad_request"),
+    ("query.graph.nodes_in_radius", {"centers": [[0, 0, 0], [1, 1, 1]], "radius": [1]}, "bad_request"),
+    ("query.graph.nodes_in_radius", {"centers": [[0, 0, 0], [1, 1, 1]], "radius": [1, -2]}, "bad_request"),
     ("query.graph.nodes_in_radius", b'{"center": [NaN, 0, 0], "radius": 1}', "bad_request"),
     ("query.graph.nodes_in_radius", {"center": [0, 0, 0], "radius": 1, "graph_id": str(uuid.uuid4())}, "not_found"),
     ("query.graph.knn", {"center": [0, 0, 0], "k": 0}, "bad_request"),
