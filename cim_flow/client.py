@@ -12,6 +12,13 @@ tables) or, for summaries and stats, as dicts::
         near = await client.nodes_within([1, 2, 3], 5.0, return_distance=True, min_version=seq)
         reply_meta(near)   # {"version": ..., "truncated": ..., "counts": [...]}
 
+:meth:`Client.updates` follows the service's results: the summaries of the graphs each
+applied batch changed, as they are published::
+
+    async with await client.updates() as updates:
+        async for u in updates:   # {"version", "events_total", "graphs": [...], "deleted": [...]}
+            ...
+
 An error reply raises :class:`ServiceError` with the service's code (``bad_request``,
 ``not_found``, ``timeout``, ``too_large``, ...) and message. :class:`SyncClient` has the
 same methods for code without an event loop (scripts, pipelines): they block.
@@ -36,7 +43,7 @@ from ._decode import decode_json
 from ._ids import to_uuid_bytes
 from ._queries import ARROW_MIME
 from ._schema import SUBJECT_OF, EventType
-from ._service_common import BATCH_SUBJECT, QUERY_PREFIX, SNAPSHOT_SUBJECT
+from ._service_common import BATCH_SUBJECT, QUERY_PREFIX, SNAPSHOT_SUBJECT, UPDATES_SUBJECT
 
 _json = msgspec.json.Encoder()
 _ARROW = {"Accept": ARROW_MIME}
@@ -271,6 +278,51 @@ class Client:
         msg = await self.nc.request(SNAPSHOT_SUBJECT, b"{}", timeout=max(self.timeout, 600.0))
         return _decode_reply(msg)
 
+    # -- results out ------------------------------------------------------------
+    async def updates(self, *, pending: int = 65536) -> Updates:
+        """Subscribe to ``projection.graph.summary.updated``: what the service publishes
+        after each applied batch, from now on (the subscription is live on the server when
+        this returns). Iterate the result; close it (or use ``async with``) to stop."""
+        sub = await self.nc.subscribe(UPDATES_SUBJECT, pending_msgs_limit=pending)
+        await self.nc.flush()
+        return Updates(sub)
+
+
+class Updates:
+    """The service's update messages, decoded, in the order they arrive: dicts with
+    ``version`` (the last applied sequence), ``events_total`` (events consumed so far),
+    ``graphs`` (the summaries of the graphs the batch changed, as ``query.graph.summary``
+    answers them: ids as UUID text, times as RFC 3339) and ``deleted`` (ids of graphs it
+    deleted); a batch that touched more graphs than one message holds comes as several
+    messages with the same ``version`` and ``part``/``parts``.
+
+    Core NATS, at most once: a reader more than ``pending`` messages behind loses the
+    excess (nats-py's slow-consumer limit); ``version`` tells what was missed, and a
+    query with ``min_version`` reads the state itself."""
+
+    def __init__(self, sub):
+        self._sub = sub
+        self._it = sub.messages
+
+    def __aiter__(self) -> Updates:
+        return self
+
+    async def __anext__(self) -> dict:
+        return json.loads((await self._it.__anext__()).data)
+
+    async def next(self, timeout: float | None = None) -> dict:
+        """The next update; ``asyncio.TimeoutError`` when none comes within ``timeout`` s."""
+        return await asyncio.wait_for(self.__anext__(), timeout)
+
+    async def close(self) -> None:
+        await self._sub.unsubscribe()
+
+    async def __aenter__(self) -> Updates:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
 
 class SyncClient:
     """:class:`Client` for code without an event loop: the same methods, blocking. The
@@ -307,6 +359,39 @@ class SyncClient:
                 self._stop_loop()
 
     def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def updates(self, *, pending: int = 65536) -> SyncUpdates:
+        """:meth:`Client.updates`, as a blocking iterator."""
+        return SyncUpdates(self, self._call(self._client.updates(pending=pending)))
+
+
+class SyncUpdates:
+    """:class:`Updates` for a :class:`SyncClient`: ``for u in updates`` blocks for each."""
+
+    def __init__(self, owner: SyncClient, updates: Updates):
+        self._owner = owner
+        self._updates = updates
+
+    def __iter__(self) -> SyncUpdates:
+        return self
+
+    def __next__(self) -> dict:
+        try:
+            return self._owner._call(self._updates.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def next(self, timeout: float | None = None) -> dict:
+        return self._owner._call(self._updates.next(timeout))
+
+    def close(self) -> None:
+        self._owner._call(self._updates.close())
+
+    def __enter__(self) -> SyncUpdates:
         return self
 
     def __exit__(self, *exc) -> None:

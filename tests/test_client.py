@@ -208,3 +208,55 @@ def test_sync_client_blocks_and_gives_the_same_answers(service):
     assert set(t.column("node_id").to_pylist()) == {pts[i][1] for i in brute_radius(coords, [5.0, 5.0, 5.0], 4.0)}
     np.testing.assert_allclose(near.column("distance").to_numpy(), brute_knn(coords, [5.0, 5.0, 5.0], 3), atol=1e-12)
     assert SyncClient.nodes_within.__doc__ == Client.nodes_within.__doc__
+
+
+def _follow(updates_next, until_version):
+    """Updates read until one reaches ``until_version``: the last summary seen per graph
+    (what the updates say the graphs now are) and every id listed as deleted."""
+    last, deleted, versions = {}, set(), []
+    while not versions or versions[-1] < until_version:
+        u = updates_next()
+        assert set(u) >= {"version", "events_total", "graphs", "deleted"}
+        versions.append(u["version"])
+        for s in u["graphs"]:
+            last[s["graph_id"]] = s
+        deleted.update(u["deleted"])
+    assert versions == sorted(versions)  # batches are applied, and announced, in order
+    return last, deleted
+
+
+def test_updates_follow_every_applied_batch(service):
+    """Client.updates: after a publish, the updates up to its sequence carry each touched
+    graph's summary as the reference projection has it, and a deleted graph's id."""
+    rng = random.Random(12)
+    gid, gone = (uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(2))
+    events = _events(rng, gid) + [{"type": "GraphCreated", "graph_id": str(gone), "name": "short-lived"},
+                                  {"type": "GraphDeleted", "graph_id": str(gone)}]
+    want = _reference(events).summaries()[gid.bytes]
+
+    async def main():
+        async with await Client.connect(service.url) as client:
+            async with await client.updates() as updates:
+                seq = await client.publish_many(events)
+                items = []
+                while not items or items[-1]["version"] < seq:
+                    items.append(await updates.next(timeout=10))
+                return seq, items
+
+    seq, items = run(main())
+    it = iter(items)
+    last, deleted = _follow(lambda: next(it), seq)
+    s = last[str(gid)]
+    assert (s["name"], s["node_count"], s["edge_count"]) == ("client-test", want["node_count"], want["edge_count"])
+    assert str(gone) in deleted
+
+    # the same through SyncClient, blocking
+    rng2 = random.Random(13)
+    g2 = uuid.UUID(int=rng2.getrandbits(128), version=4)
+    events2 = _events(rng2, g2, n_nodes=20, n_edges=5)
+    with SyncClient(service.url) as client, client.updates() as updates:
+        seq2 = client.publish_many(events2)
+        last, _ = _follow(lambda: updates.next(timeout=10), seq2)
+        with pytest.raises(TimeoutError):
+            updates.next(timeout=0.2)  # nothing more was published
+    assert last[str(g2)]["node_count"] == _reference(events2).summaries()[g2.bytes]["node_count"]
