@@ -195,6 +195,40 @@ def u8_pointer(typingctx, addr):
     return types.CPointer(types.uint8)(addr), codegen
 
 
+@intrinsic
+def peek_i64(typingctx, addr):
+    """The int64 at address ``addr`` (a field of a C struct the caller keeps alive)."""
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a = context.cast(builder, args[0], sig.args[0], types.int64)
+        return builder.load(builder.inttoptr(a, ir.IntType(64).as_pointer()))
+
+    return types.int64(addr), codegen
+
+
+@intrinsic
+def c_release(typingctx, addr):
+    """Call the ``release`` callback of the Arrow C data interface struct at ``addr``
+    (``struct ArrowArray``: the pointer at byte 64), when set (a released struct has NULL
+    there)."""
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i8p = ir.IntType(8).as_pointer()
+        a = context.cast(builder, args[0], sig.args[0], types.int64)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p])
+        slot = builder.inttoptr(builder.add(a, ir.IntType(64)(64)), fnty.as_pointer().as_pointer())
+        fn = builder.load(slot)
+        with builder.if_then(builder.not_(cgutils.is_null(builder, fn))):
+            builder.call(fn, [builder.inttoptr(a, i8p)])
+        return context.get_dummy_value()
+
+    return types.void(addr), codegen
+
+
 @jit(llvm_inline=True)
 def hugepages(a):
     """``a`` (a fresh array, not yet written), its pages asked for as transparent huge

@@ -427,6 +427,12 @@ def test_small_batch_columns_read_in_one_pass_equal_the_arrow_views(seed, monkey
     cases = [batch, batch.slice(rng.randrange(1, 50), rng.randrange(1, 200)), batch.slice(7, 0),
              pj.normalize_batch(pa.RecordBatch.from_pydict({"event_type": pa.array([1, 10], pa.int8()),
                                                             "graph_id": pa.array([bytes(16)] * 2, pa.binary(16))}))]
+    # strings: empty ones, nulls, non-ASCII, a dictionary with a null value and a sliced one
+    d = pa.DictionaryArray.from_arrays(pa.array([0, None, 2, 1, 2], pa.int32()), pa.array(["a", "", None]))
+    d2 = pa.DictionaryArray.from_arrays(pa.array([1, 0, 1, 1, 0], pa.int32()), pa.array(["x", "yz", "w"]).slice(1))
+    cases.append(pj.normalize_batch(pa.RecordBatch.from_pydict({
+        "event_type": pa.array([1] * 5, pa.int8()), "graph_id": pa.array([bytes(16)] * 5, pa.binary(16)),
+        "name": pa.array(["", None, "é🙂", "b", ""]), "node_type": d, "edge_type": d2})).slice(1))
     for b in cases:
         small = pj._events_of_small(b)
         monkeypatch.setattr(pj, "_SMALL_ROWS", -1)
@@ -445,6 +451,10 @@ def test_small_batch_columns_read_in_one_pass_equal_the_arrow_views(seed, monkey
             assert sw.shape == bw.shape == (b.num_rows, 2) and sw.dtype == bw.dtype
         for a in (small.seq, small.kind, small.t, small.x, small.w, *small.ids[0]):
             assert not a.flags.writeable and a.flags.c_contiguous
+        for f in ("name", "ntype", "etype"):  # (offsets, bytes, present) against the Arrow column
+            offs, data, present = getattr(small, f)
+            got = [bytes(data[offs[i]:offs[i + 1]]).decode() if present[i] else None for i in range(b.num_rows)]
+            assert got == getattr(big, f).to_pylist(), f
 
 
 @pytest.mark.parametrize("typ", [pa.utf8(), pa.large_utf8()])
