@@ -906,26 +906,32 @@ def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w, cap):
 # The per-query helpers visit the main grid then the delta grid in a two-step loop,
 # not two calls: _radius_one is inlined at numba-IR level, and each inlined copy is
 # typed and compiled again (two copies made these helpers ~35-45 s each to compile).
+# For the same reason the count, keep and fill helpers share one walk, _walk_q, with
+# the mode an int64 argument, not a literal: numba types _radius_one's body once
+# (it had been ~17-21 s of cold compile for each of the three), and LLVM, inlining
+# _walk_q into each helper, folds the constant mode as it did before.
+
+@jit(nrt=False, fastmath=EXACT_MATH, llvm_inline=True)
+def _walk_q(main, delta, centers, radii, gsel, mode, out_i, out_d, w, cap, j):
+    """Query j over both grids from ``w`` (see :func:`_radius_one`): mode 0 counts,
+    mode 1 writes hits to out_*[w:cap] (and counts past ``cap``); the new ``w``."""
+    for gi in range(2):
+        g = main if gi == 0 else delta
+        w = _radius_one(g, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, mode, out_i, out_d, w, cap)
+    return w
+
 
 @jit(nrt=False, fastmath=EXACT_MATH, llvm_inline=True)
 def _count_q(main, delta, centers, radii, gsel, no_i, no_d, j):
-    w = 0
-    for gi in range(2):
-        g = main if gi == 0 else delta
-        w = _radius_one(g, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 0, no_i, no_d, w, 0)
-    return w
+    zero = np.int64(0)  # int64 values, not literals: one specialisation of _walk_q (see above)
+    return _walk_q(main, delta, centers, radii, gsel, zero, no_i, no_d, zero, zero, j)
 
 
 @jit(nrt=False, fastmath=EXACT_MATH, llvm_inline=True)
 def _keep_q(main, delta, centers, radii, gsel, keep_i, keep_d, base, k, j):
     """Count query j's hits, keeping the first ``k`` (in fill order) at keep_*[base:].
     (Offsets, not slices: a slice in a parallel loop increfs the shared buffer.)"""
-    w = base
-    for gi in range(2):
-        g = main if gi == 0 else delta
-        w = _radius_one(g, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, keep_i, keep_d,
-                        w, base + k)
-    return w - base
+    return _walk_q(main, delta, centers, radii, gsel, np.int64(1), keep_i, keep_d, base, base + k, j) - base
 
 
 @jit(fastmath=EXACT_MATH)
@@ -942,10 +948,7 @@ def _sort_range(out_i, out_d, a, w):
 def _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j):
     a = offsets[j]
     cap = offsets[j + 1]  # the end of query j's rows: _fill_run writes misses too
-    w = a
-    for gi in range(2):
-        g = main if gi == 0 else delta
-        w = _radius_one(g, centers[j, 0], centers[j, 1], centers[j, 2], radii[j], gsel, 1, out_i, out_d, w, cap)
+    w = _walk_q(main, delta, centers, radii, gsel, np.int64(1), out_i, out_d, a, cap, j)
     if want_sort:
         _sort_range(out_i, out_d, a, w)
 
