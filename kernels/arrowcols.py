@@ -32,21 +32,20 @@ def _valid(addr, off, nulls, k, n, out):
 
 
 @jit(llvm_inline=True)
-def _bytes(addr, off, k, n, width):
-    """The values buffer of slot k as bytes (empty when absent)."""
-    if addr[2 * k + 1] == 0:
-        return np.zeros(0, np.uint8)
-    return numba.carray(u8_pointer(addr[2 * k + 1]), (off[k] + n) * width)
-
-
-@jit(llvm_inline=True)
-def _copy(vals, o, ok, out):
-    """out[i] = vals[o + i] where ok[i] (the rest keep their fill); nothing without values."""
-    if vals.shape[0] < o + out.shape[0]:
-        return  # no values buffer (every row null)
-    for i in range(out.shape[0]):
+def _copy(addr, off, k, n, width, ok, out):
+    """Row i's ``width`` value bytes of slot k to ``out[i * width:]`` where ok[i] (the rest
+    keep their fill); nothing without a values buffer (every row null).  Bytes, not
+    typed values: one compiled copy for every column type (six typed ones cost ~10 s of
+    cold compile)."""
+    a = addr[2 * k + 1]
+    if a == 0:
+        return
+    src = numba.carray(u8_pointer(a), (off[k] + n) * width)
+    base = off[k] * width
+    for i in range(n):
         if ok[i]:
-            out[i] = vals[o + i]
+            for b in range(width):
+                out[i * width + b] = src[base + i * width + b]
 
 
 @jit
@@ -62,27 +61,32 @@ def event_columns(n, addr, off, nulls):
     kind = np.zeros(n, np.int8)
     t = np.zeros(n, np.int64)
     wt = np.full(n, np.nan, np.float32)
-    _valid(addr, off, nulls, SEQ, n, seq_ok)
-    _valid(addr, off, nulls, KIND, n, kind_ok)
-    _valid(addr, off, nulls, TIME, n, t_ok)
-    _valid(addr, off, nulls, W, n, w_ok)
-    _copy(_bytes(addr, off, SEQ, n, 8).view(np.uint64), off[SEQ], seq_ok, seq)
-    _copy(_bytes(addr, off, KIND, n, 1).view(np.int8), off[KIND], kind_ok, kind)
-    _copy(_bytes(addr, off, TIME, n, 8).view(np.int64), off[TIME], t_ok, t)
-    _copy(_bytes(addr, off, W, n, 4).view(np.float32), off[W], w_ok, wt)
-    xyz = np.full((3, n), np.nan)
+    _valid(addr, off, nulls, np.int64(SEQ), n, seq_ok)
+    _valid(addr, off, nulls, np.int64(KIND), n, kind_ok)
+    _valid(addr, off, nulls, np.int64(TIME), n, t_ok)
+    _valid(addr, off, nulls, np.int64(W), n, w_ok)
+    # int64 values, not literals (slots, widths): one specialisation of each helper
+    eight = np.int64(8)
+    _copy(addr, off, np.int64(SEQ), n, eight, seq_ok, seq.view(np.uint8))
+    _copy(addr, off, np.int64(KIND), n, np.int64(1), kind_ok, kind.view(np.uint8))
+    _copy(addr, off, np.int64(TIME), n, eight, t_ok, t.view(np.uint8))
+    _copy(addr, off, np.int64(W), n, np.int64(4), w_ok, wt.view(np.uint8))
+    xyz = np.full(3 * n, np.nan)
+    xyz_b = xyz.view(np.uint8)
     pos_ok = np.ones(n, np.bool_)
     ok = np.empty(n, np.bool_)
     for c in range(3):
         _valid(addr, off, nulls, X + c, n, ok)
-        _copy(_bytes(addr, off, X + c, n, 8).view(np.float64), off[X + c], ok, xyz[c])
+        _copy(addr, off, X + c, n, eight, ok, xyz_b[c * n * 8:(c + 1) * n * 8])
         pos_ok &= ok
-    ids = np.zeros((5, n, 2), np.uint64)
+    ids = np.zeros(5 * n * 2, np.uint64)
+    ids_b = ids.view(np.uint8)
     ids_ok = np.empty((5, n), np.bool_)
     for c in range(5):
         _valid(addr, off, nulls, GID + c, n, ids_ok[c])
-        _copy(_bytes(addr, off, GID + c, n, 16).view(np.uint64).reshape(-1, 2), off[GID + c], ids_ok[c], ids[c])
-    return seq, seq_ok, kind, t, t_ok, ids, ids_ok, xyz[0], xyz[1], xyz[2], pos_ok, wt, w_ok
+        _copy(addr, off, GID + c, n, np.int64(16), ids_ok[c], ids_b[c * n * 16:(c + 1) * n * 16])
+    return (seq, seq_ok, kind, t, t_ok, ids.reshape((5, n, 2)), ids_ok, xyz[:n], xyz[n:2 * n], xyz[2 * n:],
+            pos_ok, wt, w_ok)
 
 
 # --- straight from the Arrow C data interface ------------------------------------
@@ -124,12 +128,13 @@ def _string_spans(arr, base, n):
     :meth:`StringPool.encode` takes), or of a dictionary column of strings, its rows'
     values resolved through the dictionary: the bytes copied out of the Arrow buffers."""
     off = _peek(arr + _OFFSET) + base
+    zero = np.int64(0)  # not the literal: the _valid of event_columns serves
     present = np.empty(n, np.bool_)
     addr = np.zeros(2, np.int64)
     offa = np.array([off], np.int64)
     nulls = np.array([_nulls(arr)], np.int64)
     addr[0] = _buf(arr, 0)
-    _valid(addr, offa, nulls, 0, n, present)
+    _valid(addr, offa, nulls, zero, n, present)
     spans = np.zeros(n + 1, np.int64)
     d = _peek(arr + _DICT)
     if d == 0:
@@ -156,7 +161,7 @@ def _string_spans(arr, base, n):
     addr[0] = _buf(d, 0)
     offa[0] = doff
     nulls[0] = _nulls(d)
-    _valid(addr, offa, nulls, 0, dn, dvalid)
+    _valid(addr, offa, nulls, zero, dn, dvalid)
     for i in range(n):
         k = idx[off + i]
         if present[i] and 0 <= k < dn and dvalid[k]:
