@@ -1201,7 +1201,7 @@ def _knn_grid(g, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound):
     # give up on rings (and scan everything left once) past this much probing work
     budget = 2 * g.dims[0] * g.dims[1] if dense else g.cells.shape[0]
     visited = 0
-    s_ring = 0
+    s_ring = np.int64(0)  # not the literal 0: a call typed before the loop's phi would compile twice
     while True:
         # cells at Chebyshev distance s_ring from the query's (clamped) cell, column by column
         x0 = max(qx - s_ring, 0)
@@ -1244,19 +1244,20 @@ def _knn_grid(g, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound):
 def _knn_rest(g, cx, cy, cz, gsel, bound, bd, bi, cnt, qx, qy, qz, done):
     """Every point outside the cube of cells within Chebyshev distance ``done`` of (qx, qy, qz)."""
     if g.dst.shape[0] > 0:
+        zero = np.int64(0)  # (a literal 0 makes _col_llvm a second specialisation)
         za = qz - done  # the z cells already visited in columns inside the cube
         zb = qz + done
         for ix in range(g.dims[0]):
             for iy in range(g.dims[1]):
                 if abs(ix - qx) <= done and abs(iy - qy) <= done:
                     if za > 0:
-                        a, b = _col_llvm(g, ix, iy, 0, min(za - 1, g.lim[2]))
+                        a, b = _col_llvm(g, ix, iy, zero, min(za - 1, g.lim[2]))
                         cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
                     if zb < g.lim[2]:
-                        a, b = _col_llvm(g, ix, iy, max(zb + 1, 0), g.lim[2])
+                        a, b = _col_llvm(g, ix, iy, max(zb + 1, zero), g.lim[2])
                         cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
                 else:
-                    a, b = _col_llvm(g, ix, iy, 0, g.lim[2])
+                    a, b = _col_llvm(g, ix, iy, zero, g.lim[2])
                     cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
         return cnt
     for c in range(g.cells.shape[0]):
