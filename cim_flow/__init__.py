@@ -3,8 +3,10 @@ from ._schema import EVENT_SCHEMA, EventType
 from ._projection import ApplyResult
 from .engine import Engine, read_events
 from ._decode import DecodeError, decode_json
+from ._alloc import tune_allocator
 
 __all__ = ["EVENT_SCHEMA", "EventType", "ApplyResult", "Engine", "read_events", "decode_json", "DecodeError",
+           "tune_allocator",
            "Client", "SyncClient", "ServiceError"]
 __version__ = "0.1.0"
 

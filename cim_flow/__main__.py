@@ -95,7 +95,10 @@ def cmd_serve(args) -> int:
     # parallel kernel, burning the CPU nats-server and the event loop share with it.
     # Read when the library loads, i.e. at the first parallel kernel: set it before.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from ._alloc import tune_allocator
     from .service import Service
+
+    tune_allocator()  # query answers reuse freed memory instead of faulting in fresh pages
 
     cfg = _load_config(args)
     if cfg is None:

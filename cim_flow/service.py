@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import _wire
+from ._alloc import allocator_settings
 from ._config import Config
 from ._decode import decode_json, decode_spans, decode_spans_columns
 from ._latency import LatencyWindow
@@ -247,6 +248,7 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
             "consumer_resets": c["consumer_resets"], "pull_stalls": c["pull_stalls"],
             "server_restarts": c["server_restarts"], "stream_behind": self.stream_behind,
             "cpu_s": time.process_time(),  # this process, all threads: a load run's cost is the difference
+            "malloc_tuned": allocator_settings() is not None,
         }
 
     async def _status_loop(self):
@@ -500,7 +502,8 @@ def _warm_rest(tick, eng, g, nodes, cols, rng) -> None:
     from kernels import traverse as kt
 
     N, G = eng._p.N, eng._p.G
-    kt.gather_ids(N.keys, N.graph, G.keys, np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([0, 1]))
+    kt.gather_ids(N.keys, N.graph, G.keys, np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([0, 1]),
+                  np.empty((1, 2), np.uint64), np.empty((1, 2), np.uint64))
     eng.find_nodes(g)
     tick("listings")
     eng.find_nodes(limit=1)  # an unfiltered page: the live-slot walks

@@ -1028,19 +1028,19 @@ def radius_count_keep(main, delta, centers, radii, gsel, order, keep_i, keep_d, 
 
 
 @pjit
-def radius_fill_kept(main, delta, centers, radii, gsel, offsets, want_sort, order, kept, keep_i, keep_d, k):
-    """The answers in CSR order (``offsets`` from the counts): kept ones copied, the
-    rest found by a second walk that writes them."""
+def radius_fill_kept(main, delta, centers, radii, gsel, offsets, want_sort, order, kept, keep_i, keep_d, k,
+                     out_i, out_d):
+    """The answers in CSR order (``offsets`` from the counts) into ``out_i``/``out_d``
+    (at least ``offsets[-1]`` long; the caller's: fresh when they are the answer,
+    reused scratch when the answer is built from them): kept ones copied, the rest
+    found by a second walk that writes them."""
     n = centers.shape[0]
-    out_i = hugepages(np.empty(offsets[n], np.int64))
-    out_d = hugepages(np.empty(offsets[n], np.float64))
     for p in prange(n):
         j = order[p]
         if kept[j]:
             _fill_from_keep(keep_i, keep_d, p * k, want_sort, out_i, out_d, offsets[j], offsets[j + 1] - offsets[j])
         else:
             _fill_q(main, delta, centers, radii, gsel, offsets, want_sort, out_i, out_d, j)
-    return out_i, out_d
 
 
 

@@ -3,14 +3,8 @@ and the gather that turns answer node indices into id columns."""
 import numpy as np
 from numba import prange
 
-from ._jit import hugepages, jit, pjit, prefetch
+from ._jit import jit, pjit, prefetch
 from .intern import lookup
-
-
-@jit
-def _id_columns(m):
-    """Node and graph id words for ``m`` answer rows, unfilled (``(m, 2)`` uint64 each)."""
-    return hugepages(np.empty((m, 2), np.uint64)), hugepages(np.empty((m, 2), np.uint64))
 
 
 @jit(nrt=False)
@@ -139,29 +133,23 @@ def _query_rows(query_of_row, offsets, q):
 
 
 @pjit
-def gather_ids(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets):
-    """Answer columns for node indices ``nodes`` in one parallel pass: the node ids,
-    their graphs' ids (``(m, 2)`` uint64 words each) and, when ``offsets`` (CSR) is
-    given, the query number of each row."""
-    m = nodes.shape[0]
-    out_n, out_g = _id_columns(m)
-    for j in prange(m):
+def gather_ids(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets, out_n, out_g):
+    """Answer columns for node indices ``nodes`` in one parallel pass: the node ids and
+    their graphs' ids into ``out_n``/``out_g`` (``(m, 2)`` uint64 words each, the
+    caller's) and, when ``offsets`` (CSR) is given, the query number of each row."""
+    for j in prange(nodes.shape[0]):
         _gather_row(node_keys, node_graph, graph_keys, nodes, out_n, out_g, j)
     for q in prange(offsets.shape[0] - 1):
         _query_rows(query_of_row, offsets, q)
-    return out_n, out_g
 
 
 @jit
-def gather_ids_serial(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets):
+def gather_ids_serial(node_keys, node_graph, graph_keys, nodes, query_of_row, offsets, out_n, out_g):
     """:func:`gather_ids` on the calling thread, for small answers (no thread hand-off)."""
-    m = nodes.shape[0]
-    out_n, out_g = _id_columns(m)
-    for j in range(m):
+    for j in range(nodes.shape[0]):
         _gather_row(node_keys, node_graph, graph_keys, nodes, out_n, out_g, j)
     for q in range(offsets.shape[0] - 1):
         _query_rows(query_of_row, offsets, q)
-    return out_n, out_g
 
 
 @jit(nrt=False)
@@ -181,17 +169,15 @@ def _gather_slot(mkeys, mgrp, dkeys, dgrp, nmain, graph_keys, slots, out_n, out_
 
 
 @pjit
-def gather_slot_ids(mkeys, mgrp, dkeys, dgrp, nmain, graph_keys, slots, query_of_row, offsets):
+def gather_slot_ids(mkeys, mgrp, dkeys, dgrp, nmain, graph_keys, slots, query_of_row, offsets, out_n, out_g):
     """:func:`gather_ids` for answers given as grid slots (main grid ``0..nmain-1``, then
     the delta grid), from node ids stored in grid order: a query's hits sit in a few
-    runs of cells, so these reads are nearly sequential where node rows are scattered."""
-    m = slots.shape[0]
-    out_n, out_g = _id_columns(m)
-    for j in prange(m):
+    runs of cells, so these reads are nearly sequential where node rows are scattered.
+    The caller gives the outputs (``(m, 2)`` uint64 each, ``m = len(slots)``)."""
+    for j in prange(slots.shape[0]):
         _gather_slot(mkeys, mgrp, dkeys, dgrp, nmain, graph_keys, slots, out_n, out_g, j)
     for q in prange(offsets.shape[0] - 1):
         _query_rows(query_of_row, offsets, q)
-    return out_n, out_g
 
 
 # --- JSON rows for replies -----------------------------------------------------

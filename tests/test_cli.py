@@ -135,6 +135,9 @@ def test_serve_embedded_ready_and_sigterm(tmp_path):
     assert url.startswith("nats://127.0.0.1:")
     stats = request(url, "query.graph.stats")
     assert stats["version"] == 0 and stats["jetstream"] is True
+    import platform
+
+    assert stats["malloc_tuned"] is (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

@@ -64,7 +64,7 @@ def test_published_events_are_read_back_exactly(service):
             centers = np.array([[5.0, 5.0, 5.0], [1.0, 2.0, 3.0]])
             within = await client.nodes_within(centers, 3.0, graph_id=gid, return_distance=True, sort=True,
                                                min_version=seq)
-            per_center = await client.nodes_within(centers, [3.0, 1.5])
+            per_center = await client.nodes_within(centers, [3.0, 1.5], graph_id=gid)
             near = await client.nearest(centers[0], 7, graph_id=gid)
             box = await client.nodes_in_box([0, 0, 0], [5, 5, 5], graph_id=gid)
             nodes = await client.find_nodes(gid, limit=1000)

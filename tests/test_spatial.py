@@ -666,6 +666,12 @@ def test_batch_and_single_query_tables_agree_with_brute_force():
     n = _SERIAL_BELOW + 36
     centers = pts[rng.integers(0, len(pts), n)] + rng.normal(0, 1.0, (n, 3))
     batch = eng.nodes_within(centers, 2.0, return_distance=True, sort=True)
+    kept = batch.to_pydict()
+    # later batches reuse this thread's hit scratch: an earlier answer must not change,
+    # and a bigger answer than the scratch held gets it grown
+    for r in (0.5, 4.0, 2.0):
+        eng.nodes_within(centers[::-1], r, return_distance=r != 0.5)
+    assert batch.to_pydict() == kept
     singles = [eng.nodes_within(c, 2.0, return_distance=True, sort=True) for c in centers]
     q = batch.column("query").to_numpy()
     for j, t in enumerate(singles):
