@@ -152,8 +152,16 @@ def gather_ids_serial(node_keys, node_graph, graph_keys, nodes, query_of_row, of
         _query_rows(query_of_row, offsets, q)
 
 
-@jit(nrt=False)
+@jit(nrt=False, llvm_inline=True)
 def _gather_slot(mkeys, mgrp, dkeys, dgrp, nmain, graph_keys, slots, out_n, out_g, j):
+    """Row j of a slot answer (see gather_slot_ids), the row ``_GATHER_AHEAD`` on
+    prefetched when it is in the main grid.  Inlined: as a call it passed the seven
+    arrays by value for every row."""
+    if j + _GATHER_AHEAD < slots.shape[0]:
+        a = slots[j + _GATHER_AHEAD]
+        if a < nmain:
+            prefetch(mkeys, a)
+            prefetch(mgrp, a)
     s = slots[j]
     if s < nmain:
         g = mgrp[s]
