@@ -38,6 +38,7 @@ import pyarrow as pa
 import xxhash
 
 import nats
+import nats.errors
 
 from ._decode import decode_json
 from ._ids import to_uuid_bytes
@@ -315,7 +316,10 @@ class Updates:
         return await asyncio.wait_for(self.__anext__(), timeout)
 
     async def close(self) -> None:
-        await self._sub.unsubscribe()
+        try:
+            await self._sub.unsubscribe()
+        except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
+            pass  # its connection closed first: the subscription went with it
 
     async def __aenter__(self) -> Updates:
         return self

@@ -580,11 +580,9 @@ class Engine:
         m = nodes.shape[0]
         gather = kt.gather_ids if m >= 8192 else kt.gather_ids_serial
         q, nid, gid = _answer_block(m)
-        if query is None:
-            query = q
-        else:
-            offsets = np.zeros(1, np.int64)
+        if query is not None:  # given: copied in, and no offsets to derive it from
             q[:] = query
+            offsets = np.zeros(1, np.int64)
         gather(N.keys, N.graph, G.keys, nodes, q, offsets, nid, gid)
         return _ids_table(q, nid, gid, dist)
 

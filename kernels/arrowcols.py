@@ -2,10 +2,14 @@
 
 ``Engine.apply`` of a batch of a few rows spent ~230 µs turning a dozen Arrow
 columns into the kernel's arrays one pyarrow/NumPy call at a time (buffers,
-bitmaps, fills, read-only flags).  Here Python only collects each column's buffer
-addresses, offset and null count; one compiled pass reads the bitmaps and values
-and fills nulls.  The caller keeps the batch alive during the call; every read is
-within what an Arrow array of that length and offset holds.
+bitmaps, fills, read-only flags), and later ~70 µs collecting buffer addresses
+through pyarrow's wrappers.  Now Python exports the batch through the Arrow C data
+interface (one call) and :func:`event_columns_c` reads every column from that struct:
+null counts, offsets, bitmaps and values (nulls filled), the string columns' bytes,
+then releases the export.  The caller keeps the batch alive during the call; every
+read is within what an Arrow array of that length and offset holds (dictionary
+indices are checked against the dictionary's length; offsets are trusted, as
+pyarrow trusts them).
 """
 import numba
 import numpy as np

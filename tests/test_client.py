@@ -243,6 +243,13 @@ def test_updates_follow_every_applied_batch(service):
                     items.append(await updates.next(timeout=10))
                 return seq, items
 
+    async def closed_in_either_order():
+        client = await Client.connect(service.url)
+        updates = await client.updates()
+        await client.close()
+        await updates.close()  # after its connection: nothing to do, no error
+
+    run(closed_in_either_order())
     seq, items = run(main())
     it = iter(items)
     last, deleted = _follow(lambda: next(it), seq)
