@@ -11,6 +11,7 @@ import threading
 import uuid
 from typing import Iterable, Iterator
 
+import numba
 import numpy as np
 import pyarrow as pa
 
@@ -707,6 +708,19 @@ class Engine:
             self._scratch.knn = buf
         return buf
 
+    def _knn_buffers_parallel(self):
+        """:meth:`_knn_buffers` for the parallel kNN: a row per worker thread (numba's
+        thread ids are below ``NUMBA_NUM_THREADS``), kept by the calling thread."""
+        sp = self._spatial
+        n = sp.main.pts.shape[0] + sp.delta.pts.shape[0] + 1
+        t = numba.config.NUMBA_NUM_THREADS
+        buf = getattr(self._scratch, "knn_par", None)
+        if buf is None or buf[0].shape[1] < n or buf[0].shape[0] < t:
+            n = max(n, 2 * buf[0].shape[1] if buf is not None else 0)
+            buf = (np.empty((t, n), np.float64), np.empty((t, n), np.int64), np.empty((t, n), np.float64))
+            self._scratch.knn_par = buf
+        return buf
+
     def node_ids(self, node_index) -> pa.Array:
         """``fixed_size_binary(16)`` node ids for dense node indices."""
         return words_to_fsb(self._p.N.keys[np.asarray(node_index, np.int64)])
@@ -746,7 +760,7 @@ class Engine:
             counts, idx, d2 = ks.knn_serial(gp, c, k, gsel, *self._knn_buffers())
         else:
             main, delta = self._grids()
-            counts, idx, d2 = ks.knn(main, delta, c, k, gsel, _query_order(c, main))
+            counts, idx, d2 = ks.knn(main, delta, c, k, gsel, _query_order(c, main), *self._knn_buffers_parallel())
         return counts, idx, np.sqrt(d2, out=d2)
 
     def nodes_in_box(self, lo, hi, *, graph_id=None) -> pa.Table:

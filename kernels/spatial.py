@@ -32,6 +32,7 @@ by query number.  Variable-length results are built count -> offsets -> fill.
 """
 from collections import namedtuple
 
+import numba
 import numpy as np
 from numba import prange
 from numba.core import types
@@ -1316,21 +1317,23 @@ def _knn_q(main, delta, centers, k, gsel, out_i, out_d, j, bd, bi, tmp):
 
 
 @pjit
-def knn(main, delta, centers, k, gsel, order):
+def knn(main, delta, centers, k, gsel, order, bd_all, bi_all, tmp_all):
     """``(counts, idx (n, k), d2 (n, k))``: per query the up-to-k nearest, ascending.
-    Queries run in chunks, each with its own candidate buffers (sized for every point:
-    only the pages a query touches are ever faulted in)."""
+    Queries run in chunks; each thread uses its row of the candidate scratch ``*_all``
+    (``(threads, points + 1)``, the caller's and reused: only the pages queries touch
+    become resident).  Each chunk allocated its own three buffers before, 192 fresh
+    allocations of the index's size a call, their touched pages faulted in anew."""
     n = centers.shape[0]
     out_i = np.full((n, k), -1, np.int64)
     out_d = np.full((n, k), np.inf)
     counts = np.zeros(n, np.int64)
-    cap = main.pts.shape[0] + delta.pts.shape[0] + 1
     nchunk = min(n, 64)
     per = (n + nchunk - 1) // max(nchunk, 1)
     for c in prange(nchunk):
-        bd = np.empty(cap, np.float64)
-        bi = np.empty(cap, np.int64)
-        tmp = np.empty(cap, np.float64)
+        t = numba.get_thread_id()
+        bd = bd_all[t]
+        bi = bi_all[t]
+        tmp = tmp_all[t]
         for p in range(c * per, min(n, (c + 1) * per)):
             j = order[p]
             counts[j] = _knn_q(main, delta, centers, k, gsel, out_i, out_d, j, bd, bi, tmp)
