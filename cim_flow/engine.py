@@ -676,50 +676,42 @@ class Engine:
         ks.radius_fill_kept(main, delta, c, r, gsel, offsets, bool(sort), order, kept, keep_i, keep_d, k, idx, d2)
         return offsets, idx[:m], d2[:m]
 
-    def _fill_buffers(self, n: int):
-        """Scratch for a batch's hits on their way into a table, reused by the calling
-        thread (grown by half again when short): fresh ones were faulted in page by page
-        on every call."""
-        buf = getattr(self._scratch, "fill", None)
-        if buf is None or buf[0].shape[0] < n:
-            n = min(max(n, int(1.5 * buf[0].shape[0]) if buf is not None else 0), _FILL_SCRATCH_MAX)
-            buf = (np.empty(n, np.int64), np.empty(n, np.float64))
-            self._scratch.fill = buf
+    def _thread_scratch(self, name: str, n: int, dtypes, *, rows: int = 0, grow: float = 1.0,
+                        cap: int | None = None):
+        """Arrays of ``dtypes``, at least ``n`` long (``(rows, n)`` with ``rows``), kept by
+        the calling thread under ``name`` and reused: a fresh array's pages are faulted in
+        one by one on every call, often costing more than the work done in them.  When
+        short they are replaced, ``grow`` times the old length if that is more, at most
+        ``cap``."""
+        buf = getattr(self._scratch, name, None)
+        if buf is None or buf[0].shape[-1] < n or (rows and buf[0].shape[0] < rows):
+            if buf is not None:
+                n = max(n, int(grow * buf[0].shape[-1]))
+            if cap is not None:
+                n = min(n, cap)
+            shape = (rows, n) if rows else n
+            buf = tuple(np.empty(shape, dt) for dt in dtypes)
+            setattr(self._scratch, name, buf)
         return buf
+
+    def _fill_buffers(self, n: int):
+        """A batch's hits on their way into a table (see :meth:`_radius_batch`)."""
+        return self._thread_scratch("fill", n, (np.int64, np.float64), grow=1.5, cap=_FILL_SCRATCH_MAX)
 
     def _keep_buffers(self, n: int):
-        """Scratch for radius_csr's kept hits, reused by the calling thread: fresh pages
-        cost a fault each (~1 ms for 10k queries), more than the copy they save."""
-        buf = getattr(self._scratch, "keep", None)
-        if buf is None or buf[0].shape[0] < n:
-            buf = (np.empty(n, np.int64), np.empty(n, np.float64))
-            self._scratch.keep = buf
-        return buf
+        """radius_csr's kept hits (fresh pages cost ~1 ms for 10k queries, more than the
+        copy they save)."""
+        return self._thread_scratch("keep", n, (np.int64, np.float64))
 
-    def _knn_buffers(self):
-        """kNN candidate scratch for the calling thread, room for every indexed point;
-        only the pages queries touch become resident."""
+    def _knn_buffers(self, parallel: bool = False):
+        """kNN candidate scratch, room for every indexed point (only the pages queries
+        touch become resident); ``parallel``: a row per worker thread (numba's thread ids
+        are below ``NUMBA_NUM_THREADS``)."""
         sp = self._spatial
         n = sp.main.pts.shape[0] + sp.delta.pts.shape[0] + 1
-        buf = getattr(self._scratch, "knn", None)
-        if buf is None or buf[0].shape[0] < n:
-            n = max(n, 2 * buf[0].shape[0] if buf is not None else 0)
-            buf = (np.empty(n, np.float64), np.empty(n, np.int64), np.empty(n, np.float64))
-            self._scratch.knn = buf
-        return buf
-
-    def _knn_buffers_parallel(self):
-        """:meth:`_knn_buffers` for the parallel kNN: a row per worker thread (numba's
-        thread ids are below ``NUMBA_NUM_THREADS``), kept by the calling thread."""
-        sp = self._spatial
-        n = sp.main.pts.shape[0] + sp.delta.pts.shape[0] + 1
-        t = numba.config.NUMBA_NUM_THREADS
-        buf = getattr(self._scratch, "knn_par", None)
-        if buf is None or buf[0].shape[1] < n or buf[0].shape[0] < t:
-            n = max(n, 2 * buf[0].shape[1] if buf is not None else 0)
-            buf = (np.empty((t, n), np.float64), np.empty((t, n), np.int64), np.empty((t, n), np.float64))
-            self._scratch.knn_par = buf
-        return buf
+        rows = numba.config.NUMBA_NUM_THREADS if parallel else 0
+        return self._thread_scratch("knn_par" if parallel else "knn", n, (np.float64, np.int64, np.float64),
+                                    rows=rows, grow=2.0)
 
     def node_ids(self, node_index) -> pa.Array:
         """``fixed_size_binary(16)`` node ids for dense node indices."""
@@ -760,7 +752,7 @@ class Engine:
             counts, idx, d2 = ks.knn_serial(gp, c, k, gsel, *self._knn_buffers())
         else:
             main, delta = self._grids()
-            counts, idx, d2 = ks.knn(main, delta, c, k, gsel, _query_order(c, main), *self._knn_buffers_parallel())
+            counts, idx, d2 = ks.knn(main, delta, c, k, gsel, _query_order(c, main), *self._knn_buffers(parallel=True))
         return counts, idx, np.sqrt(d2, out=d2)
 
     def nodes_in_box(self, lo, hi, *, graph_id=None) -> pa.Table:
