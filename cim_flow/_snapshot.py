@@ -2,7 +2,9 @@
 
 Layout: one row per state array (``part``, ``name``, ``dtype``, ``shape``,
 ``xxh3``, ``data``), the string pools and scalars as JSON in the schema metadata.
-Written atomically (temporary file, fsync, rename, fsync of the folder).
+Written atomically (temporary file, fsync, rename, fsync of the folder), through
+``O_DIRECT`` where the file system allows it (:class:`_DirectSink`: 3-4x the page
+cache's speed on the VM's disk).
 
 Loaded through a private copy-on-write memory map: the engine's arrays *are*
 views of the file's pages, nothing is copied up front (a fresh 2 GiB copy costs
@@ -18,7 +20,9 @@ import json
 import mmap
 import os
 import re
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -117,13 +121,144 @@ class _SparseSink:
         return True
 
 
+_ALIGN = 4096  # O_DIRECT: file offsets, lengths and buffer addresses in whole blocks
+_STAGE = 8 << 20  # bytes a staging buffer holds (two: one filled while the other is written)
+
+
+class _DirectSink(_SparseSink):
+    """:class:`_SparseSink` writing through ``O_DIRECT``: the data is copied into two
+    page-aligned staging buffers and written in whole blocks by a helper thread while
+    the caller fills the other buffer (``pwrite`` releases the GIL).
+
+    Measured on the 2-core VM's disk with ``dd`` (1 GiB, then fsync): buffered
+    194-263 MB/s, ``O_DIRECT`` 752-875 MB/s: through the page cache the kernel spent
+    most of the time on the cache itself (dirty-page throttling, writeback), not the
+    device.  It also leaves the page cache alone: a 2 GB snapshot no longer evicts the
+    event store's pages.  The copy into the stage costs ~0.2 s for 2 GB.
+
+    Gaps (the sparse sink's skipped zero tails) become holes when they cover whole
+    blocks; a gap's bytes inside a block are written as zeros.  The last block is
+    padded with zeros and the file cut to its true size by :meth:`finish`."""
+
+    def __init__(self, fd: int):
+        super().__init__(fd)
+        self._bufs = [mmap.mmap(-1, _STAGE) for _ in range(2)]  # page-aligned memory
+        self._cur = 0
+        self._base = 0  # file offset of the current buffer's first byte (block-aligned)
+        self._fill = 0  # bytes staged in it
+        self._zeros = bytes(_ALIGN)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cim-flow-snapshot")
+        self._pending = None
+
+    @staticmethod
+    def open(path: str):
+        """An ``O_DIRECT`` sink on a new file at ``path``, or ``None`` where the file
+        system refuses direct I/O (tmpfs, some network mounts)."""
+        flag = getattr(os, "O_DIRECT", 0)
+        if not flag:
+            return None
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flag, 0o644)
+        except OSError:
+            return None
+        sink = _DirectSink(fd)
+        try:  # some file systems accept the flag at open and refuse the writes
+            os.pwrite(fd, memoryview(sink._bufs[0])[:_ALIGN], 0)
+        except OSError:
+            sink.abort()
+            os.close(fd)
+            return None
+        return sink
+
+    def _submit(self, length: int) -> None:
+        """Write the current buffer's first ``length`` bytes (a block multiple) at its
+        base, on the helper thread; continue in the other buffer."""
+        self._wait()
+        view = memoryview(self._bufs[self._cur])[:length]
+        self._pending = self._pool.submit(self._write_all, self.fd, view, self._base)
+        self._cur ^= 1
+
+    @staticmethod
+    def _write_all(fd, view, at) -> None:
+        while len(view):
+            k = os.pwrite(fd, view, at)
+            view, at = view[k:], at + k
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # a write's error (ENOSPC, EIO) surfaces here
+
+    def _flush_stage(self) -> None:
+        """Write what is staged, its last block padded with zeros (a later write or
+        :meth:`finish`'s cut makes the padding right)."""
+        if self._fill:
+            pad = -self._fill % _ALIGN
+            buf = self._bufs[self._cur]
+            buf[self._fill:self._fill + pad] = self._zeros[:pad]
+            length = self._fill + pad
+            base = self._base
+            self._submit(length)
+            self._base, self._fill = base + length, 0
+
+    def _stage(self, mv) -> None:
+        while len(mv):
+            k = min(len(mv), _STAGE - self._fill)
+            self._bufs[self._cur][self._fill:self._fill + k] = mv[:k]
+            self._fill += k
+            mv = mv[k:]
+            if self._fill == _STAGE:
+                base = self._base
+                self._submit(_STAGE)
+                self._base, self._fill = base + _STAGE, 0
+
+    def _put(self, mv, at: int) -> None:
+        end = self._base + self._fill
+        if at > end:  # a gap of zeros: a hole where it spans whole blocks, else staged zeros
+            if at // _ALIGN * _ALIGN <= end + (-end % _ALIGN):
+                self._stage(memoryview(bytes(at - end)))
+            else:
+                self._flush_stage()
+                self._base = at // _ALIGN * _ALIGN
+                self._fill = at - self._base
+                self._bufs[self._cur][:self._fill] = bytes(self._fill)
+        self._stage(mv)
+        self.end = max(self.end, at + len(mv))
+
+    def finish(self) -> None:
+        self._flush_stage()
+        self._wait()
+        os.ftruncate(self.fd, self.pos)  # drop the last block's padding, or end in a hole
+
+    def abort(self) -> None:
+        """Stop the helper thread (after an error: a pending write's outcome is moot)."""
+        try:
+            self._wait()
+        except OSError:
+            pass
+        self._pool.shutdown(wait=True)
+        self._bufs = []  # unmapped when the last view of them goes (an error's traceback may hold one)
+
+    def close(self) -> None:
+        self.closed = True
+
+
 #: Format 4: hash slots hold a tag above the index (kernels.intern); older files' slot
 #: tables are rebuilt on load.  3: XXH3 checksums, copy-on-write map.  1-2: see below.
 FORMAT = 4
 
 
-def write_state(st: dict, path: str, fmt: int = FORMAT) -> str:
-    """Write a projection state dict (``Projection.state()``) to ``path`` atomically."""
+def _direct_ok() -> bool:
+    """Whether snapshots may bypass the page cache: ``CIM_FLOW_SNAPSHOT_DIRECT=0`` says no."""
+    return os.environ.get("CIM_FLOW_SNAPSHOT_DIRECT", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def write_state(st: dict, path: str, fmt: int = FORMAT, *, direct: bool = True) -> str:
+    """Write a projection state dict (``Projection.state()``) to ``path`` atomically.
+
+    ``direct``: write through ``O_DIRECT`` where the file system allows it (see
+    :class:`_DirectSink`; ``CIM_FLOW_SNAPSHOT_DIRECT=0`` turns it off), else through
+    the page cache.  A failed write leaves no temporary file behind."""
     meta = {"version": st["version"], "strings": st["strings"], "types": st["types"], "caps": list(st["caps"]),
             "format": fmt, "spatial": bool(st.get("spatial", False))}
     schema = _SCHEMA.with_metadata({b"cim_flow": json.dumps(meta).encode()})
@@ -143,17 +278,29 @@ def write_state(st: dict, path: str, fmt: int = FORMAT) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sink = _DirectSink.open(tmp) if direct and _direct_ok() else None
+    if sink is None:
+        sink = _SparseSink(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+    fd = sink.fd
     try:
-        sink = _SparseSink(fd)
-        with pa.PythonFile(sink, mode="w") as out:
-            with pa.ipc.new_file(out, schema) as w:
-                for b in batches:
-                    w.write_batch(b)
-        sink.finish()
-        os.fsync(fd)
-    finally:
+        try:
+            with pa.PythonFile(sink, mode="w") as out:
+                with pa.ipc.new_file(out, schema) as w:
+                    for b in batches:
+                        w.write_batch(b)
+            sink.finish()
+            os.fsync(fd)
+        finally:
+            if isinstance(sink, _DirectSink):
+                sink.abort()
+    except BaseException:
         os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     dfd = os.open(directory, os.O_RDONLY)
     try:
@@ -169,42 +316,91 @@ def read_snapshot(path: str) -> dict:
     try:
         with open(path, "rb") as fh:
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
-        whole = np.frombuffer(mm, np.uint8)
-        base = pa.py_buffer(whole).address
-        table = pa.ipc.open_file(pa.py_buffer(whole)).read_all()
-        meta = json.loads(table.schema.metadata[b"cim_flow"])
-        st = {"version": meta["version"], "strings": meta["strings"], "types": meta["types"],
-              "caps": tuple(meta["caps"]), "G": {}, "N": {}, "E": {}, "spatial": bool(meta.get("spatial", False)),
-              "format": int(meta.get("format", 1))}
-        parts = table.column("part").to_pylist()
-        names = table.column("name").to_pylist()
-        dtypes = table.column("dtype").to_pylist()
-        shapes = table.column("shape").to_pylist()
-        v2 = "xxh3" in table.column_names
-        sums = table.column("xxh3" if v2 else "crc32").to_pylist()
-        spans = []  # (file offset, size) of each row's bytes, straight from the Arrow buffers
-        for chunk in table.column("data").chunks:
-            offs = np.frombuffer(chunk.buffers()[1], np.int64, count=chunk.offset + len(chunk) + 1)
-            values = chunk.buffers()[2]
-            for j in range(chunk.offset, chunk.offset + len(chunk)):
-                a, b = int(offs[j]), int(offs[j + 1])
-                spans.append((values.address - base + a if values is not None else 0, b - a))
-        if len(spans) != table.num_rows:
-            raise SnapshotError(f"{path}: inconsistent data column")
-        for i in range(table.num_rows):
-            off, size = spans[i]
-            if off < 0 or off + size > whole.size:
-                raise SnapshotError(f"{path}: array {parts[i]}.{names[i]} lies outside the file")
-            view = whole[off:off + size]
-            got = xxhash.xxh3_64_intdigest(view) if v2 else zlib.crc32(view)
-            if got != sums[i]:
-                raise SnapshotError(f"{path}: checksum mismatch in {parts[i]}.{names[i]}")
-            arr = view.view(np.dtype(dtypes[i])).reshape(shapes[i])
-            st[parts[i]][names[i]] = arr if v2 else arr.copy()
+            ahead = _ReadAhead(fh.fileno(), mm.size())
+        with ahead:
+            return _read_mapped(path, mm)
     except SnapshotError:
         raise
     except (OSError, pa.ArrowInvalid, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
         raise SnapshotError(f"{path}: unreadable snapshot ({type(exc).__name__}: {exc})") from None
+
+
+class _ReadAhead:
+    """Pages a snapshot into the page cache ahead of the checksums, from a helper thread.
+
+    Checked through the map, a file not in the page cache was read a fault at a time
+    (the kernel's read-ahead window, a few hundred KiB): a 2.1 GB snapshot checked in
+    2.7-4.4 s from a cold cache here.  The helper asks for the file in 8 MiB chunks
+    (``POSIX_FADV_WILLNEED``, which blocks while it queues each chunk's reads, hence
+    the thread), so the device streams while the caller checks what has arrived:
+    1.1-1.2 s; a file already cached costs nothing more.  A hint only: answers never
+    depend on it."""
+
+    CHUNK = 8 << 20
+
+    def __init__(self, fd: int, size: int):
+        self._stop = threading.Event()
+        self._thread = None
+        if size > 4 * self.CHUNK and hasattr(os, "posix_fadvise"):
+            fd = os.dup(fd)  # the caller's file closes before the helper is done
+            self._thread = threading.Thread(target=self._run, args=(fd, size), daemon=True,
+                                            name="cim-flow-readahead")
+            self._thread.start()
+
+    def _run(self, fd: int, size: int) -> None:
+        try:
+            for at in range(0, size, self.CHUNK):
+                if self._stop.is_set():
+                    break
+                os.posix_fadvise(fd, at, self.CHUNK, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _read_mapped(path: str, mm) -> dict:
+    """:func:`read_snapshot` of the copy-on-write map ``mm`` of ``path``."""
+    whole = np.frombuffer(mm, np.uint8)
+    base = pa.py_buffer(whole).address
+    table = pa.ipc.open_file(pa.py_buffer(whole)).read_all()
+    meta = json.loads(table.schema.metadata[b"cim_flow"])
+    st = {"version": meta["version"], "strings": meta["strings"], "types": meta["types"],
+          "caps": tuple(meta["caps"]), "G": {}, "N": {}, "E": {}, "spatial": bool(meta.get("spatial", False)),
+          "format": int(meta.get("format", 1))}
+    parts = table.column("part").to_pylist()
+    names = table.column("name").to_pylist()
+    dtypes = table.column("dtype").to_pylist()
+    shapes = table.column("shape").to_pylist()
+    v2 = "xxh3" in table.column_names
+    sums = table.column("xxh3" if v2 else "crc32").to_pylist()
+    spans = []  # (file offset, size) of each row's bytes, straight from the Arrow buffers
+    for chunk in table.column("data").chunks:
+        offs = np.frombuffer(chunk.buffers()[1], np.int64, count=chunk.offset + len(chunk) + 1)
+        values = chunk.buffers()[2]
+        for j in range(chunk.offset, chunk.offset + len(chunk)):
+            a, b = int(offs[j]), int(offs[j + 1])
+            spans.append((values.address - base + a if values is not None else 0, b - a))
+    if len(spans) != table.num_rows:
+        raise SnapshotError(f"{path}: inconsistent data column")
+    for i in range(table.num_rows):
+        off, size = spans[i]
+        if off < 0 or off + size > whole.size:
+            raise SnapshotError(f"{path}: array {parts[i]}.{names[i]} lies outside the file")
+        view = whole[off:off + size]
+        got = xxhash.xxh3_64_intdigest(view) if v2 else zlib.crc32(view)
+        if got != sums[i]:
+            raise SnapshotError(f"{path}: checksum mismatch in {parts[i]}.{names[i]}")
+        arr = view.view(np.dtype(dtypes[i])).reshape(shapes[i])
+        st[parts[i]][names[i]] = arr if v2 else arr.copy()
     _upgrade_edges(st)
     for part, scratch in _SCRATCH.items():
         for name, make in scratch.items():

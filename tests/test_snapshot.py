@@ -178,3 +178,94 @@ def test_format3_snapshot_with_untagged_hash_slots_loads(tmp_path):
         back.apply(rows_to_batch(more))
         ref.apply(more)
         check_same(back, ref)
+
+
+def _write_pattern(sink, rng, total):
+    """Writes of random sizes, some ending in long zero runs (the sparse sink's holes)."""
+    out = bytearray()
+    while len(out) < total:
+        n = int(rng.integers(1, 300_000))
+        chunk = rng.integers(0, 256, n, dtype=np.uint8)
+        if rng.random() < 0.4:  # a zero tail long enough to leave whole blocks out
+            chunk[int(rng.integers(0, n)):] = 0
+        if rng.random() < 0.1:
+            chunk[:] = 0
+        sink.write(chunk)
+        out += chunk.tobytes()
+    sink.finish()
+    return bytes(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_direct_sink_writes_what_the_buffered_one_does(tmp_path, monkeypatch, seed):
+    """The O_DIRECT sink (staged, block-aligned writes on a helper thread) gives the same
+    bytes as plain writes, for any sizes and gaps; zero tails still become holes."""
+    import cim_flow._snapshot as sn
+
+    monkeypatch.setattr(sn, "_STAGE", 64 << 10)  # many stage switches in a small file
+    monkeypatch.setattr(sn, "_HOLE", 16 << 10)
+    rng = np.random.default_rng(seed)
+    direct = sn._DirectSink.open(str(tmp_path / "d"))
+    if direct is None:
+        pytest.skip("this file system refuses O_DIRECT")
+    try:
+        want = _write_pattern(direct, rng, 3 << 20)
+    finally:
+        direct.abort()
+        os.close(direct.fd)
+    plain = sn._SparseSink(os.open(str(tmp_path / "p"), os.O_WRONLY | os.O_CREAT, 0o644))
+    _write_pattern(plain, np.random.default_rng(seed), 3 << 20)
+    os.close(plain.fd)
+    assert open(tmp_path / "d", "rb").read() == want == open(tmp_path / "p", "rb").read()
+    blocks_d, blocks_p = os.stat(tmp_path / "d").st_blocks, os.stat(tmp_path / "p").st_blocks
+    assert blocks_d * 512 < len(want)  # holes
+    assert blocks_d <= 1.25 * blocks_p + 64  # about the plain sink's holes (a gap's partial blocks are written)
+
+
+def test_snapshot_written_direct_and_buffered_are_identical(tmp_path):
+    from cim_flow._snapshot import write_state
+
+    eng, _ref, _rng = _engine(7, n=1500)
+    st = eng._snapshot_state()
+    a = write_state(st, str(tmp_path / "a.arrow"), direct=True)
+    b = write_state(st, str(tmp_path / "b.arrow"), direct=False)
+    assert open(a, "rb").read() == open(b, "rb").read()
+    assert _answers(Engine.from_snapshot(a)) == _answers(eng)
+
+
+def test_a_failed_write_raises_and_leaves_no_file(tmp_path):
+    """A write the system refuses (here: past the process's file-size limit, a real
+    EFBIG) raises, leaves neither the snapshot nor its temporary file, and the previous
+    snapshot stays the newest."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import os, resource, signal, sys
+        sys.path[:0] = {[os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(os.path.abspath(__file__))]!r}
+        import random
+        from cim_flow import Engine
+        from cim_flow._snapshot import snapshot_path
+        from streams import random_rows, rows_to_batch
+        eng = Engine(node_capacity=300_000)  # a few MB of arrays
+        eng.apply(rows_to_batch(random_rows(random.Random(3), 500, n_graphs=4, n_nodes=50, n_edges=50, with_seq=True)))
+        first = eng.snapshot(snapshot_path({str(tmp_path)!r}, 1))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(first) // 2, resource.RLIM_INFINITY))
+        for direct in ("1", "0"):
+            os.environ["CIM_FLOW_SNAPSHOT_DIRECT"] = direct
+            try:
+                eng.snapshot(snapshot_path({str(tmp_path)!r}, 2))
+            except OSError as exc:
+                print("refused", exc.errno)
+            else:
+                print("written")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    import errno
+
+    assert out.stdout.split("\n")[:2] == [f"refused {errno.EFBIG}"] * 2, out.stdout
+    assert [os.path.basename(p) for _, p in list_snapshots(str(tmp_path))] == [os.path.basename(snapshot_path(str(tmp_path), 1))]
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(snapshot_path(str(tmp_path), 1))]
