@@ -97,10 +97,13 @@ def choose_cell_size(pos, nodes, lo, hi) -> float:
     probe shrinks the cell at least 4x.
     """
     m = nodes.shape[0]
-    ext = np.maximum(hi - lo, 1e-9)
-    h = float(np.cbrt(np.prod(ext) / max(m, 1) * TARGET_OCCUPANCY))
+    # the cube root of the box's volume per point, axis by axis from half extents: the
+    # volume itself, or an extent, overflows to inf for coordinates past ~1e103 (an
+    # infinite cell size then made NaN cell indices in the walks)
+    half = np.maximum(np.asarray(hi, np.float64) / 2 - np.asarray(lo, np.float64) / 2, 5e-10)
+    h = _clamp_cell(2.0 * float(np.prod(np.cbrt(half))) * float(np.cbrt(TARGET_OCCUPANCY / max(m, 1))))
     if m < 64:
-        return max(h, 1e-9)
+        return h
     sample = np.arange(0, m, 8, dtype=np.int64)
     for _ in range(16):
         occ = ks.occupancy(pos, nodes, lo, 2.0 * h, sample)
@@ -110,7 +113,12 @@ def choose_cell_size(pos, nodes, lo, hi) -> float:
         h *= min(f, 0.25) if occ > 4.0 * TARGET_OCCUPANCY else f
         if h < 1e-9:
             break
-    return max(h, 1e-9)
+    return _clamp_cell(h)
+
+
+def _clamp_cell(h: float) -> float:
+    """A cell size the kernels can use: finite, in [1e-9, 1e300]."""
+    return min(max(h, 1e-9), 1e300) if math.isfinite(h) else 1e300
 
 
 _BUILDER: concurrent.futures.ThreadPoolExecutor | None = None

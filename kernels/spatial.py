@@ -90,7 +90,7 @@ _B42 = np.uint64(42)
 @jit(nrt=False, fastmath=EXACT_MATH)
 def _cell(v, o, inv_h, lim):
     c = np.floor((v - o) * inv_h)
-    if c < 0.0:
+    if not c >= 0.0:  # (NaN too: no cell index from garbage, whatever the arithmetic did)
         return 0
     if c > lim:
         return lim
@@ -804,11 +804,25 @@ def _cube(g, cx, cy, cz, r):
 # radius.  mode: 0 count, 1 fill indices (+ squared distances); a fill into a buffer
 # shorter than the answer keeps the first hits and still counts them all
 
+# Beyond this magnitude of a center, radius, cell size or grid origin the cell arithmetic
+# of a radius walk (squared column distances, margins summed over coordinates) could
+# overflow to inf and then NaN; such a query tests every point of the grid instead.
+TAME = 1e100
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, inline=True)
+def _tame(g, cx, cy, cz, r):
+    o = g.origin
+    return max(abs(cx), abs(cy), abs(cz), r, g.h[0], abs(o[0]), abs(o[1]), abs(o[2])) <= TAME
+
+
 @jit(nrt=False, fastmath=EXACT_MATH, inline=True)
 def _radius_one(g, cx, cy, cz, r, gsel, mode, out_i, out_d, w, cap):
     if g.pts.shape[0] == 0:
         return w
     r2 = r * r
+    if not _tame(g, cx, cy, cz, r):  # every entry (stale and free ones are NaN: never hits)
+        return _run(g, np.int64(0), np.int64(g.pts.shape[0]), cx, cy, cz, r2, gsel, mode, out_i, out_d, w, cap)
     x0, x1, y0, y1, z0, z1 = _cube(g, cx, cy, cz, r)
     dense = g.dst.shape[0] > 0
     if not dense and float(x1 - x0 + 1) * float(y1 - y0 + 1) * float(z1 - z0 + 1) > g.cells.shape[0]:

@@ -135,6 +135,40 @@ def test_duplicates_one_point_empty_and_huge_radius():
     assert eng.nodes_within([1e12, -1e12, 0], 1e13, count_only=True).tolist() == [500]
 
 
+@pytest.mark.parametrize("kind", ["1e150", "max", "mixed"])
+def test_extreme_magnitudes_answer_like_brute_force(kind):
+    """Coordinates up to the largest doubles, radii up to 1e300, centers far outside the
+    data: the cell size stays finite and walks whose arithmetic could overflow test every
+    point instead (an infinite cell size once made NaN cell indices: a segfault)."""
+    rng = np.random.default_rng(11)
+    if kind == "1e150":
+        pts = rng.uniform(-1, 1, (400, 3)) * 1e150
+    elif kind == "max":
+        pts = rng.uniform(-1, 1, (400, 3)) * 1.7e308
+    else:  # ordinary points and a few at the ends of the double range
+        pts = rng.uniform(0, 10, (400, 3))
+        pts[::37] = 1.7e308
+        pts[5::41] = -1.7e308
+    eng, nids, _ = engine_with_points(pts)
+    index = {nid: i for i, nid in enumerate(nids)}
+    centers = np.vstack([pts[:6], [[1e200, 0, 0], [-1e300, 5, 5], [5, 5, 5], [0, 0, 0]]])
+    for r in (0.0, 1.0, 1e100, 1e150, 1e300, 1.7e308):
+        got = result_sets(eng.nodes_within(centers, r), len(centers))
+        counts = eng.nodes_within(centers, r, count_only=True)
+        for j, c in enumerate(centers):
+            want = brute_radius(pts, c, r)
+            assert {index[x] for x in got[j]} == want, (kind, r, j)
+            assert counts[j] == len(want)
+    d = eng.nearest(centers, 5)
+    dq, dd = d.column("query").to_numpy(), d.column("distance").to_numpy()
+    for j, c in enumerate(centers):
+        with np.errstate(over="ignore"):
+            want = np.sort(np.sqrt(((pts - c) ** 2).sum(1)))[:5]
+        assert np.array_equal(dd[dq == j], want), (kind, j)
+    lo, hi = np.array([-1e300, -1e300, -1e300]), np.array([1e300, 1e300, 1e300])
+    assert {index[x] for x in eng.nodes_in_box(lo, hi).column("node_id").to_pylist()} == brute_box(pts, lo, hi)
+
+
 @pytest.mark.parametrize("data", ["uniform", "clustered"])
 def test_knn_matches_brute(data):
     pts = uniform(2000, 4) if data == "uniform" else clustered(2000, 4)
