@@ -149,6 +149,9 @@ def _graph_id(req, key="graph_id", required=True):
         raise QueryError("bad_request", f"bad UUID in {key}") from None
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _number(v, name, *, minimum=None, integer=False):
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise QueryError("bad_request", f"{name} must be a number")
@@ -156,6 +159,8 @@ def _number(v, name, *, minimum=None, integer=False):
         raise QueryError("bad_request", f"{name} must be finite")
     if integer and int(v) != v:
         raise QueryError("bad_request", f"{name} must be an integer")
+    if integer and abs(v) > _INT64_MAX:  # (the engine's arguments are int64)
+        raise QueryError("bad_request", f"{name} is too large")
     if minimum is not None and v < minimum:
         raise QueryError("bad_request", f"{name} must be >= {minimum}")
     return int(v) if integer else float(v)

@@ -11,7 +11,7 @@ import time
 
 from . import __version__
 from . import _wire
-from ._queries import (ARROW_MIME, HANDLERS, QueryError, encode_answer, error_reply, parse_request,
+from ._queries import (ARROW_MIME, HANDLERS, QueryError, _number, encode_answer, error_reply, parse_request,
                        q_nodes_in_radius_many)
 from ._service_common import QUERY_PREFIX, SNAPSHOT_SUBJECT, _REPLY_HEADROOM
 
@@ -168,9 +168,14 @@ class QueryMixin:
                 body = parse_request(req.data)
                 minv = body.get("min_version")
                 if minv is not None:
-                    if isinstance(minv, bool) or not isinstance(minv, int) or minv < 0:
-                        raise QueryError("bad_request", "min_version must be an integer >= 0")
-                    await self._wait_version(minv, body.get("timeout_ms"))
+                    if isinstance(minv, bool) or not isinstance(minv, int) or not 0 <= minv < 2**64:
+                        raise QueryError("bad_request", "min_version must be an integer in [0, 2**64)")
+                    timeout_ms = body.get("timeout_ms")
+                    if timeout_ms is not None:
+                        timeout_ms = _number(timeout_ms, "timeout_ms", minimum=0)
+                        if timeout_ms > 86_400_000:
+                            raise QueryError("bad_request", "timeout_ms must be at most a day (86400000)")
+                    await self._wait_version(minv, timeout_ms)
                 if spatial and not self.engine._spatial.built:
                     await self._spatial_ready()
                 arrow = (req.headers or {}).get("Accept") == ARROW_MIME

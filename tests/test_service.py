@@ -364,6 +364,14 @@ def test_arrow_rows_that_are_not_events_are_dead_lettered(nats_server, service):
     ("query.graph.nodes_in_box", {"lo": [1, 1, 1], "hi": [0, 0, 0]}, "bad_request"),
     ("query.graph.graphs", {"offset": -1}, "bad_request"),
     ("query.graph.stats", {"min_version": 10**15, "timeout_ms": 50}, "timeout"),
+    # found by fuzzing: these answered "internal" (an int64 overflow, float() of a list)
+    # or waited out the whole min_version timeout for a version no seq can reach
+    ("query.graph.find_edges", {"offset": 1e308}, "bad_request"),
+    ("query.graph.graphs", {"offset": 2**63}, "bad_request"),
+    ("query.graph.knn", {"center": [0, 0, 0], "k": 10**30}, "bad_request"),
+    ("query.graph.stats", {"min_version": 2**64}, "bad_request"),
+    ("query.graph.stats", {"min_version": 10**15, "timeout_ms": [7]}, "bad_request"),
+    ("query.graph.stats", {"min_version": 10**15, "timeout_ms": 1e300}, "bad_request"),
 ])
 def test_bad_requests_get_error_replies(nats_server, service, subject, body, code):
     r = request(nats_server.url, subject, body)
@@ -1168,3 +1176,90 @@ def test_warm_up_is_quiet_when_cached_and_says_what_it_does_when_not():
     out = slow.out.getvalue()
     assert slow.done == WarmProgress.STEPS
     assert out.startswith("cim_flow: compiling kernels (first start here") and "kernels compiled in" in out
+
+
+_FUZZ_SUBJECTS = ["summary", "get_graph", "graphs", "graphs_by_date", "graphs_by_node_count", "stats",
+                  "nodes_in_radius", "knn", "nodes_in_box", "find_nodes", "find_edges", "neighbors"]
+_FUZZ_KEYS = ["graph_id", "center", "centers", "radius", "k", "lo", "hi", "limit", "offset", "with_distance",
+              "sort", "min_version", "timeout_ms", "name", "created_between", "node_count_between",
+              "top_by_node_count", "node_id", "node_type", "edge_type"]
+
+
+_FUZZ_NUMERIC = {"radius", "k", "limit", "offset", "min_version", "timeout_ms", "top_by_node_count"}
+_FUZZ_EXTREMES = [2**63, 2**63 - 1, -2**63 - 1, 2**64, 10**30, 1e308, -1e308, 1e19, 5e-324]
+
+
+def _fuzz_value(rnd, depth=0):
+    c = rnd.randrange(14)
+    if c == 0:
+        return None
+    if c == 1:
+        return rnd.choice([True, False])
+    if c == 2:
+        return rnd.randint(-10**20, 10**20)
+    if c == 3:
+        return rnd.choice([0, 1, -1, 3, 2**63, 2**64, 1e308, -0.0, 0.5])
+    if c == 4:
+        return rnd.uniform(-1e6, 1e6)
+    if c == 5:
+        return rnd.choice(["", "x", str(uuid.UUID(int=7)), "NaN", "2024-01-01T00:00:00Z", "\u0000", "a" * 3000])
+    if c == 6 and depth < 3:
+        return [_fuzz_value(rnd, depth + 1) for _ in range(rnd.randrange(5))]
+    if c == 7 and depth < 3:
+        return {rnd.choice(_FUZZ_KEYS): _fuzz_value(rnd, depth + 1) for _ in range(rnd.randrange(4))}
+    if c == 8:
+        return [rnd.uniform(-100, 100) for _ in range(3)]
+    if c == 9:
+        return [[rnd.uniform(-100, 100) for _ in range(3)] for _ in range(rnd.randrange(4))]
+    if c == 10:
+        return rnd.uniform(0, 50)
+    if c == 11:
+        return rnd.randint(1, 50)
+    if c == 12:
+        return ["2024-01-01T00:00:00Z", "2030-01-01T00:00:00Z"]
+    return [rnd.randint(0, 100), rnd.randint(0, 100)]
+
+
+def test_fuzzed_requests_get_answers_or_clear_errors(nats_server, service):
+    """Random JSON bodies (wrong types, huge numbers, nested junk, unreachable
+    min_versions) on every query subject: each gets a reply, with ``version``, that is
+    an answer or an ``{"error": {"code", "message"}}`` other than ``internal``; the
+    service keeps serving.  (A fuzz run found an int64 overflow in offsets, float() of
+    a list as timeout_ms, and min_version waits for versions no seq can reach.)"""
+    rnd = random.Random(20261129)
+    g = str(uuid.uuid4())
+    events, _pos = _node_events(g, 10, random.Random(5), "internal")
+    last = _publish(nats_server.url, events)
+
+    async def go():
+        nc = await nats.connect(nats_server.url)
+        problems = []
+        try:
+            for _ in range(1500):
+                subject = "query.graph." + rnd.choice(_FUZZ_SUBJECTS)
+                if rnd.random() < 0.1:
+                    data = rnd.choice([b"", b"{", b"[]", b"null", b"\xff\xfe", b'{"radius": NaN}', b"1e999",
+                                       b'{"center": [1, 2, 3], "radius": Infinity}'])
+                else:
+                    body = {}
+                    for _ in range(rnd.randrange(6)):
+                        key = rnd.choice(_FUZZ_KEYS)
+                        body[key] = (rnd.choice(_FUZZ_EXTREMES) if key in _FUZZ_NUMERIC and rnd.random() < 0.3
+                                     else _fuzz_value(rnd))
+                    t = body.get("timeout_ms")
+                    if "min_version" in body and (t is None or isinstance(t, (int, float)) and not 0 <= t <= 20):
+                        body["timeout_ms"] = 20  # a wait, not a stall of the run (other junk stays)
+                    data = json.dumps(body).encode()
+                r = msgspec.json.decode((await nc.request(subject, data, timeout=10)).data)
+                err = r.get("error")
+                if "version" not in r or (err is not None and (
+                        not isinstance(err, dict) or err.get("code") == "internal" or not err.get("message"))):
+                    problems.append((subject, data[:200], r))
+            return problems, msgspec.json.decode((await nc.request("query.graph.summary", json.dumps(
+                {"graph_id": g, "min_version": last}).encode(), timeout=10)).data)
+        finally:
+            await nc.close()
+
+    problems, summary = run(go())
+    assert problems == []
+    assert summary["node_count"] == 10
