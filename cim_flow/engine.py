@@ -990,6 +990,10 @@ def read_events(path) -> pa.Table:
                     table = ipc.open_stream(src).read_all()
             except pa.ArrowInvalid:
                 raise ValueError(f"{path}: not a Parquet, Arrow IPC or JSON Lines file") from None
+        try:  # an IPC file's offsets and UTF-8 are taken as written: check them before kernels read them
+            table.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise ValueError(f"{path}: damaged Arrow data ({exc})") from None
     batches = [normalize_batch(b) for b in table.to_batches()]
     return pa.Table.from_batches(batches, schema=EVENT_SCHEMA)
 

@@ -302,6 +302,48 @@ def test_arrow_batch_in_and_arrow_reply(nats_server, service):
     assert request(nats_server.url, "query.graph.summary", {"graph_id": g, "min_version": bad})["node_count"] == 40
 
 
+def test_a_damaged_arrow_message_is_dead_lettered_whole(nats_server, service):
+    """An Arrow message whose string offsets point outside its data (the IPC reader checks
+    only the span of all of them) is dead-lettered with the reason, never read by the
+    kernels; the good message after it applies."""
+    g = uuid.uuid4().bytes
+    offsets = np.array([0, 3, 1 << 30, 6, 9], np.int32)  # row 1 would span a GiB past 9 bytes
+    names = pa.Array.from_buffers(pa.utf8(), 4, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"abcdefghi")])
+    damaged = pa.table({"event_type": pa.array([1, 2, 2, 2], pa.int8()), "graph_id": pa.array([g] * 4, pa.binary(16)),
+                        "occurred_at": pa.array([T0 * 1000] * 4, pa.timestamp("us", "UTC")), "name": names})
+    good = damaged.set_column(3, "name", pa.array(["a", "b", "c", "good"]))
+
+    def ipc(t):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, t.schema) as w:
+            w.write_table(t)
+        return sink.getvalue().to_pybytes()
+
+    with pa.ipc.open_stream(ipc(damaged)) as r:
+        r.read_all()  # the reader itself lets it through
+
+    async def go():
+        nc = await nats.connect(nats_server.url)
+        sub = await nc.subscribe("dlq.graph")
+        await nc.flush()
+        js = nc.jetstream()
+        bad = await js.publish("event.graph.batch", ipc(damaged))
+        ok = await js.publish("event.graph.batch", ipc(good))
+        while True:  # this message's dead letter (the module's service is shared: skip others')
+            dead = await sub.next_msg(timeout=10)
+            if (dead.headers or {}).get("Cim-Seq") == str(bad.seq):
+                break
+        summary = msgspec.json.decode((await nc.request("query.graph.summary", msgspec.json.encode(
+            {"graph_id": str(uuid.UUID(bytes=g)), "min_version": ok.seq}), timeout=10)).data)
+        await nc.close()
+        return dead, summary
+
+    dead, summary = run(go())
+    assert dead.headers["Cim-Error"].startswith("bad Arrow batch: ") and "out of bounds" in dead.headers["Cim-Error"]
+    assert dead.data == ipc(damaged)
+    assert summary["name"] == "good"
+
+
 def test_arrow_rows_that_are_not_events_are_dead_lettered(nats_server, service):
     """An Arrow batch message with rows missing a field their kind needs: those rows go to
     dlq.graph as one Arrow message with each row's reason; the rest of it applies, and an
