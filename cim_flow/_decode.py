@@ -555,6 +555,8 @@ def _decode_scanned_rows(buf, sel, received, kind, oid, oidp, tus, tusp, seq, se
         return _utf8_from_spans(buf, spans, spp, k, pa.utf8()).dictionary_encode() if str_any[k] else _nulls(c, m)
 
     some, every = bool(xyzp.any()), bool(xyzp.all())
+    with np.errstate(over="ignore"):  # a weight past float32's range is inf, as the Arrow cast makes it
+        weight32 = wgt.astype(np.float32)
     arrays = [
         col(seq.view(np.uint64), seqp, 0),
         fsb(5),
@@ -566,7 +568,7 @@ def _decode_scanned_rows(buf, sel, received, kind, oid, oidp, tus, tusp, seq, se
         text(0, 12, pa.utf8()),
         types(1, 13),
         types(2, 14),
-        col(wgt.astype(np.float32), wgtp, 15),
+        col(weight32, wgtp, 15),
         text(3, 16, pa.large_utf8()),
         fsb(6), fsb(7),
     ]
@@ -632,7 +634,7 @@ def _decode_general(payloads, received_at):
             except _Reject as exc:
                 errors[i] = str(exc)
             except Exception as exc:  # never let one payload stop the others
-                errors[i] = f"invalid event: {type(exc).__name__}: {exc}"
+                errors[i] = _unforeseen(exc)
         received = _received_micros(received_at, n)
         try:
             batch, bad = _columns(evts, idx, payloads, received)
@@ -645,6 +647,15 @@ def _decode_general(payloads, received_at):
     return batch, [DecodeError(i, errors[i]) for i in sorted(errors)]
 
 
+def _unforeseen(exc: Exception) -> str:
+    """The reason for a payload that failed where no check foresaw it."""
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return "invalid UTF-8 in a string"
+    return f"invalid event: {type(exc).__name__}: {exc}"
+
+
 def _columns_one_by_one(evts, idx, payloads, received):
     good, bad = [], {}
     for e, i in zip(evts, idx):
@@ -653,7 +664,7 @@ def _columns_one_by_one(evts, idx, payloads, received):
             good.append(b)
             bad.update(b_bad)
         except Exception as exc:
-            bad[i] = f"invalid event: {type(exc).__name__}: {exc}"
+            bad[i] = _unforeseen(exc)
     if not good:
         return _columns([], [], payloads, received)[0], bad
     return pa.Table.from_batches(good, schema=EVENT_SCHEMA).combine_chunks().to_batches()[0], bad

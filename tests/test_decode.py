@@ -180,6 +180,11 @@ ERRORS = [
     # nested deep: the walk to the NaN finds it (no RecursionError out of decode_json)
     (b'{"type": "NodeAdded", "graph_id": "%s", "metadata": %sNaN%s}' % (str(G).encode(), b"[" * 200, b"]" * 200),
      "metadata must be JSON"),
+    # nested past Python's recursion limit, and bytes that are not UTF-8 inside a string:
+    # reasons that say so (they read "invalid event: RecursionError: ..." before)
+    (b'{"type": "GraphCreated", "graph_id": "%s", "metadata": {"a": %s1%s}}' % (
+        str(G).encode(), b"[" * 20000, b"]" * 20000), "JSON nested too deeply"),
+    (b'{"type": "GraphCreated", "graph_id": "%s", "name": "\xff\xfe"}' % str(G).encode(), "invalid UTF-8 in a string"),
 ]
 
 
