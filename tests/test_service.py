@@ -1305,3 +1305,48 @@ def test_fuzzed_requests_get_answers_or_clear_errors(nats_server, service):
     problems, summary = run(go())
     assert problems == []
     assert summary["node_count"] == 10
+
+
+def test_parallel_warm_up_is_opt_out():
+    from cim_flow import service
+
+    import os
+    old = os.environ.get("CIM_FLOW_WARM_PARALLEL")
+    try:
+        os.environ["CIM_FLOW_WARM_PARALLEL"] = "0"
+        assert service._spawn_warm_helper() is None
+        os.environ["CIM_FLOW_WARM_PARALLEL"] = "1"
+        assert service._parallel_warm_ok() == (len(os.sched_getaffinity(0)) >= 2)
+    finally:
+        if old is None:
+            os.environ.pop("CIM_FLOW_WARM_PARALLEL", None)
+        else:
+            os.environ["CIM_FLOW_WARM_PARALLEL"] = old
+
+
+@pytest.mark.slow
+def test_the_warm_up_helper_leaves_nothing_to_compile(tmp_path):
+    """From an empty numba cache: warm_kernels with its helper process, then a fresh
+    process's warm-up compiles nothing (the helper's kernels were cached, and none was
+    lost to the two processes writing one cache)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), CIM_FLOW_WARM_PARALLEL="1")
+    code = ("import time; from cim_flow.service import warm_kernels; t = time.time(); warm_kernels(); "
+            "print(round(time.time() - t))")
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stderr
+    check = ("from numba.core import event\n"
+             "seen = []\n"
+             "class L(event.Listener):\n"
+             "    def on_start(self, ev): seen.append(ev.data['dispatcher'].py_func.__qualname__)\n"
+             "    def on_end(self, ev): pass\n"
+             "event.register('numba:compile', L())\n"
+             "from cim_flow.service import warm_kernels\n"
+             "warm_kernels()\n"
+             "print(seen)\n")
+    second = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "[]", second.stdout
