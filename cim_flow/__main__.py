@@ -13,12 +13,48 @@ import sys
 
 
 def _env(name, default=None, cast=str):
-    v = os.environ.get("CIM_FLOW_" + name.upper().replace("-", "_"))
+    var = "CIM_FLOW_" + name.upper().replace("-", "_")
+    v = os.environ.get(var)
     if v is None:
         return default
     if cast is bool:
         return v.strip().lower() in ("1", "true", "yes", "on")
-    return cast(v)
+    try:
+        return cast(v)
+    except (ValueError, argparse.ArgumentTypeError) as exc:  # as argparse says it of a bad flag, no traceback
+        print(f"cim_flow: environment variable {var}={v!r}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _port(text) -> int:
+    """A TCP port for --port: 0 (a free one) to 65535."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"port {n} is outside 0..65535")
+    return n
+
+
+def _positive(text) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (x > 0 and x < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return x
+
+
+def _non_negative(text) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (x >= 0 and x < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return x
 
 
 def _serve_parser(sub):
@@ -32,15 +68,15 @@ def _serve_parser(sub):
                         "[snapshots] sections (see examples/production.toml) [CIM_FLOW_CONFIG]")
     p.add_argument("--data-dir", default=_env("data_dir", ".cim_flow"),
                    help="where the embedded server keeps JetStream data [CIM_FLOW_DATA_DIR, ./.cim_flow]")
-    p.add_argument("--port", type=int, default=_env("port", 4222, int),
+    p.add_argument("--port", type=_port, default=_env("port", 4222, _port),
                    help="embedded server port; 0 picks a free one [CIM_FLOW_PORT, 4222]")
     p.add_argument("--no-jetstream", action="store_true", default=_env("no_jetstream", False, bool),
                    help="consume core NATS subjects directly instead of the JetStream stream")
     p.add_argument("--demo", action="store_true", default=_env("demo", False, bool),
                    help="also publish synthetic CIM events and print a status line [CIM_FLOW_DEMO]")
-    p.add_argument("--demo-rate", type=float, default=_env("demo_rate", 5000.0, float),
+    p.add_argument("--demo-rate", type=_positive, default=_env("demo_rate", 5000.0, _positive),
                    help="demo events per second [CIM_FLOW_DEMO_RATE, 5000]")
-    p.add_argument("--status-interval", type=float, default=_env("status_interval", 5.0, float),
+    p.add_argument("--status-interval", type=_non_negative, default=_env("status_interval", 5.0, _non_negative),
                    help="seconds between status lines; 0 for none [5]")
     _auth_args(p)
     return p

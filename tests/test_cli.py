@@ -228,6 +228,22 @@ def test_tool_commands_with_bad_arguments_or_no_service_say_so():
         srv.stop()
 
 
+@pytest.mark.parametrize("args,env,needle", [
+    ([], {"CIM_FLOW_PORT": "abc"}, "environment variable CIM_FLOW_PORT='abc': not a port number"),
+    ([], {"CIM_FLOW_PORT": "-5"}, "port -5 is outside 0..65535"),
+    ([], {"CIM_FLOW_DEMO_RATE": "-1"}, "CIM_FLOW_DEMO_RATE='-1': must be a number > 0"),
+    (["--port", "70000"], {}, "argument --port: port 70000 is outside 0..65535"),
+    (["--demo-rate", "0"], {}, "argument --demo-rate: must be a number > 0"),
+    (["--status-interval", "nan"], {}, "argument --status-interval: must be a number >= 0"),
+])
+def test_serve_flag_and_environment_values_are_checked(args, env, needle):
+    """A bad value from a flag or its CIM_FLOW_* variable: exit 2 with a line naming it
+    (a bad CIM_FLOW_PORT was a ValueError traceback; a negative port reached nats-server)."""
+    r = subprocess.run([sys.executable, "-m", "cim_flow", "serve", *args], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT, env={**os.environ, **env})
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_help_explains_flags():
     out = subprocess.run([sys.executable, "-m", "cim_flow", "serve", "--help"], capture_output=True, text=True,
                          timeout=60, cwd=ROOT).stdout
