@@ -37,24 +37,24 @@ def _port(text) -> int:
     return n
 
 
-def _positive(text) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (x > 0 and x < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return x
+def _finite_at_least(minimum: float, strict: bool):
+    """An argparse type: a finite number above ``minimum`` (``strict``) or at least it."""
+    sign = ">" if strict else ">="
+
+    def parse(text) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not ((x > minimum if strict else x >= minimum) and x < float("inf")):
+            raise argparse.ArgumentTypeError(f"must be a number {sign} {minimum:g}, got {text!r}")
+        return x
+
+    return parse
 
 
-def _non_negative(text) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (x >= 0 and x < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return x
+_positive = _finite_at_least(0, strict=True)
+_non_negative = _finite_at_least(0, strict=False)
 
 
 def _serve_parser(sub):
