@@ -58,6 +58,7 @@ _EDGE_FIELDS = {  # 46 bytes an edge, plus ~6 in the hash table (no graph: see i
     "hnext": (np.int32, -1, 2, ()),
     "hprev": (np.int32, -1, 2, ()),
 }
+_U64_MAX = 2**64 - 1
 _INT16_MAX = int(np.iinfo(np.int16).max)  # type codes are int16
 _META_LEN = {"Graphs": 4, "Nodes": 3, "Edges": 2}
 
@@ -441,6 +442,20 @@ class Projection:
             self._scratch = (gx, hx)
         return gx[:n], hx[:n]
 
+    def _check_seq_room(self, ev, n: int) -> None:
+        """Rows without ``seq`` get ``version + 1, ...`` (after any explicit seq before
+        them): refuse a batch that would carry that past 2**64 - 1, where the version
+        would wrap to 0 and every later event would pass the ``seq <= version`` check."""
+        missing = n - int(np.count_nonzero(ev.seq_ok))
+        if not missing:
+            return
+        top = self.version
+        if missing < n:
+            top = max(top, int(ev.seq[ev.seq_ok].max()))
+        if top + missing > _U64_MAX:
+            raise ValueError(f"sequence numbers would pass 2**64 - 1: {missing} rows without seq after "
+                             f"seq {top} (give every row its seq, or start below)")
+
     # -- the hook -------------------------------------------------------------
     def apply(self, batch) -> tuple[ApplyResult, np.ndarray, np.ndarray]:
         """Apply one normalised batch (or its :class:`EventColumns`).
@@ -453,6 +468,7 @@ class Projection:
         ev = cols.events(self.strings, self.types)
         if len(self.types) > _INT16_MAX:
             raise ValueError("more than 32767 distinct node/edge types")
+        self._check_seq_room(ev, n)
         self.reserve(n, ev.kind)
         # Per-batch logs, kept from batch to batch and replaced only when too small: a new
         # one every batch was a namedtuple _replace each and, for dlist on a big engine, an

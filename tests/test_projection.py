@@ -687,3 +687,26 @@ def test_find_edges_of_a_graph_walks_its_nodes_and_keeps_first_seen_order():
             assert eng.find_edges(g, offset=1, limit=2).to_pylist() == want[1:3]
             assert eng.graph_summary(g) is None or eng.graph_summary(g)["edge_count"] == len(want)
         assert sum(len(eng.find_edges(g)) for g in graphs) == len(every)
+
+
+def test_assigned_sequence_numbers_never_wrap_past_2_64():
+    """Rows without seq get version + 1, ...: a batch that would carry that past 2**64 - 1
+    is refused whole (the version once wrapped to 0, and a later seq 5 was applied after
+    seq 2**64 - 1), the engine untouched; explicit seqs up to 2**64 - 1 still apply."""
+    g = uuid.uuid4().bytes
+
+    def row(kind, seq=None, t=1):
+        r = {c: None for c in EVENT_SCHEMA.names}
+        r.update(event_type=kind, graph_id=g, occurred_at=t, seq=seq)
+        return r
+
+    eng = Engine()
+    assert eng.apply(rows_to_batch([row(1, 2**64 - 2)])).applied == 1
+    assert eng.apply(rows_to_batch([row(2)])).applied == 1 and eng.version == 2**64 - 1  # the last one left
+    with pytest.raises(ValueError, match="would pass 2\\*\\*64 - 1"):
+        eng.apply(rows_to_batch([row(2, t=7)]))
+    with pytest.raises(ValueError, match="would pass"):  # an explicit seq earlier in the batch counts too
+        Engine().apply(rows_to_batch([row(1, 2**64 - 1), row(2)]))
+    assert eng.version == 2**64 - 1 and eng.graph_summary(g)["last_modified"] == eng.graph_summary(g)["created_at"]
+    res = eng.apply(rows_to_batch([row(2, 5), row(2, 2**64 - 1)]))
+    assert (res.applied, res.skipped, eng.version) == (0, 2, 2**64 - 1)
