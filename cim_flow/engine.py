@@ -396,7 +396,7 @@ class Engine:
     def _graphs_by_node_count(self, min_count, max_count) -> np.ndarray:
         if min_count is None:
             min_count = 0
-        min_count, max_count = int(min_count), int(max_count)
+        min_count, max_count = min(int(min_count), _BIG), min(int(max_count), _BIG)
         if max_count < min_count or max_count < 0:
             return np.empty(0, np.int64)
         G = self._p.G
@@ -714,8 +714,16 @@ class Engine:
                                     rows=rows, grow=2.0)
 
     def node_ids(self, node_index) -> pa.Array:
-        """``fixed_size_binary(16)`` node ids for dense node indices."""
-        return words_to_fsb(self._p.N.keys[np.asarray(node_index, np.int64)])
+        """``fixed_size_binary(16)`` node ids for dense node indices (as
+        :meth:`radius_csr` and :meth:`nearest_indices` give them)."""
+        idx = np.asarray(node_index)
+        if idx.dtype.kind not in "iu" and idx.size:  # (an empty list is float64 to numpy)
+            raise ValueError(f"node indices must be integers, got {idx.dtype}")
+        idx = idx.astype(np.int64, copy=False)
+        n = int(self._p.N.meta[0])
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise ValueError(f"node indices must be in [0, {n}): the engine's node numbers")
+        return words_to_fsb(self._p.N.keys[idx])
 
     def nearest(self, centers, k, *, graph_id=None) -> pa.Table:
         """The ``k`` nearest live nodes to each center (fewer when fewer exist), nearest first."""
@@ -873,11 +881,14 @@ def _page(rows: np.ndarray, offset, limit) -> np.ndarray:
     return rows[offset: None if limit is None else offset + limit]
 
 
+_BIG = 2**62  # past any table's size, and an int64 for the kernels (10**30 made them fail to type)
+
+
 def _page_args(offset, limit) -> tuple[int, int | None]:
     offset = int(offset)
     if offset < 0 or (limit is not None and int(limit) < 0):
         raise ValueError("offset and limit must be >= 0")
-    return offset, None if limit is None else int(limit)
+    return min(offset, _BIG), None if limit is None else min(int(limit), _BIG)
 
 
 def _query_order(c, main) -> np.ndarray:

@@ -927,3 +927,20 @@ def test_background_rebuilds_while_nodes_change_stay_exact():
             want = np.flatnonzero(live & (((N.pos[:n] - c[0]) ** 2).sum(1) <= 625.0))
             assert np.array_equal(np.sort(idx[offs[0]:offs[1]]), want)
     assert eng._spatial.builds >= builds0 + 2  # background builds were adopted along the way
+
+
+def test_huge_pages_counts_and_bad_node_indices():
+    """Offsets, limits and counts past int64 mean 'all' or 'none' (10**30 made a kernel
+    fail to type: a numba TypingError out of find_edges and graphs_by_node_count);
+    node_ids refuses negative, out-of-range and non-integer indices (-1 gave the zero
+    id, 1.5 was truncated)."""
+    eng, nids, owner = engine_with_points(uniform(40, 3), n_graphs=2)
+    assert eng.find_edges(offset=10**30).num_rows == 0 and eng.find_nodes(offset=10**30).num_rows == 0
+    assert eng.find_nodes(owner[0], limit=10**30).num_rows == 20
+    assert eng.graphs_by_node_count(0, 10**30).num_rows == 2
+    assert eng.graphs_by_node_count(10**30, 10**31).num_rows == 0
+    assert eng.node_ids([]).to_pylist() == []
+    assert eng.node_ids(np.array([3], np.uint32)).to_pylist() == [nids[3]]
+    for bad in ([-1], [40], [1.5]):
+        with pytest.raises(ValueError, match="node indices must be"):
+            eng.node_ids(bad)
