@@ -475,7 +475,8 @@ def _parallel_warm_ok() -> bool:
 
 
 def _spawn_warm_helper():
-    """A process compiling :func:`_warm_spatial`'s kernels into numba's cache, or None."""
+    """A process compiling the radius side of :func:`_warm_spatial` into numba's cache
+    (see :func:`_warm_helper`), or None (one core, opted out, or it cannot start)."""
     if not _parallel_warm_ok():
         return None
     env = dict(os.environ, CIM_FLOW_WARM_PARALLEL="0",
@@ -499,7 +500,8 @@ def _join_warm_helper(helper, timeout: float = 900.0) -> None:
 
 def _warm_helper() -> None:
     """The helper process's work (see :func:`warm_kernels`): the projection kernels load
-    from the cache the parent has just written, then the spatial ones compile."""
+    from the cache the parent has just written, then the radius side of the spatial
+    index compiles (queries, counts, boxes, updates, builds: everything but kNN)."""
     _skip_numba_blas_probe()
     state = _warm_projection()
     call_with_room(_warm_spatial, lambda what: None, *state, parts=("radius",))
