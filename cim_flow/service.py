@@ -429,10 +429,10 @@ def warm_kernels(progress: WarmProgress | None = None) -> None:
     ``progress`` hears of each step (see :class:`WarmProgress`).
 
     On a cold cache (the first step compiles instead of loading) with two or more cores,
-    a helper process compiles the radius-query side of the spatial index while this one
-    compiles the rest (kNN included); this one then loads the helper's kernels from the
-    cache. numba compiles on one core per process: one kernel after another, a first
-    start took 198 s here, with the helper 135 s.
+    a helper process compiles the radius queries, index updates and builds while this
+    one compiles the rest (kNN, boxes, JSON, replies...); this one then loads the
+    helper's kernels from the cache. numba compiles on one core per process: one kernel
+    after another, a first start took 198 s here, with the helper ~110-135 s.
     ``CIM_FLOW_WARM_PARALLEL=0`` keeps it to this process."""
     tick = progress.tick if progress is not None else (lambda what: None)
     _skip_numba_blas_probe()
@@ -447,16 +447,17 @@ def warm_kernels(progress: WarmProgress | None = None) -> None:
         helper = _spawn_warm_helper()
         try:
             call_with_room(_warm_other, tick, *state)
-            # the helper compiles the radius side (~80 s here), this process the rest and
-            # kNN (~75 s, the index build included, which both compile)
-            call_with_room(_warm_spatial, tick, *state, parts=("nearest",))
+            # the helper compiles radius queries, index updates and builds (~80 s here),
+            # this process the rest, kNN, boxes and sparse grids (the index build, which
+            # the first query of each does, in both)
+            call_with_room(_warm_spatial, tick, *state, parts=_OWN_PARTS)
             if helper is not None:
                 _join_warm_helper(helper)
         finally:  # (interrupted: no orphan left compiling)
             if helper is not None and helper.poll() is None:
                 helper.kill()
                 helper.wait()
-        call_with_room(_warm_spatial, tick, *state, parts=("radius",))
+        call_with_room(_warm_spatial, tick, *state, parts=_HELPER_PARTS)
         call_with_room(_warm_json_apply, state[0], _warm_frames(state[1]))  # now with an index to update
     else:
         _warm_other(tick, *state)
@@ -475,8 +476,8 @@ def _parallel_warm_ok() -> bool:
 
 
 def _spawn_warm_helper():
-    """A process compiling the radius side of :func:`_warm_spatial` into numba's cache
-    (see :func:`_warm_helper`), or None (one core, opted out, or it cannot start)."""
+    """A process compiling :data:`_HELPER_PARTS` of :func:`_warm_spatial` into numba's
+    cache (see :func:`_warm_helper`), or None (one core, opted out, or it cannot start)."""
     if not _parallel_warm_ok():
         return None
     env = dict(os.environ, CIM_FLOW_WARM_PARALLEL="0",
@@ -500,11 +501,11 @@ def _join_warm_helper(helper, timeout: float = 900.0) -> None:
 
 def _warm_helper() -> None:
     """The helper process's work (see :func:`warm_kernels`): the projection kernels load
-    from the cache the parent has just written, then the radius side of the spatial
-    index compiles (queries, counts, boxes, updates, builds: everything but kNN)."""
+    from the cache the parent has just written, then the spatial index's
+    :data:`_HELPER_PARTS` compile (radius queries and counts, index updates, builds)."""
     _skip_numba_blas_probe()
     state = _warm_projection()
-    call_with_room(_warm_spatial, lambda what: None, *state, parts=("radius",))
+    call_with_room(_warm_spatial, lambda what: None, *state, parts=_HELPER_PARTS)
 
 
 def _warm_projection():
@@ -529,10 +530,16 @@ def _warm_projection():
     return eng, g, nodes, cols, rng
 
 
-def _warm_spatial(tick, eng, g, nodes, cols, rng, parts=("radius", "nearest")) -> None:
+# The spatial warm-up's parts, split between the processes of a cold warm-up by the
+# per-step compile times (see warm_kernels): the helper's, and this process's.
+_HELPER_PARTS = ("radius", "updates", "builds")
+_OWN_PARTS = ("nearest", "boxes", "sparse")
+
+
+def _warm_spatial(tick, eng, g, nodes, cols, rng, parts=_HELPER_PARTS + _OWN_PARTS) -> None:
     """The spatial index's kernels: queries of every kind, serial and parallel, the
-    incremental update, background and hashed builds. ``parts``: "nearest" is the kNN
-    queries, "radius" all the rest (split between the processes of a cold warm-up)."""
+    incremental update, background and hashed builds; ``parts`` chooses (any order:
+    each part needs only an index, which the first query builds)."""
     q1, q100 = rng.uniform(0, 10, (1, 3)), rng.uniform(0, 10, (100, 3))  # serial and parallel paths
     for q in (q1, q100):
         if "radius" in parts:
@@ -543,29 +550,32 @@ def _warm_spatial(tick, eng, g, nodes, cols, rng, parts=("radius", "nearest")) -
         if "nearest" in parts:
             eng.nearest(q, 3)
             tick("nearest neighbours")
-    if "radius" not in parts:
-        return
-    eng.nodes_in_box([0, 0, 0], [5, 5, 5])
-    tick("boxes")
-    eng._box_page([0, 0, 0], [5, 5, 5], None, 2)  # query.graph.nodes_in_box's capped page
-    eng.apply(pa.table({k: v for k, v in cols.items()}).slice(0, 3))  # incremental index update
-    eng.nodes_within(rng.uniform(0, 10, (1, 3)), 2.0)
-    tick("index updates")
+    if "boxes" in parts:
+        eng.nodes_in_box([0, 0, 0], [5, 5, 5])
+        eng._box_page([0, 0, 0], [5, 5, 5], None, 2)  # query.graph.nodes_in_box's capped page
+        tick("boxes")
     from . import _spatial
 
-    _spatial._main_grid(eng._p.N, True)  # the background rebuild's serial kernels
-    tick("index builds")
-    # what only bigger grids reach: the cell-size search, and tall columns' z ranges
-    from kernels import spatial as ks
+    if "updates" in parts:
+        eng.nodes_within(q1, 2.0)  # (an index to update)
+        eng.apply(pa.table({k: v for k, v in cols.items()}).slice(0, 3))  # incremental index update
+        eng.nodes_within(rng.uniform(0, 10, (1, 3)), 2.0)
+        tick("index updates")
+    if "builds" in parts:
+        _spatial._main_grid(eng._p.N, True)  # the background rebuild's serial kernels
+        tick("index builds")
+    if "sparse" in parts:
+        # what only bigger grids reach: the cell-size search, and tall columns' z ranges
+        from kernels import spatial as ks
 
-    pts = rng.uniform(0, 10, (8, 3))
-    ks.occupancy(pts, np.arange(8), np.zeros(3), 1.0, np.arange(8))
-    tall = np.array([1, 1, ks.ZR_MIN_Z], np.int64)
-    for zr in (ks.column_zrange, ks.column_zrange_serial):
-        zr(np.zeros(ks.ZR_MIN_Z + 1, np.int32), tall)
-    far = np.array([[0.0, 0, 0], [1e9, 0, 0]])
-    _spatial.SpatialIndex._grid(far, np.arange(2), np.zeros(2, np.int32), far[0], far[1], 1.0)  # hashed
-    tick("sparse grids")
+        pts = rng.uniform(0, 10, (8, 3))
+        ks.occupancy(pts, np.arange(8), np.zeros(3), 1.0, np.arange(8))
+        tall = np.array([1, 1, ks.ZR_MIN_Z], np.int64)
+        for zr in (ks.column_zrange, ks.column_zrange_serial):
+            zr(np.zeros(ks.ZR_MIN_Z + 1, np.int32), tall)
+        far = np.array([[0.0, 0, 0], [1e9, 0, 0]])
+        _spatial.SpatialIndex._grid(far, np.arange(2), np.zeros(2, np.int32), far[0], far[1], 1.0)  # hashed
+        tick("sparse grids")
 
 
 def _warm_other(tick, eng, g, nodes, cols, rng) -> None:

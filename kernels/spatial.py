@@ -951,12 +951,69 @@ def _keep_q(main, delta, centers, radii, gsel, keep_i, keep_d, base, k, j):
 
 @jit(fastmath=EXACT_MATH)
 def _sort_range(out_i, out_d, a, w):
+    """Query hits ``a..w-1`` by distance, stable: ties keep the walk's order, which a
+    table answered in grid slots and a CSR answer in node numbers share."""
     if w - a > 1:
         order = np.argsort(out_d[a:w], kind="mergesort")
         si = out_i[a:w][order]
         sd = out_d[a:w][order]
         out_i[a:w] = si
         out_d[a:w] = sd
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, llvm_inline=True)
+def _swap_pairs(d, i, p, q):
+    t = d[p]
+    d[p] = d[q]
+    d[q] = t
+    u = i[p]
+    i[p] = i[q]
+    i[q] = u
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _sort_pairs(d, i, a, w):
+    """Sort ``d[a:w]`` and ``i[a:w]`` together, in place, by ``(d, i)`` (ascending: the
+    kNN answer's order, ties in distance by node number).  Insertion sort for a short
+    range, heapsort beyond: no allocation, no recursion.  (It replaced two stable
+    ``np.argsort(kind="mergesort")`` passes with fancy indexing and slice assignment in
+    :func:`_knn_q`, whose generic implementations compile for seconds each.)"""
+    n = w - a
+    if n <= 32:
+        for c in range(a + 1, w):
+            dc = d[c]
+            ic = i[c]
+            p = c - 1
+            while p >= a and _before(dc, ic, d[p], i[p]):
+                d[p + 1] = d[p]
+                i[p + 1] = i[p]
+                p -= 1
+            d[p + 1] = dc
+            i[p + 1] = ic
+        return
+    for start in range(n // 2 - 1, -1, -1):
+        _sift_down(d, i, a, start, n)
+    for end in range(n - 1, 0, -1):
+        _swap_pairs(d, i, a, a + end)
+        _sift_down(d, i, a, np.int64(0), end)
+
+
+@jit(nrt=False, fastmath=EXACT_MATH)
+def _sift_down(d, i, a, root, end):
+    """Restore the max-heap (by ``(d, i)``) of positions ``a..a+end-1`` below ``root``."""
+    while True:
+        child = 2 * root + 1
+        if child >= end:
+            return
+        x = a + child
+        if child + 1 < end and _before(d[x], i[x], d[x + 1], i[x + 1]):
+            child += 1
+            x += 1
+        r = a + root
+        if not _before(d[r], i[r], d[x], i[x]):
+            return
+        _swap_pairs(d, i, r, x)
+        root = child
 
 
 @jit(fastmath=EXACT_MATH, llvm_inline=True)
@@ -1290,7 +1347,7 @@ def _before(d1, i1, d2, i2):
     return d1 < d2 or (d1 == d2 and i1 < i2)
 
 
-@jit(fastmath=EXACT_MATH)
+@jit(nrt=False, fastmath=EXACT_MATH)
 def _knn_q(main, delta, centers, k, gsel, out_i, out_d, j, bd, bi, tmp):
     """The k nearest to center j into row j of out_i/out_d, sorted by (distance, node
     index); returns how many (fewer than k only when fewer nodes match)."""
@@ -1305,24 +1362,7 @@ def _knn_q(main, delta, centers, k, gsel, out_i, out_d, j, bd, bi, tmp):
             bd[m] = bd[c]
             bi[m] = bi[c]
             m += 1
-    if m <= 64:
-        for c in range(1, m):  # insertion sort
-            d = bd[c]
-            i = bi[c]
-            p = c - 1
-            while p >= 0 and _before(d, i, bd[p], bi[p]):
-                bd[p + 1] = bd[p]
-                bi[p + 1] = bi[p]
-                p -= 1
-            bd[p + 1] = d
-            bi[p + 1] = i
-    else:
-        by_i = np.argsort(bi[:m], kind="mergesort")
-        order = by_i[np.argsort(bd[:m][by_i], kind="mergesort")]
-        sd = bd[:m][order]
-        si = bi[:m][order]
-        bd[:m] = sd
-        bi[:m] = si
+    _sort_pairs(bd, bi, np.int64(0), m)
     size = min(m, k)
     for c in range(size):
         out_d[j, c] = bd[c]

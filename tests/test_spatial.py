@@ -944,3 +944,24 @@ def test_huge_pages_counts_and_bad_node_indices():
     for bad in ([-1], [40], [1.5]):
         with pytest.raises(ValueError, match="node indices must be"):
             eng.node_ids(bad)
+
+
+def test_knn_ties_are_ordered_by_node_number_past_the_insertion_sort():
+    """Many candidates at one distance (duplicate points: more than the short-range
+    insertion sort takes, so the heapsort runs): the k nearest are the lowest node
+    numbers among the ties, in (distance, node) order, as brute force orders them."""
+    rng = np.random.default_rng(12)
+    pts = np.concatenate([np.repeat([[50.0, 50.0, 50.0]], 150, axis=0), rng.uniform(40, 60, (300, 3)),
+                          np.repeat([[52.0, 50.0, 50.0]], 90, axis=0)])
+    eng, nids, _ = engine_with_points(pts)
+    centers = np.array([[50.0, 50.0, 50.0], [52.0, 50.0, 50.0], [51.0, 50.0, 50.0]])
+    for k in (30, 100, 200):
+        t = eng.nearest(centers, k)
+        for j, c in enumerate(centers):
+            d = np.sqrt(((pts - c) ** 2).sum(1))
+            want = np.lexsort((np.arange(len(pts)), d))[:k]  # by distance, then node number
+            rows = t.filter(pa.compute.equal(t.column("query"), j))
+            assert rows.column("node_id").to_pylist() == [nids[i] for i in want], (k, j)
+            np.testing.assert_array_equal(rows.column("distance").to_numpy(), d[want])
+        counts, idx, dist = eng.nearest_indices(centers, k)
+        assert (counts == k).all() and (np.diff(dist, axis=1) >= 0).all()
