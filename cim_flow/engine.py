@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import uuid
@@ -94,11 +95,23 @@ def _each_batch(items) -> Iterator[pa.RecordBatch]:
                             "not a pyarrow RecordBatch or Table")
 
 
+def _locked(method):
+    """Run an Engine method holding the engine's lock (see :class:`Engine`)."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class Engine:
     """Projections of a stream of CIM graph events, with indexed queries.
 
-    Not thread-safe: one writer; queries between applies see the state after
-    the last applied batch.
+    Safe to share between threads: ``apply`` and every query take the engine's lock
+    (one at a time; the kernels inside a call still run on all cores), so a query sees
+    the state after a whole ``apply`` call, never part of one.  Without it, a query
+    running its kernel (which releases the GIL) while another thread's ``apply`` grew
+    the arrays read outside them: a segfault.
     """
 
     def __init__(self, capacity: int = 1024, *, node_capacity: int | None = None,
@@ -119,6 +132,7 @@ class Engine:
         self.last_dirty = np.empty(0, np.int64)
         self._listeners = []
         self._scratch = threading.local()  # per calling thread: kernels run without the GIL
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         t = self.totals()
@@ -130,6 +144,7 @@ class Engine:
         """Sequence of the last applied (or ignored) event; 0 before any."""
         return self._p.version
 
+    @_locked
     def apply(self, data) -> ApplyResult:
         """Apply a RecordBatch / Table / RecordBatchReader in ``EVENT_SCHEMA`` (or
         ``decode_json``'s output, any Arrow producer with ``__arrow_c_stream__``, such
@@ -162,12 +177,14 @@ class Engine:
             fn(touched, dirty)
         return res
 
+    @_locked
     def _apply_columns(self, cols: EventColumns) -> ApplyResult:
         """:meth:`apply` for the decoder's :class:`EventColumns` (the service's fast path)."""
         if cols.n == 0:
             return ApplyResult(0, 0, 0, self.version)
         return self._apply_one(cols)
 
+    @_locked
     def _apply_at(self, data, seq: int) -> ApplyResult:
         """Apply every row of ``data`` as the one stream message at sequence ``seq``.
 
@@ -185,6 +202,7 @@ class Engine:
         res.version = int(seq)
         return res
 
+    @_locked
     def _apply_messages(self, messages) -> ApplyResult:
         """Apply consecutive stream messages ``[(batches, seq), ...]`` (seq increasing) in one
         kernel call, with exactly the outcome of :meth:`_apply_at` on each in turn: a message
@@ -266,6 +284,7 @@ class Engine:
                 self._cr_stale = 0
 
     # -- read side --------------------------------------------------------------
+    @_locked
     def totals(self) -> dict:
         """Live graphs, nodes and edges (deleted graphs excluded)."""
         return {
@@ -331,10 +350,12 @@ class Engine:
         G = self._p.G
         return np.flatnonzero(G.alive[: G.meta[0]])
 
+    @_locked
     def graph_summaries(self) -> pa.Table:
         """One row per live graph (in first-seen order)."""
         return self._summary_table(self._live_graphs())
 
+    @_locked
     def graph_summary(self, graph_id) -> dict | None:
         """The summary of one graph as a dict (``graph_id`` a ``uuid.UUID``), or None."""
         g = self._gidx(graph_id)
@@ -351,6 +372,7 @@ class Engine:
             "archived": bool(G.archived[g]),
         }
 
+    @_locked
     def graphs_by_name(self, name: str) -> pa.Table:
         """Live graphs whose name is exactly ``name``."""
         return self._summary_table(self._graphs_by_name(name))
@@ -362,6 +384,7 @@ class Engine:
         code = self._p.strings.get(name)
         return np.array(sorted(self._by_name.get(code, ())) if code >= 0 else [], np.int64)
 
+    @_locked
     def graphs_created_between(self, start, end) -> pa.Table:
         """Live graphs with ``start <= created_at <= end``, oldest first.
 
@@ -389,6 +412,7 @@ class Engine:
         o = np.lexsort((be1, be0, -G.ncount[gidx]))
         return gidx[o]
 
+    @_locked
     def graphs_by_node_count(self, min_count: int, max_count: int) -> pa.Table:
         """Live graphs with ``min_count <= node_count <= max_count``, most nodes first."""
         return self._summary_table(self._graphs_by_node_count(min_count, max_count))
@@ -403,6 +427,7 @@ class Engine:
         start, stop = kp.count_range(G.lo, G.meta[2], max(min_count, 0), max_count)
         return self._by_count_sorted(G.order[start:stop].copy())
 
+    @_locked
     def top_graphs_by_node_count(self, k: int) -> pa.Table:
         """The ``k`` live graphs with most nodes (ties broken by graph id)."""
         return self._summary_table(self._top_graphs_by_node_count(k))
@@ -431,6 +456,7 @@ class Engine:
              pa.array(pos[:, 0]), pa.array(pos[:, 1]), pa.array(pos[:, 2])],
             schema=_FIND_SCHEMA)
 
+    @_locked
     def find_nodes(self, graph_id=None, *, node_type: str | None = None, name: str | None = None,
                    offset: int = 0, limit: int | None = None) -> pa.Table:
         """Live nodes (of one graph, with a given ``node_type`` and/or ``name``), in the order
@@ -471,6 +497,7 @@ class Engine:
                 nodes = nodes[codes[nodes] == code] if code >= 0 else nodes[:0]
         return nodes
 
+    @_locked
     def find_edges(self, graph_id=None, *, edge_type: str | None = None, offset: int = 0,
                    limit: int | None = None) -> pa.Table:
         """Live edges (of one graph, with a given ``edge_type``), in the order they were
@@ -531,6 +558,7 @@ class Engine:
         keys = N.keys[:m]
         return np.flatnonzero((keys[:, 0] == w0) & (keys[:, 1] == w1) & N.alive[:m].astype(bool))
 
+    @_locked
     def neighbors(self, node_id, *, graph_id=None) -> pa.Table:
         """Edges at a live node (in every graph holding that node id, or in ``graph_id``):
         columns ``node_id`` (the node at the other end), ``graph_id``, ``edge_id``,
@@ -597,6 +625,7 @@ class Engine:
             raise RuntimeError("internal error: node number out of range in an answer")
         return kept, rows.tobytes()
 
+    @_locked
     def nodes_within(self, centers, radius, *, graph_id=None, return_distance=False, sort=False,
                      count_only=False):
         """Live nodes within ``radius`` (boundary included) of each center.
@@ -627,6 +656,7 @@ class Engine:
         kt.gather_slot_ids(mk, ms.grp, dk, ds.grp, ms.pts.shape[0], self._p.G.keys, slots, query, offsets, nid, gid)
         return _ids_table(query, nid, gid, np.sqrt(d2, out=dist[0]) if return_distance else None)
 
+    @_locked
     def radius_csr(self, centers, radius, *, graph_id=None, sort=False, count_only=False):
         """Low-level radius query: ``(offsets, node_index, squared_distance)`` in CSR form.
 
@@ -713,6 +743,7 @@ class Engine:
         return self._thread_scratch("knn_par" if parallel else "knn", n, (np.float64, np.int64, np.float64),
                                     rows=rows, grow=2.0)
 
+    @_locked
     def node_ids(self, node_index) -> pa.Array:
         """``fixed_size_binary(16)`` node ids for dense node indices (as
         :meth:`radius_csr` and :meth:`nearest_indices` give them)."""
@@ -725,6 +756,7 @@ class Engine:
             raise ValueError(f"node indices must be in [0, {n}): the engine's node numbers")
         return words_to_fsb(self._p.N.keys[idx])
 
+    @_locked
     def nearest(self, centers, k, *, graph_id=None) -> pa.Table:
         """The ``k`` nearest live nodes to each center (fewer when fewer exist), nearest first."""
         c, k, gsel = self._knn_args(centers, k, graph_id)
@@ -741,6 +773,7 @@ class Engine:
         mask = np.arange(k)[None, :] < counts[:, None]
         return self._node_table(None, idx[mask], dist[mask], offsets)
 
+    @_locked
     def nearest_indices(self, centers, k, *, graph_id=None):
         """Low-level kNN: ``(counts, node_index (n, k'), distance (n, k'))`` with
         ``k' = min(k, live nodes)``; row j's first ``counts[j]`` entries are its nearest,
@@ -763,6 +796,7 @@ class Engine:
             counts, idx, d2 = ks.knn(main, delta, c, k, gsel, _query_order(c, main), *self._knn_buffers(parallel=True))
         return counts, idx, np.sqrt(d2, out=d2)
 
+    @_locked
     def nodes_in_box(self, lo, hi, *, graph_id=None) -> pa.Table:
         """Live nodes with ``lo <= position <= hi`` on every axis."""
         lo, hi, gsel = self._box_args(lo, hi, graph_id)
@@ -788,6 +822,7 @@ class Engine:
         return lo, hi, self._gsel(graph_id)
 
     # -- snapshot hooks -----------------------------------------------------------
+    @_locked
     def snapshot(self, path) -> str:
         """Write every projection array and the version to an Arrow IPC file, atomically."""
         from ._snapshot import write_snapshot

@@ -710,3 +710,63 @@ def test_assigned_sequence_numbers_never_wrap_past_2_64():
     assert eng.version == 2**64 - 1 and eng.graph_summary(g)["last_modified"] == eng.graph_summary(g)["created_at"]
     res = eng.apply(rows_to_batch([row(2, 5), row(2, 2**64 - 1)]))
     assert (res.applied, res.skipped, eng.version) == (0, 2, 2**64 - 1)
+
+
+def test_one_engine_shared_by_threads():
+    """A writer thread applying moves and new nodes while three threads query (radius,
+    kNN, box, counts, summaries, listings): every call succeeds (this crashed the
+    process: a query's kernel, which runs without the GIL, read arrays another thread's
+    apply had just grown), and the end state is the one the writer's batches give."""
+    import threading
+
+    from test_spatial import engine_with_points
+
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 100, (5000, 3))
+    eng, nids, owner = engine_with_points(pts, n_graphs=4)
+    errors, added = [], []
+    done = threading.Event()
+
+    def writer():
+        r = np.random.default_rng(1)
+        try:
+            for _ in range(60):
+                rows = []
+                for _ in range(100):
+                    i = int(r.integers(0, len(nids)))
+                    rows.append({**{c: None for c in EVENT_SCHEMA.names}, "event_type": 12, "graph_id": owner[i],
+                                 "occurred_at": 5, "node_id": nids[i], "x": float(r.uniform(0, 100)), "y": 1.0,
+                                 "z": 1.0})
+                for _ in range(200):  # growth: the arrays are replaced by bigger ones
+                    n = uuid.uuid4().bytes
+                    added.append(n)
+                    rows.append({**{c: None for c in EVENT_SCHEMA.names}, "event_type": 10, "graph_id": owner[0],
+                                 "occurred_at": 6, "node_id": n, "x": float(r.uniform(0, 100)), "y": 2.0, "z": 2.0})
+                eng.apply(rows_to_batch(rows))
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(repr(exc))
+        finally:
+            done.set()
+
+    def reader(seed):
+        r = np.random.default_rng(seed)
+        while not done.is_set():
+            c = r.uniform(0, 100, (int(r.choice([1, 5, 100])), 3))
+            try:
+                eng.nodes_within(c, 3.0)
+                eng.nearest(c, 5)
+                eng.nodes_in_box([0, 0, 0], [10, 10, 10])
+                eng.nodes_within(c, 3.0, count_only=True)
+                eng.graph_summaries()
+                eng.find_nodes(owner[1], limit=10)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert eng.totals()["nodes"] == 5000 + len(added)
+    assert eng.nodes_within([50, 50, 50], 1000.0, count_only=True).tolist() == [5000 + len(added)]
