@@ -1256,6 +1256,27 @@ def _face_bound(o, h, lim, cx, cy, cz, qx, qy, qz, s_ring):
     return lb * lb if lb > 0.0 else 0.0
 
 
+@jit(nrt=False, fastmath=EXACT_MATH, llvm_inline=True)
+def _gap(c, o, h, i, qi, marg):
+    """Distance along one axis from coordinate ``c`` (in cell ``qi``) to cell ``i``'s
+    points, ``marg`` short and never below 0: a cell below holds coordinates under
+    ``o + (i + 1) h``, one above at least ``o + i h`` (edge cells too: what lies beyond
+    the grid is clamped into them from that side)."""
+    if i < qi:
+        d = c - (o + (i + 1) * h)
+    elif i > qi:
+        d = (o + i * h) - c
+    else:
+        return 0.0
+    d -= marg
+    return d if d > 0.0 else 0.0
+
+
+@jit(nrt=False, fastmath=EXACT_MATH, llvm_inline=True)
+def _sq(x):
+    return x * x
+
+
 @jit(nrt=False, fastmath=EXACT_MATH)
 def _knn_grid(g, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound):
     """Gathers this grid's candidates for the k nearest; returns ``(cnt, bound)`` with
@@ -1273,6 +1294,8 @@ def _knn_grid(g, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound):
     # give up on rings (and scan everything left once) past this much probing work
     budget = 2 * g.dims[0] * g.dims[1] if dense else g.cells.shape[0]
     visited = 0
+    marg = 1e-9 * (abs(cx) + abs(cy) + abs(cz) + abs(o[0]) + abs(o[1]) + abs(o[2])
+                   + h * float(lim[0] + lim[1] + lim[2] + 3))
     s_ring = np.int64(0)  # not the literal 0: a call typed before the loop's phi would compile twice
     while True:
         # cells at Chebyshev distance s_ring from the query's (clamped) cell, column by column
@@ -1282,19 +1305,42 @@ def _knn_grid(g, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound):
         y1 = min(qy + s_ring, lim[1])
         z0 = max(qz - s_ring, 0)
         z1 = min(qz + s_ring, lim[2])
+        # Once k candidates are in, a ring's cells farther than the k-th (``bound``, a
+        # squared distance) cannot add one: skip them (their points would all fail the
+        # ``d2 <= bound`` test). Distances to a cell are taken a margin short, so a
+        # rounding in the cell of a point never skips it; ties stay (``> bound`` only).
+        prune = bound < np.inf
         for ix in range(x0, x1 + 1):
             edge_x = ix == qx - s_ring or ix == qx + s_ring
+            dx = 0.0
+            if prune:
+                dx = _gap(cx, o[0], h, ix, qx, marg)
             for iy in range(y0, y1 + 1):
+                dxy = 0.0
+                if prune:
+                    dy = _gap(cy, o[1], h, iy, qy, marg)
+                    dxy = dx * dx + dy * dy
+                    if dxy > bound:
+                        continue
                 if edge_x or iy == qy - s_ring or iy == qy + s_ring:
-                    a, b = _col_llvm(g, ix, iy, z0, z1)
-                    visited += 1 if dense else z1 - z0 + 1
+                    za, zb = z0, z1
+                    if prune:  # only the cells of the column the bound's sphere reaches
+                        tz = np.sqrt(bound - dxy) + marg
+                        za = max(z0, _cell(cz - tz, o[2], inv_h, lim[2]))
+                        zb = min(z1, _cell(cz + tz, o[2], inv_h, lim[2]))
+                        if za > zb:
+                            continue
+                    a, b = _col_llvm(g, ix, iy, za, zb)
+                    visited += 1 if dense else zb - za + 1
                     cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
                 else:
-                    if qz - s_ring >= 0:
-                        a, b = _col_llvm(g, ix, iy, qz - s_ring, qz - s_ring)
+                    za = qz - s_ring
+                    if za >= 0 and (not prune or dxy + _sq(_gap(cz, o[2], h, za, qz, marg)) <= bound):
+                        a, b = _col_llvm(g, ix, iy, za, za)
                         cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
-                    if qz + s_ring <= lim[2]:
-                        a, b = _col_llvm(g, ix, iy, qz + s_ring, qz + s_ring)
+                    zb = qz + s_ring
+                    if zb <= lim[2] and (not prune or dxy + _sq(_gap(cz, o[2], h, zb, qz, marg)) <= bound):
+                        a, b = _col_llvm(g, ix, iy, zb, zb)
                         cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
                     visited += 1 if dense else 2
         if cnt >= k:
