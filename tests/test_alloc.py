@@ -43,9 +43,11 @@ BREAK = ("import ctypes, json, numpy as np, cim_flow; libc = ctypes.CDLL(None); 
 @pytest.mark.skipif(not _glibc(), reason="mallopt is glibc's")
 def test_tuned_allocator_serves_an_answer_sized_block_from_its_heap():
     tuned, moved = _run(BREAK)
-    assert tuned is True and moved >= 24
+    # (about the array's 24 MiB: less what the heap's top already had free, which made an
+    # exact >= 24 fail now and then, 23 seen)
+    assert tuned is True and moved >= 16
     tuned, moved = _run(BREAK, CIM_FLOW_TUNE_MALLOC="0")
-    assert tuned is False and moved < 24  # glibc's default: its own mmap, the heap untouched
+    assert tuned is False and moved < 8  # glibc's default: its own mmap, the heap untouched
 
 
 def test_tune_allocator_leaves_a_chosen_or_refused_setting_alone():
