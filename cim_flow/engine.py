@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import types
 import uuid
 from typing import Iterable, Iterator
 
@@ -131,7 +132,7 @@ class Engine:
         self.last_touched = np.empty(0, np.int64)
         self.last_dirty = np.empty(0, np.int64)
         self._listeners = []
-        self._scratch = threading.local()  # per calling thread: kernels run without the GIL
+        self._scratch = types.SimpleNamespace()  # reused query scratch (one call at a time: the lock)
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -668,6 +669,7 @@ class Engine:
         r = _radii(radius, c.shape[0])
         return self._radius(c, r, self._gsel(graph_id), sort, count_only)
 
+    @_locked  # (the service's radius replies call it directly: it uses the engine's scratch)
     def _radius(self, c, r, gsel, sort, count_only):
         if count_only:
             offsets = np.zeros(c.shape[0] + 1, np.int64)
@@ -706,13 +708,14 @@ class Engine:
         ks.radius_fill_kept(main, delta, c, r, gsel, offsets, bool(sort), order, kept, keep_i, keep_d, k, idx, d2)
         return offsets, idx[:m], d2[:m]
 
-    def _thread_scratch(self, name: str, n: int, dtypes, *, rows: int = 0, grow: float = 1.0,
+    def _scratch_arrays(self, name: str, n: int, dtypes, *, rows: int = 0, grow: float = 1.0,
                         cap: int | None = None):
         """Arrays of ``dtypes``, at least ``n`` long (``(rows, n)`` with ``rows``), kept by
-        the calling thread under ``name`` and reused: a fresh array's pages are faulted in
-        one by one on every call, often costing more than the work done in them.  When
-        short they are replaced, ``grow`` times the old length if that is more, at most
-        ``cap``."""
+        the engine under ``name`` and reused: a fresh array's pages are faulted in one by
+        one on every call, often costing more than the work done in them.  When short
+        they are replaced, ``grow`` times the old length if that is more, at most ``cap``.
+        One set an engine, not one a calling thread: the calls using them hold the
+        engine's lock (they were per thread before it, each thread keeping its own)."""
         buf = getattr(self._scratch, name, None)
         if buf is None or buf[0].shape[-1] < n or (rows and buf[0].shape[0] < rows):
             if buf is not None:
@@ -726,12 +729,12 @@ class Engine:
 
     def _fill_buffers(self, n: int):
         """A batch's hits on their way into a table (see :meth:`_radius_batch`)."""
-        return self._thread_scratch("fill", n, (np.int64, np.float64), grow=1.5, cap=_FILL_SCRATCH_MAX)
+        return self._scratch_arrays("fill", n, (np.int64, np.float64), grow=1.5, cap=_FILL_SCRATCH_MAX)
 
     def _keep_buffers(self, n: int):
         """radius_csr's kept hits (fresh pages cost ~1 ms for 10k queries, more than the
         copy they save)."""
-        return self._thread_scratch("keep", n, (np.int64, np.float64))
+        return self._scratch_arrays("keep", n, (np.int64, np.float64))
 
     def _knn_buffers(self, parallel: bool = False):
         """kNN candidate scratch, room for every indexed point (only the pages queries
@@ -740,7 +743,7 @@ class Engine:
         sp = self._spatial
         n = sp.main.pts.shape[0] + sp.delta.pts.shape[0] + 1
         rows = numba.config.NUMBA_NUM_THREADS if parallel else 0
-        return self._thread_scratch("knn_par" if parallel else "knn", n, (np.float64, np.int64, np.float64),
+        return self._scratch_arrays("knn_par" if parallel else "knn", n, (np.float64, np.int64, np.float64),
                                     rows=rows, grow=2.0)
 
     @_locked
