@@ -130,6 +130,8 @@ def _pc():
 
 def _reason_of(exc: Exception, payload: bytes = b"") -> str:
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        if "UTF-8" in str(exc):  # msgspec >= 0.21 checks strings itself (older ones let
+            return "invalid UTF-8 in a string"  # them through to a UnicodeDecodeError later)
         return _non_finite_reason(payload) or "invalid JSON"
     msg = str(exc)
     m = _PATH.search(msg)
