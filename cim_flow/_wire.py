@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from urllib.parse import unquote, urlsplit
 
@@ -130,6 +131,54 @@ def usable(url: str, connect_options: dict) -> bool:
         return False
     parts = urlsplit(url if "://" in url else "nats://" + url)
     return parts.scheme in ("nats", "") and parts.hostname is not None
+
+
+def connect_blocking(url: str, name: str, timeout: float = 5.0) -> socket.socket:
+    """A plain blocking socket to ``url``'s server, past INFO and CONNECT (user/password
+    or token from the URL), for a thread that only publishes (see the load generator's
+    paced query sender).  The server's PINGs are the caller's to answer (:func:`pong`)."""
+    parts = urlsplit(url if "://" in url else "nats://" + url)
+    sock = socket.create_connection((parts.hostname, parts.port or 4222), timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    f = sock.makefile("rb")
+    line = f.readline()
+    if not line.startswith(b"INFO"):
+        sock.close()
+        raise ConnectionError(f"expected INFO from the server, got {line[:80]!r}")
+    if json.loads(line[5:]).get("tls_required"):
+        sock.close()
+        raise ConnectionError("server requires TLS: use nats-py")
+    opts = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
+            "protocol": 1, "lang": "python-cim_flow", "version": __version__, "name": name}
+    if parts.username:
+        if parts.password is not None:
+            opts.update(user=unquote(parts.username), pass_=unquote(parts.password))
+        else:
+            opts["auth_token"] = unquote(parts.username)
+    sock.sendall(b"CONNECT " + json.dumps(opts).replace('"pass_"', '"pass"').encode() + b"\r\nPING\r\n")
+    while True:  # the PONG says CONNECT was taken; an -ERR says why not
+        line = f.readline()
+        if not line or line.startswith(b"-ERR"):
+            sock.close()
+            raise ConnectionError(f"server refused the connection: {line.strip().decode(errors='replace')}")
+        if line.startswith(b"PONG"):
+            break
+    f.close()  # the socket stays open (makefile holds its own reference)
+    sock.settimeout(None)
+    return sock
+
+
+def pong(sock: socket.socket) -> None:
+    """Answer what the server sent a publish-only blocking socket, without waiting: a
+    PONG for each PING (an unanswered one gets the connection closed), the rest dropped."""
+    try:
+        got = sock.recv(65536, socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return
+    if not got:
+        raise ConnectionError("connection closed by the server")
+    for _ in range(got.count(b"PING\r\n")):
+        sock.sendall(b"PONG\r\n")
 
 
 def _needed(rest: bytes) -> int:

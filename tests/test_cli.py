@@ -333,6 +333,12 @@ def test_loadgen_against_running_service(nats_server, service, tmp_path):
     assert r["events_applied"] == r["events"] == 4000
     assert r["event_to_applied"]["p99_ms"] > 0
     assert r["queries"]["count"] > 50 and r["queries"]["errors"] == 0
+    # each query also timed from its actual send (the paced sender thread's): never
+    # before its scheduled time, so never longer than the figure from the schedule
+    sent = r["queries"]["from_send"]
+    assert sent["count"] == r["queries"]["count"]
+    assert 0 < sent["p50_ms"] <= r["queries"]["p50_ms"] and sent["max_ms"] <= r["queries"]["max_ms"]
+    assert "from the send:" in proc.stdout
     # the service's CPU over the run, from its stats before and after: 4,000 events and
     # 100 queries cost it something, and the per-event / per-query shares follow from it
     cpu = r["service_cpu"]
