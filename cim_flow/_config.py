@@ -115,6 +115,13 @@ class JetStream:
     # consumer", and 16384 Arrow batch messages of ~1 MB each would be 16 GB
     pull_max_bytes: int = 16 * 2**20
     raw_consumer: bool = True
+    # A stream that keeps the service's results (projection.graph.>): "" = none, the
+    # updates are plain core NATS messages (at most once).  With one, a reader with a
+    # durable consumer (Client.updates(durable=...)) misses none, and the service makes
+    # sure it ends at the current state after a restart or a lost connection.
+    results_stream: str = ""
+    results_max_age: float = 86400.0    # seconds an update is kept; 0 = no limit
+    results_max_bytes: int = 1 << 30    # the stream's size cap (oldest dropped first); 0 = none
 
     def server_limits(self) -> dict:
         return {"max_memory_store": self.max_memory_store, "max_file_store": self.max_file_store,
@@ -238,15 +245,24 @@ class Config:
         for k in ("max_memory_store", "max_file_store", "max_outstanding_catchup"):
             if getattr(self.jetstream, k) < 0:
                 raise ConfigError(f"jetstream.{k} must not be negative")
+        if self.jetstream.results_stream and not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", self.jetstream.results_stream):
+            raise ConfigError(f"jetstream.results_stream: a stream name is letters, digits, '_' and '-', "
+                              f"got {self.jetstream.results_stream!r}")
+        if self.jetstream.results_stream and self.jetstream.results_stream == self.jetstream.stream:
+            raise ConfigError("jetstream.results_stream must differ from jetstream.stream")
+        for k in ("results_max_age", "results_max_bytes"):
+            if getattr(self.jetstream, k) < 0:
+                raise ConfigError(f"jetstream.{k} must not be negative")
         if self.queries.default_limit < 1:
             raise ConfigError("queries.default_limit must be >= 1")
 
 
 _DURATION_KEYS = {"batch_timeout", "target_latency", "connection_timeout", "idle_timeout",
                   "duplicate_window", "sync_interval", "min_version_timeout", "every_seconds",
-                  "thread_keep_alive"}
+                  "thread_keep_alive", "results_max_age"}
 _SIZE_KEYS = {"write_buffer_size", "read_buffer_size", "pending_size", "max_memory_store",
-              "max_file_store", "max_outstanding_catchup", "pull_max_bytes", "thread_stack_size"}
+              "max_file_store", "max_outstanding_catchup", "pull_max_bytes", "thread_stack_size",
+              "results_max_bytes"}
 
 
 def _coerce(name, f, default, value):

@@ -7,6 +7,7 @@ import msgspec
 
 BATCH_SUBJECT = "event.graph.batch"
 UPDATES_SUBJECT = "projection.graph.summary.updated"
+RESULTS_SUBJECTS = "projection.graph.>"  # what a results stream ([jetstream] results_stream) keeps
 DLQ_SUBJECT = "dlq.graph"
 QUERY_PREFIX = "query.graph."
 SNAPSHOT_SUBJECT = "cmd.cim_flow.snapshot"

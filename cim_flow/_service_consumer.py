@@ -111,6 +111,15 @@ class ConsumerMixin:
                 self._check_stream(info.state.last_seq)
             except Exception:  # a check, not a step: the consumer runs either way
                 pass
+            if self._results_on:  # updates published while the server was away may be lost
+                self._background(self._results_sync_after_resume())
+
+    async def _results_sync_after_resume(self):
+        try:
+            await self._ensure_results_stream()  # a server restarted with an empty store has none
+            await self._results_sync()
+        except Exception as exc:  # the next batch's update goes out either way
+            self._log(f"cim_flow: results stream not checked after the reconnect: {type(exc).__name__}: {exc}")
 
     async def _fresh_inbox(self):
         """Read the consumer's deliveries on a new inbox from now on, and drop the old one.
@@ -311,6 +320,8 @@ class ConsumerMixin:
         js_cfg = self.config.jetstream
         self.js = self.nc.jetstream()
         await self._ensure_stream()
+        if self._results_on:
+            await self._ensure_results_stream()
         await self._reset_consumer()
         self._inbox = self.nc.new_inbox()
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{js_cfg.stream}.{js_cfg.durable}"

@@ -7,15 +7,20 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
+import nats.errors
+import nats.js.errors
 import numpy as np
 import pyarrow as pa
-
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from . import _wire
 from ._decode import decode_spans_columns
 from ._projection import INVALID, REASONS, normalize_batch
 from ._queries import uuid_texts_of
-from ._service_common import DLQ_SUBJECT, UPDATES_SUBJECT, _REPLY_HEADROOM, _json, _resolve
+from ._service_common import DLQ_SUBJECT, RESULTS_SUBJECTS, UPDATES_SUBJECT, _REPLY_HEADROOM, _json, _resolve
+
+_dec = msgspec.json.Decoder()
 
 
 class IngestMixin:
@@ -312,6 +317,11 @@ class IngestMixin:
     async def _publish_updates(self):
         if not self._touched:
             return
+        if self._results_hold:
+            # replaying at start with a results stream: one full update once ready says
+            # it all (see _results_sync); per-batch ones would repeat, out of date, what
+            # the stream already holds from before the restart
+            return
         eng = self.engine
         G = eng._p.G
         t = self._touched
@@ -319,11 +329,16 @@ class IngestMixin:
         # general path cost ~6 us a batch)
         gidx = np.sort(t[0]) if len(t) == 1 else np.unique(np.concatenate(t))
         alive = G.alive[gidx].astype(bool)
-        live = gidx[alive]
         dead = gidx[~alive]
         deleted = uuid_texts_of(G.keys[dead]) if dead.size else []
+        await self._publish_summaries(gidx[alive], deleted, f"summary-{eng.version}")
+
+    async def _publish_summaries(self, live, deleted: list, msg_id: str, extra: bytes = b""):
+        """One update: the summaries of graphs ``live`` (indices) and the ids ``deleted``,
+        at the current version; ``extra`` goes into the object (its first part's, when it
+        comes in parts) as it is: ``,"full":true`` tells a reader to drop what it holds."""
+        eng = self.engine
         head = _json.encode({"version": eng.version, "events_total": self.events_total()})[:-1]
-        msg_id = f"summary-{eng.version}"
         got = eng._summary_json(live)
         if got is None:  # a time RFC 3339 cannot say: the general path names it
             rows = [_json.encode(r) + b"," for r in eng._summary_rows(live)]
@@ -332,12 +347,12 @@ class IngestMixin:
         text, ends = got
         n_rows = len(ends)
 
-        def message(a: int, b: int, da: int, db: int, part: bytes = b"") -> bytes:
+        def message(a: int, b: int, da: int, db: int, part: bytes = b"", first: bool = True) -> bytes:
             # rows a..b-1 (their bytes without the last row's comma), deleted da..db-1
             lo = int(ends[a - 1]) if a else 0
             hi = int(ends[b - 1]) - 1 if b > a else lo
-            return b"".join((head, b',"graphs":[', text[lo:hi].tobytes(), b'],"deleted":',
-                             _json.encode(deleted[da:db]), part, b"}"))
+            return b"".join((head, extra if first else b"", b',"graphs":[', text[lo:hi].tobytes(),
+                             b'],"deleted":', _json.encode(deleted[da:db]), part, b"}"))
 
         data = message(0, n_rows, 0, len(deleted))
         limit = self._payload_limit() - _REPLY_HEADROOM
@@ -350,12 +365,66 @@ class IngestMixin:
         nd = len(deleted)
         while True:
             parts = [message(k * n_rows // n, (k + 1) * n_rows // n, k * nd // n, (k + 1) * nd // n,
-                             b',"part":%d,"parts":%d' % (k, n)) for k in range(n)]
+                             b',"part":%d,"parts":%d' % (k, n), k == 0) for k in range(n)]
             if max(map(len, parts)) <= limit or n >= n_rows + nd:
                 break
             n *= 2
         for k, part in enumerate(parts):
             await self._send(UPDATES_SUBJECT, part, headers={"Nats-Msg-Id": msg_id if k == 0 else f"{msg_id}.{k}"})
+
+    # -- the results stream ([jetstream] results_stream) ---------------------------------
+    async def _ensure_results_stream(self):
+        """Create the results stream if missing (subjects ``projection.graph.>``)."""
+        js_cfg = self.config.jetstream
+        try:
+            await self.js.stream_info(js_cfg.results_stream)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        await self.js.add_stream(StreamConfig(
+            name=js_cfg.results_stream, subjects=[RESULTS_SUBJECTS],
+            storage=StorageType.FILE if js_cfg.storage == "file" else StorageType.MEMORY,
+            duplicate_window=js_cfg.duplicate_window, max_age=js_cfg.results_max_age or None,
+            max_bytes=js_cfg.results_max_bytes or None, discard=DiscardPolicy.OLD))
+
+    async def _results_through(self) -> int:
+        """The version whose state the results stream's updates add up to: that of its
+        last update (one before it when that is a part of an update whose later parts are
+        missing); 0 when it holds none."""
+        try:
+            msg = await self.js.get_last_msg(self.config.jetstream.results_stream, UPDATES_SUBJECT)
+        except nats.js.errors.NotFoundError:
+            return 0
+        try:
+            body = _dec.decode(msg.data)
+            v = int(body["version"])
+            return v if int(body.get("part", 0)) + 1 >= int(body.get("parts", 1)) else v - 1
+        except (ValueError, TypeError, KeyError, msgspec.DecodeError):
+            return 0  # not ours: count nothing as covered
+
+    async def _results_sync(self):
+        """Make the results stream add up to the current state.  Its updates lag behind
+        the version when some were lost (published while the server restarted, or with
+        a connection), were held back during the replay at start, or came before the
+        stream did: then one full update (every live graph's summary, ``"full": true``:
+        a reader replaces what it holds) at the current version goes out."""
+        if not self._results_on:
+            return
+        try:
+            through = await self._results_through()
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            self._log(f"cim_flow: results stream {self.config.jetstream.results_stream}: cannot read its "
+                      f"last update ({exc}); a full update goes out")
+            through = -1
+        finally:
+            self._results_hold = False
+        eng = self.engine
+        if through >= eng.version:
+            return
+        G = eng._p.G
+        live = np.flatnonzero(G.alive[: int(G.meta[0])]).astype(np.int64)
+        self.counters["full_updates"] += 1
+        await self._publish_summaries(live, [], f"summary-{eng.version}-full", b',"full":true')
 
     def events_total(self) -> int:
         c = self.counters

@@ -13,7 +13,8 @@ tables) or, for summaries and stats, as dicts::
         reply_meta(near)   # {"version": ..., "truncated": ..., "counts": [...]}
 
 :meth:`Client.updates` follows the service's results: the summaries of the graphs each
-applied batch changed, as they are published::
+applied batch changed, as they are published (or, with ``durable="name"``, from the
+service's results stream, none missed)::
 
     async with await client.updates() as updates:
         async for u in updates:   # {"version", "events_total", "graphs": [...], "deleted": [...]}
@@ -26,6 +27,7 @@ same methods for code without an event loop (scripts, pipelines): they block.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import functools
 import json
@@ -39,12 +41,15 @@ import xxhash
 
 import nats
 import nats.errors
+import nats.js.errors
 
 from ._decode import decode_json
 from ._ids import to_uuid_bytes
 from ._queries import ARROW_MIME
 from ._schema import SUBJECT_OF, EventType
 from ._service_common import BATCH_SUBJECT, QUERY_PREFIX, SNAPSHOT_SUBJECT, UPDATES_SUBJECT
+
+RESULTS_STREAM = "CIM_GRAPH_RESULTS"  # the usual [jetstream] results_stream name
 
 _json = msgspec.json.Encoder()
 _ARROW = {"Accept": ARROW_MIME}
@@ -280,13 +285,32 @@ class Client:
         return _decode_reply(msg)
 
     # -- results out ------------------------------------------------------------
-    async def updates(self, *, pending: int = 65536) -> Updates:
+    async def updates(self, *, pending: int = 65536, durable: str | None = None,
+                      stream: str = RESULTS_STREAM) -> Updates:
         """Subscribe to ``projection.graph.summary.updated``: what the service publishes
         after each applied batch, from now on (the subscription is live on the server when
-        this returns). Iterate the result; close it (or use ``async with``) to stop."""
-        sub = await self.nc.subscribe(UPDATES_SUBJECT, pending_msgs_limit=pending)
-        await self.nc.flush()
-        return Updates(sub)
+        this returns). Iterate the result; close it (or use ``async with``) to stop.
+
+        With ``durable`` (a consumer name), from the service's results stream ``stream``
+        instead (the service's ``[jetstream] results_stream``): through a durable JetStream
+        consumer of that name, created on first use at the stream's start; a later reader
+        of the same name goes on where the last one stopped.  Each update is acknowledged
+        when the next one is asked for (or at close), so none is lost to a reader that
+        dies; one it held comes again (at least once; applying an update twice is
+        harmless).  A ``"full": true`` update lists every live graph: replace what you
+        hold with it (the service sends one when the stream's updates no longer add up
+        to its state, e.g. after a restart)."""
+        if durable is None:
+            sub = await self.nc.subscribe(UPDATES_SUBJECT, pending_msgs_limit=pending)
+            await self.nc.flush()
+            return Updates(sub)
+        js = self.nc.jetstream()
+        try:
+            sub = await js.pull_subscribe(UPDATES_SUBJECT, durable=durable, stream=stream)
+        except nats.js.errors.NotFoundError:
+            raise ServiceError("not_found", f"no results stream {stream!r} on the server: the service keeps "
+                                            "one when its config sets [jetstream] results_stream") from None
+        return DurableUpdates(sub)
 
 
 class Updates:
@@ -299,17 +323,35 @@ class Updates:
 
     Core NATS, at most once: a reader more than ``pending`` messages behind loses the
     excess (nats-py's slow-consumer limit); ``version`` tells what was missed, and a
-    query with ``min_version`` reads the state itself."""
+    query with ``min_version`` reads the state itself.  (:meth:`Client.updates` with
+    ``durable`` reads them from a results stream instead: none lost.)
+
+    An update older than one already given is dropped: after a restart the service
+    replays the events since its snapshot, and the summaries of a replayed batch are
+    older than those already sent (with a results stream it holds those back)."""
 
     def __init__(self, sub):
         self._sub = sub
         self._it = sub.messages
+        self._seen = -1  # the highest version given
 
     def __aiter__(self) -> Updates:
         return self
 
+    def _fresh(self, data: bytes) -> dict | None:
+        u = json.loads(data)
+        v = u.get("version") if isinstance(u, dict) else None
+        if isinstance(v, int):
+            if v < self._seen:
+                return None
+            self._seen = v
+        return u
+
     async def __anext__(self) -> dict:
-        return json.loads((await self._it.__anext__()).data)
+        while True:
+            u = self._fresh((await self._it.__anext__()).data)
+            if u is not None:
+                return u
 
     async def next(self, timeout: float | None = None) -> dict:
         """The next update; ``asyncio.TimeoutError`` when none comes within ``timeout`` s."""
@@ -368,9 +410,51 @@ class SyncClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def updates(self, *, pending: int = 65536) -> SyncUpdates:
+    def updates(self, *, pending: int = 65536, durable: str | None = None,
+                stream: str = RESULTS_STREAM) -> SyncUpdates:
         """:meth:`Client.updates`, as a blocking iterator."""
-        return SyncUpdates(self, self._call(self._client.updates(pending=pending)))
+        return SyncUpdates(self, self._call(self._client.updates(pending=pending, durable=durable, stream=stream)))
+
+
+class DurableUpdates(Updates):
+    """:class:`Updates` from a results stream through a durable consumer (see
+    :meth:`Client.updates`): fetched ``batch`` at a time, each acknowledged when the
+    next is asked for or at close."""
+
+    def __init__(self, sub, batch: int = 64):
+        self._sub = sub
+        self._batch = batch
+        self._buf: collections.deque = collections.deque()
+        self._held = None  # the message given last, acknowledged once the next is asked for
+        self._seen = -1
+
+    async def _ack_held(self) -> None:
+        if self._held is not None:
+            msg, self._held = self._held, None
+            await msg.ack()
+
+    async def __anext__(self) -> dict:
+        while True:
+            await self._ack_held()
+            while not self._buf:
+                try:
+                    self._buf.extend(await self._sub.fetch(self._batch, timeout=1.0))
+                except nats.errors.TimeoutError:  # none yet: wait on, like the core subscription
+                    continue
+            self._held = msg = self._buf.popleft()
+            u = self._fresh(msg.data)
+            if u is not None:
+                return u
+
+    async def close(self) -> None:
+        try:
+            await self._ack_held()
+        except (nats.errors.ConnectionClosedError, nats.errors.Error):
+            pass  # unacknowledged: it comes again to the next reader of this name
+        try:
+            await self._sub.unsubscribe()
+        except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError, nats.errors.Error):
+            pass
 
 
 class SyncUpdates:

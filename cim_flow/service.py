@@ -107,7 +107,11 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
         self.counters = dict(events_applied=0, events_ignored=0, events_skipped=0, events_dead_lettered=0,
                              batches=0, queries=0, query_errors=0, messages=0, radius_batches=0,
                              index_builds_waited=0, snapshots=0, consumer_resets=0, pull_stalls=0,
-                             server_restarts=0, cache_warmed=0)
+                             server_restarts=0, cache_warmed=0, full_updates=0)
+        # a results stream keeps the updates; per-batch ones wait for the first check of
+        # what it holds, after the replay at start (see IngestMixin._results_sync)
+        self._results_on = bool(self.jetstream and self.config.jetstream.results_stream)
+        self._results_hold = self._results_on
         self.started = time.time()
         self.connected = False
         self.url = None
@@ -202,6 +206,7 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
             self._tasks.append(asyncio.create_task(self._watch_server()))
         if self.jetstream:
             await self._catch_up()
+            await self._results_sync()
         if self.config.query_cache.warm_cache_on_startup:
             await self._warm_cache()
         if self.engine._spatial_hint and not self.engine._spatial.built:
@@ -249,6 +254,8 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
             "snapshot_seconds": self.snapshot_seconds,
             "consumer_resets": c["consumer_resets"], "pull_stalls": c["pull_stalls"],
             "server_restarts": c["server_restarts"], "stream_behind": self.stream_behind,
+            "results_stream": self.config.jetstream.results_stream if self._results_on else None,
+            "full_updates": c["full_updates"],
             "cpu_s": time.process_time(),  # this process, all threads: a load run's cost is the difference
             "malloc_tuned": allocator_settings() is not None,
         }

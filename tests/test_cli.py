@@ -24,6 +24,7 @@ def test_example_config_loads():
     assert cfg.event_processing.batch_timeout == pytest.approx(0.0005)
     assert cfg.jetstream.duplicate_window == pytest.approx(120.0)
     assert cfg.nats.pending_size == 8_000_000
+    assert cfg.jetstream.results_stream == "CIM_GRAPH_RESULTS" and cfg.jetstream.results_max_age == 86400.0
 
 
 SEED_CONFIG = """
@@ -104,6 +105,10 @@ def test_the_seed_guides_settings_load_and_what_is_not_honoured_is_said(tmp_path
     ({"query_cache": {"warm_cache_queries": "graphs"}}, "query_cache.warm_cache_queries"),
     ({"tokio_runtime": {"worker_threads": "eight"}}, "tokio_runtime.worker_threads"),
     ({"tokio_runtime": {"thread_stack_size": "big"}}, "tokio_runtime.thread_stack_size"),
+    ({"jetstream": {"results_stream": "a.b"}}, "jetstream.results_stream"),
+    ({"jetstream": {"results_stream": "CIM_GRAPH_EVENTS"}}, "jetstream.results_stream"),
+    ({"jetstream": {"results_max_age": "-1s"}}, "jetstream.results_max_age"),
+    ({"jetstream": {"results_max_bytes": "lots"}}, "jetstream.results_max_bytes"),
 ])
 def test_config_errors_name_the_key(data, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

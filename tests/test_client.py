@@ -249,7 +249,14 @@ def test_updates_follow_every_applied_batch(service):
         await client.close()
         await updates.close()  # after its connection: nothing to do, no error
 
+    async def durable_without_a_results_stream():
+        async with await Client.connect(service.url) as client:
+            with pytest.raises(ServiceError, match="results_stream") as err:
+                await client.updates(durable="reader")
+            assert err.value.code == "not_found"
+
     run(closed_in_either_order())
+    run(durable_without_a_results_stream())
     seq, items = run(main())
     it = iter(items)
     last, deleted = _follow(lambda: next(it), seq)

@@ -527,3 +527,200 @@ def test_acks_reach_the_server_and_the_last_one_before_stop(tmp_path):
     finally:
         rs.stop()
         srv.stop()
+
+
+def _fold(state: dict, u: dict) -> None:
+    """A results reader's view: a full update replaces it, others add, change, delete."""
+    if u.get("full"):
+        state.clear()
+    for g in u["graphs"]:
+        state[uuid.UUID(g["graph_id"]).bytes] = (g["node_count"], g["edge_count"], g["name"])
+    for d in u["deleted"]:
+        state.pop(uuid.UUID(d).bytes, None)
+
+
+def _read_results(url, durable, state, until=None, count=None):
+    """Read updates with the durable consumer ``durable`` into ``state``: ``count`` of
+    them, or until the last part of version ``until``; returns the versions read."""
+    from cim_flow import Client
+
+    async def go():
+        seen = []
+        async with await Client.connect(url) as client:
+            updates = await client.updates(durable=durable)
+            try:
+                while True:
+                    u = await updates.next(timeout=60)
+                    _fold(state, u)
+                    seen.append(u["version"])
+                    if count is not None and len(seen) >= count:
+                        return seen
+                    if until is not None and u["version"] >= until and u.get("part", 0) + 1 >= u.get("parts", 1):
+                        return seen
+            finally:
+                await updates.close()
+
+    return asyncio.run(go())
+
+
+async def _stored_versions(url, stream):
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        state = (await js.stream_info(stream)).state
+        return [json.loads((await js.get_msg(stream, seq)).data)["version"]
+                for seq in range(state.first_seq, state.last_seq + 1)]
+    finally:
+        await nc.close()
+
+
+def test_results_stream_adds_up_to_the_projection_across_kills(tmp_path):
+    """With [jetstream] results_stream, the updates a durable reader gets add up to the
+    projection, however often the service is killed (-9) meanwhile: per-batch updates of a
+    replay are held back, and a full update goes out when the stream's updates no longer
+    add up to the state; a reader that stops and comes back misses nothing, and one that
+    starts at the end reads the same state from the stream's start."""
+    srv = NatsServer(port=0, store_dir=str(tmp_path / "js")).start()
+    try:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text("[snapshots]\nevery_events = 400\nkeep = 2\n[event_processing]\nbatch_timeout = \"2ms\"\n"
+                       "[jetstream]\nresults_stream = \"CIM_GRAPH_RESULTS\"\n")
+        n_events = 2000
+        gen = SyntheticEvents(31, max_graphs=25, nodes_per_graph=300)
+        payloads = [gen.next() for _ in range(n_events)]
+        args = ["serve", "--nats-url", srv.url, "--data-dir", str(tmp_path / "svc"), "--status-interval", "0",
+                "--config", str(cfg)]
+        early = {}
+        rng = random.Random(31)
+        done = threading.Event()
+        publisher = threading.Thread(target=_publisher, args=(srv.url, payloads, done, 0.01), daemon=True)
+        for k in range(3):
+            proc = _spawn(args)
+            url = _wait_ready(proc)
+            if k == 0:
+                publisher.start()
+                _read_results(url, "early", early, count=5)  # then it stops for a while
+            time.sleep(rng.uniform(0.2, 0.8))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        assert done.wait(120)
+        proc = _spawn(args)
+        url = _wait_ready(proc)
+        try:
+            ref = _reference(payloads)
+            _check(url, ref, n_events)
+            want = {g: (s["node_count"], s["edge_count"], s["name"]) for g, s in ref.summaries().items()}
+            versions = _read_results(url, "early", early, until=n_events)  # goes on where it stopped
+            assert early == want
+            assert versions == sorted(versions)  # nothing older than what it had
+            late = {}
+            _read_results(url, "late", late, until=n_events)  # from the stream's start
+            assert late == want
+            stats = request(url, "query.graph.stats")
+            assert stats["results_stream"] == "CIM_GRAPH_RESULTS"
+            # as stored: versions never go back (a replay's per-batch updates are held back)
+            stored = asyncio.run(_stored_versions(url, "CIM_GRAPH_RESULTS"))
+            assert stored == sorted(stored) and stored[-1] == n_events
+        finally:
+            _stop(proc)
+        assert proc.returncode == 0
+    finally:
+        srv.stop()
+
+
+def test_results_stream_misses_no_update_across_a_server_restart(tmp_path):
+    """The nats-server restarts (same store) while the service ingests: the results stream
+    still adds up to the projection (updates published while the server was away wait in
+    nats-py's buffer; one lost with a connection would be made good by a full update, as
+    the service checks the stream once it is back)."""
+    store = str(tmp_path / "js")
+    srv = NatsServer(port=0, store_dir=store).start()
+    port = srv.port
+    (tmp_path / "c.toml").write_text("[jetstream]\nresults_stream = \"CIM_GRAPH_RESULTS\"\n")
+    gen = SyntheticEvents(32, max_graphs=20, nodes_per_graph=200)
+    payloads = [gen.next() for _ in range(1600)]
+    proc = _spawn(["serve", "--nats-url", srv.url, "--data-dir", str(tmp_path / "svc"), "--status-interval", "0",
+                   "--config", str(tmp_path / "c.toml")])
+    url = _wait_ready(proc)
+    try:
+        _publisher(url, payloads[:800], threading.Event(), 0.0)
+        srv.stop()
+        time.sleep(1.0)
+        srv = NatsServer(port=port, store_dir=store).start()
+        time.sleep(1.0)  # the service's connections come back (0.5 s between attempts)
+        _publisher(url, payloads[800:], threading.Event(), 0.0)
+        ref = _reference(payloads)
+        _check(url, ref, len(payloads))
+        state = {}
+        _read_results(url, "reader", state, until=len(payloads))
+        assert state == {g: (s["node_count"], s["edge_count"], s["name"]) for g, s in ref.summaries().items()}
+    finally:
+        _stop(proc)
+        srv.stop()
+    assert proc.returncode == 0
+
+
+def test_results_stream_made_later_gets_one_full_update_in_parts(tmp_path):
+    """A results stream configured on a service whose state it never saw: at start the
+    service sends one full update of every live graph (in parts, against a server with a
+    small max_payload: only the first part says "full", so a reader that drops what it
+    holds there keeps every part), then per-batch updates again."""
+    from cim_flow import Client
+    from cim_flow._config import Config
+    from cim_flow.service import Service
+    from conftest import RunningService
+
+    conf = tmp_path / "small.conf"
+    conf.write_text("max_payload: 8192\n")
+    srv = NatsServer(port=0, store_dir=str(tmp_path / "js"), args=("-c", str(conf))).start()
+    t0 = 1_714_564_800_000
+    graphs = [(str(uuid.uuid4()), f"g{i}") for i in range(80)]
+    events = [("event.graph.graph", str(uuid.uuid4()),
+               json.dumps({"type": "GraphCreated", "graph_id": g, "name": name, "occurred_at": t0 + i}).encode())
+              for i, (g, name) in enumerate(graphs)]
+    late_node = ("event.graph.node", str(uuid.uuid4()),
+                 json.dumps({"type": "NodeAdded", "graph_id": graphs[0][0], "node_id": str(uuid.uuid4()),
+                             "position": [1, 2, 3], "occurred_at": t0 + 99}).encode())
+    try:
+        def service(results: str):
+            cfg = Config.from_dict({"event_processing": {"batch_timeout": "2ms"},
+                                    "jetstream": {"results_stream": results}})
+            return RunningService(Service(cfg, nats_url=srv.url, status_interval=0,
+                                          data_dir=str(tmp_path / "svc"))).start()
+
+        rs = service("")  # no results stream yet
+        try:
+            _publisher(srv.url, events, threading.Event(), 0.0)
+            assert request(srv.url, "query.graph.stats", {"min_version": 80, "timeout_ms": 30000})["version"] == 80
+        finally:
+            rs.stop()
+        rs = service("CIM_GRAPH_RESULTS")  # from the shutdown snapshot: nothing to replay
+        try:
+            assert rs.svc.counters["full_updates"] == 1
+            _publisher(srv.url, [late_node], threading.Event(), 0.0)
+
+            async def read():
+                got = []
+                async with await Client.connect(srv.url) as client:
+                    updates = await client.updates(durable="reader")
+                    try:
+                        while not got or got[-1]["version"] < 81:
+                            got.append(await updates.next(timeout=30))
+                    finally:
+                        await updates.close()
+                return got
+
+            got = asyncio.run(read())
+        finally:
+            rs.stop()
+        full = [u for u in got if u["version"] == 80]
+        assert len(full) >= 2 and [u.get("part") for u in full] == list(range(len(full)))
+        assert full[0]["full"] is True and not any(u.get("full") for u in full[1:])
+        state = {}
+        for u in got:
+            _fold(state, u)
+        want = {uuid.UUID(g).bytes: (0, 0, name) for g, name in graphs}
+        want[uuid.UUID(graphs[0][0]).bytes] = (1, 0, graphs[0][1])
+        assert state == want
+    finally:
+        srv.stop()
