@@ -724,3 +724,35 @@ def test_results_stream_made_later_gets_one_full_update_in_parts(tmp_path):
         assert state == want
     finally:
         srv.stop()
+
+
+def test_results_stream_that_cannot_be_made_leaves_updates_on_core_nats(tmp_path):
+    """Another stream already takes projection.graph.>: the service says so and runs on,
+    its updates on core NATS as without a results stream."""
+    import io
+
+    from cim_flow._config import Config
+    from cim_flow.service import Service
+    from conftest import RunningService
+    from nats.js.api import StreamConfig
+
+    srv = NatsServer(port=0, store_dir=str(tmp_path / "js")).start()
+    try:
+        async def other_stream():
+            nc = await nats.connect(srv.url)
+            await nc.jetstream().add_stream(StreamConfig(name="THEIRS", subjects=["projection.>"]))
+            await nc.close()
+
+        asyncio.run(other_stream())
+        out = io.StringIO()
+        cfg = Config.from_dict({"jetstream": {"results_stream": "CIM_GRAPH_RESULTS"}})
+        rs = RunningService(Service(cfg, nats_url=srv.url, status_interval=0, data_dir=str(tmp_path / "svc"),
+                                    out=out)).start()
+        try:
+            stats = request(srv.url, "query.graph.stats")
+            assert stats["results_stream"] is None and stats["connected"] is True
+            assert "results stream CIM_GRAPH_RESULTS not created" in out.getvalue()
+        finally:
+            rs.stop()
+    finally:
+        srv.stop()
