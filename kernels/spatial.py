@@ -1277,10 +1277,20 @@ def _sq(x):
     return x * x
 
 
+# The first pass over the main grid guesses how far the k-th nearest lies from the density
+# of the query's own cell (GUESS_SLACK times the radius of a ball that would hold k points
+# at that density) and takes in only candidates within that guess: without it every point
+# of the first ring of cells (27 cells, ~7 times k on uniform data) went into the buffer
+# and the k-th smallest was selected among them all.  A guess that proves too small (fewer
+# than k within it once nothing nearer can come) starts the query's search over without.
+GUESS_SLACK = 1.25
+
+
 @jit(nrt=False, fastmath=EXACT_MATH)
-def _knn_grid(g, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound):
+def _knn_grid(g, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound, guess):
     """Gathers this grid's candidates for the k nearest; returns ``(cnt, bound)`` with
-    ``bound`` the k-th smallest candidate distance once there are k."""
+    ``bound`` the k-th smallest candidate distance once there are k.  ``guess`` (1):
+    cap the candidates by a guessed k-th distance (see GUESS_SLACK) after the first cell."""
     if g.pts.shape[0] == 0:
         return cnt, bound
     o = g.origin
@@ -1296,6 +1306,9 @@ def _knn_grid(g, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound):
     visited = 0
     marg = 1e-9 * (abs(cx) + abs(cy) + abs(cz) + abs(o[0]) + abs(o[1]) + abs(o[2])
                    + h * float(lim[0] + lim[1] + lim[2] + 3))
+    cnt0 = cnt
+    bound0 = bound
+    cap = np.inf  # the guessed k-th distance (squared): candidates farther are not taken
     s_ring = np.int64(0)  # not the literal 0: a call typed before the loop's phi would compile twice
     while True:
         # cells at Chebyshev distance s_ring from the query's (clamped) cell, column by column
@@ -1309,7 +1322,9 @@ def _knn_grid(g, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound):
         # squared distance) cannot add one: skip them (their points would all fail the
         # ``d2 <= bound`` test). Distances to a cell are taken a margin short, so a
         # rounding in the cell of a point never skips it; ties stay (``> bound`` only).
-        prune = bound < np.inf
+        # With a guess, the same for cells beyond it.
+        eff = min(bound, cap)
+        prune = eff < np.inf
         for ix in range(x0, x1 + 1):
             edge_x = ix == qx - s_ring or ix == qx + s_ring
             dx = 0.0
@@ -1320,32 +1335,53 @@ def _knn_grid(g, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound):
                 if prune:
                     dy = _gap(cy, o[1], h, iy, qy, marg)
                     dxy = dx * dx + dy * dy
-                    if dxy > bound:
+                    if dxy > eff:
                         continue
                 if edge_x or iy == qy - s_ring or iy == qy + s_ring:
                     za, zb = z0, z1
                     if prune:  # only the cells of the column the bound's sphere reaches
-                        tz = np.sqrt(bound - dxy) + marg
+                        tz = np.sqrt(eff - dxy) + marg
                         za = max(z0, _cell(cz - tz, o[2], inv_h, lim[2]))
                         zb = min(z1, _cell(cz + tz, o[2], inv_h, lim[2]))
                         if za > zb:
                             continue
                     a, b = _col_llvm(g, ix, iy, za, zb)
                     visited += 1 if dense else zb - za + 1
-                    cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
+                    cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, eff, gsel, bi, bd, cnt, bi.shape[0])
                 else:
                     za = qz - s_ring
-                    if za >= 0 and (not prune or dxy + _sq(_gap(cz, o[2], h, za, qz, marg)) <= bound):
+                    if za >= 0 and (not prune or dxy + _sq(_gap(cz, o[2], h, za, qz, marg)) <= eff):
                         a, b = _col_llvm(g, ix, iy, za, za)
-                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
+                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, eff, gsel, bi, bd, cnt, bi.shape[0])
                     zb = qz + s_ring
-                    if zb <= lim[2] and (not prune or dxy + _sq(_gap(cz, o[2], h, zb, qz, marg)) <= bound):
+                    if zb <= lim[2] and (not prune or dxy + _sq(_gap(cz, o[2], h, zb, qz, marg)) <= eff):
                         a, b = _col_llvm(g, ix, iy, zb, zb)
-                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, bound, gsel, bi, bd, cnt, bi.shape[0])
+                        cnt = _fill_run(g.pts, g.idx, g.grp, a, b, cx, cy, cz, eff, gsel, bi, bd, cnt, bi.shape[0])
                     visited += 1 if dense else 2
         if cnt >= k:
             bound = _kth_smallest(bd, cnt, k, tmp)
-        if x0 == 0 and y0 == 0 and z0 == 0 and x1 == lim[0] and y1 == lim[1] and z1 == lim[2]:
+        whole = x0 == 0 and y0 == 0 and z0 == 0 and x1 == lim[0] and y1 == lim[1] and z1 == lim[2]
+        if cap < np.inf:
+            # guessing: an answer only when the k-th lies within the guess (every point
+            # that near has been taken); nothing more within it can come once the faces
+            # of the visited cube lie beyond it: then the guess was too small, start over
+            fb = np.inf if whole else _face_bound(o, h, lim, cx, cy, cz, qx, qy, qz, s_ring)
+            if cnt >= k and bound <= cap and fb > bound:
+                return cnt, bound
+            if fb > cap or visited > budget:
+                cnt, bound, cap, s_ring, visited = cnt0, bound0, np.inf, np.int64(0), 0
+                guess = 0  # once: the search over takes every candidate, as without a guess
+                continue
+            s_ring += 1
+            continue
+        if guess and s_ring == 0 and cnt < k and cnt > cnt0 and not whole:
+            # the density of the query's own cell: a ball of radius r holds k points at it
+            # when r^3 = 3 k h^3 / (4 pi n)
+            r = GUESS_SLACK * h * (3.0 * k / (4.0 * np.pi * (cnt - cnt0))) ** (1.0 / 3.0)
+            cap = r * r
+            s_ring += 1
+            continue
+        if whole:
             return cnt, bound
         if cnt >= k and _face_bound(o, h, lim, cx, cy, cz, qx, qy, qz, s_ring) > bound:
             return cnt, bound
@@ -1398,9 +1434,10 @@ def _knn_q(main, delta, centers, k, gsel, out_i, out_d, j, bd, bi, tmp):
     """The k nearest to center j into row j of out_i/out_d, sorted by (distance, node
     index); returns how many (fewer than k only when fewer nodes match)."""
     cx, cy, cz = centers[j, 0], centers[j, 1], centers[j, 2]
-    cnt, bound = _knn_grid(main, cx, cy, cz, gsel, k, bd, bi, tmp, np.int64(0), np.inf)  # not Literal[int](0):
-    # a literal argument compiles a second specialisation of the callee (see radius_small)
-    cnt, bound = _knn_grid(delta, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound)
+    one = np.int64(1)  # not Literal[int] arguments: a literal compiles a second
+    # specialisation of the callee (see radius_small)
+    cnt, bound = _knn_grid(main, cx, cy, cz, gsel, k, bd, bi, tmp, np.int64(0), np.inf, one)
+    cnt, bound = _knn_grid(delta, cx, cy, cz, gsel, k, bd, bi, tmp, cnt, bound, one - one)
     # keep the candidates no farther than the k-th (ties included), sort them, take k
     m = 0
     for c in range(cnt):

@@ -965,3 +965,25 @@ def test_knn_ties_are_ordered_by_node_number_past_the_insertion_sort():
             np.testing.assert_array_equal(rows.column("distance").to_numpy(), d[want])
         counts, idx, dist = eng.nearest_indices(centers, k)
         assert (counts == k).all() and (np.diff(dist, axis=1) >= 0).all()
+
+
+@pytest.mark.parametrize("graphs", [1, 2])
+def test_knn_exact_where_a_dense_cell_misleads_the_first_guess(graphs):
+    """kNN guesses the k-th distance from the density of the query's own cell: a tight
+    clump in a sparse space makes that guess far too small (fewer than k lie within it),
+    so the search starts over without one; the answer is still brute force's, also for
+    one graph of two (where only that graph's points count)."""
+    rng = np.random.default_rng(13)
+    pts = np.concatenate([rng.uniform(0, 100, (3000, 3)), 50.0 + rng.normal(0, 0.01, (40, 3))])
+    eng, nids, owner = engine_with_points(pts, n_graphs=graphs)
+    centers = np.array([[50.0, 50.0, 50.0], [50.02, 49.99, 50.0], [10.0, 90.0, 30.0]])
+    gid = owner[0] if graphs == 2 else None
+    mine = np.array([o == owner[0] for o in owner]) if graphs == 2 else np.ones(len(pts), bool)
+    for k in (5, 30, 60, 200):
+        t = eng.nearest(centers, k, graph_id=gid)
+        for j, c in enumerate(centers):
+            d = np.where(mine, np.sqrt(((pts - c) ** 2).sum(1)), np.inf)
+            want = np.lexsort((np.arange(len(pts)), d))[:k]
+            rows = t.filter(pa.compute.equal(t.column("query"), j))
+            assert rows.column("node_id").to_pylist() == [nids[i] for i in want], (k, j)
+            np.testing.assert_array_equal(rows.column("distance").to_numpy(), d[want])
