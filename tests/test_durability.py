@@ -88,6 +88,23 @@ def test_kill9_many_points(tmp_path):
     _run_kill_test(tmp_path, 12, n_events=20000, seed=12)
 
 
+def _kill_rounds(args, kills, rng, publisher, done, first=None):
+    """``kills`` times: start the service, let it run a random while, kill -9 it.  The
+    publisher starts once the first service is ready (it created the stream), then
+    ``first(url)`` runs; returns when the publisher is done."""
+    for _ in range(kills):
+        proc = _spawn(args)
+        url = _wait_ready(proc)
+        if not publisher.is_alive() and not done.is_set():
+            publisher.start()
+            if first is not None:
+                first(url)
+        time.sleep(rng.uniform(0.1, 0.8))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    assert done.wait(120)
+
+
 def _run_kill_test(tmp_path, kills, n_events, seed):
     srv = NatsServer(port=0, store_dir=str(tmp_path / "js")).start()
     try:
@@ -100,15 +117,7 @@ def _run_kill_test(tmp_path, kills, n_events, seed):
         rng = random.Random(seed)
         args = ["serve", "--nats-url", srv.url, "--data-dir", str(tmp_path / "svc"), "--status-interval", "0",
                 "--config", str(cfg)]
-        for _ in range(kills):
-            proc = _spawn(args)
-            _wait_ready(proc)
-            if not publisher.is_alive() and not done.is_set():
-                publisher.start()  # the first service created the stream
-            time.sleep(rng.uniform(0.1, 0.8))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(30)
-        assert done.wait(120)
+        _kill_rounds(args, kills, rng, publisher, done)
         proc = _spawn(args)
         url = _wait_ready(proc)
         try:
@@ -594,16 +603,8 @@ def test_results_stream_adds_up_to_the_projection_across_kills(tmp_path):
         rng = random.Random(31)
         done = threading.Event()
         publisher = threading.Thread(target=_publisher, args=(srv.url, payloads, done, 0.01), daemon=True)
-        for k in range(3):
-            proc = _spawn(args)
-            url = _wait_ready(proc)
-            if k == 0:
-                publisher.start()
-                _read_results(url, "early", early, count=5)  # then it stops for a while
-            time.sleep(rng.uniform(0.2, 0.8))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(30)
-        assert done.wait(120)
+        # a reader takes 5 updates from the first service, then stops for a while
+        _kill_rounds(args, 3, rng, publisher, done, first=lambda url: _read_results(url, "early", early, count=5))
         proc = _spawn(args)
         url = _wait_ready(proc)
         try:
