@@ -384,7 +384,9 @@ class IngestMixin:
         await self.js.add_stream(StreamConfig(
             name=js_cfg.results_stream, subjects=[RESULTS_SUBJECTS],
             storage=StorageType.FILE if js_cfg.storage == "file" else StorageType.MEMORY,
-            duplicate_window=js_cfg.duplicate_window, max_age=js_cfg.results_max_age or None,
+            # (the server refuses a duplicate window longer than the age limit)
+            duplicate_window=min(js_cfg.duplicate_window, js_cfg.results_max_age or js_cfg.duplicate_window),
+            max_age=js_cfg.results_max_age or None,
             max_bytes=js_cfg.results_max_bytes or None, discard=DiscardPolicy.OLD))
 
     async def _results_through(self) -> int:
