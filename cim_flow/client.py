@@ -439,8 +439,8 @@ class DurableUpdates(Updates):
             while not self._buf:
                 try:
                     self._buf.extend(await self._sub.fetch(self._batch, timeout=1.0))
-                except nats.errors.TimeoutError:  # none yet: wait on, like the core subscription
-                    continue
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):  # none yet: wait on,
+                    continue  # like the core subscription (a caller's timeout is next()'s)
             self._held = msg = self._buf.popleft()
             u = self._fresh(msg.data)
             if u is not None:
@@ -449,8 +449,12 @@ class DurableUpdates(Updates):
     async def close(self) -> None:
         try:
             await self._ack_held()
+            # fetched but not given: back to the consumer now, for the next reader of this
+            # name (left alone they would come again only after the ack wait, 30 s)
+            while self._buf:
+                await self._buf.popleft().nak()
         except (nats.errors.ConnectionClosedError, nats.errors.Error):
-            pass  # unacknowledged: it comes again to the next reader of this name
+            pass  # unacknowledged: they come again to the next reader of this name
         try:
             await self._sub.unsubscribe()
         except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError, nats.errors.Error):
