@@ -1,7 +1,7 @@
 """Keep a local view of every graph's summary from a cim_flow service's results stream.
 
 Run:  python examples/follow_results.py --nats-url nats://127.0.0.1:4222 [--durable my-view]
-      [--until-version N]
+      [--until-version N] [--idle-timeout S]
 
 The service must keep its results in a stream (config ``[jetstream] results_stream =
 "CIM_GRAPH_RESULTS"``; see examples/production.toml).  A durable consumer (``--durable``)
@@ -56,8 +56,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--durable", default="follow-results", help="the durable consumer's name [follow-results]")
     ap.add_argument("--until-version", type=int, default=None,
                     help="stop once the view is at this version (default: follow until stopped)")
+    ap.add_argument("--idle-timeout", type=float, default=None, metavar="S",
+                    help="stop after S seconds without an update (default: wait on)")
     args = ap.parse_args(argv)
-    return asyncio.run(follow(args.nats_url, args.durable, args.until_version))
+    return asyncio.run(follow(args.nats_url, args.durable, args.until_version, args.idle_timeout))
 
 
 if __name__ == "__main__":

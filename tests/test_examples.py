@@ -47,16 +47,18 @@ def test_follow_results_example_keeps_the_view_across_sittings(tmp_path):
 
     srv = NatsServer(port=0, store_dir=str(tmp_path / "js")).start()
     try:
-        cfg = Config.from_dict({"event_processing": {"batch_timeout": "2ms", "batch_size": 100,
-                                                     "enable_adaptive_batching": False},
+        cfg = Config.from_dict({"event_processing": {"batch_timeout": "2ms"},
                                 "jetstream": {"results_stream": "CIM_GRAPH_RESULTS"}})
         rs = RunningService(Service(cfg, nats_url=srv.url, status_interval=0,
                                     data_dir=str(tmp_path / "svc"))).start()
         try:
             pub = runpy.run_path(str(ROOT / "examples" / "publish_events.py"))
             follow = runpy.run_path(str(ROOT / "examples" / "follow_results.py"))
-            seq1 = pub["main"](["--nats-url", srv.url, "--events", "400"])
-            request(srv.url, "query.graph.stats", {"min_version": seq1, "timeout_ms": 30000})
+            # three rounds, each applied before the next goes out: at least three updates
+            # (the generator repeats its first events, which JetStream drops as repeats)
+            for n in (200, 400, 600):
+                seq1 = pub["main"](["--nats-url", srv.url, "--events", str(n)])
+                request(srv.url, "query.graph.stats", {"min_version": seq1, "timeout_ms": 30000})
 
             async def one_then_next():
                 got = []
@@ -71,14 +73,14 @@ def test_follow_results_example_keeps_the_view_across_sittings(tmp_path):
                 return got, stored
 
             got, stored = asyncio.run(one_then_next())
-            assert got == stored and stored[0] < stored[1]  # (at least 4 batches of 100 were stored)
-            first = follow["main"](["--nats-url", srv.url, "--durable", "view", "--until-version", str(seq1)])
+            assert got == stored and stored[0] < stored[1]
+            first = follow["main"](["--nats-url", srv.url, "--durable", "view", "--until-version", str(seq1),
+                                    "--idle-timeout", "30"])
             assert first  # some graphs by then
-            # the same generator: its first 400 are the ones above (JetStream drops them as
-            # repeats), then 400 new ones
-            seq2 = pub["main"](["--nats-url", srv.url, "--events", "800"])
-            assert seq2 == 800
-            view = asyncio.run(follow["follow"](srv.url, "view", seq2, view=first))
+            # the same generator again: 400 new events after the 600 above
+            seq2 = pub["main"](["--nats-url", srv.url, "--events", "1000"])
+            assert seq2 == 1000
+            view = asyncio.run(follow["follow"](srv.url, "view", seq2, timeout=30, view=first))
             got = request(srv.url, "query.graph.graphs", {"limit": 100000, "min_version": seq2})["graphs"]
             assert {g["graph_id"]: (g["node_count"], g["edge_count"], g["name"]) for g in got} == \
                 {g: (s["node_count"], s["edge_count"], s["name"]) for g, s in view.items()}
