@@ -4,12 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup serve test test-slow lint bench loadgen clean bytecode
+.PHONY: setup serve test test-slow lint bench loadgen clean bytecode lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@$(MAKE) --no-print-directory bytecode
 	@touch $(STAMP)
 
@@ -42,3 +42,12 @@ loadgen: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .cim_flow asv_benchmarks/.asv
+
+# constraints.txt from what a fresh install resolves today (a new numba, msgspec, ...);
+# then `make test` on it before committing: CI installs exactly these
+lock:
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
+	.lockvenv/bin/python -m pip install --quiet --upgrade pip
+	.lockvenv/bin/python -m pip install --quiet -e '.[dev]'
+	{ head -3 constraints.txt; .lockvenv/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lockvenv
