@@ -133,6 +133,26 @@ def usable(url: str, connect_options: dict) -> bool:
     return parts.scheme in ("nats", "") and parts.hostname is not None
 
 
+def _url_auth(parts, user=None, password=None, token=None) -> tuple:
+    """``(user, password, token)`` from a split URL's ``user:password@`` or ``token@``."""
+    if parts.username:
+        if parts.password is not None:
+            return unquote(parts.username), unquote(parts.password), None
+        return None, None, unquote(parts.username)
+    return user, password, token
+
+
+def _connect_frame(name: str, user=None, password=None, token=None) -> bytes:
+    """The CONNECT line both kinds of connection send (no echo of verbose +OKs; headers on)."""
+    opts = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
+            "protocol": 1, "lang": "python-cim_flow", "version": __version__, "name": name}
+    if user is not None:
+        opts.update(user=user, pass_=password)
+    if token is not None:
+        opts["auth_token"] = token
+    return b"CONNECT " + json.dumps(opts).replace('"pass_"', '"pass"').encode() + _CRLF
+
+
 def connect_blocking(url: str, name: str, timeout: float = 5.0) -> socket.socket:
     """A plain blocking socket to ``url``'s server, past INFO and CONNECT (user/password
     or token from the URL), for a thread that only publishes (see the load generator's
@@ -148,14 +168,7 @@ def connect_blocking(url: str, name: str, timeout: float = 5.0) -> socket.socket
     if json.loads(line[5:]).get("tls_required"):
         sock.close()
         raise ConnectionError("server requires TLS: use nats-py")
-    opts = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
-            "protocol": 1, "lang": "python-cim_flow", "version": __version__, "name": name}
-    if parts.username:
-        if parts.password is not None:
-            opts.update(user=unquote(parts.username), pass_=unquote(parts.password))
-        else:
-            opts["auth_token"] = unquote(parts.username)
-    sock.sendall(b"CONNECT " + json.dumps(opts).replace('"pass_"', '"pass"').encode() + b"\r\nPING\r\n")
+    sock.sendall(_connect_frame(name, *_url_auth(parts)) + b"PING\r\n")
     while True:  # the PONG says CONNECT was taken; an -ERR says why not
         line = f.readline()
         if not line or line.startswith(b"-ERR"):
@@ -249,11 +262,8 @@ class RawConnection:
     async def connect(self, url: str, *, user=None, password=None, token=None, timeout=5.0):
         parts = urlsplit(url if "://" in url else "nats://" + url)
         host, port = parts.hostname, parts.port or 4222
-        if parts.username and not (user or token):
-            if parts.password is not None:
-                user, password = unquote(parts.username), unquote(parts.password)
-            else:
-                token = unquote(parts.username)
+        if not (user or token):
+            user, password, token = _url_auth(parts, user, password, token)
         loop = asyncio.get_running_loop()
         self._info_fut = loop.create_future()
         await asyncio.wait_for(loop.create_connection(lambda: _Protocol(self), host, port), timeout)
@@ -261,14 +271,7 @@ class RawConnection:
         if self.info.get("tls_required"):
             self.close()
             raise ConnectionError("server requires TLS: use nats-py")
-        opts = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
-                "protocol": 1, "lang": "python-cim_flow", "version": __version__, "name": self.name}
-        if user is not None:
-            opts.update(user=user, pass_=password)
-        if token is not None:
-            opts["auth_token"] = token
-        connect = json.dumps(opts).replace('"pass_"', '"pass"').encode()
-        self._write(b"CONNECT " + connect + _CRLF)
+        self._write(_connect_frame(self.name, user, password, token))
         await asyncio.wait_for(self.flush(), timeout)
         if self.error:
             raise ConnectionError(self.error)

@@ -716,7 +716,10 @@ def test_one_engine_shared_by_threads():
     """A writer thread applying moves and new nodes while three threads query (radius,
     kNN, box, counts, summaries, listings): every call succeeds (this crashed the
     process: a query's kernel, which runs without the GIL, read arrays another thread's
-    apply had just grown), and the end state is the one the writer's batches give."""
+    apply had just grown), every answer is one of a whole batch's state (held under the
+    engine's lock, the live count is 5000 plus whole batches of 200 and a radius around
+    everything finds exactly those nodes; kNN distances are the brute force's for the
+    positions the answer names), and the end state is the one the writer's batches give."""
     import threading
 
     from test_spatial import engine_with_points
@@ -753,6 +756,15 @@ def test_one_engine_shared_by_threads():
         while not done.is_set():
             c = r.uniform(0, 100, (int(r.choice([1, 5, 100])), 3))
             try:
+                with eng._lock:  # one state for these calls (re-entrant: each takes it too)
+                    n = eng.totals()["nodes"]
+                    everything = int(eng.nodes_within([50, 50, 50], 1000.0, count_only=True)[0])
+                    knn = eng.nearest(c[:1], 5).column("distance").to_numpy()
+                    N = eng._p.N  # brute force over the live nodes' positions of that state
+                    live = np.flatnonzero(N.alive[: int(N.meta[0])])
+                    want = np.sort(np.sqrt(((N.pos[live] - c[0]) ** 2).sum(1)))[:5]
+                assert (n - 5000) % 200 == 0 and everything == n, (n, everything)
+                np.testing.assert_allclose(knn, want, rtol=0, atol=1e-9)
                 eng.nodes_within(c, 3.0)
                 eng.nearest(c, 5)
                 eng.nodes_in_box([0, 0, 0], [10, 10, 10])

@@ -1307,21 +1307,15 @@ def test_fuzzed_requests_get_answers_or_clear_errors(nats_server, service):
     assert summary["node_count"] == 10
 
 
-def test_parallel_warm_up_is_opt_out():
+def test_parallel_warm_up_is_opt_out(monkeypatch):
+    import os
+
     from cim_flow import service
 
-    import os
-    old = os.environ.get("CIM_FLOW_WARM_PARALLEL")
-    try:
-        os.environ["CIM_FLOW_WARM_PARALLEL"] = "0"
-        assert service._spawn_warm_helper() is None
-        os.environ["CIM_FLOW_WARM_PARALLEL"] = "1"
-        assert service._parallel_warm_ok() == (len(os.sched_getaffinity(0)) >= 2)
-    finally:
-        if old is None:
-            os.environ.pop("CIM_FLOW_WARM_PARALLEL", None)
-        else:
-            os.environ["CIM_FLOW_WARM_PARALLEL"] = old
+    monkeypatch.setenv("CIM_FLOW_WARM_PARALLEL", "0")
+    assert service._spawn_warm_helper() is None
+    monkeypatch.setenv("CIM_FLOW_WARM_PARALLEL", "1")
+    assert service._parallel_warm_ok() == (len(os.sched_getaffinity(0)) >= 2)
 
 
 @pytest.mark.slow

@@ -929,7 +929,7 @@ def test_background_rebuilds_while_nodes_change_stay_exact():
     assert eng._spatial.builds >= builds0 + 2  # background builds were adopted along the way
 
 
-def test_huge_pages_counts_and_bad_node_indices():
+def test_huge_offsets_limits_counts_and_bad_node_indices():
     """Offsets, limits and counts past int64 mean 'all' or 'none' (10**30 made a kernel
     fail to type: a numba TypingError out of find_edges and graphs_by_node_count);
     node_ids refuses negative, out-of-range and non-integer indices (-1 gave the zero
