@@ -87,6 +87,7 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
         self.limits = {"default": self.config.queries.default_limit, "max": self.config.queries.max_limit}
         self._radius_pending: list = []  # radius requests waiting for the next batched answer
         self._radius_flush = None
+        self._in_block = False  # in _on_query_block: its end answers the radius requests
         self.server: NatsServer | None = None
         self.nc = self.qnc = None
         # what arrived and is not applied yet: raw-connection Blocks and nats-py Msgs, in order
