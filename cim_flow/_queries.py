@@ -387,6 +387,44 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
     return out
 
 
+_FAST_KEYS = frozenset({"center", "radius", "limit"})
+_NUM = (float, int)  # (not bool: type(True) is bool)
+
+
+def q_radius_fast(engine, req: dict, limits) -> bytes | None:
+    """The JSON reply, without its closing ``,"version":V}``, to a plain one-center radius
+    request (``{"center": [x, y, z], "radius": r[, "limit": n]}``, every value valid),
+    byte for byte what :func:`q_nodes_in_radius_many` writes for it; None for any other
+    request, which the general path answers (and names its errors).  A request this plain
+    is what most clients send one at a time: two kernel calls, one reply, no per-request
+    group, Answer or array of requests (~25 us of a ~145 us request at 5k/s)."""
+    if not req.keys() <= _FAST_KEYS:
+        return None
+    c, r = req.get("center"), req.get("radius")
+    if type(c) is not list or len(c) != 3 or type(r) not in _NUM:
+        return None
+    x, y, z = c
+    if type(x) not in _NUM or type(y) not in _NUM or type(z) not in _NUM:
+        return None
+    lim = req.get("limit", limits["default"])
+    if type(lim) is not int or lim < 1:
+        return None
+    try:
+        x, y, z, r = float(x), float(y), float(z), float(r)
+    except OverflowError:  # an integer past float's range: the general path's error
+        return None
+    if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(z) and math.isfinite(r)) or r < 0:
+        return None
+    lim = min(lim, limits["max"])
+    offsets, idx, _d2 = engine._radius(np.array([[x, y, z]]), np.array([r]), -1, False, False)
+    kept, blob = engine._first_rows_json(offsets, np.array([lim], np.int64), idx)
+    n, k = int(offsets[1]), int(kept[1])
+    nodes = blob[:k * ROW_LEN - 1] if k else b""
+    t = b"true" if n > lim else b"false"
+    return (b'{"results":[{"center":%s,"count":%d,"truncated":%s,"nodes":[%s]}],"truncated":%s,'
+            b'"nodes":[%s],"count":%d' % (_json.encode([x, y, z]), n, t, nodes, t, nodes, n))
+
+
 def _first_per_center(offs: np.ndarray, limit: int):
     """Rows of the first ``limit`` hits of each center, for CSR ``offs`` (from 0); None
     when no center has more."""

@@ -12,7 +12,7 @@ import time
 from . import __version__
 from . import _wire
 from ._queries import (ARROW_MIME, HANDLERS, QueryError, _number, encode_answer, error_reply, parse_request,
-                       q_nodes_in_radius_many)
+                       q_nodes_in_radius_many, q_radius_fast)
 from ._service_common import QUERY_PREFIX, SNAPSHOT_SUBJECT, _REPLY_HEADROOM
 
 
@@ -194,6 +194,13 @@ class QueryMixin:
                 version = self.engine.version
                 key = (name, req.data, arrow, version)
                 hit = self.cache.get(key) if name != "stats" else None
+                if hit is None and batched and not arrow:
+                    raw = q_radius_fast(self.engine, body, self.limits)  # the plain one-center kind
+                    if raw is not None:
+                        data = raw + b',"version":%d}' % version
+                        if len(data) + _REPLY_HEADROOM <= self._payload_limit():
+                            hit = (data, None)
+                            self.cache.put(key, hit)
                 if hit is None and batched:
                     # answered with every other radius request that arrives before the
                     # event loop turns: one kernel call and one id conversion for all

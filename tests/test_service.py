@@ -822,6 +822,45 @@ def test_radius_reply_fast_json_equals_the_dict_encoding():
     assert json.loads(encode_answer(fast[3], 9, False)[0])["truncated"] is True
 
 
+def test_plain_radius_request_fast_path_writes_the_general_reply_byte_for_byte():
+    """The one-center fast path (q_radius_fast) gives, for every plain request, exactly the
+    bytes the batched path writes (ints and floats, limits that cut and that do not, no
+    hits, a node on the boundary), and declines every request it does not fully handle,
+    valid or not, for the general path to answer."""
+    import numpy as np
+
+    from cim_flow._queries import encode_answer, q_nodes_in_radius_many, q_radius_fast
+
+    rng = np.random.default_rng(11)
+    eng = Engine()
+    g = str(uuid.uuid4())
+    events = [{"type": "GraphCreated", "graph_id": g, "occurred_at": T0}]
+    pts = np.round(rng.uniform(0, 10, (400, 3)), 1)  # many exact ties and boundary distances
+    events += [{"type": "NodeAdded", "graph_id": g, "node_id": str(uuid.uuid4()), "position": p.tolist(),
+                "occurred_at": T0} for p in pts]
+    eng.apply(decode_json([json.dumps(e).encode() for e in events])[0])
+    limits = {"default": 20, "max": 60}
+    reqs = [{"center": [5, 5, 5], "radius": 1}, {"center": pts[0].tolist(), "radius": 0.0},
+            {"center": [50.0, 50.0, 50.0], "radius": 2.5}, {"center": [5.0, 5.0, 5.0], "radius": 100.0},
+            {"center": [5.0, 5.0, 5.0], "radius": 100.0, "limit": 10**6}]
+    reqs += [{"center": rng.uniform(-1, 11, 3).tolist(), "radius": float(rng.choice([0.5, 1.0, 2.0, 3.0])),
+              **({"limit": int(rng.integers(1, 80))} if i % 2 else {})} for i in range(60)]
+    for req in reqs:
+        raw = q_radius_fast(eng, req, limits)
+        assert raw is not None, req
+        general = encode_answer(q_nodes_in_radius_many(eng, [req], limits, [False])[0], 7, False)[0]
+        assert raw + b',"version":7}' == general
+        want = [i for i, p in enumerate(pts) if np.linalg.norm(p - np.array(req["center"], float)) <= req["radius"]]
+        assert json.loads(general)["count"] == len(want)
+    for req in [{"center": [1, 2, 3], "radius": 1, "graph_id": g}, {"centers": [[1, 2, 3]], "radius": 1},
+                {"center": [1, 2, 3], "radius": 1, "with_distance": False}, {"center": [1, 2, 3], "radius": -1},
+                {"center": [1, 2, True], "radius": 1}, {"center": [1, 2], "radius": 1},
+                {"center": [1, 2, 3], "radius": "1"}, {"center": [1, 2, 3], "radius": 1, "limit": 0},
+                {"center": [1, 2, 3], "radius": 1, "limit": 5.0}, {"center": [1, 2, 10**400], "radius": 1},
+                {"center": [1, 2, 3]}, {"center": [1, 2, 3], "radius": 1, "min_version": 1}, {}]:
+        assert q_radius_fast(eng, req, limits) is None, req
+
+
 def test_radius_reply_rows_refuse_a_node_number_out_of_range():
     """The rows a radius reply carries are gathered without bounds checks: a node number
     outside the node arrays (only a damaged index could give one) is an error, not a read
