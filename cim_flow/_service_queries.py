@@ -139,8 +139,9 @@ class QueryMixin:
         if self._radius_pending and self._radius_flush is None:
             # answered here, together: at 5k requests/s a read holds one, and a task and a
             # loop turn for it cost more than its answer (_flush_radius never waits here:
-            # replies are queued for the loop turn's one write)
+            # its replies are queued for the write below)
             self._run_eagerly(self._flush_radius())
+        conn._send_queued()  # the read's replies now, in one write (not a callback later)
 
     def _route_block(self, conn, routes, block, buf, sp):
         for i in range(len(block)):
