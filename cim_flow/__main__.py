@@ -145,13 +145,14 @@ def cmd_serve(args) -> int:
     import nats.errors
 
     from ._natsserver import NatsServerError
-    from .service import NatsAuthError
+    from .service import DataDirError, JetStreamUnavailable, NatsAuthError
 
     try:
         _run(svc.run())
     except KeyboardInterrupt:
         pass
-    except (NatsServerError, NatsAuthError) as exc:  # the port taken, bad credentials: say so, no traceback
+    except (NatsServerError, NatsAuthError, JetStreamUnavailable, DataDirError) as exc:
+        # the port taken, bad credentials, no JetStream, the data directory in use: say so, no traceback
         print(f"cim_flow: {exc}", file=sys.stderr)
         return 1
     except (nats.errors.NoServersError, OSError) as exc:
@@ -350,24 +351,65 @@ def cmd_replay(args) -> int:
     if cfg is None:
         return 2
     cfg.jetstream.durable = "cim_flow_replay"
+    url = args.nats_url
+    store = cfg.jetstream.store_dir or os.path.join(args.data_dir, "jetstream")
+    if not url and not os.path.isdir(store):
+        url = "nats://127.0.0.1:4222"
+    if url and not _listening(url):
+        print(f"cim_flow replay: nothing listens at {url}" + ("" if args.nats_url else
+              f" and {args.data_dir} holds no JetStream store ({store}) to start a server on") +
+              ": pass --nats-url of the server that has the stream", file=sys.stderr)
+        return 1
     eng = Engine()
     eng._advance_to(max(0, args.from_seq - 1))
+
+    async def go(svc):
+        await svc.start()
+        await svc.js.delete_consumer(cfg.jetstream.stream, cfg.jetstream.durable)
+        svc.request_stop()
+        await svc.stop()
+
+    from ._natsserver import NatsServerError
+    from .service import DataDirBusy, DataDirError, JetStreamUnavailable, NatsAuthError
+
     with tempfile.TemporaryDirectory() as tmp:
-        svc = Service(cfg, nats_url=args.nats_url, data_dir=tmp, engine=eng, status_interval=0,
-                      queries=False, snapshots=False, out=sys.stderr,
-                      connect_options=_connect_options(args, cfg))
-
-        async def go():
-            await svc.start()
-            await svc.js.delete_consumer(cfg.jetstream.stream, cfg.jetstream.durable)
-            svc.request_stop()
-            await svc.stop()
-
-        _run(go())
+        # No URL: an embedded server on the data directory's own store (the service that
+        # wrote it stopped), or, if a service still runs there, that service's server.
+        opts = dict(cfg=cfg, engine=eng, status_interval=0, queries=False, snapshots=False, out=sys.stderr,
+                    connect_options=_connect_options(args, cfg), role="cim_flow replay", create_stream=False)
+        try:
+            try:
+                svc = (Service(opts.pop("cfg"), nats_url=url, data_dir=tmp, **opts) if url else
+                       Service(opts.pop("cfg"), port=0, data_dir=args.data_dir, **opts))
+                _run(go(svc))
+            except DataDirBusy as exc:
+                if url or not exc.holder.get("url"):
+                    raise
+                url = exc.holder["url"]
+                print(f"cim_flow replay: a service runs on {args.data_dir}; replaying from its server at {url}",
+                      file=sys.stderr)
+                _run(go(Service(cfg, nats_url=url, data_dir=tmp, **opts)))
+        except (NatsServerError, NatsAuthError, JetStreamUnavailable, DataDirError) as exc:
+            print(f"cim_flow replay: {exc}", file=sys.stderr)
+            return 1
     out = args.to or snapshot_path(os.path.join(args.data_dir, "snapshots"), eng.version)
     write_snapshot(eng, out)
     print(f"cim_flow: replayed to version {eng.version}; snapshot {out}")
     return 0
+
+
+def _listening(url: str) -> bool:
+    """Whether something accepts TCP connections at ``url``'s host and port (a one-shot
+    tool says so at once rather than retrying forever as the service does)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else "nats://" + url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), timeout=3):
+            return True
+    except OSError:
+        return False
 
 
 def _versions() -> str:
@@ -432,7 +474,10 @@ def main(argv=None) -> int:
                         "file; .parquet), printing a line with its rows, columns and version")
     _auth_args(p)
     p = sub.add_parser("replay", help="rebuild projections from the JetStream stream into a snapshot (offline)")
-    p.add_argument("--nats-url", default=_env("nats_url", "nats://127.0.0.1:4222"))
+    p.add_argument("--nats-url", default=_env("nats_url"),
+                   help="the server holding the stream [CIM_FLOW_NATS_URL; without it: the embedded server of a "
+                        "service running on --data-dir, else a server started here on --data-dir's JetStream "
+                        "store, else nats://127.0.0.1:4222]")
     p.add_argument("--from-seq", type=int, default=1, help="first stream sequence to apply [1]")
     p.add_argument("--to", default=None, help="snapshot file to write [DATA_DIR/snapshots/snapshot-<version>.arrow]")
     p.add_argument("--data-dir", default=_env("data_dir", ".cim_flow"))

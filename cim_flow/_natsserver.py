@@ -59,8 +59,9 @@ class NatsServer:
 
     def __init__(self, port: int = 0, store_dir: str | None = None, jetstream: bool = True,
                  host: str = "127.0.0.1", args: tuple = (), scheme: str = "nats",
-                 jetstream_limits: dict | None = None):
+                 jetstream_limits: dict | None = None, pass_fds: tuple = ()):
         self.host = host
+        self.pass_fds = tuple(pass_fds)  # open files the server holds too (the data dir's lock)
         self.extra_args = tuple(args)  # more nats-server flags (auth, TLS, ...)
         self.scheme = scheme
         self.port = port or free_port(host)
@@ -102,7 +103,8 @@ class NatsServer:
         # On Linux the server also gets SIGTERM if this process dies (kill -9), so it is
         # never orphaned holding the port.
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+                                     start_new_session=True, preexec_fn=_die_with_parent,
+                                     pass_fds=self.pass_fds)
         # The server logs to stderr for as long as it runs (a client's protocol error, a slow
         # consumer, ...): read it all the time, or the pipe fills and the server blocks on it.
         self.log.clear()

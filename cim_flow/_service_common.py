@@ -22,6 +22,10 @@ class NatsAuthError(RuntimeError):
     """The NATS server rejected the service's credentials at start."""
 
 
+class JetStreamUnavailable(RuntimeError):
+    """The NATS server has no JetStream for us, or refused the events stream, at start."""
+
+
 def _stream_seq(reply: str) -> int:
     """Stream sequence from a JetStream ack subject (v1 and v2 token layouts)."""
     t = reply.split(".")

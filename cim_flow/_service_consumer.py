@@ -14,7 +14,8 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StoreCompression, StreamConfig
 
 from . import _wire
-from ._service_common import BATCH_SUBJECT, _PULL_EXPIRES, _json, NatsAuthError, _resolve, _stream_seq
+from ._service_common import (BATCH_SUBJECT, _PULL_EXPIRES, JetStreamUnavailable, NatsAuthError, _json,
+                              _resolve, _stream_seq)
 
 
 class ConsumerMixin:
@@ -319,7 +320,16 @@ class ConsumerMixin:
     async def _start_jetstream(self):
         js_cfg = self.config.jetstream
         self.js = self.nc.jetstream()
-        await self._ensure_stream()
+        try:
+            await self._ensure_stream()
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+            raise JetStreamUnavailable(
+                f"the NATS server at {self.url} does not offer JetStream to this connection: start it with "
+                f"JetStream on (nats-server -js), enable JetStream for this account, or run with "
+                f"--no-jetstream to consume {', '.join(js_cfg.subjects)} on core NATS") from None
+        except nats.js.errors.APIError as exc:
+            raise JetStreamUnavailable(f"the NATS server at {self.url} refused stream {js_cfg.stream}: "
+                                       f"{exc.description or exc}") from None
         if self._results_on:
             try:
                 await self._ensure_results_stream()
@@ -348,6 +358,9 @@ class ConsumerMixin:
         try:
             info = await self.js.stream_info(js_cfg.stream)
         except nats.js.errors.NotFoundError:
+            if not self.create_stream:
+                raise JetStreamUnavailable(f"there is no stream {js_cfg.stream} on the NATS server at {self.url}: "
+                                           "nothing to replay") from None
             await self.js.add_stream(StreamConfig(
                 name=js_cfg.stream, subjects=list(js_cfg.subjects), storage=storage,
                 duplicate_window=js_cfg.duplicate_window, compression=compression))

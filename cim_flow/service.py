@@ -29,12 +29,13 @@ import pyarrow as pa
 from . import _wire
 from ._alloc import allocator_settings
 from ._config import Config
+from ._datadir import DataDirBusy, DataDirError, DataDirLock
 from ._decode import decode_json, decode_spans, decode_spans_columns
 from ._latency import LatencyWindow
 from ._natsserver import NatsServer
 from ._queries import QueryCache, iso_texts_of, uuid_texts_of
 from ._service_common import (BATCH_SUBJECT, DLQ_SUBJECT, QUERY_PREFIX, SNAPSHOT_SUBJECT, UPDATES_SUBJECT,
-                              NatsAuthError)
+                              JetStreamUnavailable, NatsAuthError)
 from ._service_consumer import ConsumerMixin
 from ._service_ingest import IngestMixin
 from ._service_queries import QueryMixin
@@ -43,8 +44,9 @@ from ._stack import call_with_room
 from .engine import Engine
 
 # the subjects and NatsAuthError are part of this module's API (they lived here before the split)
-__all__ = ["Service", "LatencyWindow", "NatsAuthError", "warm_kernels", "WarmProgress", "BATCH_SUBJECT",
-           "UPDATES_SUBJECT", "DLQ_SUBJECT", "QUERY_PREFIX", "SNAPSHOT_SUBJECT"]
+__all__ = ["Service", "LatencyWindow", "NatsAuthError", "JetStreamUnavailable", "DataDirBusy", "DataDirError",
+           "warm_kernels", "WarmProgress", "BATCH_SUBJECT", "UPDATES_SUBJECT", "DLQ_SUBJECT", "QUERY_PREFIX",
+           "SNAPSHOT_SUBJECT"]
 
 
 class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
@@ -57,8 +59,10 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
                  data_dir: str = ".cim_flow", jetstream: bool | None = None, engine: Engine | None = None,
                  demo: bool = False, demo_rate: float = 5000.0, status_interval: float = 5.0,
                  out=None, connect_options: dict | None = None, queries: bool = True,
-                 snapshots: bool | None = None):
+                 snapshots: bool | None = None, role: str = "cim_flow serve", create_stream: bool = True):
         self.config = config or Config()
+        self.role = role  # what the data directory's lock file names as its holder
+        self._dir_lock: DataDirLock | None = None
         self.nats_url = nats_url or self.config.nats.url or None
         self.port = port
         self.data_dir = data_dir
@@ -66,6 +70,7 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
         self.engine = engine or Engine()
         self._own_engine = engine is None
         self.serve_queries = queries
+        self.create_stream = create_stream  # False (replay): a missing events stream is an error
         self.snapshots = self.config.snapshots.enabled if snapshots is None else snapshots
         self.snapshot_dir = f"{data_dir}/snapshots"
         self._snap_version = 0
@@ -150,13 +155,28 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
         _say(self.out, line)
 
     async def start(self) -> str:
+        """Everything up to ready (the caller prints the ready line); the data directory
+        is this service's alone from here until :meth:`stop` (see ``cim_flow._datadir``)."""
+        self._dir_lock = DataDirLock(self.data_dir).acquire(self.role, log=self._log)
+        try:
+            url = await self._start()
+        except BaseException:
+            if self.server is not None:
+                self.server.stop()
+            self._dir_lock.release()
+            raise
+        self._dir_lock.note(url=url)
+        return url
+
+    async def _start(self) -> str:
         self.loop = asyncio.get_running_loop()
         for line in self.config.notices(external_server=bool(self.nats_url)):
             self._log(f"cim_flow: {line}")
         if not self.nats_url:  # the embedded server boots in its own process meanwhile
             js = self.config.jetstream
             self.server = NatsServer(port=self.port, store_dir=js.store_dir or f"{self.data_dir}/jetstream",
-                                     jetstream=True, jetstream_limits=js.server_limits()).launch()
+                                     jetstream=True, jetstream_limits=js.server_limits(),
+                                     pass_fds=(self._dir_lock.fd,)).launch()
         try:
             progress = WarmProgress(self.out)
             try:
@@ -325,6 +345,8 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
                     await c.close()
         if self.server is not None:
             self.server.stop()
+        if self._dir_lock is not None:
+            self._dir_lock.release()
 
     async def run(self):
         """Start, print the ready line, serve until SIGINT/SIGTERM, stop cleanly."""

@@ -166,6 +166,30 @@ def test_serve_port_taken_is_a_clear_error(tmp_path):
     assert "cim_flow ready" not in out
 
 
+def test_a_data_dir_serves_one_service_at_a_time(tmp_path):
+    """A second service on a data directory in use (its JetStream store, its snapshots)
+    stops at once with a line naming the holder and its server; once the first stops, the
+    directory is free again (and the lock file names nobody)."""
+    first = _spawn(["serve", "--port", "0", "--data-dir", str(tmp_path), "--status-interval", "0"])
+    try:
+        url = _wait_ready(first)
+        second = _spawn(["serve", "--port", "0", "--data-dir", str(tmp_path)])
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 1 and "cim_flow ready" not in out, err
+        assert f"in use by cim_flow serve (pid {first.pid})" in err and url in err and "Traceback" not in err, err
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    assert first.returncode == 0
+    assert "pid=" not in (tmp_path / "cim_flow.lock").read_text()
+    again = _spawn(["serve", "--port", "0", "--data-dir", str(tmp_path), "--status-interval", "0"])
+    try:
+        assert _wait_ready(again).startswith("nats://127.0.0.1:")
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.communicate(timeout=60)
+
+
 def test_serve_external_no_jetstream_env_flags(nats_server, tmp_path):
     proc = _spawn(["serve", "--status-interval", "0", "--data-dir", str(tmp_path)],
                   env={"CIM_FLOW_NATS_URL": nats_server.url, "CIM_FLOW_NO_JETSTREAM": "1"})
@@ -210,7 +234,7 @@ def test_bad_config_file_exits_clearly(tmp_path):
     assert "event_processing.batch_sise" in err
 
 
-def test_tool_commands_with_bad_arguments_or_no_service_say_so():
+def test_tool_commands_with_bad_arguments_or_no_service_say_so(tmp_path):
     """snapshot with nothing listening, or no service behind the server; replay and loadgen
     with impossible numbers: a one-line reason and a non-zero exit, no traceback, no hang."""
     from cim_flow._natsserver import NatsServer, free_port
@@ -227,6 +251,15 @@ def test_tool_commands_with_bad_arguments_or_no_service_say_so():
         assert r.returncode == 1 and "no cim_flow service" in r.stderr, r.stderr
         r = cli("replay", "--from-seq", "0", "--nats-url", srv.url)
         assert r.returncode == 2 and "--from-seq must be >= 1" in r.stderr
+        # replay from a server without JetStream, from nothing, from a data dir with no store
+        r = cli("replay", "--nats-url", srv.url, "--data-dir", str(tmp_path))
+        assert r.returncode == 1 and "does not offer JetStream" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        r = cli("replay", "--nats-url", f"nats://127.0.0.1:{free_port('127.0.0.1')}", "--data-dir", str(tmp_path))
+        assert r.returncode == 1 and "nothing listens at" in r.stderr, r.stderr
+        # serve against a server without JetStream: the reason and the way out, exit 1
+        r = cli("serve", "--nats-url", srv.url, "--data-dir", str(tmp_path), "--status-interval", "0")
+        assert r.returncode == 1 and "does not offer JetStream" in r.stderr and "--no-jetstream" in r.stderr
+        assert "Traceback" not in r.stderr and "cim_flow ready" not in r.stdout
         r = cli("loadgen", "--rate", "-5", "--duration", "0", "--nats-url", srv.url)
         assert r.returncode == 2 and "--rate must be > 0" in r.stderr and "--duration must be > 0" in r.stderr
     finally:

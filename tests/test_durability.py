@@ -160,6 +160,43 @@ def test_snapshot_command_and_offline_replay(tmp_path, nats_server, service):
     assert eng.graph_summaries().to_pylist() == live.graph_summaries().to_pylist()
 
 
+def test_offline_replay_needs_only_the_data_dir(tmp_path):
+    """``replay`` with no --nats-url: while the service runs, from its embedded server
+    (named in the data directory's lock file); once it has stopped, from a server started
+    on the directory's own JetStream store.  Both snapshots equal the reference."""
+    from cim_flow import Engine
+
+    gen = SyntheticEvents(31, max_graphs=12, nodes_per_graph=60)
+    payloads = [gen.next() for _ in range(600)]
+    ref = _reference(payloads)
+    data = tmp_path / "data"
+    proc = _spawn(["serve", "--port", "0", "--data-dir", str(data), "--status-interval", "0"])
+    try:
+        url = _wait_ready(proc)
+        done = threading.Event()
+        _publisher(url, payloads, done, 0.0)
+        _check(url, ref, len(payloads))
+
+        def replay(target):
+            env = {k: v for k, v in os.environ.items() if k != "CIM_FLOW_NATS_URL"}
+            out = subprocess.run([sys.executable, "-m", "cim_flow", "replay", "--data-dir", str(data),
+                                  "--to", str(target)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                                 env=env)
+            assert out.returncode == 0, out.stderr
+            eng = Engine.from_snapshot(target)
+            assert eng.version == len(payloads)
+            assert eng.totals() == ref.totals()
+            assert {g: (s["node_count"], s["edge_count"]) for g, s in ref.summaries().items()} == {
+                r["graph_id"]: (r["node_count"], r["edge_count"]) for r in eng.graph_summaries().to_pylist()}
+            return out.stderr
+
+        assert f"replaying from its server at {url}" in replay(tmp_path / "running.arrow")
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0
+    assert "replaying from its server" not in replay(tmp_path / "stopped.arrow")
+
+
 @pytest.mark.parametrize("reader", ["lean", "nats-py"])
 def test_nats_server_restart_mid_ingest(tmp_path, reader):
     """Stop and restart an external nats-server (same port, same store) while the
