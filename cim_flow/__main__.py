@@ -353,8 +353,10 @@ def cmd_replay(args) -> int:
     cfg.jetstream.durable = "cim_flow_replay"
     url = args.nats_url
     store = cfg.jetstream.store_dir or os.path.join(args.data_dir, "jetstream")
-    if not url and not os.path.isdir(store):
-        url = "nats://127.0.0.1:4222"
+    if not url and not os.path.isdir(store):  # (a service on an external server, or none)
+        from ._datadir import running_url
+
+        url = running_url(args.data_dir) or "nats://127.0.0.1:4222"
     if url and not _listening(url):
         print(f"cim_flow replay: nothing listens at {url}" + ("" if args.nats_url else
               f" and {args.data_dir} holds no JetStream store ({store}) to start a server on") +

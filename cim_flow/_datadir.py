@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 LOCK_NAME = "cim_flow.lock"
 
@@ -53,6 +54,21 @@ def read_holder(data_dir: str) -> dict:
         if key in ("pid", "what", "url"):
             out[key] = value.strip()
     return out
+
+
+def running_url(data_dir: str) -> str | None:
+    """The NATS URL of the service holding ``data_dir``, None when none holds it."""
+    try:
+        fd = os.open(os.path.join(data_dir, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # free: nobody runs there
+    except BlockingIOError:
+        return read_holder(data_dir).get("url") or None
+    finally:
+        os.close(fd)
 
 
 class DataDirLock:
@@ -100,9 +116,14 @@ class DataDirLock:
         return self
 
     def note(self, *, what: str | None = None, url: str | None = None) -> None:
-        """Rewrite the file's description of the holder (this process)."""
+        """Rewrite the file's description of the holder (this process); a URL's user and
+        password or token are left out (the file is readable by all)."""
         if self.fd is None:
             return
+        if url:
+            parts = urlsplit(url if "://" in url else "nats://" + url)
+            if parts.username or parts.password:
+                url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         cur = read_holder(self.data_dir)
         text = (f"pid={os.getpid()}\nwhat={what if what is not None else cur.get('what', '')}\n"
                 f"url={url if url is not None else cur.get('url', '')}\n")

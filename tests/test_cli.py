@@ -402,3 +402,27 @@ def test_loadgen_arrow_batches_and_a_batch_too_big_for_the_server(nats_server, s
     assert r["messages"] == r["messages_stored"] == 10  # all taken by the stream, none refused
     proc = run("--rate", "60000", "--duration", "1", "--arrow-batch", "60000")
     assert proc.returncode == 2 and "max_payload" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_data_dir_lock_names_its_holder_without_credentials(tmp_path):
+    """The lock file says who holds the directory and where its server is, never a
+    URL's user, password or token; a second lock on it, even in this process, is refused
+    at once when the holder lives; released, the directory is free and names nobody."""
+    from cim_flow._datadir import DataDirBusy, DataDirLock, read_holder, running_url
+
+    assert running_url(str(tmp_path)) is None
+    lock = DataDirLock(str(tmp_path)).acquire("cim_flow serve")
+    try:
+        lock.note(url="nats://bob:s3cret@127.0.0.1:4222")
+        assert read_holder(str(tmp_path)) == {"pid": str(os.getpid()), "what": "cim_flow serve",
+                                              "url": "nats://127.0.0.1:4222"}
+        assert "s3cret" not in (tmp_path / "cim_flow.lock").read_text()
+        assert running_url(str(tmp_path)) == "nats://127.0.0.1:4222"
+        t = time.monotonic()
+        with pytest.raises(DataDirBusy, match=f"pid {os.getpid()}"):
+            DataDirLock(str(tmp_path)).acquire("cim_flow replay", wait_live=0.2)
+        assert time.monotonic() - t < 5
+    finally:
+        lock.release()
+    assert running_url(str(tmp_path)) is None and read_holder(str(tmp_path)) == {}
+    DataDirLock(str(tmp_path)).acquire("again").release()
