@@ -141,7 +141,7 @@ class DataDirLock:
 
     def _busy_message(self, holder: dict, alive: bool) -> str:
         url = holder.get("url")
-        hint = (f"stop it, or use another --data-dir" if alive else
+        hint = ("stop it, or use another --data-dir" if alive else
                 "a process it started (its nats-server or a snapshot writer) still runs: wait, or end it")
         return (f"{self.data_dir} is in use by {_describe(holder, alive)}"
                 + (f", its NATS server at {url}" if url else "") + f": {hint}")
