@@ -18,6 +18,7 @@ from cim_flow import decode_json
 from cim_flow._demo import SyntheticEvents
 from cim_flow._natsserver import NatsServer
 from natsutil import request, wait_until_restarted
+from natsutil import run as run_async
 from reference import RefProjection, reference_rows
 from test_cli import ROOT, _spawn, _wait_ready
 
@@ -691,6 +692,58 @@ def test_results_stream_misses_no_update_across_a_server_restart(tmp_path):
         _check(url, ref, len(payloads))
         state = {}
         _read_results(url, "reader", state, until=len(payloads))
+        assert state == {g: (s["node_count"], s["edge_count"], s["name"]) for g, s in ref.summaries().items()}
+    finally:
+        _stop(proc)
+        srv.stop()
+    assert proc.returncode == 0
+
+
+def test_results_stream_lost_with_the_server_is_made_again_with_one_full_update(tmp_path):
+    """The server comes back without the results stream (its files gone: a new disk, an
+    operator's mistake) while the service stays up: after the reconnect the service makes
+    the stream again and, its last update being older than the projection, sends one full
+    update first; a reader of the new stream alone then adds up to the reference."""
+    import shutil
+
+    store = tmp_path / "js"
+    srv = NatsServer(port=0, store_dir=str(store)).start()
+    port = srv.port
+    (tmp_path / "c.toml").write_text("[jetstream]\nresults_stream = \"CIM_GRAPH_RESULTS\"\n")
+    gen = SyntheticEvents(33, max_graphs=20, nodes_per_graph=200)
+    payloads = [gen.next() for _ in range(1200)]
+    proc = _spawn(["serve", "--nats-url", srv.url, "--data-dir", str(tmp_path / "svc"), "--status-interval", "0",
+                   "--config", str(tmp_path / "c.toml")])
+    url = _wait_ready(proc)
+    try:
+        _publisher(url, payloads[:600], threading.Event(), 0.0)
+        _check(url, _reference(payloads[:600]), 600)
+        srv.stop()
+        shutil.rmtree(store / "jetstream" / "$G" / "streams" / "CIM_GRAPH_RESULTS")
+        srv = NatsServer(port=port, store_dir=str(store)).start()
+        deadline = time.time() + 60
+        versions = []
+        while time.time() < deadline and not versions:
+            try:
+                versions = run_async(_stored_versions(url, "CIM_GRAPH_RESULTS"))
+            except Exception:  # not made again yet
+                time.sleep(0.2)
+        assert versions and versions[0] == 600, versions
+
+        async def first():
+            nc = await nats.connect(url)
+            try:
+                js = nc.jetstream()
+                return json.loads((await js.get_msg("CIM_GRAPH_RESULTS", 1)).data)
+            finally:
+                await nc.close()
+
+        assert run_async(first()).get("full") is True
+        _publisher(url, payloads[600:], threading.Event(), 0.0)
+        ref = _reference(payloads)
+        _check(url, ref, len(payloads))
+        state = {}
+        _read_results(url, "after-loss", state, until=len(payloads))
         assert state == {g: (s["node_count"], s["edge_count"], s["name"]) for g, s in ref.summaries().items()}
     finally:
         _stop(proc)
