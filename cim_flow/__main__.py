@@ -378,7 +378,8 @@ def cmd_replay(args) -> int:
         # No URL: an embedded server on the data directory's own store (the service that
         # wrote it stopped), or, if a service still runs there, that service's server.
         opts = dict(cfg=cfg, engine=eng, status_interval=0, queries=False, snapshots=False, out=sys.stderr,
-                    connect_options=_connect_options(args, cfg), role="cim_flow replay", create_stream=False)
+                    connect_options=_connect_options(args, cfg), role="cim_flow replay", create_stream=False,
+                    results=False)
         try:
             try:
                 svc = (Service(opts.pop("cfg"), nats_url=url, data_dir=tmp, **opts) if url else

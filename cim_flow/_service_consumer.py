@@ -336,7 +336,7 @@ class ConsumerMixin:
             except nats.js.errors.APIError as exc:  # e.g. another stream already takes its subjects
                 self._log(f"cim_flow: results stream {js_cfg.results_stream} not created ({exc}); updates go "
                           "out on core NATS only")
-                self._results_on = self._results_hold = False
+                self._results_on = False
         await self._reset_consumer()
         self._inbox = self.nc.new_inbox()
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{js_cfg.stream}.{js_cfg.durable}"

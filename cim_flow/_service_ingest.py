@@ -317,10 +317,10 @@ class IngestMixin:
     async def _publish_updates(self):
         if not self._touched:
             return
-        if self._results_hold:
-            # replaying at start with a results stream: one full update once ready says
-            # it all (see _results_sync); per-batch ones would repeat, out of date, what
-            # the stream already holds from before the restart
+        if self._results_hold or not self.publish_results:
+            # replaying at start: one full update once it is done says it all (see
+            # _results_sync); per-batch ones would repeat, out of date and under the same
+            # ids, what went out before the restart
             return
         eng = self.engine
         G = eng._p.G
@@ -409,8 +409,16 @@ class IngestMixin:
         the version when some were lost (published while the server restarted, or with
         a connection), were held back during the replay at start, or came before the
         stream did: then one full update (every live graph's summary, ``"full": true``:
-        a reader replaces what it holds) at the current version goes out."""
+        a reader replaces what it holds) at the current version goes out.  Without a
+        results stream, after the replay at start: one full update when it applied
+        anything (what went out before the restart is unknown; a full one never repeats
+        an earlier update's id)."""
         if not self._results_on:
+            if self._results_hold:
+                self._results_hold = False
+                # (not catch_up_stats: batches may apply before the catch-up looks)
+                if self.engine.version > self._version_at_start and self.publish_results:
+                    await self._publish_full()
             return
         try:
             through = await self._results_through()
@@ -420,9 +428,12 @@ class IngestMixin:
             through = -1
         finally:
             self._results_hold = False
-        eng = self.engine
-        if through >= eng.version:
+        if through >= self.engine.version:
             return
+        await self._publish_full()
+
+    async def _publish_full(self):
+        eng = self.engine
         G = eng._p.G
         live = np.flatnonzero(G.alive[: int(G.meta[0])]).astype(np.int64)
         self.counters["full_updates"] += 1

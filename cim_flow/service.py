@@ -59,7 +59,8 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
                  data_dir: str = ".cim_flow", jetstream: bool | None = None, engine: Engine | None = None,
                  demo: bool = False, demo_rate: float = 5000.0, status_interval: float = 5.0,
                  out=None, connect_options: dict | None = None, queries: bool = True,
-                 snapshots: bool | None = None, role: str = "cim_flow serve", create_stream: bool = True):
+                 snapshots: bool | None = None, role: str = "cim_flow serve", create_stream: bool = True,
+                 results: bool = True):
         self.config = config or Config()
         self.role = role  # what the data directory's lock file names as its holder
         self._dir_lock: DataDirLock | None = None
@@ -114,10 +115,13 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
                              batches=0, queries=0, query_errors=0, messages=0, radius_batches=0,
                              index_builds_waited=0, snapshots=0, consumer_resets=0, pull_stalls=0,
                              server_restarts=0, cache_warmed=0, full_updates=0)
-        # a results stream keeps the updates; per-batch ones wait for the first check of
-        # what it holds, after the replay at start (see IngestMixin._results_sync)
-        self._results_on = bool(self.jetstream and self.config.jetstream.results_stream)
-        self._results_hold = self._results_on
+        # a results stream keeps the updates.  The replay at start publishes no per-batch
+        # updates (they would repeat, older and under the same ids, what went out before
+        # the restart): once it is done one full update says it all (see
+        # IngestMixin._results_sync), with a results stream only if it lags behind
+        self.publish_results = results  # False (replay): no updates at all, no results stream
+        self._results_on = bool(results and self.jetstream and self.config.jetstream.results_stream)
+        self._results_hold = self.jetstream
         self.started = time.time()
         self.connected = False
         self.url = None
@@ -142,6 +146,7 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
         self.qraw: _wire.RawConnection | None = None
         self._qroutes: dict[bytes, tuple] = {}
         self.catch_up_stats = (0, 0.0)  # (stream messages, seconds) replayed before ready
+        self._version_at_start = 0
         self._error_logged: dict = {}  # error kind -> when it was last logged
         self.stream_behind = 0  # how far the stream's end is behind the version (0: fine)
         self.engine._on_apply(self._note_touched)
@@ -184,6 +189,7 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
             finally:
                 progress.close()
             self._load_snapshot()
+            self._version_at_start = self.engine.version  # what the replay at start goes on from
             if self.server is not None:
                 self.server.wait_ready()
         except BaseException:

@@ -699,6 +699,71 @@ def test_results_stream_misses_no_update_across_a_server_restart(tmp_path):
     assert proc.returncode == 0
 
 
+def test_restart_replay_sends_one_full_update_not_repeats(tmp_path):
+    """Without a results stream: kill -9 the service, start it again; its replay of the
+    stream tail publishes no per-batch updates (they would repeat, older and under the
+    same Nats-Msg-Ids, what went out before the kill), but one full update at the version
+    it reached, listing every live graph as the reference has it; then per-batch updates
+    go on as before."""
+    srv = NatsServer(port=0, store_dir=str(tmp_path / "js")).start()
+    gen = SyntheticEvents(34, max_graphs=15, nodes_per_graph=100)
+    payloads = [gen.next() for _ in range(900)]
+    seen = []
+    stop = threading.Event()
+
+    def listen():
+        async def go():
+            nc = await nats.connect(srv.url)
+            sub = await nc.subscribe("projection.graph.summary.updated")
+            while not stop.is_set():
+                try:
+                    m = await sub.next_msg(timeout=0.2)
+                except nats.errors.TimeoutError:
+                    continue
+                seen.append(((m.headers or {}).get("Nats-Msg-Id"), json.loads(m.data)))
+            await nc.close()
+
+        asyncio.run(go())
+
+    t = threading.Thread(target=listen)
+    t.start()
+    args = ["serve", "--nats-url", srv.url, "--data-dir", str(tmp_path / "svc"), "--status-interval", "0"]
+    try:
+        proc = _spawn(args)
+        url = _wait_ready(proc)
+        _publisher(url, payloads[:600], threading.Event(), 0.0)
+        _check(url, _reference(payloads[:600]), 600)
+        time.sleep(0.5)
+        proc.kill()
+        proc.communicate(timeout=60)
+        before = len(seen)
+        assert before and all(not u.get("full") for _, u in seen)
+        proc = _spawn(args)
+        _wait_ready(proc)
+        _check(url, _reference(payloads[:600]), 600)
+        time.sleep(0.5)
+        after = seen[before:]
+        assert len(after) == 1 and after[0][1].get("full") is True and after[0][1]["version"] == 600, [(i, u.get("full")) for i, u in after]
+        assert after[0][0] == "summary-600-full"
+        ref = _reference(payloads[:600])
+        assert {uuid.UUID(g["graph_id"]).bytes: (g["node_count"], g["edge_count"], g["name"])
+                for g in after[0][1]["graphs"]} == \
+            {g: (s["node_count"], s["edge_count"], s["name"]) for g, s in ref.summaries().items()}
+        _publisher(url, payloads[600:], threading.Event(), 0.0)
+        _check(url, _reference(payloads), len(payloads))
+        time.sleep(0.5)
+        more = seen[before + 1:]
+        assert more and all(not u.get("full") and u["version"] > 600 for _, u in more)
+        _stop(proc)
+        assert proc.returncode == 0
+    finally:
+        stop.set()
+        t.join(10)
+        if proc.poll() is None:
+            proc.kill()
+        srv.stop()
+
+
 def test_results_stream_lost_with_the_server_is_made_again_with_one_full_update(tmp_path):
     """The server comes back without the results stream (its files gone: a new disk, an
     operator's mistake) while the service stays up: after the reconnect the service makes
