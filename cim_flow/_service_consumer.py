@@ -346,6 +346,7 @@ class ConsumerMixin:
         else:
             self._inbox_sub = await self.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=1_000_000,
                                                       pending_bytes_limit=1 << 30)
+        self._consume_t0 = time.time()
         await self._pull()
 
     async def _ensure_stream(self):

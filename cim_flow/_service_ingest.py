@@ -31,7 +31,9 @@ class IngestMixin:
         info = await self.js.stream_info(self.config.jetstream.stream)
         target = info.state.last_seq
         self._check_stream(target)
-        start_v = self.engine.version
+        # from the version the snapshot gave and the first pull: batches may have applied
+        # since, before this first looked (counted from here they made a replay look shorter)
+        start_v = self._version_at_start
         self.catch_up_stats = (0, 0.0)
         if target <= start_v:
             return
@@ -44,7 +46,8 @@ class IngestMixin:
                 bar = tqdm(total=target - start_v, unit="ev", desc="replay", file=self.out)
             except ImportError:
                 bar = None
-        t0 = last_log = time.time()
+        t0 = self._consume_t0 or time.time()
+        last_log = time.time()
         while self.engine.version < target and not self._stop.is_set():
             # woken by the batch that reaches the target (polling every 50 ms made ready
             # up to 50 ms late); the timeout keeps the progress display and stop check going

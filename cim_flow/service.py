@@ -147,6 +147,7 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
         self._qroutes: dict[bytes, tuple] = {}
         self.catch_up_stats = (0, 0.0)  # (stream messages, seconds) replayed before ready
         self._version_at_start = 0
+        self._consume_t0 = 0.0  # when the consumer first pulled (time.time())
         self._error_logged: dict = {}  # error kind -> when it was last logged
         self.stream_behind = 0  # how far the stream's end is behind the version (0: fine)
         self.engine._on_apply(self._note_touched)
