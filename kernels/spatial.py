@@ -753,6 +753,16 @@ def _fill_run(pts, idx, grp, a, b, cx, cy, cz, r2, gsel, out_i, out_d, w, cap):
     the unconditional store does not.  Slots from the caller's ``w`` up to ``cap`` must be
     the caller's to scribble on (``cap`` is the end of its share, never another query's)."""
     anyg = gsel == -1  # loop-invariant: the compiler makes two loops of this one
+    if w + (b - a) <= cap:  # room for every point of the run: no test a point
+        for q in range(a, b):
+            dx = pts[q, 0] - cx
+            dy = pts[q, 1] - cy
+            dz = pts[q, 2] - cz
+            d2 = dx * dx + dy * dy + dz * dz
+            out_i[w] = idx[q]
+            out_d[w] = d2
+            w += (d2 <= r2) & (anyg or grp[q] == gsel)
+        return w
     for q in range(a, b):
         dx = pts[q, 0] - cx
         dy = pts[q, 1] - cy
