@@ -1,6 +1,7 @@
 """Crash recovery with real processes: kill -9 the service while events stream in,
 restart, and the projection equals the reference over every event in the stream."""
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -610,6 +611,38 @@ def _read_results(url, durable, state, until=None, count=None):
     return asyncio.run(go())
 
 
+@contextlib.contextmanager
+def _results_service_on_external_server(tmp_path, seed, n):
+    """A nats-server of its own (store ``tmp_path/js``), ``n`` synthetic payloads and a
+    service on that server keeping its updates in a results stream, ready:
+    ``(box, payloads, url)`` with the server in ``box["srv"]`` (a test that restarts it
+    puts the new one there); both stopped at the end, the service cleanly."""
+    box = {"srv": NatsServer(port=0, store_dir=str(tmp_path / "js")).start()}
+    (tmp_path / "c.toml").write_text("[jetstream]\nresults_stream = \"CIM_GRAPH_RESULTS\"\n")
+    gen = SyntheticEvents(seed, max_graphs=20, nodes_per_graph=200)
+    payloads = [gen.next() for _ in range(n)]
+    proc = _spawn(["serve", "--nats-url", box["srv"].url, "--data-dir", str(tmp_path / "svc"),
+                   "--status-interval", "0", "--config", str(tmp_path / "c.toml")])
+    try:
+        yield box, payloads, _wait_ready(proc)
+    finally:
+        _stop(proc)
+        if box.get("srv") is not None:  # (a failed restart leaves none)
+            box["srv"].stop()
+    assert proc.returncode == 0
+
+
+def _publish_rest_and_fold(url, payloads, start, durable):
+    """Publish ``payloads[start:]``; the projection then equals the reference over all of
+    them, and so does what a durable reader ``durable`` folds from the results stream."""
+    _publisher(url, payloads[start:], threading.Event(), 0.0)
+    ref = _reference(payloads)
+    _check(url, ref, len(payloads))
+    state = {}
+    _read_results(url, durable, state, until=len(payloads))
+    assert state == {g: (s["node_count"], s["edge_count"], s["name"]) for g, s in ref.summaries().items()}
+
+
 async def _stored_versions(url, stream):
     nc = await nats.connect(url)
     try:
@@ -672,31 +705,14 @@ def test_results_stream_misses_no_update_across_a_server_restart(tmp_path):
     still adds up to the projection (updates published while the server was away wait in
     nats-py's buffer; one lost with a connection would be made good by a full update, as
     the service checks the stream once it is back)."""
-    store = str(tmp_path / "js")
-    srv = NatsServer(port=0, store_dir=store).start()
-    port = srv.port
-    (tmp_path / "c.toml").write_text("[jetstream]\nresults_stream = \"CIM_GRAPH_RESULTS\"\n")
-    gen = SyntheticEvents(32, max_graphs=20, nodes_per_graph=200)
-    payloads = [gen.next() for _ in range(1600)]
-    proc = _spawn(["serve", "--nats-url", srv.url, "--data-dir", str(tmp_path / "svc"), "--status-interval", "0",
-                   "--config", str(tmp_path / "c.toml")])
-    url = _wait_ready(proc)
-    try:
+    with _results_service_on_external_server(tmp_path, 32, 1600) as (box, payloads, url):
         _publisher(url, payloads[:800], threading.Event(), 0.0)
-        srv.stop()
+        old = box.pop("srv")
+        old.stop()
         time.sleep(1.0)
-        srv = NatsServer(port=port, store_dir=store).start()
+        box["srv"] = NatsServer(port=old.port, store_dir=old.store_dir).start()
         time.sleep(1.0)  # the service's connections come back (0.5 s between attempts)
-        _publisher(url, payloads[800:], threading.Event(), 0.0)
-        ref = _reference(payloads)
-        _check(url, ref, len(payloads))
-        state = {}
-        _read_results(url, "reader", state, until=len(payloads))
-        assert state == {g: (s["node_count"], s["edge_count"], s["name"]) for g, s in ref.summaries().items()}
-    finally:
-        _stop(proc)
-        srv.stop()
-    assert proc.returncode == 0
+        _publish_rest_and_fold(url, payloads, 800, "reader")
 
 
 def test_restart_replay_sends_one_full_update_not_repeats(tmp_path):
@@ -771,21 +787,13 @@ def test_results_stream_lost_with_the_server_is_made_again_with_one_full_update(
     update first; a reader of the new stream alone then adds up to the reference."""
     import shutil
 
-    store = tmp_path / "js"
-    srv = NatsServer(port=0, store_dir=str(store)).start()
-    port = srv.port
-    (tmp_path / "c.toml").write_text("[jetstream]\nresults_stream = \"CIM_GRAPH_RESULTS\"\n")
-    gen = SyntheticEvents(33, max_graphs=20, nodes_per_graph=200)
-    payloads = [gen.next() for _ in range(1200)]
-    proc = _spawn(["serve", "--nats-url", srv.url, "--data-dir", str(tmp_path / "svc"), "--status-interval", "0",
-                   "--config", str(tmp_path / "c.toml")])
-    url = _wait_ready(proc)
-    try:
+    with _results_service_on_external_server(tmp_path, 33, 1200) as (box, payloads, url):
         _publisher(url, payloads[:600], threading.Event(), 0.0)
         _check(url, _reference(payloads[:600]), 600)
-        srv.stop()
-        shutil.rmtree(store / "jetstream" / "$G" / "streams" / "CIM_GRAPH_RESULTS")
-        srv = NatsServer(port=port, store_dir=str(store)).start()
+        old = box.pop("srv")
+        old.stop()
+        shutil.rmtree(tmp_path / "js" / "jetstream" / "$G" / "streams" / "CIM_GRAPH_RESULTS")
+        box["srv"] = NatsServer(port=old.port, store_dir=old.store_dir).start()
         deadline = time.time() + 60
         versions = []
         while time.time() < deadline and not versions:
@@ -804,16 +812,7 @@ def test_results_stream_lost_with_the_server_is_made_again_with_one_full_update(
                 await nc.close()
 
         assert run_async(first()).get("full") is True
-        _publisher(url, payloads[600:], threading.Event(), 0.0)
-        ref = _reference(payloads)
-        _check(url, ref, len(payloads))
-        state = {}
-        _read_results(url, "after-loss", state, until=len(payloads))
-        assert state == {g: (s["node_count"], s["edge_count"], s["name"]) for g, s in ref.summaries().items()}
-    finally:
-        _stop(proc)
-        srv.stop()
-    assert proc.returncode == 0
+        _publish_rest_and_fold(url, payloads, 600, "after-loss")
 
 
 def test_results_stream_made_later_gets_one_full_update_in_parts(tmp_path):
