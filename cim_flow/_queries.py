@@ -155,7 +155,11 @@ _INT64_MAX = 2**63 - 1
 def _number(v, name, *, minimum=None, integer=False):
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise QueryError("bad_request", f"{name} must be a number")
-    if not math.isfinite(v):
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # a JSON integer past float's range (msgspec gives it as an int)
+        raise QueryError("bad_request", f"{name} is too large") from None
+    if not finite:
         raise QueryError("bad_request", f"{name} must be finite")
     if integer and int(v) != v:
         raise QueryError("bad_request", f"{name} must be an integer")
@@ -367,13 +371,10 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
                     truncated |= tr
                     ka, kb = kp[j], kp[j + 1]  # this center's kept rows
                     nodes = blob[ka * ROW_LEN:kb * ROW_LEN - 1] if kb > ka else b""
-                    parts.append(b'{"center":%s,"count":%d,"truncated":%s,"nodes":[%s]}'
-                                 % (_json.encode(c), n, b"true" if tr else b"false", nodes))
+                    parts.append(_center_json(c, n, tr, nodes))
                     j += 1
-                raw = b'{"results":[%s],"truncated":%s' % (b",".join(parts), b"true" if truncated else b"false")
-                if single:  # one center: its rows and count at the top level too
-                    raw += b',"nodes":[%s],"count":%d' % (nodes, n)
-                ans = Answer(None, raw_json=raw, truncated=truncated)
+                ans = Answer(None, raw_json=_radius_json(parts, truncated, (nodes, n) if single else None),
+                             truncated=truncated)
             if want_arrow is None or want_arrow[i]:
                 a0, b0 = int(offsets[j0]), int(offsets[j])
                 part = t.slice(a0, b0 - a0)
@@ -387,8 +388,22 @@ def q_nodes_in_radius_many(engine, reqs, limits, want_arrow=None) -> list:
     return out
 
 
+def _center_json(c: list, n: int, truncated: bool, nodes: bytes) -> bytes:
+    """One center's part of a radius reply: ``nodes``, its JSON rows (comma-joined)."""
+    return (b'{"center":%s,"count":%d,"truncated":%s,"nodes":[%s]}'
+            % (_json.encode(c), n, b"true" if truncated else b"false", nodes))
+
+
+def _radius_json(parts: list, truncated: bool, single: tuple | None) -> bytes:
+    """A JSON radius reply without its closing ``,"version":V}``; ``single``: the one
+    center's ``(nodes, count)``, repeated at the top level."""
+    raw = b'{"results":[%s],"truncated":%s' % (b",".join(parts), b"true" if truncated else b"false")
+    if single is not None:
+        raw += b',"nodes":[%s],"count":%d' % single
+    return raw
+
+
 _FAST_KEYS = frozenset({"center", "radius", "limit"})
-_NUM = (float, int)  # (not bool: type(True) is bool)
 
 
 def q_radius_fast(engine, req: dict, limits) -> bytes | None:
@@ -397,32 +412,19 @@ def q_radius_fast(engine, req: dict, limits) -> bytes | None:
     byte for byte what :func:`q_nodes_in_radius_many` writes for it; None for any other
     request, which the general path answers (and names its errors).  A request this plain
     is what most clients send one at a time: two kernel calls, one reply, no per-request
-    group, Answer or array of requests (~25 us of a ~145 us request at 5k/s)."""
+    group, Answer or array of requests (~25 us of a ~145 us request at 5k/s).  Checked
+    by the general path's own :func:`_radius_args`, so both accept the same requests."""
     if not req.keys() <= _FAST_KEYS:
         return None
-    c, r = req.get("center"), req.get("radius")
-    if type(c) is not list or len(c) != 3 or type(r) not in _NUM:
-        return None
-    x, y, z = c
-    if type(x) not in _NUM or type(y) not in _NUM or type(z) not in _NUM:
-        return None
-    lim = req.get("limit", limits["default"])
-    if type(lim) is not int or lim < 1:
-        return None
     try:
-        x, y, z, r = float(x), float(y), float(z), float(r)
-    except OverflowError:  # an integer past float's range: the general path's error
+        (c,), _single, (r,), _g, lim, _d, _s = _radius_args(engine, req, limits)
+    except QueryError:
         return None
-    if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(z) and math.isfinite(r)) or r < 0:
-        return None
-    lim = min(lim, limits["max"])
-    offsets, idx, _d2 = engine._radius(np.array([[x, y, z]]), np.array([r]), -1, False, False)
+    offsets, idx, _d2 = engine._radius(np.array([c]), np.array([r]), -1, False, False)
     kept, blob = engine._first_rows_json(offsets, np.array([lim], np.int64), idx)
     n, k = int(offsets[1]), int(kept[1])
     nodes = blob[:k * ROW_LEN - 1] if k else b""
-    t = b"true" if n > lim else b"false"
-    return (b'{"results":[{"center":%s,"count":%d,"truncated":%s,"nodes":[%s]}],"truncated":%s,'
-            b'"nodes":[%s],"count":%d' % (_json.encode([x, y, z]), n, t, nodes, t, nodes, n))
+    return _radius_json([_center_json(c, n, n > lim, nodes)], n > lim, (nodes, n))
 
 
 def _first_per_center(offs: np.ndarray, limit: int):

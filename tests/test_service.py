@@ -842,7 +842,8 @@ def test_plain_radius_request_fast_path_writes_the_general_reply_byte_for_byte()
     limits = {"default": 20, "max": 60}
     reqs = [{"center": [5, 5, 5], "radius": 1}, {"center": pts[0].tolist(), "radius": 0.0},
             {"center": [50.0, 50.0, 50.0], "radius": 2.5}, {"center": [5.0, 5.0, 5.0], "radius": 100.0},
-            {"center": [5.0, 5.0, 5.0], "radius": 100.0, "limit": 10**6}]
+            {"center": [5.0, 5.0, 5.0], "radius": 100.0, "limit": 10**6},
+            {"center": [5.0, 5.0, 5.0], "radius": 3.0, "limit": 5.0}]
     reqs += [{"center": rng.uniform(-1, 11, 3).tolist(), "radius": float(rng.choice([0.5, 1.0, 2.0, 3.0])),
               **({"limit": int(rng.integers(1, 80))} if i % 2 else {})} for i in range(60)]
     for req in reqs:
@@ -856,9 +857,30 @@ def test_plain_radius_request_fast_path_writes_the_general_reply_byte_for_byte()
                 {"center": [1, 2, 3], "radius": 1, "with_distance": False}, {"center": [1, 2, 3], "radius": -1},
                 {"center": [1, 2, True], "radius": 1}, {"center": [1, 2], "radius": 1},
                 {"center": [1, 2, 3], "radius": "1"}, {"center": [1, 2, 3], "radius": 1, "limit": 0},
-                {"center": [1, 2, 3], "radius": 1, "limit": 5.0}, {"center": [1, 2, 10**400], "radius": 1},
+                {"center": [1, 2, 3], "radius": 1, "limit": 5.5}, {"center": [1, 2, 10**400], "radius": 1},
                 {"center": [1, 2, 3]}, {"center": [1, 2, 3], "radius": 1, "min_version": 1}, {}]:
         assert q_radius_fast(eng, req, limits) is None, req
+
+
+def test_a_number_too_large_for_a_float_is_that_request_s_error_only():
+    """JSON integers past float's range (msgspec gives them as Python ints) made
+    ``float()`` raise OverflowError inside the batched radius answer: every request of
+    the batch got an internal error.  Now the request with it gets its bad_request, the
+    others their answers."""
+    from cim_flow._queries import QueryError, q_nodes_in_radius_many
+
+    eng = Engine()
+    g = str(uuid.uuid4())
+    events = [{"type": "GraphCreated", "graph_id": g, "occurred_at": T0},
+              {"type": "NodeAdded", "graph_id": g, "node_id": str(uuid.uuid4()), "position": [1, 1, 1],
+               "occurred_at": T0}]
+    eng.apply(decode_json([json.dumps(e).encode() for e in events])[0])
+    big = json.loads(b'{"center": [1, 1, ' + b"9" * 400 + b'], "radius": 1}')
+    got = q_nodes_in_radius_many(eng, [{"center": [1, 1, 1], "radius": 0.5}, big,
+                                       {"center": [1, 1, 1], "radius": 10**400}], {"default": 10, "max": 10})
+    assert got[0].raw_json is not None and b'"count":1' in got[0].raw_json
+    assert isinstance(got[1], QueryError) and got[1].code == "bad_request" and "too large" in got[1].message
+    assert isinstance(got[2], QueryError) and "radius is too large" in got[2].message
 
 
 def test_radius_reply_rows_refuse_a_node_number_out_of_range():
