@@ -326,9 +326,11 @@ class Updates:
     query with ``min_version`` reads the state itself.  (:meth:`Client.updates` with
     ``durable`` reads them from a results stream instead: none lost.)
 
-    An update older than one already given is dropped: after a restart the service
-    replays the events since its snapshot, and the summaries of a replayed batch are
-    older than those already sent (with a results stream it holds those back)."""
+    An update older than one already given is dropped (a reader that was connected to
+    more than one service, or to a results stream written before and after a restart,
+    can see versions out of order).  A ``"full": true`` update lists every live graph:
+    replace what you hold with it; a restarted service sends one after its replay
+    instead of that replay's per-batch updates."""
 
     def __init__(self, sub):
         self._sub = sub

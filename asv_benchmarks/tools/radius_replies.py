@@ -4,7 +4,8 @@
     python asv_benchmarks/tools/radius_replies.py [--per-flush 1 4] [--centers nodes|loadgen]
 
 A 600k-event synthetic stream (~270k nodes in 200 clusters), radius 25, limit 100:
-prints the median time per request.  Centers on nodes (~900 hits each), or, with
+prints the median time per request, and that of one plain request through the fast path the
+service takes for it alone (``q_radius_fast``).  Centers on nodes (~900 hits each), or, with
 ``--centers loadgen``, uniform in [0, 1000]^3 as the load generator's queries (most
 find nothing, a few hundreds).
 """
@@ -19,7 +20,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from cim_flow import Engine, decode_json  # noqa: E402
 from cim_flow._demo import SyntheticEvents  # noqa: E402
-from cim_flow._queries import encode_answer, q_nodes_in_radius_many  # noqa: E402
+from cim_flow._queries import encode_answer, q_nodes_in_radius_many, q_radius_fast  # noqa: E402
 
 
 def main():
@@ -49,6 +50,15 @@ def main():
 
         t = np.median(timeit.repeat(flush, number=300, repeat=5)) / 300
         print(f"{n} request(s) a batch: {t * 1e6:.0f} us a batch, {t / n * 1e6:.0f} us a request")
+    at = [0]
+
+    def fast():  # what the service does for such a request alone (q_radius_fast)
+        i = at[0] % len(reqs)
+        at[0] += 1
+        q_radius_fast(eng, reqs[i], limits)
+
+    t = np.median(timeit.repeat(fast, number=300, repeat=5)) / 300
+    print(f"one plain request through the fast path (q_radius_fast): {t * 1e6:.0f} us")
 
 
 if __name__ == "__main__":
