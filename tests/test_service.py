@@ -836,8 +836,9 @@ def test_plain_radius_request_fast_path_writes_the_general_reply_byte_for_byte()
     g = str(uuid.uuid4())
     events = [{"type": "GraphCreated", "graph_id": g, "occurred_at": T0}]
     pts = np.round(rng.uniform(0, 10, (400, 3)), 1)  # many exact ties and boundary distances
-    events += [{"type": "NodeAdded", "graph_id": g, "node_id": str(uuid.uuid4()), "position": p.tolist(),
-                "occurred_at": T0} for p in pts]
+    nids = [str(uuid.uuid4()) for _ in pts]
+    events += [{"type": "NodeAdded", "graph_id": g, "node_id": nid, "position": p.tolist(),
+                "occurred_at": T0} for nid, p in zip(nids, pts)]
     eng.apply(decode_json([json.dumps(e).encode() for e in events])[0])
     limits = {"default": 20, "max": 60}
     reqs = [{"center": [5, 5, 5], "radius": 1}, {"center": pts[0].tolist(), "radius": 0.0},
@@ -852,7 +853,10 @@ def test_plain_radius_request_fast_path_writes_the_general_reply_byte_for_byte()
         general = encode_answer(q_nodes_in_radius_many(eng, [req], limits, [False])[0], 7, False)[0]
         assert raw + b',"version":7}' == general
         want = [i for i, p in enumerate(pts) if np.linalg.norm(p - np.array(req["center"], float)) <= req["radius"]]
-        assert json.loads(general)["count"] == len(want)
+        reply = json.loads(raw + b"}")
+        assert reply["count"] == len(want) and reply["truncated"] == (len(want) > len(reply["nodes"]))
+        got = {n["node_id"] for n in reply["nodes"]}
+        assert got <= {nids[i] for i in want} and len(got) == min(len(want), int(req.get("limit", 20)), 60)
     for req in [{"center": [1, 2, 3], "radius": 1, "graph_id": g}, {"centers": [[1, 2, 3]], "radius": 1},
                 {"center": [1, 2, 3], "radius": 1, "with_distance": False}, {"center": [1, 2, 3], "radius": -1},
                 {"center": [1, 2, True], "radius": 1}, {"center": [1, 2], "radius": 1},
