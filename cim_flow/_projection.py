@@ -496,6 +496,98 @@ class Projection:
         N.meta[2] = 0
         return res, touched, dirty
 
+    # -- compaction ---------------------------------------------------------------
+    def garbage(self) -> tuple[int, int]:
+        """Removed nodes and removed edges still holding an index (an index is never
+        reused for another key, so they stay until :meth:`compact`)."""
+        N, E = self.N, self.E
+        return int(N.meta[0] - N.meta[1]), int(E.meta[0] - E.meta[1])
+
+    def compact(self, strings: bool = True) -> dict:
+        """Renumber the live nodes and edges densely (in their old order) and drop the
+        removed ones: their keys, fields and hash slots, kept until now so a removal is
+        one flag; with ``strings``, also the names, labels and types nothing live uses.
+        Every link is renumbered with them (a graph's node list, incident-edge lists,
+        edge endpoints) and the hash tables are built again.  Nothing observable
+        changes: a removed node or edge and one never seen answer every event and query
+        alike (a re-added one starts afresh either way).  Node numbers do change, so
+        whatever holds them (the spatial index) must be rebuilt by the caller.  Returns
+        what was dropped.  Graphs keep their numbers (the service holds them between a
+        batch and its update message): a deleted graph keeps its entry."""
+        G, n_dead, e_dead = self.G, *self.garbage()
+        n0, e0 = int(self.N.meta[0]), int(self.E.meta[0])
+        live_n = np.flatnonzero(self.N.alive[:n0])
+        live_e = np.flatnonzero(self.E.src[:e0] >= 0)  # a removed edge keeps ~src (< 0)
+        m, me = int(live_n.size), int(live_e.size)
+        # old -> new numbers; index -1 (no link) reads the extra last entry, -1
+        nmap = np.full(n0 + 1, -1, np.int32)
+        nmap[live_n] = np.arange(m, dtype=np.int32)
+        # half-edges (2 e + side): old -> new, the same way
+        hmap = np.full(2 * e0 + 1, -1, np.int32)
+        hmap[2 * live_e] = np.arange(0, 2 * me, 2, dtype=np.int32)
+        hmap[2 * live_e + 1] = np.arange(1, 2 * me, 2, dtype=np.int32)
+
+        def halves(h):
+            return hmap[h]
+
+        dropped = {"nodes": n_dead, "edges": e_dead, "strings": 0, "types": 0}
+        slut = tlut = None
+        if strings:
+            g_live = np.flatnonzero(G.alive[: G.meta[0]])
+            used = np.concatenate([G.name[g_live], self.N.label[live_n]])
+            pool, slut = self.strings.compacted(used)
+            dropped["strings"] = len(self.strings) - len(pool)
+            self.strings = pool
+            used = np.concatenate([self.N.ntype[live_n], self.E.etype[live_e]])
+            pool, tlut = self.types.compacted(used)
+            dropped["types"] = len(self.types) - len(pool)
+            self.types = pool
+            G.name[:] = np.where(G.alive != 0, slut[G.name], -1)  # a deleted graph's name goes too
+        # node fields, one at a time into fresh (calloc: untouched past m) arrays, each
+        # old one released as its copy is made, as _grow does
+        d = self.N._asdict()
+        self.N = None
+        new_fields = {
+            "keys": lambda a: a[live_n], "graph": lambda a: a[live_n], "alive": lambda a: a[live_n],
+            "pos": lambda a: a[live_n], "ntype": lambda a: a[live_n] if tlut is None else tlut[a[live_n]],
+            "label": lambda a: a[live_n] if slut is None else slut[a[live_n]],
+            "gnext": lambda a: nmap[a[live_n]], "gprev": lambda a: nmap[a[live_n]],
+            "ihead": lambda a: halves(a[live_n]),
+        }
+        for name, (dtype, _fill, scale, shape) in _NODE_FIELDS.items():
+            old = d[name]
+            new = np.zeros(old.shape, dtype)
+            new[:m] = new_fields[name](old)
+            d[name] = new
+            del old
+        d["meta"] = np.array([m, m, 0], np.int64)
+        d["slots"] = None
+        d["slots"] = _new_slots(d["keys"], d["graph"], m, m + m // 2 + 1024)  # room to grow again
+        self.N = kp.Nodes(**d)
+        g0 = int(G.meta[0])
+        G.nhead[:g0] = nmap[G.nhead[:g0]]
+        # edges
+        d = self.E._asdict()
+        self.E = None
+        pairs = lambda a: halves(a[: 2 * e0].reshape(e0, 2)[live_e].ravel())  # noqa: E731
+        new_fields = {
+            "keys": lambda a: a[live_e], "src": lambda a: nmap[a[live_e]], "dst": lambda a: nmap[a[live_e]],
+            "weight": lambda a: a[live_e], "etype": lambda a: a[live_e] if tlut is None else tlut[a[live_e]],
+            "hnext": pairs, "hprev": pairs,
+        }
+        for name, (dtype, _fill, scale, shape) in _EDGE_FIELDS.items():
+            old = d[name]
+            new = np.zeros(old.shape, dtype)
+            new[: me * scale] = new_fields[name](old)
+            d[name] = new
+            del old
+        d["meta"] = np.array([me, me], np.int64)
+        d["slots"] = None
+        d["slots"] = kintern.rehash_edges(d["keys"], d["src"], self.N.graph, me,
+                                          np.full(_slots_for(me + me // 2 + 1024), -1, np.int32))
+        self.E = kp.Edges(**d)
+        return dropped
+
     # -- snapshot hooks -------------------------------------------------------
     def state(self) -> dict:
         """Every array and scalar of the projection (for snapshots)."""

@@ -119,6 +119,20 @@ class StringPool:
     def values(self) -> list[str]:
         return list(self._values)
 
+    def compacted(self, used: np.ndarray) -> tuple["StringPool", np.ndarray]:
+        """A pool of only the values whose codes appear in ``used`` (codes; -1s are
+        ignored), in their old order, and the old-to-new code map ``lut``: ``lut[c]`` is
+        code ``c``'s new code, ``-1`` for a dropped one, and ``lut[-1]`` is ``-1`` (so
+        ``lut[codes]`` maps a code column, nulls included)."""
+        n = len(self._values)
+        keep = np.zeros(n + 1, np.bool_)
+        used = np.asarray(used)
+        keep[used[used >= 0]] = True
+        idx = np.flatnonzero(keep[:n])
+        lut = np.full(n + 1, -1, np.int32)
+        lut[idx] = np.arange(idx.size, dtype=np.int32)
+        return StringPool([self._values[i] for i in idx.tolist()]), lut
+
     def json_values(self) -> tuple[np.ndarray, np.ndarray]:
         """``(offsets, data)``: code ``c``'s value as JSON text (quoted and escaped, as
         msgspec writes it) is ``data[offsets[c]:offsets[c + 1]]``.  Kept up to date by

@@ -132,6 +132,7 @@ class Engine:
         self.last_touched = np.empty(0, np.int64)
         self.last_dirty = np.empty(0, np.int64)
         self._listeners = []
+        self.compactions = 0  # see compact
         self._scratch = types.SimpleNamespace()  # reused query scratch (one call at a time: the lock)
         self._lock = threading.RLock()
 
@@ -176,7 +177,45 @@ class Engine:
         self.last_touched, self.last_dirty = touched, dirty
         for fn in self._listeners:
             fn(touched, dirty)
+        if self.compact_min >= 0 and self._wants_compaction():
+            self._compact()
         return res
+
+    #: Removed nodes or edges keep their index (a removal is one flag; an index is never
+    #: handed to another key), and unused names and types their string codes: under churn
+    #: (ids added and removed for good) that grew without bound.  After a batch that leaves
+    #: more removed nodes than live ones (or edges), and more than this, the engine
+    #: compacts (:meth:`compact`): the cost is one pass over the live state, paid once per
+    #: as many removals as there are live entries.  ``-1``: never on its own.
+    compact_min = 1 << 16
+
+    def _wants_compaction(self) -> bool:
+        N, E, floor = self._p.N, self._p.E, self.compact_min
+        n_dead, e_dead = self._p.garbage()
+        if n_dead > floor and n_dead > N.meta[1]:
+            return True
+        if e_dead > floor and e_dead > E.meta[1]:
+            return True
+        live = int(N.meta[1] + self._p.G.meta[1])
+        return len(self._p.strings) > floor + 2 * live or len(self._p.types) > max(floor, 1 << 14)
+
+    @_locked
+    def compact(self) -> dict:
+        """Drop what removed nodes and edges, and names and types nothing uses any
+        more, still hold (see :attr:`compact_min` for when ``apply`` does it on its own).
+        Answers do not change; node numbers (``radius_csr``, ``node_ids``) do, and the
+        spatial index is built again (in the background when it was in use).  Returns
+        ``{"nodes", "edges", "strings", "types"}``: how many of each were dropped."""
+        return self._compact()
+
+    def _compact(self) -> dict:
+        spatial_in_use = self._spatial.built or self._spatial._job is not None
+        dropped = self._p.compact()
+        self._rebuild_indices()  # name codes changed; node numbers changed under the spatial index
+        if spatial_in_use:
+            self._spatial.start_build(self._p.N)
+        self.compactions += 1
+        return dropped
 
     @_locked
     def _apply_columns(self, cols: EventColumns) -> ApplyResult:
@@ -461,7 +500,8 @@ class Engine:
     def find_nodes(self, graph_id=None, *, node_type: str | None = None, name: str | None = None,
                    offset: int = 0, limit: int | None = None) -> pa.Table:
         """Live nodes (of one graph, with a given ``node_type`` and/or ``name``), in the order
-        they were first seen: columns ``node_id``, ``graph_id``, ``name``, ``node_type``,
+        they were first seen (one removed, then added again after a :meth:`compact`, comes
+        after those seen before its return): columns ``node_id``, ``graph_id``, ``name``, ``node_type``,
         ``x``, ``y``, ``z`` (NaN without a position).  ``offset``/``limit`` page the result."""
         return self._node_rows(self._node_page(graph_id, node_type, name, offset, limit)[0])
 
@@ -502,7 +542,7 @@ class Engine:
     def find_edges(self, graph_id=None, *, edge_type: str | None = None, offset: int = 0,
                    limit: int | None = None) -> pa.Table:
         """Live edges (of one graph, with a given ``edge_type``), in the order they were
-        first seen: columns ``edge_id``, ``graph_id``, ``source_id``, ``target_id``,
+        first seen (as for :meth:`find_nodes`, a :meth:`compact` puts a re-added one last): columns ``edge_id``, ``graph_id``, ``source_id``, ``target_id``,
         ``weight`` (null when never given) and ``edge_type``.  ``offset``/``limit`` page
         the result.  The edges projection, as :meth:`find_nodes` is the nodes one."""
         return self._edge_rows(self._edge_page(graph_id, edge_type, offset, limit)[0])
@@ -661,7 +701,8 @@ class Engine:
     def radius_csr(self, centers, radius, *, graph_id=None, sort=False, count_only=False):
         """Low-level radius query: ``(offsets, node_index, squared_distance)`` in CSR form.
 
-        Node indices are the engine's dense node numbers (see :meth:`node_ids`);
+        Node indices are the engine's dense node numbers (see :meth:`node_ids`), valid
+        until the next ``apply`` (a compaction renumbers them: see :meth:`compact`);
         query ``j``'s answers are ``node_index[offsets[j]:offsets[j + 1]]``.  No
         per-answer Python objects: this is what the table API wraps.
         """

@@ -284,6 +284,7 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
             "server_restarts": c["server_restarts"], "stream_behind": self.stream_behind,
             "results_stream": self.config.jetstream.results_stream if self._results_on else None,
             "full_updates": c["full_updates"],
+            "compactions": self.engine.compactions,  # removed nodes/edges and unused strings dropped (Engine.compact)
             "cpu_s": time.process_time(),  # this process, all threads: a load run's cost is the difference
             "malloc_tuned": allocator_settings() is not None,
         }

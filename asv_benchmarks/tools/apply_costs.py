@@ -6,6 +6,7 @@ lookup, and the Python steps around one small batch.
     python asv_benchmarks/tools/apply_costs.py phases [--size 15] [--arrow]
     python asv_benchmarks/tools/apply_costs.py summaries
     python asv_benchmarks/tools/apply_costs.py mixed [--repeat 3]
+    python asv_benchmarks/tools/apply_costs.py compaction [--nodes 1000000] [--repeat 3]
 
 ``kinds``: an engine holding ``--nodes`` live nodes in 1,000 graphs takes 65,536-event
 batches of one kind (NodeAdded of new nodes, NodeMoved, EdgeAdded within a graph); the
@@ -18,7 +19,7 @@ to the engine); the median time of each step of ``Engine._apply_columns``; with
 ``mixed``: the asv ``ApplyMixed`` stream (1M events, 64k batches) applied to a fresh
 engine ``--repeat`` times, each run's total and the time of each step of
 ``Engine.apply`` (normalising, reading the Arrow columns, making room, the kernel, the
-secondary indices).  ``summaries``: the graph summaries a batch's update message carries, for 15, 200 and
+secondary indices).  ``compaction``: see :func:`compaction`.  ``summaries``: the graph summaries a batch's update message carries, for 15, 200 and
 1,000 graphs of an engine fed the demo traffic: the compiled JSON rows the service sends
 (``Engine._summary_json``) against dict rows encoded by msgspec (its general path).
 """
@@ -242,9 +243,40 @@ def mixed(repeat: int) -> None:
             setattr(obj, name, fn)
 
 
+def compaction(n_nodes: int, repeat: int) -> None:
+    """An engine of ``n_nodes`` nodes and twice as many edges in 10,000 graphs; then,
+    ``repeat`` times, half its nodes removed (their edges with them), ``Engine.compact``
+    timed, and as many fresh nodes added back."""
+    from benchmarks.datasets import bulk_graph
+
+    eng = Engine(capacity=10_000)
+    eng.compact_min = -1  # only the timed calls
+    for b in bulk_graph(n_nodes, 2 * n_nodes):
+        eng.apply(b)
+    eng.nodes_within([50.0, 50.0, 50.0], 1.0)  # a spatial index in use, as in a service
+    t0 = T0 + 10**9
+    for r in range(repeat):
+        N, G = eng._p.N, eng._p.G
+        live = np.flatnonzero(N.alive[: N.meta[0]])[r % 2::2]
+        ids, gids = N.keys[live].copy(), G.keys[N.graph[live]].copy()
+        m = live.size
+        yes = np.ones(m, bool)
+        eng.apply(_batch(np.full(m, 13), t0 + np.arange(m), gids, nid=(ids, yes)))
+        before = eng.totals()
+        t = time.perf_counter()
+        dropped = eng.compact()
+        dt = time.perf_counter() - t
+        print(f"compact: {before['nodes']:,} live nodes and {before['edges']:,} live edges kept, "
+              f"{dropped['nodes']:,} nodes and {dropped['edges']:,} edges dropped: {dt * 1e3:.0f} ms")
+        fresh = _ids(np.random.default_rng(r), m)
+        eng.apply(_batch(np.full(m, 10), t0 + m + np.arange(m), gids, nid=(fresh, yes),
+                         xyz=(np.random.default_rng(r).uniform(0, 100, (m, 3)), yes)))
+        t0 += 2 * m
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["kinds", "intern", "phases", "summaries", "mixed"])
+    ap.add_argument("what", choices=["kinds", "intern", "phases", "summaries", "mixed", "compaction"])
     ap.add_argument("--nodes", type=int, default=1_000_000)
     ap.add_argument("--keys", type=int, default=1 << 20)
     ap.add_argument("--size", type=int, default=15)
@@ -252,7 +284,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="mixed: fresh engines fed the stream")
     a = ap.parse_args()
     {"kinds": lambda: kinds(a.nodes), "intern": lambda: intern(a.keys), "phases": lambda: phases(a.size, a.arrow),
-     "summaries": summaries, "mixed": lambda: mixed(a.repeat)}[a.what]()
+     "summaries": summaries, "mixed": lambda: mixed(a.repeat),
+     "compaction": lambda: compaction(a.nodes, a.repeat)}[a.what]()
 
 
 if __name__ == "__main__":
