@@ -503,17 +503,24 @@ class Projection:
         N, E = self.N, self.E
         return int(N.meta[0] - N.meta[1]), int(E.meta[0] - E.meta[1])
 
-    def compact(self, strings: bool = True) -> dict:
+    def graph_garbage(self) -> int:
+        """Deleted graphs still holding an index."""
+        return int(self.G.meta[0] - self.G.meta[1])
+
+    def compact(self, strings: bool = True, graphs: bool = False) -> dict:
         """Renumber the live nodes and edges densely (in their old order) and drop the
         removed ones: their keys, fields and hash slots, kept until now so a removal is
-        one flag; with ``strings``, also the names, labels and types nothing live uses.
-        Every link is renumbered with them (a graph's node list, incident-edge lists,
-        edge endpoints) and the hash tables are built again.  Nothing observable
-        changes: a removed node or edge and one never seen answer every event and query
-        alike (a re-added one starts afresh either way).  Node numbers do change, so
-        whatever holds them (the spatial index) must be rebuilt by the caller.  Returns
-        what was dropped.  Graphs keep their numbers (the service holds them between a
-        batch and its update message): a deleted graph keeps its entry."""
+        one flag; with ``strings``, also the names, labels and types nothing live uses;
+        with ``graphs``, the deleted graphs too (whoever holds graph numbers across this
+        call, as the service does between a batch and its update message, must not ask
+        for that).  Every link is renumbered with them (a graph's node list, the graphs
+        in node-count order, incident-edge lists, edge endpoints, each node's graph) and
+        the hash tables are built again.  Nothing observable changes: a removed node,
+        edge or graph and one never seen answer every event and query alike (a re-added
+        one starts afresh either way).  Numbers do change, so whatever holds them (the
+        spatial index, the secondary indices) must be rebuilt by the caller.  Returns
+        what was dropped."""
+        g_dead = self._compact_graphs() if graphs else None
         G, n_dead, e_dead = self.G, *self.garbage()
         n0, e0 = int(self.N.meta[0]), int(self.E.meta[0])
         live_n = np.flatnonzero(self.N.alive[:n0])
@@ -531,6 +538,11 @@ class Projection:
             return hmap[h]
 
         dropped = {"nodes": n_dead, "edges": e_dead, "strings": 0, "types": 0}
+        if g_dead is not None:
+            dropped["graphs"], gmap = g_dead
+            # a live node's graph is live (deleting a graph removes its nodes); the remap
+            # is here, before the hash tables are rebuilt: a key's hash includes its graph
+            self.N.graph[live_n] = gmap[self.N.graph[live_n]]
         slut = tlut = None
         if strings:
             g_live = np.flatnonzero(G.alive[: G.meta[0]])
@@ -587,6 +599,32 @@ class Projection:
                                           np.full(_slots_for(me + me // 2 + 1024), -1, np.int32))
         self.E = kp.Edges(**d)
         return dropped
+
+    def _compact_graphs(self) -> tuple[int, np.ndarray]:
+        """The graph part of :meth:`compact`: live graphs renumbered in their order, the
+        deleted ones dropped.  Returns how many went and the old -> new map (``-1`` for
+        a dropped one, and at index -1)."""
+        G = self.G
+        g0 = int(G.meta[0])
+        live = np.flatnonzero(G.alive[:g0])
+        m = int(live.size)
+        gmap = np.full(g0 + 1, -1, np.int32)
+        gmap[live] = np.arange(m, dtype=np.int32)
+        L = int(G.meta[2])  # the live graphs, in node-count order (positions kept)
+        d = G._asdict()
+        for name, (dtype, fill, _scale, shape) in _GRAPH_FIELDS.items():
+            old = d[name]
+            new = np.full(old.shape, fill, dtype)
+            if name == "order":
+                new[:L] = gmap[old[:L]]
+            elif name != "touched":  # (all 0 between batches)
+                new[:m] = old[live]
+            d[name] = new
+        d["meta"] = np.array([m, m, L, 0], np.int64)
+        d["slots"] = None
+        d["slots"] = _new_slots(d["keys"], d["owner"], m, m + m // 2 + 1024)
+        self.G = kp.Graphs(**d)
+        return g0 - m, gmap
 
     # -- snapshot hooks -------------------------------------------------------
     def state(self) -> dict:

@@ -172,6 +172,14 @@ class IngestMixin:
             await self._publish_updates()
         except Exception as exc:  # applied and acknowledged all the same: say so, go on
             self._log(f"cim_flow: update for version {eng.version} not published: {type(exc).__name__}: {exc}")
+        if eng._wants_compaction(graphs=True):
+            # here, with the batch's update out, no graph number is held any more (the
+            # engine compacts nodes and edges on its own, graphs only when asked)
+            self._touched = []
+            t = time.perf_counter()
+            dropped = eng.compact()
+            self._log(f"cim_flow: compacted at version {eng.version}: dropped "
+                      + ", ".join(f"{v:,} {k}" for k, v in dropped.items()) + f" in {time.perf_counter() - t:.2f} s")
         t_updated = time.perf_counter()
         try:
             self._maybe_snapshot()

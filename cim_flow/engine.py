@@ -178,7 +178,9 @@ class Engine:
         for fn in self._listeners:
             fn(touched, dirty)
         if self.compact_min >= 0 and self._wants_compaction():
-            self._compact()
+            # graph numbers only when nobody holds them past this call (a listener, as
+            # the service, calls compact() itself when it is safe: see Service)
+            self._compact(graphs=not self._listeners)
         return res
 
     #: Removed nodes or edges keep their index (a removal is one flag; an index is never
@@ -189,33 +191,48 @@ class Engine:
     #: as many removals as there are live entries.  ``-1``: never on its own.
     compact_min = 1 << 16
 
-    def _wants_compaction(self) -> bool:
-        N, E, floor = self._p.N, self._p.E, self.compact_min
-        n_dead, e_dead = self._p.garbage()
-        if n_dead > floor and n_dead > N.meta[1]:
+    def _wants_compaction(self, graphs: bool = False) -> bool:
+        """Whether the garbage has passed :attr:`compact_min` and the live count (with
+        ``graphs``, counting deleted graphs too)."""
+        P, floor = self._p, self.compact_min
+        if floor < 0:
+            return False
+        n_dead, e_dead = P.garbage()
+        if n_dead > floor and n_dead > P.N.meta[1]:
             return True
-        if e_dead > floor and e_dead > E.meta[1]:
+        if e_dead > floor and e_dead > P.E.meta[1]:
             return True
-        live = int(N.meta[1] + self._p.G.meta[1])
-        return len(self._p.strings) > floor + 2 * live or len(self._p.types) > max(floor, 1 << 14)
+        g_dead = P.graph_garbage()
+        if graphs and g_dead > floor and g_dead > P.G.meta[1]:
+            return True
+        live = int(P.N.meta[1] + P.G.meta[1])
+        return len(P.strings) > floor + 2 * live or len(P.types) > max(floor, 1 << 14)
 
     @_locked
-    def compact(self) -> dict:
-        """Drop what removed nodes and edges, and names and types nothing uses any
-        more, still hold (see :attr:`compact_min` for when ``apply`` does it on its own).
-        Answers do not change; node numbers (``radius_csr``, ``node_ids``) do, and the
-        spatial index is built again (in the background when it was in use).  Returns
-        ``{"nodes", "edges", "strings", "types"}``: how many of each were dropped."""
-        return self._compact()
+    def compact(self, graphs: bool = True) -> dict:
+        """Drop what removed nodes and edges, deleted graphs (unless ``graphs=False``),
+        and names and types nothing uses any more, still hold (see :attr:`compact_min`
+        for when ``apply`` does it on its own).  Answers do not change; node and graph
+        numbers (``radius_csr``, ``node_ids``, ``last_touched``) do, and the spatial
+        index is built again (in the background when it was in use).  Returns how many
+        of each were dropped: ``{"nodes", "edges", "strings", "types"[, "graphs"]}``."""
+        return self._compact(graphs)
 
-    def _compact(self) -> dict:
+    def _compact(self, graphs: bool) -> dict:
         spatial_in_use = self._spatial.built or self._spatial._job is not None
-        dropped = self._p.compact()
-        self._rebuild_indices()  # name codes changed; node numbers changed under the spatial index
+        g_old = self._p.G
+        dropped = self._p.compact(graphs=graphs)
+        if graphs and self.last_touched.size:  # the last batch's graphs, renumbered (deleted ones gone)
+            now = (self._gidx(k.tobytes()) for k in g_old.keys[self.last_touched])
+            self.last_touched = np.array([g for g in now if g >= 0], np.int64)
+        del g_old
+        self.last_dirty = np.empty(0, np.int64)  # node numbers of before
+        self._rebuild_indices()  # codes and numbers changed under the secondary and spatial indices
         if spatial_in_use:
             self._spatial.start_build(self._p.N)
         self.compactions += 1
         return dropped
+
 
     @_locked
     def _apply_columns(self, cols: EventColumns) -> ApplyResult:

@@ -165,8 +165,9 @@ def test_compact_reports_what_it_dropped_and_answers_stay_the_same(tmp_path):
     eng.compact_min = -1
     eng.apply(rows_to_batch(rows))
     assert eng._p.garbage() == (2, 2)
-    assert eng.compact() == {"nodes": 2, "edges": 2, "strings": 2, "types": 4}
-    assert eng._p.garbage() == (0, 0) and eng.compact() == {"nodes": 0, "edges": 0, "strings": 0, "types": 0}
+    assert eng.compact() == {"nodes": 2, "edges": 2, "strings": 2, "types": 4, "graphs": 0}
+    assert eng._p.garbage() == (0, 0)
+    assert eng.compact(graphs=False) == {"nodes": 0, "edges": 0, "strings": 0, "types": 0}
     # c comes back: no label, type or position of its first life
     eng.apply(rows_to_batch([_rows(10, g, 9, node_id=c), _rows(13, g, 10, node_id=b)]))
     nodes = {r["node_id"]: r for r in eng.find_nodes().to_pylist()}
@@ -211,3 +212,74 @@ def test_apply_compacts_on_its_own_past_the_floor(which):
     assert eng.compactions == 1 and eng._p.garbage() == (0, 0)
     assert eng.totals()["nodes"] == (30 if which == "nodes" else n)
     assert eng.totals()["edges"] == 30
+
+
+def test_the_service_compacts_graphs_after_publishing_their_deletion(tmp_path):
+    """In the service, graphs are compacted only once a batch's update is out: the
+    update still names the deleted graphs, stats count the compactions, and queries
+    (graph listing, radius with a graph filter) answer exactly afterwards."""
+    import io
+    import json
+
+    import msgspec
+
+    import nats
+    from cim_flow._config import Config
+    from cim_flow.service import Service
+    from conftest import RunningService
+    from natsutil import js_publish, request, run
+
+    out = io.StringIO()
+    svc = Service(Config.from_dict({"event_processing": {"batch_timeout": "2ms"}}), port=0,
+                  data_dir=str(tmp_path / "svc"), status_interval=0, out=out)
+    svc.engine.compact_min = 8
+    rs = RunningService(svc).start()
+    try:
+        url = svc.url
+        gids = [str(uuid.UUID(int=100 + i)) for i in range(30)]
+        keep = gids[:4]
+
+        def ev(body):
+            return ("event.graph.x", json.dumps(body).encode(), {"Nats-Msg-Id": str(uuid.uuid4())})
+
+        items = [ev({"type": "GraphCreated", "graph_id": g, "name": f"g{i}", "occurred_at": 1000 + i})
+                 for i, g in enumerate(gids)]
+        items += [ev({"type": "NodeAdded", "graph_id": g, "node_id": str(uuid.UUID(int=10_000 + 10 * i + k)),
+                      "position": [i, k, 0.0], "occurred_at": 2000}) for i, g in enumerate(gids) for k in range(3)]
+        seq = js_publish(url, items)
+        assert request(url, "query.graph.stats", {"min_version": seq})["compactions"] == 0
+
+        async def delete_and_watch():
+            nc = await nats.connect(url)
+            sub = await nc.subscribe("projection.graph.summary.updated")
+            await nc.flush()
+            js = nc.jetstream()
+            for g in gids[4:]:
+                await js.publish("event.graph.x", json.dumps(
+                    {"type": "GraphDeleted", "graph_id": g, "occurred_at": 3000}).encode(),
+                    headers={"Nats-Msg-Id": str(uuid.uuid4())})
+            deleted = set()
+            while len(deleted) < len(gids) - 4:
+                deleted |= set(msgspec.json.decode((await sub.next_msg(timeout=10)).data)["deleted"])
+            await nc.close()
+            return deleted
+
+        assert run(delete_and_watch()) == set(gids[4:])
+        stats = request(url, "query.graph.stats")
+        assert stats["compactions"] >= 1, out.getvalue()
+        assert svc.engine._p.G.meta[0] <= len(keep) + svc.engine.compact_min
+        assert "compacted at version" in out.getvalue()
+        listed = request(url, "query.graph.graphs", {"limit": 100})
+        assert sorted(r["graph_id"] for r in listed["graphs"]) == sorted(keep)
+        for i, g in enumerate(keep):
+            r = request(url, "query.graph.nodes_in_radius", {"center": [i, 1, 0], "radius": 0.5, "graph_id": g})
+            assert [n["node_id"] for n in r["nodes"]] == [str(uuid.UUID(int=10_000 + 10 * i + 1))]
+        gone = request(url, "query.graph.summary", {"graph_id": gids[10]})
+        assert "error" in gone or gone.get("graph") is None
+        # a deleted graph's id created again starts afresh
+        seq = js_publish(url, [ev({"type": "GraphCreated", "graph_id": gids[10], "name": "again",
+                                   "occurred_at": 4000})])
+        again = request(url, "query.graph.summary", {"graph_id": gids[10], "min_version": seq})
+        assert again["name"] == "again" and again["node_count"] == 0
+    finally:
+        rs.stop()
