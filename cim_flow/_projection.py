@@ -465,11 +465,19 @@ class Projection:
         """
         cols = batch if isinstance(batch, EventColumns) else events_of(batch)
         n = cols.n
+        n_strings, n_types = len(self.strings), len(self.types)
         ev = cols.events(self.strings, self.types)
-        if len(self.types) > _INT16_MAX:
-            raise ValueError("more than 32767 distinct node/edge types")
-        self._check_seq_room(ev, n)
-        self.reserve(n, ev.kind)
+        try:
+            if len(self.types) > _INT16_MAX:
+                raise ValueError(f"more than {_INT16_MAX} distinct node/edge types")
+            self._check_seq_room(ev, n)
+            self.reserve(n, ev.kind)
+        except BaseException:
+            # refused whole: the names and types it added go (at the types' limit, every
+            # later batch would otherwise be refused too)
+            self.strings.truncate(n_strings)
+            self.types.truncate(n_types)
+            raise
         # Per-batch logs, kept from batch to batch and replaced only when too small: a new
         # one every batch was a namedtuple _replace each and, for dlist on a big engine, an
         # mmap and munmap of (2n + live) int32 (40 MB at 10M nodes) 2,000 times a second.

@@ -201,6 +201,22 @@ class IngestMixin:
         self.counters["events_skipped"] += res.skipped
 
     async def _apply_json(self, block: _wire.Block, a: int, b: int):
+        """JSON messages a..b-1 in one kernel call.  A run the projection refuses whole
+        (a ValueError before anything is applied: past the int16 type codes or an index
+        limit) is applied again message by message, and only the messages it still
+        refuses are dead-lettered, with its reason: one bad message must not take the
+        run's others with it, nor come back forever."""
+        try:
+            await self._apply_json_run(block, a, b)
+        except ValueError as exc:
+            if b - a > 1:
+                for i in range(a, b):
+                    await self._apply_json(block, i, i + 1)
+                return
+            await self._dead_letter(block.subject(a), block.data(a), f"refused by the projection: {exc}",
+                                    int(block.seq[a]) if self.jetstream else None)
+
+    async def _apply_json_run(self, block: _wire.Block, a: int, b: int):
         if b <= a:
             return
         recv = (block.t[a:b] * 1e6).astype(np.int64)
@@ -219,13 +235,14 @@ class IngestMixin:
             keep = np.ones(b - a, bool)
             for e in errors:
                 keep[e.index] = False
-                i = a + e.index
-                await self._dead_letter(block.subject(i), block.data(i), e.reason,
-                                        int(block.seq[i]) if self.jetstream else None)
         if seqs is not None and batch.num_rows:
             batch = batch.set_column(0, "seq", pa.array(seqs if keep is None else seqs[keep], pa.uint64()))
-        if batch.num_rows:
-            res = self.engine.apply(batch)
+        res = self.engine.apply(batch) if batch.num_rows else None  # (refused: nothing dead-lettered twice)
+        for e in errors:
+            i = a + e.index
+            await self._dead_letter(block.subject(i), block.data(i), e.reason,
+                                    int(block.seq[i]) if self.jetstream else None)
+        if res is not None:
             self._count(res)
             if res.ignored:
                 await self._dead_letter_invalid(block, a, None if keep is None else np.flatnonzero(keep), res)
@@ -264,13 +281,34 @@ class IngestMixin:
             where.append(i)
         if not messages:
             return
-        if self.jetstream:
-            res = self.engine._apply_messages(messages)
-        else:
-            res = self.engine.apply([x for batches, _ in messages for x in batches])
+        try:
+            res = self._apply_arrow_messages(messages)
+        except ValueError:  # refused whole (see _apply_json): message by message
+            for k, msg in enumerate(messages):
+                try:
+                    res = self._apply_arrow_messages([msg])
+                except ValueError as exc1:
+                    i = where[k]
+                    await self._dead_letter(block.subject(i), block.data(i), f"refused by the projection: {exc1}",
+                                            int(block.seq[i]) if self.jetstream else None)
+                    self.counters["events_dead_lettered"] += sum(x.num_rows for x in msg[0]) - 1
+                    continue
+                self._count(res)
+                if res.ignored:
+                    await self._dead_letter_invalid_rows(block, [where[k]], [msg[0]], res)
+            return
         self._count(res)
         if res.ignored:
             await self._dead_letter_invalid_rows(block, where, [batches for batches, _ in messages], res)
+
+    def _apply_arrow_messages(self, messages):
+        """Arrow messages ``[(batches, seq), ...]`` in one apply, all or nothing."""
+        if self.jetstream:
+            return self.engine._apply_messages(messages)
+        batches = [x for batches, _ in messages for x in batches]
+        if len(batches) > 1:  # one batch: a refusal leaves none of it applied
+            batches = pa.Table.from_batches(batches).combine_chunks().to_batches()
+        return self.engine.apply(batches)
 
     async def _dead_letter_invalid_rows(self, block: _wire.Block, where: list, messages: list, res):
         """For Arrow batch messages: the rows that were not events (as for JSON in

@@ -119,6 +119,18 @@ class StringPool:
     def values(self) -> list[str]:
         return list(self._values)
 
+    def truncate(self, n: int) -> None:
+        """Forget every value coded from ``n`` on (those a batch that was then refused
+        had added: nothing holds their codes)."""
+        if n >= len(self._values):
+            return
+        for v in self._values[n:]:
+            del self._codes[v]
+        del self._values[n:]
+        self._by_bytes = {b: c for b, c in self._by_bytes.items() if c < n}
+        for texts in (self._json, self._utf8):
+            texts.n = min(texts.n, n)
+
     def compacted(self, used: np.ndarray) -> tuple["StringPool", np.ndarray]:
         """A pool of only the values whose codes appear in ``used`` (codes; -1s are
         ignored), in their old order, and the old-to-new code map ``lut``: ``lut[c]`` is

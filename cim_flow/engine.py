@@ -206,7 +206,8 @@ class Engine:
         if graphs and g_dead > floor and g_dead > P.G.meta[1]:
             return True
         live = int(P.N.meta[1] + P.G.meta[1])
-        return len(P.strings) > floor + 2 * live or len(P.types) > max(floor, 1 << 14)
+        # types: long before their int16 codes run out (a batch is refused past 32,767)
+        return len(P.strings) > floor + 2 * live or len(P.types) > 1 << 14
 
     @_locked
     def compact(self, graphs: bool = True) -> dict:

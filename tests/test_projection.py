@@ -782,3 +782,36 @@ def test_one_engine_shared_by_threads():
     assert errors == []
     assert eng.totals()["nodes"] == 5000 + len(added)
     assert eng.nodes_within([50, 50, 50], 1000.0, count_only=True).tolist() == [5000 + len(added)]
+
+
+def test_a_batch_refused_past_the_type_limit_leaves_the_pools_as_they_were(monkeypatch):
+    """Past the int16 type codes a batch is refused whole (ValueError, nothing applied),
+    and the names and types it brought are forgotten: later batches within the limit
+    apply (the pool had kept them, so every later batch was refused too); a compaction
+    frees the types nothing live uses."""
+    import cim_flow._projection as proj
+
+    monkeypatch.setattr(proj, "_INT16_MAX", 10)
+    g = uuid.UUID(int=1).bytes
+
+    def node(i, typ, name=None):
+        return _ev(10, g, 2, node_id=uuid.UUID(int=100 + i).bytes, node_type=typ, name=name, x=0.0, y=0.0, z=0.0)
+
+    eng = Engine()
+    eng.compact_min = -1
+    eng.apply(rows_to_batch([_ev(1, g, 1)] + [node(i, f"T{i}") for i in range(8)]))
+    strings, types = len(eng._p.strings), len(eng._p.types)
+    with pytest.raises(ValueError, match="more than 10 distinct node/edge types"):
+        eng.apply(rows_to_batch([node(20 + i, f"N{i}", name=f"label{i}") for i in range(4)]))
+    assert (len(eng._p.strings), len(eng._p.types)) == (strings, types)
+    assert eng.totals()["nodes"] == 8 and eng._p.strings.get("label0") == -1 and eng._p.types.get("N0") == -1
+    res = eng.apply(rows_to_batch([node(30, "T1"), node(31, "N0", name="label0"), node(32, "N1")]))
+    assert res.applied == 3 and len(eng._p.types) == 10
+    assert [r["node_type"] for r in eng.find_nodes(node_type="N0").to_pylist()] == ["N0"]
+    # the nodes typed T2..T7 removed: a compaction frees those codes for new types
+    eng.apply(rows_to_batch([_ev(13, g, 3, node_id=uuid.UUID(int=100 + i).bytes) for i in range(2, 8)]))
+    with pytest.raises(ValueError):
+        eng.apply(rows_to_batch([node(40, "X1")]))
+    assert eng.compact()["types"] == 6
+    assert eng.apply(rows_to_batch([node(40, "X1")])).applied == 1
+    assert sorted(r["node_type"] for r in eng.find_nodes().to_pylist()) == ["N0", "N1", "T0", "T1", "T1", "X1"]

@@ -1409,3 +1409,67 @@ def test_the_warm_up_helper_leaves_nothing_to_compile(tmp_path):
     second = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "[]", second.stdout
+
+
+def test_a_message_the_projection_refuses_is_dead_lettered_alone(tmp_path, monkeypatch):
+    """A run of messages the projection refuses whole (here: past the limit of distinct
+    node types, lowered to 6) is applied again message by message: only the messages
+    that bring a type past the limit are dead-lettered, with the reason; the others,
+    before and after them, JSON and Arrow, apply (the run used to be lost with a log
+    line, or retried for ever)."""
+    import cim_flow._projection as proj
+    from cim_flow._config import Config
+    from cim_flow.service import Service
+    from conftest import RunningService
+
+    monkeypatch.setattr(proj, "_INT16_MAX", 6)
+    cfg = Config.from_dict({"event_processing": {"batch_timeout": "20ms", "batch_size": 1000}})
+    svc = Service(cfg, port=0, data_dir=str(tmp_path / "svc"), status_interval=0)
+    rs = RunningService(svc).start()
+    try:
+        url = svc.url
+        g = str(uuid.uuid4())
+        nids = [str(uuid.UUID(int=500 + i)) for i in range(10)]
+        items = [("event.graph.x", json.dumps({"type": "GraphCreated", "graph_id": g, "occurred_at": T0}).encode())]
+        items += [("event.graph.x", json.dumps({"type": "NodeAdded", "graph_id": g, "node_id": n, "node_type": f"T{i}",
+                                                "position": [i, 0, 0], "occurred_at": T0}).encode())
+                  for i, n in enumerate(nids)]
+        items.append(("event.graph.x", json.dumps({"type": "NodeMoved", "graph_id": g, "node_id": nids[0],
+                                                   "position": [0, 5, 0], "occurred_at": T0}).encode()))
+
+        def arrow_message(types, first):
+            rows = [dict(event_type=10, graph_id=uuid.UUID(g).bytes, occurred_at=T0 * 1000,
+                         node_id=uuid.UUID(int=first + k).bytes, node_type=t, x=0.0, y=0.0, z=float(k))
+                    for k, t in enumerate(types)]
+            names = {k for r in rows for k in r}
+            table = pa.Table.from_pylist(rows, schema=pa.schema([f for f in EVENT_SCHEMA if f.name in names]))
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table)
+            return ("event.graph.batch", sink.getvalue().to_pybytes())
+
+        items += [arrow_message(["T0", "Z"], 900), arrow_message(["T1", "T2"], 950)]
+
+        async def go():
+            nc = await nats.connect(url)
+            sub = await nc.subscribe("dlq.graph")
+            await nc.flush()
+            js = nc.jetstream()
+            for subject, data in items:
+                await js.publish(subject, data, headers={"Nats-Msg-Id": str(uuid.uuid4())})
+            dead = [await sub.next_msg(timeout=10) for _ in range(5)]
+            await nc.close()
+            return dead
+
+        dead = run(go())
+        stats = request(url, "query.graph.stats", {"min_version": len(items)})
+        refused = "refused by the projection: more than 6 distinct node/edge types"
+        assert [d.headers["Cim-Error"] for d in dead] == [refused] * 5
+        assert [json.loads(d.data)["node_type"] for d in dead[:4]] == ["T6", "T7", "T8", "T9"]
+        assert dead[4].headers["Cim-Subject"] == "event.graph.batch" and dead[4].data == items[-2][1]
+        assert stats["events_dead_lettered"] == 4 + 2 and stats["version"] == len(items)
+        nodes = {r["node_id"]: r for r in request(url, "query.graph.find_nodes", {"graph_id": g})["nodes"]}
+        assert set(nodes) == set(nids[:6]) | {str(uuid.UUID(int=950 + k)) for k in range(2)}
+        assert [nodes[nids[0]][c] for c in ("x", "y", "z")] == [0.0, 5.0, 0.0]
+    finally:
+        rs.stop()
