@@ -138,6 +138,11 @@ def _next_cap(need, cap):
     return cap
 
 
+class BatchRefused(ValueError):
+    """A batch the projection refuses whole, before applying any of it (past the int16
+    type codes, an index limit or the last sequence number): nothing changed."""
+
+
 @dataclass
 class ApplyResult:
     """What one :meth:`Engine.apply` did."""
@@ -472,11 +477,13 @@ class Projection:
                 raise ValueError(f"more than {_INT16_MAX} distinct node/edge types")
             self._check_seq_room(ev, n)
             self.reserve(n, ev.kind)
-        except BaseException:
+        except BaseException as exc:
             # refused whole: the names and types it added go (at the types' limit, every
             # later batch would otherwise be refused too)
             self.strings.truncate(n_strings)
             self.types.truncate(n_types)
+            if isinstance(exc, ValueError):
+                raise BatchRefused(str(exc)) from None
             raise
         # Per-batch logs, kept from batch to batch and replaced only when too small: a new
         # one every batch was a namedtuple _replace each and, for dlist on a big engine, an

@@ -16,7 +16,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from . import _wire
 from ._decode import decode_spans_columns
-from ._projection import INVALID, REASONS, normalize_batch
+from ._projection import INVALID, REASONS, BatchRefused, normalize_batch
 from ._queries import uuid_texts_of
 from ._service_common import DLQ_SUBJECT, RESULTS_SUBJECTS, UPDATES_SUBJECT, _REPLY_HEADROOM, _json, _resolve
 
@@ -202,13 +202,13 @@ class IngestMixin:
 
     async def _apply_json(self, block: _wire.Block, a: int, b: int):
         """JSON messages a..b-1 in one kernel call.  A run the projection refuses whole
-        (a ValueError before anything is applied: past the int16 type codes or an index
-        limit) is applied again message by message, and only the messages it still
+        (:class:`BatchRefused`, before anything is applied: past the int16 type codes or an
+        index limit) is applied again message by message, and only the messages it still
         refuses are dead-lettered, with its reason: one bad message must not take the
         run's others with it, nor come back forever."""
         try:
             await self._apply_json_run(block, a, b)
-        except ValueError as exc:
+        except BatchRefused as exc:
             if b - a > 1:
                 for i in range(a, b):
                     await self._apply_json(block, i, i + 1)
@@ -283,11 +283,11 @@ class IngestMixin:
             return
         try:
             res = self._apply_arrow_messages(messages)
-        except ValueError:  # refused whole (see _apply_json): message by message
+        except BatchRefused:  # refused whole (see _apply_json): message by message
             for k, msg in enumerate(messages):
                 try:
                     res = self._apply_arrow_messages([msg])
-                except ValueError as exc1:
+                except BatchRefused as exc1:
                     i = where[k]
                     await self._dead_letter(block.subject(i), block.data(i), f"refused by the projection: {exc1}",
                                             int(block.seq[i]) if self.jetstream else None)
