@@ -155,10 +155,20 @@ class IngestMixin:
         kind = block.kind
         cuts = [0, *(np.flatnonzero(kind[1:] != kind[:-1]) + 1).tolist(), n] if n else [0]
         for a, b in zip(cuts[:-1], cuts[1:]):
-            if kind[a] == 1:
-                await self._apply_arrow(block, a, b)
-            else:
-                await self._apply_json(block, a, b)
+            try:
+                if kind[a] == 1:
+                    await self._apply_arrow(block, a, b)
+                else:
+                    await self._apply_json(block, a, b)
+            except Exception as exc:  # not a refusal (those are handled inside): a bug
+                # the block is acknowledged with the rest (the consumer acks all up to a
+                # sequence): its messages go to dlq.graph rather than nowhere
+                why = f"failed while applying (it may be partly applied): {type(exc).__name__}: {exc}"
+                self._log(f"cim_flow: messages {int(block.seq[a])}..{int(block.seq[b - 1])} {why}"
+                          if self.jetstream else f"cim_flow: {b - a} messages {why}")
+                for i in range(a, b):
+                    await self._dead_letter(block.subject(i), block.data(i), why,
+                                            int(block.seq[i]) if self.jetstream else None)
         t_applied = time.perf_counter()
         self.latency.add(time.time() - block.t)
         self.counters["batches"] += 1

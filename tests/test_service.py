@@ -1473,3 +1473,65 @@ def test_a_message_the_projection_refuses_is_dead_lettered_alone(tmp_path, monke
         assert [nodes[nids[0]][c] for c in ("x", "y", "z")] == [0.0, 5.0, 0.0]
     finally:
         rs.stop()
+
+
+def test_messages_of_a_run_that_fails_are_dead_lettered_not_dropped(tmp_path):
+    """An apply that fails for another reason than a refusal (a bug; here one injected)
+    used to drop its run with a log line: the consumer acknowledges everything up to the
+    next batch's last message. Its messages now go to dlq.graph with the error, and the
+    service goes on applying what follows."""
+    import io
+
+    from cim_flow._config import Config
+    from cim_flow.service import Service
+    from conftest import RunningService
+
+    out = io.StringIO()
+    svc = Service(Config.from_dict({}), port=0, data_dir=str(tmp_path / "svc"), status_interval=0, out=out)
+    rs = RunningService(svc).start()
+    fail = {"on": False}
+    real = svc.engine._apply_columns
+
+    def flaky(cols):
+        if fail["on"]:
+            raise RuntimeError("injected")
+        return real(cols)
+
+    svc.engine._apply_columns = flaky
+    try:
+        url = svc.url
+        g = str(uuid.uuid4())
+
+        def node(i):
+            return ("event.graph.x", json.dumps({"type": "NodeAdded", "graph_id": g, "node_id": str(uuid.UUID(int=i)),
+                                                 "position": [i, 0, 0], "occurred_at": T0}).encode())
+
+        async def go():
+            nc = await nats.connect(url)
+            sub = await nc.subscribe("dlq.graph")
+            await nc.flush()
+            js = nc.jetstream()
+            await js.publish("event.graph.x", json.dumps({"type": "GraphCreated", "graph_id": g,
+                                                          "occurred_at": T0}).encode())
+            a = await js.publish(*node(1))
+            await nc.request("query.graph.stats", msgspec.json.encode({"min_version": a.seq}), timeout=10)
+            fail["on"] = True
+            bad = [await js.publish(*node(i)) for i in (2, 3)]
+            dead = [await sub.next_msg(timeout=10) for _ in bad]
+            fail["on"] = False
+            c = await js.publish(*node(4))
+            await nc.request("query.graph.stats", msgspec.json.encode({"min_version": c.seq}), timeout=10)
+            await nc.close()
+            return dead, [x.seq for x in bad]
+
+        dead, seqs = run(go())
+        assert [int(d.headers["Cim-Seq"]) for d in dead] == seqs
+        assert all(d.headers["Cim-Error"] == "failed while applying (it may be partly applied): RuntimeError: injected"
+                   for d in dead)
+        assert [json.loads(d.data)["node_id"] for d in dead] == [str(uuid.UUID(int=i)) for i in (2, 3)]
+        assert "RuntimeError: injected" in out.getvalue()
+        nodes = request(url, "query.graph.find_nodes", {"graph_id": g})["nodes"]
+        assert sorted(n["node_id"] for n in nodes) == [str(uuid.UUID(int=i)) for i in (1, 4)]
+        assert request(url, "query.graph.stats")["events_dead_lettered"] == 2
+    finally:
+        rs.stop()
