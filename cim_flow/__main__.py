@@ -340,7 +340,6 @@ def cmd_replay(args) -> int:
     import tempfile
 
     from ._snapshot import snapshot_path, write_snapshot
-    from .engine import Engine
     from .service import Service
 
     if args.from_seq < 1:
@@ -362,7 +361,7 @@ def cmd_replay(args) -> int:
               f" and {args.data_dir} holds no JetStream store ({store}) to start a server on") +
               ": pass --nats-url of the server that has the stream", file=sys.stderr)
         return 1
-    eng = Engine()
+    eng = cfg.projection.engine()
     eng._advance_to(max(0, args.from_seq - 1))
 
     async def go(svc):

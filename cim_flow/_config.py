@@ -146,6 +146,24 @@ class Snapshots:
 
 
 @dataclass
+class Projection:
+    """The engine the service keeps: room to start with (0: grow as needed, by half at a
+    time; a snapshot's engine keeps its own) and when to compact (see ``Engine.compact_min``)."""
+    graph_capacity: int = 0
+    node_capacity: int = 0
+    edge_capacity: int = 0
+    compact_min: int = 1 << 16  # -1: never compact on its own
+
+    def engine(self):
+        from .engine import Engine
+
+        eng = Engine(self.graph_capacity or 1024, node_capacity=self.node_capacity or None,
+                     edge_capacity=self.edge_capacity or None)
+        eng.compact_min = self.compact_min
+        return eng
+
+
+@dataclass
 class TokioRuntime:
     """The seed's Rust async-runtime section: taken (so the seed's file loads) and said
     not to apply at start; cim_flow runs one asyncio loop plus numba's kernel threads."""
@@ -163,6 +181,7 @@ class Config:
     jetstream: JetStream = field(default_factory=JetStream)
     queries: Queries = field(default_factory=Queries)
     snapshots: Snapshots = field(default_factory=Snapshots)
+    projection: Projection = field(default_factory=Projection)
     tokio_runtime: TokioRuntime = field(default_factory=TokioRuntime)
 
     @classmethod
@@ -234,6 +253,12 @@ class Config:
             raise ConfigError("event_processing.batch_size must lie in [min_batch_size, max_batch_size]")
         if ep.batch_timeout <= 0:
             raise ConfigError("event_processing.batch_timeout must be > 0")
+        pr = self.projection
+        for k in ("graph_capacity", "node_capacity", "edge_capacity"):
+            if not 0 <= getattr(pr, k) <= 1 << 27:
+                raise ConfigError(f"projection.{k} must be in [0, 134217728] (0: grow as needed)")
+        if pr.compact_min < -1:
+            raise ConfigError("projection.compact_min must be >= -1 (-1: never compact on its own)")
         if self.query_cache.max_entries < 0:
             raise ConfigError("query_cache.max_entries must be >= 0")
         if self.query_cache.ttl_seconds < 0:

@@ -24,6 +24,7 @@ class SnapshotMixin:
 
             eng, path = load_latest(self.snapshot_dir, log=self._log)
             if eng is not None:
+                eng.compact_min = self.config.projection.compact_min  # (capacities: the snapshot's)
                 self.engine = eng
                 self.engine._on_apply(self._note_touched)
                 self._log(f"cim_flow: loaded snapshot {path} (version {eng.version})")

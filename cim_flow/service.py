@@ -68,7 +68,7 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
         self.port = port
         self.data_dir = data_dir
         self.jetstream = self.config.jetstream.enabled if jetstream is None else jetstream
-        self.engine = engine or Engine()
+        self.engine = engine or self.config.projection.engine()
         self._own_engine = engine is None
         self.serve_queries = queries
         self.create_stream = create_stream  # False (replay): a missing events stream is an error

@@ -1,5 +1,6 @@
 """The command line, the config file, the examples and the load generator, for real."""
 import json
+import io
 import os
 import pathlib
 import runpy
@@ -25,6 +26,26 @@ def test_example_config_loads():
     assert cfg.jetstream.duplicate_window == pytest.approx(120.0)
     assert cfg.nats.pending_size == 8_000_000
     assert cfg.jetstream.results_stream == "CIM_GRAPH_RESULTS" and cfg.jetstream.results_max_age == 86400.0
+    assert cfg.projection.compact_min == 65536 and cfg.projection.node_capacity == 0
+
+
+def test_projection_section_sizes_and_tunes_the_service_engine(tmp_path):
+    """[projection]: the service's engine starts with the room asked for and compacts
+    past the floor asked for; a snapshot's engine keeps its capacities, takes the floor."""
+    from cim_flow.service import Service
+
+    cfg = Config.from_dict({"projection": {"node_capacity": 50_000, "edge_capacity": 70_000, "graph_capacity": 300,
+                                           "compact_min": 123}})
+    svc = Service(cfg, data_dir=str(tmp_path))
+    assert svc.engine._p._caps == [300, 50_000, 70_000] and svc.engine.compact_min == 123
+    assert Service(Config.from_dict({"projection": {"compact_min": -1}}), data_dir=str(tmp_path)).engine.compact_min == -1
+    os.makedirs(svc.snapshot_dir)
+    from cim_flow._snapshot import snapshot_path
+
+    svc.engine.snapshot(snapshot_path(svc.snapshot_dir, 1))
+    other = Service(Config.from_dict({"projection": {"compact_min": 77}}), data_dir=str(tmp_path), out=io.StringIO())
+    other._load_snapshot()
+    assert other.engine._p._caps == [300, 50_000, 70_000] and other.engine.compact_min == 77
 
 
 SEED_CONFIG = """
@@ -109,6 +130,10 @@ def test_the_seed_guides_settings_load_and_what_is_not_honoured_is_said(tmp_path
     ({"jetstream": {"results_stream": "CIM_GRAPH_EVENTS"}}, "jetstream.results_stream"),
     ({"jetstream": {"results_max_age": "-1s"}}, "jetstream.results_max_age"),
     ({"jetstream": {"results_max_bytes": "lots"}}, "jetstream.results_max_bytes"),
+    ({"projection": {"node_capacity": -1}}, "projection.node_capacity"),
+    ({"projection": {"edge_capacity": 2**40}}, "projection.edge_capacity"),
+    ({"projection": {"compact_min": -2}}, "projection.compact_min"),
+    ({"projection": {"compact_min": "often"}}, "projection.compact_min"),
 ])
 def test_config_errors_name_the_key(data, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
