@@ -133,6 +133,7 @@ class Engine:
         self.last_dirty = np.empty(0, np.int64)
         self._listeners = []
         self.compactions = 0  # see compact
+        self._types_kept = 0  # types in use after the last compaction
         self._scratch = types.SimpleNamespace()  # reused query scratch (one call at a time: the lock)
         self._lock = threading.RLock()
 
@@ -205,9 +206,14 @@ class Engine:
         g_dead = P.graph_garbage()
         if graphs and g_dead > floor and g_dead > P.G.meta[1]:
             return True
+        # names and labels: one at most a live graph or node, so after a compaction this
+        # holds again only once that many more have come
         live = int(P.N.meta[1] + P.G.meta[1])
-        # types: long before their int16 codes run out (a batch is refused past 32,767)
-        return len(P.strings) > floor + 2 * live or len(P.types) > 1 << 14
+        if len(P.strings) > floor + 2 * live:
+            return True
+        # types: long before their int16 codes run out (a batch is refused past 32,767),
+        # and not again until 4,096 more have come (all in use: no compaction a batch)
+        return len(P.types) > max(1 << 14, self._types_kept + (1 << 12))
 
     @_locked
     def compact(self, graphs: bool = True) -> dict:
@@ -232,6 +238,7 @@ class Engine:
         if spatial_in_use:
             self._spatial.start_build(self._p.N)
         self.compactions += 1
+        self._types_kept = len(self._p.types)
         return dropped
 
 

@@ -283,3 +283,24 @@ def test_the_service_compacts_graphs_after_publishing_their_deletion(tmp_path):
         assert again["name"] == "again" and again["node_count"] == 0
     finally:
         rs.stop()
+
+
+def test_many_types_in_use_do_not_compact_every_batch():
+    """Past 16,384 types the engine compacts to free unused ones; when they are all in
+    use that frees nothing, and it must not then compact again after every batch (a
+    pass over the whole state each time): only once more than 4,096 more have come."""
+    g = uuid.UUID(int=9).bytes
+    eng = Engine()
+    n = (1 << 14) + 10
+    rows = [_rows(1, g, 1)] + [_rows(10, g, 2, node_id=uuid.UUID(int=1000 + i).bytes, node_type=f"T{i}")
+                               for i in range(n)]
+    eng.apply(rows_to_batch(rows))
+    assert eng.compactions == 1 and len(eng._p.types) == n
+    for k in range(5):
+        eng.apply(rows_to_batch([_rows(12, g, 3, node_id=uuid.UUID(int=1000 + k).bytes, x=1.0, y=2.0, z=3.0)]))
+    assert eng.compactions == 1
+    more = [_rows(10, g, 4, node_id=uuid.UUID(int=10**6 + i).bytes, node_type=f"U{i}") for i in range((1 << 12) + 1)]
+    eng.apply(rows_to_batch(more[:-1]))
+    assert eng.compactions == 1
+    eng.apply(rows_to_batch(more[-1:]))
+    assert eng.compactions == 2 and eng.totals()["nodes"] == n + (1 << 12) + 1
