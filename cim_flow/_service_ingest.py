@@ -151,6 +151,7 @@ class IngestMixin:
         eng = self.engine
         n = len(block)
         self._touched = []
+        compactions = eng.compactions
         # runs of JSON messages and runs of Arrow messages, in stream order
         kind = block.kind
         cuts = [0, *(np.flatnonzero(kind[1:] != kind[:-1]) + 1).tolist(), n] if n else [0]
@@ -186,10 +187,12 @@ class IngestMixin:
             # here, with the batch's update out, no graph number is held any more (the
             # engine compacts nodes and edges on its own, graphs only when asked)
             self._touched = []
-            t = time.perf_counter()
-            dropped = eng.compact()
-            self._log(f"cim_flow: compacted at version {eng.version}: dropped "
-                      + ", ".join(f"{v:,} {k}" for k, v in dropped.items()) + f" in {time.perf_counter() - t:.2f} s")
+            eng.compact()
+        if eng.compactions != compactions:  # the engine's own, in the batch, or the one just now
+            c = eng.last_compaction
+            self._log(f"cim_flow: compacted at version {c['version']}: dropped "
+                      + ", ".join(f"{c[k]:,} {k}" for k in ("nodes", "edges", "graphs", "strings", "types") if k in c)
+                      + f" in {c['seconds']:.2f} s")
         t_updated = time.perf_counter()
         try:
             self._maybe_snapshot()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import time
 import types
 import uuid
 from typing import Iterable, Iterator
@@ -134,6 +135,7 @@ class Engine:
         self._listeners = []
         self.compactions = 0  # see compact
         self._types_kept = 0  # types in use after the last compaction
+        self.last_compaction: dict | None = None  # what it dropped, at which version, how long it took
         self._scratch = types.SimpleNamespace()  # reused query scratch (one call at a time: the lock)
         self._lock = threading.RLock()
 
@@ -226,6 +228,7 @@ class Engine:
         return self._compact(graphs)
 
     def _compact(self, graphs: bool) -> dict:
+        t0 = time.perf_counter()
         spatial_in_use = self._spatial.built or self._spatial._job is not None
         g_old = self._p.G
         dropped = self._p.compact(graphs=graphs)
@@ -239,6 +242,7 @@ class Engine:
             self._spatial.start_build(self._p.N)
         self.compactions += 1
         self._types_kept = len(self._p.types)
+        self.last_compaction = dict(dropped, version=self.version, seconds=time.perf_counter() - t0)
         return dropped
 
 

@@ -59,13 +59,14 @@ def _reference(payloads):
     return ref
 
 
-def _stop(proc):
+def _stop(proc) -> str:
     """SIGTERM the service; its log (stdout) and errors (stderr) go to stderr, so a
-    failing test shows them."""
+    failing test shows them; returns the log."""
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     sys.stderr.write(out)
     sys.stderr.write(err)
+    return out
 
 
 def _check(url, ref, n):
@@ -85,15 +86,59 @@ def test_kill9_restart_is_exact(tmp_path, kills):
     _run_kill_test(tmp_path, kills, n_events=3000, seed=11)
 
 
+def test_kill9_restart_is_exact_while_compacting(tmp_path):
+    """The same with churn (nodes removed about as fast as they come, graphs deleted) and
+    a compaction floor of 20: kills land before, during and after compactions, and the
+    snapshots they restart from were written by compacted engines."""
+    out = _run_kill_test(tmp_path, 3, n_events=3000, seed=13, churn=True,
+                         config="[projection]\ncompact_min = 20\n")
+    assert "compacted at version" in out
+
+
 @pytest.mark.slow
 def test_kill9_many_points(tmp_path):
     _run_kill_test(tmp_path, 12, n_events=20000, seed=12)
 
 
-def _kill_rounds(args, kills, rng, publisher, done, first=None):
+@pytest.mark.slow
+def test_kill9_many_points_while_compacting(tmp_path):
+    _run_kill_test(tmp_path, 12, n_events=20000, seed=14, churn=True, config="[projection]\ncompact_min = 50\n")
+
+
+def _churning(seed: int, n: int) -> list:
+    """The demo's events with removals mixed in: a random node of a random graph removed
+    (its edges with it) about as often as nodes are added, and now and then a whole graph
+    deleted (later events the generator still makes for it are ignored)."""
+    gen = SyntheticEvents(seed, max_graphs=30, nodes_per_graph=300)
+    rng = random.Random(-seed - 1)  # not the generator's sequence: its ids would repeat (and be de-duplicated)
+    out = []
+    while len(out) < n:
+        graphs = [x for x in gen.graphs if len(x[2]) > 2]
+        r = rng.random()
+        if graphs and r < 0.3:
+            gid, _, nodes = rng.choice(graphs)
+            nid = nodes.pop(rng.randrange(len(nodes)))
+            eid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            gen.t += 1
+            out.append(("event.graph.node.removed", eid, json.dumps(
+                {"type": "NodeRemoved", "event_id": eid, "graph_id": gid, "node_id": nid,
+                 "occurred_at": gen.t}).encode()))
+        elif len(gen.graphs) > 3 and r < 0.31:
+            gid, _, _ = gen.graphs.pop(rng.randrange(len(gen.graphs)))
+            eid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            gen.t += 1
+            out.append(("event.graph.graph.deleted", eid, json.dumps(
+                {"GraphDeleted": {"event_id": eid, "graph_id": gid, "occurred_at": gen.t}}).encode()))
+        else:
+            out.append(gen.next())
+    return out
+
+
+def _kill_rounds(args, kills, rng, publisher, done, first=None, logs=None):
     """``kills`` times: start the service, let it run a random while, kill -9 it.  The
     publisher starts once the first service is ready (it created the stream), then
-    ``first(url)`` runs; returns when the publisher is done."""
+    ``first(url)`` runs; returns when the publisher is done.  Each killed service's log
+    goes to ``logs`` (a list)."""
     for _ in range(kills):
         proc = _spawn(args)
         url = _wait_ready(proc)
@@ -103,29 +148,37 @@ def _kill_rounds(args, kills, rng, publisher, done, first=None):
                 first(url)
         time.sleep(rng.uniform(0.1, 0.8))
         proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+        out, _ = proc.communicate(timeout=30)
+        if logs is not None:
+            logs.append(out)
     assert done.wait(120)
 
 
-def _run_kill_test(tmp_path, kills, n_events, seed):
+def _run_kill_test(tmp_path, kills, n_events, seed, churn=False, config=""):
+    """Returns every service's log."""
     srv = NatsServer(port=0, store_dir=str(tmp_path / "js")).start()
     try:
         cfg = tmp_path / "c.toml"
-        cfg.write_text("[snapshots]\nevery_events = 400\nkeep = 2\n[event_processing]\nbatch_timeout = \"2ms\"\n")
-        gen = SyntheticEvents(seed, max_graphs=30, nodes_per_graph=300)
-        payloads = [gen.next() for _ in range(n_events)]
+        cfg.write_text("[snapshots]\nevery_events = 400\nkeep = 2\n[event_processing]\nbatch_timeout = \"2ms\"\n"
+                       + config)
+        if churn:
+            payloads = _churning(seed, n_events)
+        else:
+            gen = SyntheticEvents(seed, max_graphs=30, nodes_per_graph=300)
+            payloads = [gen.next() for _ in range(n_events)]
         done = threading.Event()
         publisher = threading.Thread(target=_publisher, args=(srv.url, payloads, done, 0.01), daemon=True)
         rng = random.Random(seed)
         args = ["serve", "--nats-url", srv.url, "--data-dir", str(tmp_path / "svc"), "--status-interval", "0",
                 "--config", str(cfg)]
-        _kill_rounds(args, kills, rng, publisher, done)
+        logs = []
+        _kill_rounds(args, kills, rng, publisher, done, logs=logs)
         proc = _spawn(args)
         url = _wait_ready(proc)
         try:
             _check(url, _reference(payloads), n_events)
         finally:
-            _stop(proc)
+            logs.append(_stop(proc))
         assert proc.returncode == 0
         assert os.listdir(tmp_path / "svc" / "snapshots")
         # restart from the shutdown snapshot alone: still exact, nothing replayed twice
@@ -135,9 +188,10 @@ def _run_kill_test(tmp_path, kills, n_events, seed):
             _check(url, _reference(payloads), n_events)
             assert request(url, "query.graph.stats")["events_applied"] == 0
         finally:
-            _stop(proc)
+            logs.append(_stop(proc))
     finally:
         srv.stop()
+    return "".join(logs)
 
 
 def test_snapshot_command_and_offline_replay(tmp_path, nats_server, service):
