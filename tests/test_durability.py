@@ -88,8 +88,9 @@ def test_kill9_restart_is_exact(tmp_path, kills):
 
 def test_kill9_restart_is_exact_while_compacting(tmp_path):
     """The same with churn (nodes removed about as fast as they come, graphs deleted) and
-    a compaction floor of 20: kills land before, during and after compactions, and the
-    snapshots they restart from were written by compacted engines."""
+    a compaction floor of 20, so the engine compacts every few batches: the kills land at
+    random moments among compactions, and the snapshots restarts load were written by
+    compacted engines."""
     out = _run_kill_test(tmp_path, 3, n_events=3000, seed=13, churn=True,
                          config="[projection]\ncompact_min = 20\n")
     assert "compacted at version" in out
@@ -108,7 +109,7 @@ def test_kill9_many_points_while_compacting(tmp_path):
 def _churning(seed: int, n: int) -> list:
     """The demo's events with removals mixed in: a random node of a random graph removed
     (its edges with it) about as often as nodes are added, and now and then a whole graph
-    deleted (later events the generator still makes for it are ignored)."""
+    deleted (the generator makes nothing more for it, and new graphs take its place)."""
     gen = SyntheticEvents(seed, max_graphs=30, nodes_per_graph=300)
     rng = random.Random(-seed - 1)  # not the generator's sequence: its ids would repeat (and be de-duplicated)
     out = []
