@@ -1,4 +1,4 @@
-"""Command line: ``python -m cim_flow serve | loadgen | query | snapshot | replay``.
+"""Command line: ``python -m cim_flow serve | loadgen | query | snapshot | compact | replay``.
 
 Every flag falls back to a ``CIM_FLOW_*`` environment variable
 (``--nats-url`` -> ``CIM_FLOW_NATS_URL``, ``--demo-rate`` -> ``CIM_FLOW_DEMO_RATE`` ...).
@@ -238,6 +238,17 @@ def cmd_snapshot(args) -> int:
     return 1 if "error" in reply else 0
 
 
+def cmd_compact(args) -> int:
+    import json
+
+    msg = _tool_request(args, "compact", "cmd.cim_flow.compact", b"{}")
+    if msg is None:
+        return 1
+    reply = json.loads(msg.data)
+    print(json.dumps(reply))
+    return 1 if "error" in reply else 0
+
+
 def _query_kinds() -> tuple[str, ...]:
     """The service's query endpoints (``query.graph.<kind>``)."""
     from ._queries import HANDLERS
@@ -454,6 +465,11 @@ def main(argv=None) -> int:
     p.add_argument("--nats-url", default=_env("nats_url", "nats://127.0.0.1:4222"))
     p.add_argument("--timeout", type=float, default=60.0)
     _auth_args(p)
+    p = sub.add_parser("compact", help="ask a running service to compact its engine now (between batches), "
+                                       "e.g. off-peak with [projection] compact_min = -1")
+    p.add_argument("--nats-url", default=_env("nats_url", "nats://127.0.0.1:4222"))
+    p.add_argument("--timeout", type=float, default=600.0)
+    _auth_args(p)
     p = sub.add_parser(
         "query", help="send one query to a running service and print its JSON reply",
         description="Send one query to a running service and print its JSON reply (exit status 1 when "
@@ -490,6 +506,8 @@ def main(argv=None) -> int:
         return cmd_serve(args)
     if args.cmd == "snapshot":
         return cmd_snapshot(args)
+    if args.cmd == "compact":
+        return cmd_compact(args)
     if args.cmd == "query":
         return cmd_query(args)
     if args.cmd == "replay":

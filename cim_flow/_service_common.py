@@ -11,6 +11,7 @@ RESULTS_SUBJECTS = "projection.graph.>"  # what a results stream ([jetstream] re
 DLQ_SUBJECT = "dlq.graph"
 QUERY_PREFIX = "query.graph."
 SNAPSHOT_SUBJECT = "cmd.cim_flow.snapshot"
+COMPACT_SUBJECT = "cmd.cim_flow.compact"
 _json = msgspec.json.Encoder()
 _PULL_EXPIRES = 2.0  # seconds a pull request waits for messages before the server ends it
 _SNAPSHOT_CHILD_LIMIT = 900  # seconds a background snapshot writer may take before it is killed

@@ -152,6 +152,19 @@ class IngestMixin:
         n = len(block)
         self._touched = []
         compactions = eng.compactions
+        self._processing = True
+        try:
+            await self._process_block(block, eng, n, compactions, t_start)
+        finally:
+            self._processing = False
+            asked, self._compact_asked = self._compact_asked, None
+            if asked is not None:  # the batch ended before its compaction point: now
+                try:
+                    self._compact_now(asked)
+                except Exception as exc:  # (the request's reply says it too)
+                    self._log(f"cim_flow: compaction failed: {type(exc).__name__}: {exc}")
+
+    async def _process_block(self, block, eng, n, compactions, t_start):
         # runs of JSON messages and runs of Arrow messages, in stream order
         kind = block.kind
         cuts = [0, *(np.flatnonzero(kind[1:] != kind[:-1]) + 1).tolist(), n] if n else [0]
@@ -183,16 +196,14 @@ class IngestMixin:
             await self._publish_updates()
         except Exception as exc:  # applied and acknowledged all the same: say so, go on
             self._log(f"cim_flow: update for version {eng.version} not published: {type(exc).__name__}: {exc}")
-        if eng._wants_compaction(graphs=True):
+        asked = self._compact_asked
+        if asked is not None or eng._wants_compaction(graphs=True):
             # here, with the batch's update out, no graph number is held any more (the
             # engine compacts nodes and edges on its own, graphs only when asked)
-            self._touched = []
-            eng.compact()
-        if eng.compactions != compactions:  # the engine's own, in the batch, or the one just now
-            c = eng.last_compaction
-            self._log(f"cim_flow: compacted at version {c['version']}: dropped "
-                      + ", ".join(f"{c[k]:,} {k}" for k in ("nodes", "edges", "graphs", "strings", "types") if k in c)
-                      + f" in {c['seconds']:.2f} s")
+            self._compact_asked = None
+            self._compact_now(asked)
+        elif eng.compactions != compactions:  # the engine's own, inside the batch
+            self._log_compaction()
         t_updated = time.perf_counter()
         try:
             self._maybe_snapshot()
@@ -207,6 +218,43 @@ class IngestMixin:
         ph[3] += t_end - t_updated
         async with self._applied_cond:
             self._applied_cond.notify_all()
+
+    def _compact_now(self, asked=None) -> dict:
+        """Compact the engine, graphs too (only where no graph number is held: between
+        batches); ``asked``: the future of a compact request waiting for this."""
+        self._touched = []
+        try:
+            self.engine.compact()
+        except BaseException as exc:
+            if asked is not None and not asked.done():
+                asked.set_exception(exc)
+            raise
+        self._log_compaction()
+        if asked is not None and not asked.done():
+            asked.set_result(self.engine.last_compaction)
+        return self.engine.last_compaction
+
+    def _log_compaction(self):
+        c = self.engine.last_compaction
+        self._log(f"cim_flow: compacted at version {c['version']}: dropped "
+                  + ", ".join(f"{c[k]:,} {k}" for k in ("nodes", "edges", "graphs", "strings", "types") if k in c)
+                  + f" in {c['seconds']:.2f} s")
+
+    async def _compact_handler(self, req):
+        """``cmd.cim_flow.compact``: compact now (between batches: a batch in hand finishes
+        first); the reply says what went (``nodes``, ``edges``, ``graphs``, ``strings``,
+        ``types``), at which ``version`` and in how many ``seconds``."""
+        try:
+            if self._processing:  # a batch holds graph numbers until its update is out
+                if self._compact_asked is None:
+                    self._compact_asked = asyncio.get_running_loop().create_future()
+                c = await asyncio.shield(self._compact_asked)
+            else:  # nothing in hand: now (no await below, so no batch starts meanwhile)
+                c = self._compact_now()
+            await req.respond(_json.encode(c))
+        except Exception as exc:
+            await req.respond(_json.encode({"error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"},
+                                            "version": self.engine.version}))
 
     def _count(self, res):
         self.counters["events_applied"] += res.applied

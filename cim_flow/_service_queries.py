@@ -13,7 +13,7 @@ from . import __version__
 from . import _wire
 from ._queries import (ARROW_MIME, HANDLERS, QueryError, _number, encode_answer, error_reply, parse_request,
                        q_nodes_in_radius_many, q_radius_fast)
-from ._service_common import QUERY_PREFIX, SNAPSHOT_SUBJECT, _REPLY_HEADROOM
+from ._service_common import COMPACT_SUBJECT, QUERY_PREFIX, SNAPSHOT_SUBJECT, _REPLY_HEADROOM
 
 
 class QueryMixin:
@@ -60,6 +60,7 @@ class QueryMixin:
         for name in HANDLERS:
             await self.svc.add_endpoint(name=name, subject=QUERY_PREFIX + name, handler=self._handler(name))
         await self.svc.add_endpoint(name="snapshot", subject=SNAPSHOT_SUBJECT, handler=self._snapshot_handler)
+        await self.svc.add_endpoint(name="compact", subject=COMPACT_SUBJECT, handler=self._compact_handler)
         if self.config.queries.raw_connection and _wire.usable(self.url, self.connect_options):
             if not _micro_internals_known(self.svc):
                 self._log("cim_flow: queries stay on nats-py: its micro service's internals are not the "

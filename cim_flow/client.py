@@ -47,7 +47,7 @@ from ._decode import decode_json
 from ._ids import to_uuid_bytes
 from ._queries import ARROW_MIME
 from ._schema import SUBJECT_OF, EventType
-from ._service_common import BATCH_SUBJECT, QUERY_PREFIX, SNAPSHOT_SUBJECT, UPDATES_SUBJECT
+from ._service_common import BATCH_SUBJECT, COMPACT_SUBJECT, QUERY_PREFIX, SNAPSHOT_SUBJECT, UPDATES_SUBJECT
 
 RESULTS_STREAM = "CIM_GRAPH_RESULTS"  # the usual [jetstream] results_stream name
 
@@ -284,6 +284,12 @@ class Client:
         msg = await self.nc.request(SNAPSHOT_SUBJECT, b"{}", timeout=max(self.timeout, 600.0))
         return _decode_reply(msg)
 
+    async def compact(self) -> dict:
+        """Have the service compact its engine now (between batches); its reply: what went
+        (``nodes``, ``edges``, ``graphs``, ``strings``, ``types``), ``version``, ``seconds``."""
+        msg = await self.nc.request(COMPACT_SUBJECT, b"{}", timeout=max(self.timeout, 600.0))
+        return _decode_reply(msg)
+
     # -- results out ------------------------------------------------------------
     async def updates(self, *, pending: int = 65536, durable: str | None = None,
                       stream: str = RESULTS_STREAM) -> Updates:
@@ -503,7 +509,8 @@ def _blocking(name):
 
 
 for _name in ("publish", "publish_many", "publish_batch", "request", "stats", "graph_summary", "graphs",
-              "nodes_within", "nearest", "nodes_in_box", "find_nodes", "find_edges", "neighbors", "snapshot"):
+              "nodes_within", "nearest", "nodes_in_box", "find_nodes", "find_edges", "neighbors", "snapshot",
+              "compact"):
     setattr(SyncClient, _name, _blocking(_name))
 del _name
 

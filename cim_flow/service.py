@@ -108,6 +108,8 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
         self._tasks: list = []
         self._bg: set = set()
         self._touched: list = []  # graph indices each apply of the batch changed (arrays)
+        self._processing = False  # a batch is in hand (see _compact_handler)
+        self._compact_asked = None  # a compact request's future, for the end of that batch
         self.latency = LatencyWindow()
         self.batch_time = LatencyWindow(4096)  # seconds spent processing each batch
         self.query_time = LatencyWindow(4096)  # seconds from a query's arrival to its reply queued

@@ -304,3 +304,77 @@ def test_many_types_in_use_do_not_compact_every_batch():
     assert eng.compactions == 1
     eng.apply(rows_to_batch(more[-1:]))
     assert eng.compactions == 2 and eng.totals()["nodes"] == n + (1 << 12) + 1
+
+
+def test_compact_on_request_between_batches(tmp_path):
+    """With compaction off on its own (``[projection] compact_min = -1``), an operator
+    compacts when it suits (off-peak): ``python -m cim_flow compact`` and
+    ``SyncClient.compact()`` answer what went; answers are the same after."""
+    import io
+    import json
+    import subprocess
+    import sys
+
+    from cim_flow import SyncClient
+    from cim_flow._config import Config
+    from cim_flow.service import Service
+    from conftest import RunningService
+    import asyncio
+
+    import nats
+    from natsutil import js_publish, request, run
+    from test_cli import ROOT
+
+    out = io.StringIO()
+    svc = Service(Config.from_dict({"projection": {"compact_min": -1}}), port=0, data_dir=str(tmp_path / "svc"),
+                  status_interval=0, out=out)
+    rs = RunningService(svc).start()
+    try:
+        url = svc.url
+        gids = [str(uuid.UUID(int=200 + i)) for i in range(6)]
+
+        def ev(body):
+            return ("event.graph.x", json.dumps(body).encode(), {"Nats-Msg-Id": str(uuid.uuid4())})
+
+        items = [ev({"type": "GraphCreated", "graph_id": g, "name": f"g{i}", "occurred_at": 1}) for i, g in enumerate(gids)]
+        items += [ev({"type": "NodeAdded", "graph_id": gids[0], "node_id": str(uuid.UUID(int=3000 + k)),
+                      "node_type": f"K{k}", "position": [k, 0, 0], "occurred_at": 2}) for k in range(50)]
+        items += [ev({"type": "NodeRemoved", "graph_id": gids[0], "node_id": str(uuid.UUID(int=3000 + k)),
+                      "occurred_at": 3}) for k in range(40)]
+        items += [ev({"type": "GraphDeleted", "graph_id": g, "occurred_at": 4}) for g in gids[3:]]
+        seq = js_publish(url, items)
+        before = request(url, "query.graph.graphs", {"limit": 100, "min_version": seq})
+        assert request(url, "query.graph.stats")["compactions"] == 0 and svc.engine._p.garbage() == (40, 0)
+        got = subprocess.run([sys.executable, "-m", "cim_flow", "compact", "--nats-url", url],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert got.returncode == 0, got.stderr
+        reply = json.loads(got.stdout)
+        assert {k: reply[k] for k in ("nodes", "edges", "graphs", "strings", "types", "version")} == \
+            {"nodes": 40, "edges": 0, "graphs": 3, "strings": 3, "types": 40, "version": seq}
+        assert reply["seconds"] >= 0 and "compacted at version" in out.getvalue()
+        assert request(url, "query.graph.graphs", {"limit": 100})["graphs"] == before["graphs"]
+        nodes = request(url, "query.graph.find_nodes", {"graph_id": gids[0]})["nodes"]
+        assert sorted(n["node_id"] for n in nodes) == [str(uuid.UUID(int=3000 + k)) for k in range(40, 50)]
+        with SyncClient(url) as client:
+            again = client.compact()
+        assert again["nodes"] == again["graphs"] == 0 and request(url, "query.graph.stats")["compactions"] == 2
+
+        # with a batch in hand, the request waits for that batch's end
+        svc._processing = True  # (as if one were: the next real batch ends it)
+
+        async def ask_then_publish():
+            nc = await nats.connect(url)
+            asked = asyncio.ensure_future(nc.request("cmd.cim_flow.compact", b"{}", timeout=30))
+            await asyncio.sleep(0.5)
+            waited = not asked.done()
+            ack = await nc.jetstream().publish(*ev({"type": "NodeRemoved", "graph_id": gids[0],
+                                                    "node_id": str(uuid.UUID(int=3040)), "occurred_at": 5})[:2])
+            reply = json.loads((await asked).data)
+            await nc.close()
+            return waited, reply, ack.seq
+
+        waited, reply, seq = run(ask_then_publish())
+        assert waited and reply["nodes"] == 1 and reply["version"] == seq
+        assert request(url, "query.graph.stats")["compactions"] == 3
+    finally:
+        rs.stop()
