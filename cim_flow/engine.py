@@ -114,6 +114,10 @@ class Engine:
     the state after a whole ``apply`` call, never part of one.  Without it, a query
     running its kernel (which releases the GIL) while another thread's ``apply`` grew
     the arrays read outside them: a segfault.
+
+    The state follows the live data, not the history: removed nodes and edges, deleted
+    graphs and unused strings are dropped by :meth:`compact`, which ``apply`` runs on its
+    own once they outnumber the live ones (see :attr:`compact_min`).
     """
 
     def __init__(self, capacity: int = 1024, *, node_capacity: int | None = None,
