@@ -227,21 +227,12 @@ def _tool_request(args, tool: str, subject: str, payload: bytes, headers: dict |
     return None
 
 
-def cmd_snapshot(args) -> int:
+def cmd_command(args) -> int:
+    """``snapshot`` / ``compact``: the service's ``cmd.cim_flow.<command>`` request; its
+    JSON reply printed (exit status 1 when it is an error)."""
     import json
 
-    msg = _tool_request(args, "snapshot", "cmd.cim_flow.snapshot", b"{}")
-    if msg is None:
-        return 1
-    reply = json.loads(msg.data)
-    print(json.dumps(reply))
-    return 1 if "error" in reply else 0
-
-
-def cmd_compact(args) -> int:
-    import json
-
-    msg = _tool_request(args, "compact", "cmd.cim_flow.compact", b"{}")
+    msg = _tool_request(args, args.cmd, f"cmd.cim_flow.{args.cmd}", b"{}")
     if msg is None:
         return 1
     reply = json.loads(msg.data)
@@ -504,10 +495,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "serve":
         return cmd_serve(args)
-    if args.cmd == "snapshot":
-        return cmd_snapshot(args)
-    if args.cmd == "compact":
-        return cmd_compact(args)
+    if args.cmd in ("snapshot", "compact"):
+        return cmd_command(args)
     if args.cmd == "query":
         return cmd_query(args)
     if args.cmd == "replay":
