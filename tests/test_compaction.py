@@ -1,5 +1,6 @@
-"""Compaction: removed nodes and edges, and unused names and types, are dropped and the
-live ones renumbered; nothing a query or a later event sees may change."""
+"""Compaction: removed nodes and edges, deleted graphs and unused names and types are
+dropped and the live ones renumbered (by the engine on its own, in the service once a
+batch's update is out, and on request); nothing a query or a later event sees may change."""
 import random
 import uuid
 
