@@ -570,8 +570,41 @@ class Projection:
             dropped["types"] = len(self.types) - len(pool)
             self.types = pool
             G.name[:] = np.where(G.alive != 0, slut[G.name], -1)  # a deleted graph's name goes too
-        # node fields, one at a time into fresh (calloc: untouched past m) arrays, each
-        # old one released as its copy is made, as _grow does
+        renumbered_graphs = bool(dropped.get("graphs"))
+        if n_dead:
+            self._compact_nodes(live_n, m, nmap, halves, slut, tlut)
+            g0 = int(G.meta[0])
+            G.nhead[:g0] = nmap[G.nhead[:g0]]
+        else:  # every node is live: their numbers stay, a few fields change in place
+            N = self.N
+            if slut is not None:
+                N.label[:n0] = slut[N.label[:n0]]
+            if tlut is not None:
+                N.ntype[:n0] = tlut[N.ntype[:n0]]
+            if e_dead:
+                N.ihead[:n0] = hmap[N.ihead[:n0]]
+            if renumbered_graphs:  # a key's hash includes its graph's number
+                self.N = N._replace(slots=None)
+                self.N = self.N._replace(slots=_new_slots(N.keys, N.graph, n0, n0 + n0 // 2 + 1024))
+        if e_dead:
+            self._compact_edges(e0, live_e, me, nmap, halves, tlut)
+        else:  # every edge is live: numbers and incident lists stay
+            E = self.E
+            if n_dead:
+                E.src[:e0] = nmap[E.src[:e0]]
+                E.dst[:e0] = nmap[E.dst[:e0]]
+            if tlut is not None:
+                E.etype[:e0] = tlut[E.etype[:e0]]
+            if renumbered_graphs:  # an edge's key hashes with its source node's graph
+                self.E = E._replace(slots=None)
+                self.E = self.E._replace(slots=kintern.rehash_edges(
+                    E.keys, E.src, self.N.graph, e0, np.full(_slots_for(e0 + e0 // 2 + 1024), -1, np.int32)))
+        return dropped
+
+    def _compact_nodes(self, live_n, m, nmap, halves, slut, tlut) -> None:
+        """The nodes ``live_n`` renumbered 0..m-1 (see :meth:`compact`): each field into a
+        fresh (calloc: untouched past m) array, each old one released as its copy is
+        made, as _grow does; the hash table built again."""
         d = self.N._asdict()
         self.N = None
         new_fields = {
@@ -591,9 +624,9 @@ class Projection:
         d["slots"] = None
         d["slots"] = _new_slots(d["keys"], d["graph"], m, m + m // 2 + 1024)  # room to grow again
         self.N = kp.Nodes(**d)
-        g0 = int(G.meta[0])
-        G.nhead[:g0] = nmap[G.nhead[:g0]]
-        # edges
+
+    def _compact_edges(self, e0, live_e, me, nmap, halves, tlut) -> None:
+        """The edges ``live_e`` renumbered 0..me-1, as :meth:`_compact_nodes` does nodes."""
         d = self.E._asdict()
         self.E = None
         pairs = lambda a: halves(a[: 2 * e0].reshape(e0, 2)[live_e].ravel())  # noqa: E731
@@ -613,7 +646,6 @@ class Projection:
         d["slots"] = kintern.rehash_edges(d["keys"], d["src"], self.N.graph, me,
                                           np.full(_slots_for(me + me // 2 + 1024), -1, np.int32))
         self.E = kp.Edges(**d)
-        return dropped
 
     def _compact_graphs(self) -> tuple[int, np.ndarray]:
         """The graph part of :meth:`compact`: live graphs renumbered in their order, the

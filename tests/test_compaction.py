@@ -379,3 +379,61 @@ def test_compact_on_request_between_batches(tmp_path):
         assert request(url, "query.graph.stats")["compactions"] == 3
     finally:
         rs.stop()
+
+
+def test_each_kind_of_garbage_alone_compacts_like_all_of_it():
+    """Compaction keeps a kind's numbers when it has nothing to drop (only edges removed;
+    only an empty graph deleted; both), updating its fields in place and building a hash
+    table again only when graph numbers changed: after each, events and answers are
+    those of an engine that never compacts."""
+    gs = [uuid.UUID(int=70 + i).bytes for i in range(3)]  # gs[1] stays empty
+    nid = [uuid.UUID(int=700 + i).bytes for i in range(8)]
+    eid = [uuid.UUID(int=800 + i).bytes for i in range(8)]
+    rows = [_rows(1, g, 1, name=f"g{i}") for i, g in enumerate(gs)]
+    for i, n in enumerate(nid):
+        rows.append(_rows(10, gs[0 if i < 4 else 2], 2, node_id=n, node_type=f"T{i % 3}", name=f"n{i}",
+                          x=float(i), y=0.0, z=0.0))
+    for k, e in enumerate(eid):
+        base = 0 if k < 4 else 4
+        rows.append(_rows(20, gs[0 if k < 4 else 2], 3, edge_id=e, source_id=nid[base + k % 4],
+                          target_id=nid[base + (k + 1) % 4], edge_type=f"E{k}"))
+    eng, plain = Engine(), Engine()
+    eng.compact_min = plain.compact_min = -1
+
+    def both(batch_rows):
+        b = rows_to_batch(batch_rows)
+        r1, r2 = eng.apply(b), plain.apply(b)
+        assert (r1.applied, r1.ignored) == (r2.applied, r2.ignored)
+
+    def same():
+        assert _node_rows(eng) == _node_rows(plain)
+        assert sorted(map(tuple, map(dict.values, eng.find_edges().to_pylist()))) == \
+            sorted(map(tuple, map(dict.values, plain.find_edges().to_pylist())))
+        for i, n in enumerate(nid):
+            g = gs[0 if i < 4 else 2]
+            assert _neighbor_rows(eng, n, g) == _neighbor_rows(plain, n, g)
+        assert eng.graph_summaries().sort_by("graph_id").equals(plain.graph_summaries().sort_by("graph_id"))
+        for c in ([0.0, 0, 0], [5.0, 0, 0]):
+            assert sorted(eng.nodes_within(c, 2.5).column("node_id").to_pylist()) == \
+                sorted(plain.nodes_within(c, 2.5).column("node_id").to_pylist())
+
+    both(rows)
+    eng.nodes_within([0, 0, 0], 1.0)
+    both([_rows(23, gs[0], 4, edge_id=eid[0]), _rows(23, gs[0], 4, edge_id=eid[2])])
+    assert eng.compact(graphs=False) == {"nodes": 0, "edges": 2, "strings": 0, "types": 2}  # E0, E2
+    same()
+    both([_rows(4, gs[1], 5), _rows(23, gs[2], 5, edge_id=eid[5])])  # an empty graph, an edge
+    assert eng.compact() == {"nodes": 0, "edges": 1, "strings": 1, "types": 1, "graphs": 1}  # g1's name, E5
+    same()
+    both([_rows(4, gs[1], 6), _rows(1, uuid.UUID(int=99).bytes, 6)])  # gone already; another graph
+    both([_rows(4, uuid.UUID(int=99).bytes, 7)])  # ... deleted, empty: only graph garbage
+    assert eng.compact() == {"nodes": 0, "edges": 0, "strings": 0, "types": 0, "graphs": 1}
+    same()
+    both([_rows(13, gs[2], 8, node_id=nid[5])])  # a node and its edges
+    assert eng.compact()["nodes"] == 1
+    same()
+    # the tables still find everything: re-adds, moves, removals by id
+    both([_rows(20, gs[0], 9, edge_id=eid[0], source_id=nid[3], target_id=nid[1]),
+          _rows(12, gs[2], 9, node_id=nid[6], x=0.5, y=0.0, z=0.0), _rows(23, gs[0], 9, edge_id=eid[1]),
+          _rows(10, gs[2], 9, node_id=nid[5]), _rows(11, gs[0], 9, node_id=nid[0], name="renamed")])
+    same()
