@@ -287,6 +287,8 @@ class Service(ConsumerMixin, IngestMixin, QueryMixin, SnapshotMixin):
             "results_stream": self.config.jetstream.results_stream if self._results_on else None,
             "full_updates": c["full_updates"],
             "compactions": self.engine.compactions,  # removed nodes/edges and unused strings dropped (Engine.compact)
+            # what a compaction would drop now (for an operator who runs `cim_flow compact` off-peak)
+            "garbage": dict(zip(("nodes", "edges"), self.engine._p.garbage()), graphs=self.engine._p.graph_garbage()),
             "cpu_s": time.process_time(),  # this process, all threads: a load run's cost is the difference
             "malloc_tuned": allocator_settings() is not None,
         }
