@@ -132,6 +132,16 @@ def _new_slots(keys, owner, n, cap):
     return kintern.rehash(keys, owner, n, np.full(_slots_for(cap), -1, np.int32))
 
 
+def _new_edge_slots(keys, src, ngraph, n, cap):
+    """:func:`_new_slots` for edges (the owner is the source node's graph)."""
+    return kintern.rehash_edges(keys, src, ngraph, n, np.full(_slots_for(cap), -1, np.int32))
+
+
+def _room(n: int) -> int:
+    """Keys a hash table rebuilt by a compaction for ``n`` is sized for: room to grow again."""
+    return n + n // 2 + 1024
+
+
 def _next_cap(need, cap):
     while cap < need:
         cap = max(cap + 16, int(cap * 1.5))
@@ -141,6 +151,19 @@ def _next_cap(need, cap):
 class BatchRefused(ValueError):
     """A batch the projection refuses whole, before applying any of it (past the int16
     type codes, an index limit or the last sequence number): nothing changed."""
+
+
+def _gather_fields(d: dict, fields, m, rows) -> None:
+    """Replace each of ``fields`` in ``d`` (a state namedtuple's ``_asdict()``, the only
+    reference left to its arrays) by a fresh array (calloc: untouched past ``m`` rows)
+    holding ``rows[name](old)`` in front: each old array is released as its copy is made
+    (peak: state + one field, as ``_grow`` does)."""
+    for name, (dtype, _fill, scale, shape) in fields.items():
+        old = d[name]
+        new = np.zeros(old.shape, dtype)
+        new[: m * scale] = rows[name](old)
+        d[name] = new
+        del old
 
 
 @dataclass
@@ -411,8 +434,7 @@ class Projection:
             d["slots"] = None
             n = int(d["meta"][0])
             if attr == "E":
-                d["slots"] = kintern.rehash_edges(d["keys"], d["src"], self.N.graph, n,
-                                                  np.full(_slots_for(need), -1, np.int32))
+                d["slots"] = _new_edge_slots(d["keys"], d["src"], self.N.graph, n, need)
             else:
                 d["slots"] = _new_slots(d["keys"], d["owner"] if "owner" in d else d["graph"], n, need)
         setattr(self, attr, cls(**d))
@@ -544,13 +566,12 @@ class Projection:
         # old -> new numbers; index -1 (no link) reads the extra last entry, -1
         nmap = np.full(n0 + 1, -1, np.int32)
         nmap[live_n] = np.arange(m, dtype=np.int32)
-        # half-edges (2 e + side): old -> new, the same way
-        hmap = np.full(2 * e0 + 1, -1, np.int32)
-        hmap[2 * live_e] = np.arange(0, 2 * me, 2, dtype=np.int32)
-        hmap[2 * live_e + 1] = np.arange(1, 2 * me, 2, dtype=np.int32)
-
-        def halves(h):
-            return hmap[h]
+        # half-edges (2 e + side): old -> new, the same way (None: edges keep their numbers)
+        hmap = None
+        if e_dead:
+            hmap = np.full(2 * e0 + 1, -1, np.int32)
+            hmap[2 * live_e] = np.arange(0, 2 * me, 2, dtype=np.int32)
+            hmap[2 * live_e + 1] = np.arange(1, 2 * me, 2, dtype=np.int32)
 
         dropped = {"nodes": n_dead, "edges": e_dead, "strings": 0, "types": 0}
         if g_dead is not None:
@@ -572,7 +593,7 @@ class Projection:
             G.name[:] = np.where(G.alive != 0, slut[G.name], -1)  # a deleted graph's name goes too
         renumbered_graphs = bool(dropped.get("graphs"))
         if n_dead:
-            self._compact_nodes(live_n, m, nmap, halves, slut, tlut)
+            self._compact_nodes(live_n, m, nmap, hmap, slut, tlut)
             g0 = int(G.meta[0])
             G.nhead[:g0] = nmap[G.nhead[:g0]]
         else:  # every node is live: their numbers stay, a few fields change in place
@@ -581,13 +602,13 @@ class Projection:
                 N.label[:n0] = slut[N.label[:n0]]
             if tlut is not None:
                 N.ntype[:n0] = tlut[N.ntype[:n0]]
-            if e_dead:
+            if hmap is not None:
                 N.ihead[:n0] = hmap[N.ihead[:n0]]
             if renumbered_graphs:  # a key's hash includes its graph's number
                 self.N = N._replace(slots=None)
-                self.N = self.N._replace(slots=_new_slots(N.keys, N.graph, n0, n0 + n0 // 2 + 1024))
+                self.N = self.N._replace(slots=_new_slots(N.keys, N.graph, n0, _room(n0)))
         if e_dead:
-            self._compact_edges(e0, live_e, me, nmap, halves, tlut)
+            self._compact_edges(e0, live_e, me, nmap, hmap, tlut)
         else:  # every edge is live: numbers and incident lists stay
             E = self.E
             if n_dead:
@@ -597,54 +618,46 @@ class Projection:
                 E.etype[:e0] = tlut[E.etype[:e0]]
             if renumbered_graphs:  # an edge's key hashes with its source node's graph
                 self.E = E._replace(slots=None)
-                self.E = self.E._replace(slots=kintern.rehash_edges(
-                    E.keys, E.src, self.N.graph, e0, np.full(_slots_for(e0 + e0 // 2 + 1024), -1, np.int32)))
+                self.E = self.E._replace(slots=_new_edge_slots(E.keys, E.src, self.N.graph, e0, _room(e0)))
         return dropped
 
-    def _compact_nodes(self, live_n, m, nmap, halves, slut, tlut) -> None:
-        """The nodes ``live_n`` renumbered 0..m-1 (see :meth:`compact`): each field into a
-        fresh (calloc: untouched past m) array, each old one released as its copy is
-        made, as _grow does; the hash table built again."""
+    def _compact_nodes(self, live_n, m, nmap, hmap, slut, tlut) -> None:
+        """The nodes ``live_n`` renumbered 0..m-1 (see :meth:`compact`); the hash table
+        built again."""
+        def take(a):
+            return a[live_n]
+
         d = self.N._asdict()
         self.N = None
-        new_fields = {
-            "keys": lambda a: a[live_n], "graph": lambda a: a[live_n], "alive": lambda a: a[live_n],
-            "pos": lambda a: a[live_n], "ntype": lambda a: a[live_n] if tlut is None else tlut[a[live_n]],
-            "label": lambda a: a[live_n] if slut is None else slut[a[live_n]],
+        _gather_fields(d, _NODE_FIELDS, m, {
+            "keys": take, "graph": take, "alive": take, "pos": take,
+            "ntype": take if tlut is None else lambda a: tlut[a[live_n]],
+            "label": take if slut is None else lambda a: slut[a[live_n]],
             "gnext": lambda a: nmap[a[live_n]], "gprev": lambda a: nmap[a[live_n]],
-            "ihead": lambda a: halves(a[live_n]),
-        }
-        for name, (dtype, _fill, scale, shape) in _NODE_FIELDS.items():
-            old = d[name]
-            new = np.zeros(old.shape, dtype)
-            new[:m] = new_fields[name](old)
-            d[name] = new
-            del old
+            "ihead": take if hmap is None else lambda a: hmap[a[live_n]],
+        })
         d["meta"] = np.array([m, m, 0], np.int64)
         d["slots"] = None
-        d["slots"] = _new_slots(d["keys"], d["graph"], m, m + m // 2 + 1024)  # room to grow again
+        d["slots"] = _new_slots(d["keys"], d["graph"], m, _room(m))
         self.N = kp.Nodes(**d)
 
-    def _compact_edges(self, e0, live_e, me, nmap, halves, tlut) -> None:
+    def _compact_edges(self, e0, live_e, me, nmap, hmap, tlut) -> None:
         """The edges ``live_e`` renumbered 0..me-1, as :meth:`_compact_nodes` does nodes."""
+        def take(a):
+            return a[live_e]
+
+        def halves(a):  # each edge's two half-edges' links, renumbered
+            return hmap[a[: 2 * e0].reshape(e0, 2)[live_e].ravel()]
+
         d = self.E._asdict()
         self.E = None
-        pairs = lambda a: halves(a[: 2 * e0].reshape(e0, 2)[live_e].ravel())  # noqa: E731
-        new_fields = {
-            "keys": lambda a: a[live_e], "src": lambda a: nmap[a[live_e]], "dst": lambda a: nmap[a[live_e]],
-            "weight": lambda a: a[live_e], "etype": lambda a: a[live_e] if tlut is None else tlut[a[live_e]],
-            "hnext": pairs, "hprev": pairs,
-        }
-        for name, (dtype, _fill, scale, shape) in _EDGE_FIELDS.items():
-            old = d[name]
-            new = np.zeros(old.shape, dtype)
-            new[: me * scale] = new_fields[name](old)
-            d[name] = new
-            del old
+        _gather_fields(d, _EDGE_FIELDS, me, {
+            "keys": take, "weight": take, "src": lambda a: nmap[a[live_e]], "dst": lambda a: nmap[a[live_e]],
+            "etype": take if tlut is None else lambda a: tlut[a[live_e]], "hnext": halves, "hprev": halves,
+        })
         d["meta"] = np.array([me, me], np.int64)
         d["slots"] = None
-        d["slots"] = kintern.rehash_edges(d["keys"], d["src"], self.N.graph, me,
-                                          np.full(_slots_for(me + me // 2 + 1024), -1, np.int32))
+        d["slots"] = _new_edge_slots(d["keys"], d["src"], self.N.graph, me, _room(me))
         self.E = kp.Edges(**d)
 
     def _compact_graphs(self) -> tuple[int, np.ndarray]:
@@ -669,7 +682,7 @@ class Projection:
             d[name] = new
         d["meta"] = np.array([m, m, L, 0], np.int64)
         d["slots"] = None
-        d["slots"] = _new_slots(d["keys"], d["owner"], m, m + m // 2 + 1024)
+        d["slots"] = _new_slots(d["keys"], d["owner"], m, _room(m))
         self.G = kp.Graphs(**d)
         return g0 - m, gmap
 

@@ -197,9 +197,9 @@ class IngestMixin:
         except Exception as exc:  # applied and acknowledged all the same: say so, go on
             self._log(f"cim_flow: update for version {eng.version} not published: {type(exc).__name__}: {exc}")
         asked = self._compact_asked
-        if asked is not None or eng._wants_compaction(graphs=True):
+        if asked is not None or eng._wants_graph_compaction():
             # here, with the batch's update out, no graph number is held any more (the
-            # engine compacts nodes and edges on its own, graphs only when asked)
+            # engine compacts nodes and edges on its own inside apply, graphs only when asked)
             self._compact_asked = None
             self._compact_now(asked)
         elif eng.compactions != compactions:  # the engine's own, inside the batch
@@ -343,33 +343,29 @@ class IngestMixin:
         if not messages:
             return
         try:
-            res = self._apply_arrow_messages(messages)
+            await self._apply_arrow_messages(block, where, messages)
         except BatchRefused:  # refused whole (see _apply_json): message by message
-            for k, msg in enumerate(messages):
+            for i, msg in zip(where, messages):
                 try:
-                    res = self._apply_arrow_messages([msg])
-                except BatchRefused as exc1:
-                    i = where[k]
-                    await self._dead_letter(block.subject(i), block.data(i), f"refused by the projection: {exc1}",
+                    await self._apply_arrow_messages(block, [i], [msg])
+                except BatchRefused as exc:
+                    await self._dead_letter(block.subject(i), block.data(i), f"refused by the projection: {exc}",
                                             int(block.seq[i]) if self.jetstream else None)
                     self.counters["events_dead_lettered"] += sum(x.num_rows for x in msg[0]) - 1
-                    continue
-                self._count(res)
-                if res.ignored:
-                    await self._dead_letter_invalid_rows(block, [where[k]], [msg[0]], res)
-            return
+
+    async def _apply_arrow_messages(self, block: _wire.Block, where: list, messages: list):
+        """Arrow messages ``[(batches, seq), ...]`` (block positions ``where``) in one
+        apply, all or nothing; then their rows that were not events dead-lettered."""
+        if self.jetstream:
+            res = self.engine._apply_messages(messages)
+        else:
+            flat = [x for batches, _ in messages for x in batches]
+            if len(flat) > 1:  # one batch: a refusal leaves none of it applied
+                flat = pa.Table.from_batches(flat).combine_chunks().to_batches()
+            res = self.engine.apply(flat)
         self._count(res)
         if res.ignored:
             await self._dead_letter_invalid_rows(block, where, [batches for batches, _ in messages], res)
-
-    def _apply_arrow_messages(self, messages):
-        """Arrow messages ``[(batches, seq), ...]`` in one apply, all or nothing."""
-        if self.jetstream:
-            return self.engine._apply_messages(messages)
-        batches = [x for batches, _ in messages for x in batches]
-        if len(batches) > 1:  # one batch: a refusal leaves none of it applied
-            batches = pa.Table.from_batches(batches).combine_chunks().to_batches()
-        return self.engine.apply(batches)
 
     async def _dead_letter_invalid_rows(self, block: _wire.Block, where: list, messages: list, res):
         """For Arrow batch messages: the rows that were not events (as for JSON in

@@ -184,9 +184,9 @@ class Engine:
         self.last_touched, self.last_dirty = touched, dirty
         for fn in self._listeners:
             fn(touched, dirty)
-        if self.compact_min >= 0 and self._wants_compaction():
+        if self._wants_compaction() or (not self._listeners and self._wants_graph_compaction()):
             # graph numbers only when nobody holds them past this call (a listener, as
-            # the service, calls compact() itself when it is safe: see Service)
+            # the service, checks _wants_graph_compaction itself where that is safe)
             self._compact(graphs=not self._listeners)
         return res
 
@@ -198,9 +198,9 @@ class Engine:
     #: as many removals as there are live entries.  ``-1``: never on its own.
     compact_min = 1 << 16
 
-    def _wants_compaction(self, graphs: bool = False) -> bool:
-        """Whether the garbage has passed :attr:`compact_min` and the live count (with
-        ``graphs``, counting deleted graphs too)."""
+    def _wants_compaction(self) -> bool:
+        """Whether removed nodes or edges, or unused strings, have passed
+        :attr:`compact_min` and the live count (deleted graphs: :meth:`_wants_graph_compaction`)."""
         P, floor = self._p, self.compact_min
         if floor < 0:
             return False
@@ -208,9 +208,6 @@ class Engine:
         if n_dead > floor and n_dead > P.N.meta[1]:
             return True
         if e_dead > floor and e_dead > P.E.meta[1]:
-            return True
-        g_dead = P.graph_garbage()
-        if graphs and g_dead > floor and g_dead > P.G.meta[1]:
             return True
         # names and labels: one at most a live graph or node, so after a compaction this
         # holds again only once that many more have come
@@ -221,6 +218,10 @@ class Engine:
         # and not again until 4,096 more have come (all in use: no compaction a batch)
         return len(P.types) > max(1 << 14, self._types_kept + (1 << 12))
 
+    def _wants_graph_compaction(self) -> bool:
+        """:meth:`_wants_compaction` for deleted graphs (a listener's call: see ``_apply_one``)."""
+        floor, g_dead = self.compact_min, self._p.graph_garbage()
+        return 0 <= floor < g_dead and g_dead > self._p.G.meta[1]
     @_locked
     def compact(self, graphs: bool = True) -> dict:
         """Drop what removed nodes and edges, deleted graphs (unless ``graphs=False``),
@@ -248,7 +249,6 @@ class Engine:
         self._types_kept = len(self._p.types)
         self.last_compaction = dict(dropped, version=self.version, seconds=time.perf_counter() - t0)
         return dropped
-
 
     @_locked
     def _apply_columns(self, cols: EventColumns) -> ApplyResult:

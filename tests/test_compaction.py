@@ -89,6 +89,7 @@ def test_random_streams_with_compaction_match_the_reference_and_an_engine_withou
         if not explicit:  # after a batch, never more removed entries than live ones
             n_dead, e_dead = eng._p.garbage()
             assert n_dead <= eng._p.N.meta[1] and e_dead <= eng._p.E.meta[1]
+            assert eng._p.graph_garbage() <= eng._p.G.meta[1]  # (no listener: graphs too)
     assert plain.compactions == 0
 
 
@@ -275,8 +276,7 @@ def test_the_service_compacts_graphs_after_publishing_their_deletion(tmp_path):
         for i, g in enumerate(keep):
             r = request(url, "query.graph.nodes_in_radius", {"center": [i, 1, 0], "radius": 0.5, "graph_id": g})
             assert [n["node_id"] for n in r["nodes"]] == [str(uuid.UUID(int=10_000 + 10 * i + 1))]
-        gone = request(url, "query.graph.summary", {"graph_id": gids[10]})
-        assert "error" in gone or gone.get("graph") is None
+        assert request(url, "query.graph.summary", {"graph_id": gids[10]})["error"]["code"] == "not_found"
         # a deleted graph's id created again starts afresh
         seq = js_publish(url, [ev({"type": "GraphCreated", "graph_id": gids[10], "name": "again",
                                    "occurred_at": 4000})])
@@ -439,3 +439,20 @@ def test_each_kind_of_garbage_alone_compacts_like_all_of_it():
           _rows(12, gs[2], 9, node_id=nid[6], x=0.5, y=0.0, z=0.0), _rows(23, gs[0], 9, edge_id=eid[1]),
           _rows(10, gs[2], 9, node_id=nid[5]), _rows(11, gs[0], 9, node_id=nid[0], name="renamed")])
     same()
+
+
+def test_deleted_graphs_alone_compact_an_engine_nobody_listens_to():
+    """Graph churn with nothing else: past the floor and the live count of graphs, the
+    engine compacts its deleted graphs on its own (a service, which listens, does it
+    after each batch's update instead: see the service test above)."""
+    gs = [uuid.UUID(int=4000 + i).bytes for i in range(10)]
+    eng = Engine()
+    eng.compact_min = 2
+    eng.apply(rows_to_batch([_rows(1, g, 10 + i) for i, g in enumerate(gs)]))  # (no names: no string garbage)
+    eng.apply(rows_to_batch([_rows(4, g, 2) for g in gs[:3]]))  # 3 deleted, 7 live: not yet
+    assert eng.compactions == 0 and eng._p.graph_garbage() == 3
+    eng.apply(rows_to_batch([_rows(4, g, 3) for g in gs[3:8]]))  # 8 deleted, 2 live
+    assert eng.compactions == 1 and eng._p.graph_garbage() == 0 and eng._p.G.meta[0] == 2
+    assert sorted(r["graph_id"] for r in eng.graph_summaries().to_pylist()) == gs[8:]
+    assert [r["graph_id"] for r in eng.graphs_created_between(0, 10**6).to_pylist()] == gs[8:]
+    assert eng.graph_summary(gs[9]) is not None and eng.graph_summary(gs[1]) is None
